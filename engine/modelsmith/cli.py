@@ -1,0 +1,357 @@
+"""The `modelsmith` command: parses arguments, calls one service, renders the result.
+
+Heavy or slow imports (rich, the specs loader) happen inside the commands that need them,
+so `modelsmith --help` and `validate` start fast and never import torch, dvc or mcp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelsmith import __version__
+
+EXIT_FAILED = 1  # the command ran and found a problem (verify)
+EXIT_INVALID = 2  # the input is invalid (specs, arguments)
+EXIT_INTERNAL = 70
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the engine's errors into one clear line and an exit code, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from modelsmith.events.store import EventStoreError
+        from modelsmith.events.types import InvalidEventError
+        from modelsmith.workspace import WorkspaceError
+
+        try:
+            return fn(*args, **kwargs)
+        except (WorkspaceError, EventStoreError, InvalidEventError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("MODELSMITH_DEBUG"):
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n"
+                "(set MODELSMITH_DEBUG=1 to see the traceback, and please report it)",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+def _workspace(ctx: click.Context):
+    from modelsmith.workspace import Workspace
+
+    ws = Workspace.find(ctx.obj["repo"])
+    ctx.call_on_close(ws.close)
+    return ws
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C", "--repo", default=".", metavar="PATH", show_default=True,
+    help="The Modelsmith repository (any folder inside it).",
+)
+@click.version_option(__version__, prog_name="modelsmith")
+@click.pass_context
+def cli(ctx: click.Context, repo: str) -> None:
+    """Modelsmith: evaluate, train and govern small domain-specialist models.
+
+    Desired state is YAML in git (specialists/, evals/, policies/, config/); actual state
+    is the event log on the branch modelsmith/events.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["repo"] = repo
+
+
+# ------------------------------------------------------------------ specs
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+@_guard
+def validate(ctx: click.Context, path: Path | None, as_json: bool) -> None:
+    """Check every declarative file of the repository; list all errors (exit 2)."""
+    from modelsmith.specs import SpecError, load_repository
+
+    root = (path or Path(ctx.obj["repo"])).resolve()
+    if not root.is_dir():
+        raise click.BadParameter(f"{root} is not a folder", param_hint="PATH")
+    try:
+        repo = load_repository(root)
+    except SpecError as exc:
+        if as_json:
+            _print_json({"ok": False, "root": str(root),
+                         "errors": [i.to_dict() for i in exc.issues]})
+        else:
+            for issue in exc.issues:
+                click.echo(str(issue), err=True)
+            n = len(exc.issues)
+            click.echo(f"{n} error{'s' if n != 1 else ''} in {root}", err=True)
+        sys.exit(EXIT_INVALID)
+    counts = {
+        "specialists": len(repo.specialists),
+        "suites": len(repo.suites),
+        "scenarios": sum(len(s.scenarios) for s in repo.suites.values()),
+        "policies": len(repo.policies),
+        "routing_rules": len(repo.routing.spec.rules) if repo.routing else 0,
+        "hosts": len(repo.clusters.hosts),
+        "models": len(repo.clusters.models),
+    }
+    if as_json:
+        _print_json({"ok": True, "root": str(root), "errors": [], "counts": counts})
+    else:
+        parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+        click.echo(f"ok: {parts}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write <Kind>.schema.json files here (default: print one JSON object).")
+@_guard
+def schema(out: Path | None) -> None:
+    """JSON Schema for every declarative kind (for editors and CI)."""
+    from modelsmith.specs import json_schemas, write_schemas
+
+    if out is None:
+        _print_json(json_schemas())
+        return
+    for written in write_schemas(out):
+        click.echo(str(written))
+
+
+# ------------------------------------------------------------------ the log
+
+
+@cli.command()
+@json_option
+@click.pass_context
+@_guard
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Fleet table: which version holds production, canary and shadow now."""
+    ws = _workspace(ctx)
+    fleet = ws.fleet_status()
+    desired, note = _desired_releases(ws)
+    actual = {row["name"]: row for row in fleet["specialists"]}
+    rows = []
+    for name in sorted(set(actual) | set(desired)):
+        row = dict(actual.get(name) or {"name": name, "production": None, "canary": None,
+                                        "shadow": None, "candidates": 0,
+                                        "latest_candidate": None, "events": 0})
+        row["desired"] = desired.get(name)
+        rows.append(row)
+    if as_json:
+        _print_json({"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
+                     "specs_error": note})
+        return
+    from rich.table import Table
+
+    tip = (fleet["tip"] or "empty log")[:12]
+    table = Table(title=f"fleet at {tip} · {fleet['events']} events")
+    for col in ("specialist", "production", "canary", "shadow", "candidates", "latest",
+                "events"):
+        table.add_column(col, justify="right" if col in ("candidates", "events") else "left")
+    for row in rows:
+        latest = row.get("latest_candidate")
+        latest_txt = "-"
+        if latest:
+            comp = latest["composite"]
+            latest_txt = f"{latest['version']}" + (f" ({comp:.3f})" if comp is not None else "")
+        table.add_row(
+            row["name"],
+            _stage_cell(row, "production"),
+            _stage_cell(row, "canary"),
+            _stage_cell(row, "shadow"),
+            str(row["candidates"]),
+            latest_txt,
+            str(row["events"]),
+        )
+    console = _console()
+    console.print(table)
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _stage_cell(row: dict[str, Any], stage: str) -> str:
+    held = row.get(stage)
+    text = "-" if held is None else held["version"]
+    if held and held.get("traffic") is not None:
+        text += f" ({held['traffic']:.0%})"
+    want = (row.get("desired") or {}).get(stage)
+    if want != (held["version"] if held else None):
+        text += f" → {want or '-'}"
+    return text
+
+
+def _desired_releases(ws) -> tuple[dict[str, dict[str, str | None]], str | None]:
+    """The `release` blocks of the specialists' YAML, when the specs load cleanly."""
+    if not (ws.root / "specialists").is_dir():
+        return {}, None
+    from modelsmith.specs import SpecError
+
+    try:
+        repo = ws.specs()
+    except SpecError as exc:
+        return {}, f"specs have {len(exc.issues)} errors (run `modelsmith validate`); " \
+                   "desired releases not shown"
+    out = {}
+    for name, spec in repo.specialists.items():
+        rel = spec.release
+        out[name] = {
+            "production": rel.production,
+            "canary": rel.canary.version if rel.canary else None,
+            "shadow": rel.shadow,
+        }
+    return out, None
+
+
+@cli.command()
+@click.argument("specialist", required=False)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show the last N events.")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only events of this type (repeatable).")
+@json_option
+@click.pass_context
+@_guard
+def log(ctx: click.Context, specialist: str | None, limit: int, types: tuple[str, ...],
+        as_json: bool) -> None:
+    """Event timeline, oldest first (all streams, or one specialist)."""
+    from collections import deque
+
+    store = _workspace(ctx).store
+    events = store.read(specialist) if specialist else store.read()
+    if types:
+        events = (e for e in events if e.type in types)
+    tail = list(deque(events, maxlen=limit))
+    if as_json:
+        _print_json([e.model_dump(mode="json", by_alias=True) | {"position": e.position}
+                     for e in tail])
+        return
+    if not tail:
+        click.echo("no events" + (f" for {specialist}" if specialist else ""))
+        return
+    for e in tail:
+        when = e.at.strftime("%Y-%m-%d %H:%M:%S")
+        cause = f"  ({e.cause})" if e.cause else ""
+        click.echo(f"{e.position:>6}  {when}  {e.actor:<14} {e.summary()}{cause}")
+
+
+@cli.command()
+@click.argument("specialist")
+@json_option
+@click.pass_context
+@_guard
+def history(ctx: click.Context, specialist: str, as_json: bool) -> None:
+    """Who held each stage of a specialist, and when."""
+    fleet = _workspace(ctx).fleet()
+    state = fleet.specialists.get(specialist)
+    periods = state.history if state else []
+    if as_json:
+        _print_json({"specialist": specialist, "assignments": [a.to_dict() for a in periods]})
+        return
+    if not periods:
+        click.echo(f"no stage assignments for {specialist}")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{specialist}: stage assignments")
+    for col in ("stage", "version", "since", "until", "ended by", "actor", "cause"):
+        table.add_column(col)
+    for a in periods:
+        table.add_row(
+            a.stage,
+            a.version + (f" ({a.traffic:.0%})" if a.traffic else ""),
+            a.since.strftime("%Y-%m-%d %H:%M:%S"),
+            a.until.strftime("%Y-%m-%d %H:%M:%S") if a.until else "now",
+            a.ended_by or "",
+            a.actor,
+            a.cause or "",
+        )
+    _console().print(table)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+@_guard
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Walk the event log: linear, seqs contiguous, ids unique, every event valid."""
+    report = _workspace(ctx).store.verify()
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        click.echo(f"ok: {report.events} events, tip {report.tip or '-'}")
+    else:
+        for problem in report.problems:
+            click.echo(f"commit {problem}", err=True)
+        click.echo(f"{len(report.problems)} problems in {report.events} events", err=True)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to create the demo fork (default: a new temporary folder).")
+@click.pass_context
+@_guard
+def demo(ctx: click.Context, dest: Path | None) -> None:
+    """Run the demo on the embedded defaults, in a scratch fork (your repo is untouched)."""
+    import tempfile
+
+    from modelsmith.demo import embedded_defaults, prepare_fork
+
+    source = embedded_defaults(Path(ctx.obj["repo"]).resolve())
+    dest = dest or Path(tempfile.mkdtemp(prefix="modelsmith-demo-"))
+    click.echo(f"1. forking the defaults of {source} into {dest}")
+    prepare_fork(source, dest)
+    steps = [
+        ("2. validating the declarative files", ["validate"]),
+        ("3. the fleet as the event log folds it", ["status"]),
+        ("4. verifying the event log", ["verify"]),
+    ]
+    for title, argv in steps:
+        click.echo(f"\n{title}: modelsmith -C {dest} {' '.join(argv)}")
+        code = cli.main(args=["-C", str(dest), *argv], prog_name="modelsmith",
+                        standalone_mode=False)
+        if code:
+            sys.exit(code)
+    click.echo(f"\nThe demo fork stays at {dest}; try `modelsmith -C {dest} --help`.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="modelsmith")
+
+
+if __name__ == "__main__":
+    main()

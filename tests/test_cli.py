@@ -1,0 +1,208 @@
+"""The `modelsmith` command on real git repositories: read commands, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO_ROOT as ROOT
+from modelsmith.cli import cli
+from modelsmith.events import Event
+from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
+from modelsmith.events.types import CandidateRegistered, EvalCompleted, Lineage, Promoted
+
+
+def run(*args: str, repo: Path | None = None):
+    argv = (["-C", str(repo)] if repo else []) + list(args)
+    # Rich sizes tables to the terminal; give the tables room so cells are not cut.
+    return CliRunner(env={"COLUMNS": "200"}).invoke(cli, argv, catch_exceptions=False)
+
+
+def _record_story(path: Path) -> GitEventStore:
+    store = GitEventStore(path)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    steps = [
+        CandidateRegistered(version="v1", lineage=Lineage(base_model="smollm2-135m")),
+        EvalCompleted(version="v1", model="v1", suite="rtb-quality", suite_hash="h", run_id="e1",
+                      composite=0.93),
+        Promoted(version="v1", stage="canary", traffic=0.1),
+        Promoted(version="v1", stage="production"),
+    ]
+    for i, payload in enumerate(steps):
+        store.append("rtb-quality", [Event.new(payload, actor="human:ana", cause=f"pr#{i}",
+                                               at=t0 + timedelta(hours=i))], i)
+    return store
+
+
+def test_validate_the_demo_repository():
+    result = run("validate", str(ROOT))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 1 specialists")
+
+
+def test_validate_json_lists_every_error(demo_repo):
+    spec = demo_repo / "specialists" / "rtb-quality.yaml"
+    spec.write_text(spec.read_text().replace("composite: ", "composite: 7 #"))
+    (demo_repo / "config" / "clusters.json").write_text('{"hosts": ')
+    result = run("validate", "--json", repo=demo_repo)
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    files = {e["file"] for e in report["errors"]}
+    assert report["ok"] is False
+    assert {"specialists/rtb-quality.yaml", "config/clusters.json"} <= files
+    assert all(e["line"] for e in report["errors"] if e["file"] == "config/clusters.json")
+
+
+def test_status_log_history_on_an_empty_log(demo_repo):
+    result = run("status", "--json", repo=demo_repo)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["events"] == 0
+    assert [s["name"] for s in data["specialists"]] == ["rtb-quality"]
+    assert run("log", repo=demo_repo).output.strip() == "no events"
+    assert "no stage assignments" in run("history", "rtb-quality", repo=demo_repo).output
+    assert run("verify", repo=demo_repo).output.startswith("ok: 0 events")
+
+
+def test_status_shows_the_folded_fleet(demo_repo):
+    _record_story(demo_repo)
+    data = json.loads(run("status", "--json", repo=demo_repo).stdout)
+    (row,) = data["specialists"]
+    assert row["production"]["version"] == "v1"
+    assert row["canary"] is None
+    assert row["latest_candidate"] == {"version": "v1", "composite": 0.93, "evaluations": 1}
+    assert row["desired"] == {"production": None, "canary": None, "shadow": None}
+    table = run("status", repo=demo_repo).output
+    assert "rtb-quality" in table and "v1 → -" in table  # actual differs from desired
+
+
+def test_log_and_history(demo_repo):
+    _record_story(demo_repo)
+    out = run("log", "rtb-quality", repo=demo_repo).output.splitlines()
+    assert len(out) == 4 and "Promoted rtb-quality#4 v1 -> production" in out[-1]
+    assert "(pr#3)" in out[-1]
+    data = json.loads(run("log", "--json", "-n", "2", "--type", "Promoted",
+                          repo=demo_repo).stdout)
+    assert [e["seq"] for e in data] == [3, 4]
+    hist = json.loads(run("history", "rtb-quality", "--json", repo=demo_repo).stdout)
+    assert [(a["stage"], a["version"], a["until"] is None) for a in hist["assignments"]] == [
+        ("canary", "v1", False), ("production", "v1", True)]
+    assert "production" in run("history", "rtb-quality", repo=demo_repo).output
+
+
+def test_verify_fails_and_names_the_commit_on_a_rewritten_log(demo_repo):
+    store = _record_story(demo_repo)
+    repo = store.repo
+    tip = repo[repo.references[EVENTS_REF].target]
+    parent = tip.parents[0]
+    # Amend the second-to-last event and put the last one back on top of it.
+    amended = repo.create_commit(None, parent.author, parent.committer,
+                                 parent.message.replace("canary", "production"),
+                                 parent.tree_id, [parent.parents[0].id])
+    moved = repo.create_commit(None, tip.author, tip.committer, tip.message, tip.tree_id,
+                               [amended])
+    repo.references.create(EVENTS_REF, moved, force=True)
+    result = run("verify", repo=demo_repo)
+    assert result.exit_code == 1
+    assert str(moved) in result.output
+    report = json.loads(run("verify", "--json", repo=demo_repo).stdout)
+    assert report["ok"] is False and any(p["where"] == str(moved) for p in report["problems"])
+
+
+def test_read_commands_outside_git_fail_cleanly(tmp_path):
+    result = CliRunner().invoke(cli, ["-C", str(tmp_path), "status"])
+    assert result.exit_code == 1
+    assert "not a git repository" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_schema_writes_one_file_per_kind(tmp_path):
+    result = run("schema", "--out", str(tmp_path / "schema"))
+    assert result.exit_code == 0
+    names = sorted(p.name for p in (tmp_path / "schema").iterdir())
+    assert "Specialist.schema.json" in names and "EvalSuite.schema.json" in names
+    printed = json.loads(run("schema").stdout)
+    assert "Specialist" in printed
+
+
+def _modules_loaded(*argv: str, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['modelsmith', *{list(argv)!r}]\n"
+        "try:\n    runpy.run_module('modelsmith', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('MODULES', ' '.join(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch','transformers','trl','dvc','mcp','vllm','ray'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MODULES")][-1]
+    return proc, set(line.split()[1:])
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("validate",), ("status",)])
+def test_control_plane_commands_stay_light(argv, demo_repo):
+    proc, heavy = _modules_loaded(*argv, cwd=demo_repo)
+    assert heavy == set(), proc.stderr
+
+
+def test_python_dash_m_is_the_same_command(demo_repo):
+    a = subprocess.run([sys.executable, "-m", "modelsmith", "validate", "--json"],
+                       cwd=demo_repo, capture_output=True, text=True)
+    script = str(Path(sys.executable).with_name("modelsmith"))
+    b = subprocess.run([script, "validate", "--json"],
+                       cwd=demo_repo, capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout
+    helps = [subprocess.run([*cmd, "--help"], capture_output=True, text=True).stdout
+             for cmd in ([sys.executable, "-m", "modelsmith"], [script])]
+    assert helps[0] == helps[1] and "Usage: modelsmith" in helps[0]
+
+
+def _laughs() -> str:
+    lines = ["  l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+SPEC = "specialists/rtb-quality.yaml"
+HOSTILE = {
+    "alias-bomb": (SPEC, lambda t: t.split("spec:")[0] + "spec:\n" + _laughs(), ":9:"),
+    "duplicate-key": (SPEC, lambda t: t.replace("  base:", "  base: x\n  base:"), ":14:"),
+    "tab": (SPEC, lambda t: t.replace("  base:", "\tbase:"), ":13:"),
+    "non-utf8": (SPEC, lambda t: t.replace("Accept", "Acc\udcffept"), ":10:"),
+    "wrong-api": (SPEC, lambda t: t.replace("modelsmith/v1", "modelsmith/v9"), ":2:"),
+    "name-with-dots": (SPEC, lambda t: t.replace("name: rtb-quality", "name: ../rtb"), ":5:"),
+    "broken-jsonl": ("evals/rtb-quality/scenarios.jsonl",
+                     lambda t: t.replace("\n", "\n{\"id\": oops\n", 1), ":2:"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_validate_hostile_files_exit_2_with_location_and_no_traceback(case, demo_repo):
+    file, mutate, where = HOSTILE[case]
+    path = demo_repo / file
+    text = path.read_text()
+    path.write_bytes(mutate(text).encode("utf-8", "surrogateescape"))
+    proc = subprocess.run([sys.executable, "-m", "modelsmith", "validate"], cwd=demo_repo,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert f"{file}{where}" in proc.stderr, proc.stderr
+
+
+def test_validate_a_50_mb_file_exits_2(demo_repo):
+    path = demo_repo / "evals" / "rtb-quality" / "scenarios.jsonl"
+    with open(path, "ab") as fh:
+        fh.truncate(50 * 1024 * 1024)
+    proc = subprocess.run([sys.executable, "-m", "modelsmith", "validate"], cwd=demo_repo,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "scenarios.jsonl" in proc.stderr and "too large" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pygit2
 import pytest
 from click.testing import CliRunner
 
@@ -206,3 +207,22 @@ def test_validate_a_50_mb_file_exits_2(demo_repo):
     assert proc.returncode == 2
     assert "scenarios.jsonl" in proc.stderr and "too large" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path):
+    def events_tip():
+        found = pygit2.discover_repository(str(ROOT))
+        ref = pygit2.Repository(found).references.get(EVENTS_REF) if found else None
+        return ref.target if ref else None
+
+    before = events_tip()
+    dest = tmp_path / "demo"
+    result = run("demo", "--dir", str(dest), repo=ROOT)
+    assert result.exit_code == 0, result.output
+    assert "ok: 1 specialists" in result.output and "ok: 0 events" in result.output
+    assert "rtb-quality" in result.output
+    fork = pygit2.Repository(str(dest))
+    assert fork.head.shorthand == "main" and not fork.status()
+    assert events_tip() == before
+    again = run("demo", "--dir", str(dest), repo=ROOT)
+    assert again.exit_code == 1 and "not empty" in again.output

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pygit2
 
+from modelsmith.workspace import WorkspaceError
+
 DEMO_PARTS = ("specialists", "evals", "policies", "config", "dvc.yaml")
 
 
@@ -20,7 +22,7 @@ def embedded_defaults(start: Path) -> Path:
     for folder in (start, *start.parents):
         if (folder / "specialists").is_dir() and (folder / "config" / "clusters.json").is_file():
             return folder
-    raise FileNotFoundError(
+    raise WorkspaceError(
         f"no Modelsmith repository (specialists/ and config/clusters.json) at or above {start}"
     )
 
@@ -28,7 +30,7 @@ def embedded_defaults(start: Path) -> Path:
 def prepare_fork(source: Path, dest: Path) -> pygit2.Repository:
     """Copy the declarative files of ``source`` into ``dest`` and commit them."""
     if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not empty")
+        raise WorkspaceError(f"{dest} exists and is not empty; pick another --dir")
     dest.mkdir(parents=True, exist_ok=True)
     for part in DEMO_PARTS:
         src = source / part

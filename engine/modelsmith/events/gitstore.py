@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
+from pydantic import ValidationError
 from pygit2.enums import SortMode
 
 from modelsmith.events.store import (
@@ -79,8 +80,10 @@ def parse_event(message: str, position: int = 0) -> Event:
     body["position"] = position
     try:
         return Event.model_validate(body)
-    except Exception as exc:  # pydantic.ValidationError: keep the message short
-        raise InvalidEventError(f"event envelope invalid: {str(exc).splitlines()[0:3]}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "event"
+        raise InvalidEventError(f"event envelope invalid: {where}: {first['msg']}") from None
 
 
 @dataclass
@@ -174,9 +177,8 @@ class GitEventStore:
                 "run `modelsmith verify`"
             ) from None
 
-    def _position_of_commit(self, idx: _Index, commit: str) -> int | None:
-        if self._index_loaded and commit in idx.commits[-1:]:
-            return len(idx.commits)
+    @staticmethod
+    def _position_of_commit(idx: _Index, commit: str) -> int | None:
         try:
             return idx.commits.index(commit) + 1
         except ValueError:

@@ -226,3 +226,19 @@ def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path):
     assert events_tip() == before
     again = run("demo", "--dir", str(dest), repo=ROOT)
     assert again.exit_code == 1 and "not empty" in again.output
+
+
+@pytest.mark.parametrize("message", ["just a note\n", "x\n\n{not json}\n\nEvent-Id: abcdefgh1\n"
+                                     "Stream: rtb-quality\n"])
+def test_a_foreign_commit_on_the_log_gives_a_clear_error(demo_repo, message):
+    store = _record_story(demo_repo)
+    repo = store.repo
+    tip = repo.references[EVENTS_REF].target
+    sig = pygit2.Signature("x", "x@example.com")
+    bad = repo.create_commit(EVENTS_REF, sig, sig, message, repo.TreeBuilder().write(), [tip])
+    for argv in (["status"], ["log"], ["history", "rtb-quality"]):
+        proc = subprocess.run([sys.executable, "-m", "modelsmith", *argv], cwd=demo_repo,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, (argv, proc.stdout, proc.stderr)
+        assert str(bad) in proc.stderr and "modelsmith verify" in proc.stderr
+        assert "Traceback" not in proc.stderr

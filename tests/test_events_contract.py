@@ -132,6 +132,13 @@ class EventStoreContract:
         with pytest.raises(UnknownTipError):
             list(store.read_since("f" * 40))
 
+    def test_a_written_log_verifies(self, store):
+        assert store.verify().ok and store.verify().events == 0
+        store.append("a", [ev(), ev()], 0)
+        store.append("b", [ev()], 0)
+        report = store.verify()
+        assert report.ok and report.events == 3 and report.tip == store.tip()
+
     def test_tip_changes_with_every_append(self, store):
         tips = {store.tip()}
         for i in range(3):

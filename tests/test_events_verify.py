@@ -155,3 +155,18 @@ def test_merge_commits_are_rejected(log):
     repo.references[EVENTS_REF].set_target(m)
     report = GitEventStore(repo).verify()
     assert any(p.where == str(m) and "merge" in p.message for p in report.problems)
+
+
+def test_verify_events_names_duplicates_gaps_and_bad_payloads():
+    from modelsmith.events.verify import verify_events
+
+    a = _ev(1).recorded("rtb", 1, 1)
+    gap = _ev(2).recorded("rtb", 3, 2)
+    dup = a.model_copy(update={"seq": 4, "position": 3})
+    bad = _ev(3).recorded("rtb", 5, 4).model_copy(update={"data": {"composite": "x"}})
+    report = verify_events([a, gap, dup, bad])
+    messages = [(p.position, p.message) for p in report.problems]
+    assert (2, "stream 'rtb' jumps from seq 1 to 3") in messages
+    assert any(pos == 3 and "already recorded" in m for pos, m in messages)
+    assert any(pos == 4 and "data." in m for pos, m in messages)
+    assert not report.ok and report.events == 4

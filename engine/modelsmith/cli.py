@@ -159,20 +159,10 @@ def schema(out: Path | None) -> None:
 @_guard
 def status(ctx: click.Context, as_json: bool) -> None:
     """Fleet table: which version holds production, canary and shadow now."""
-    ws = _workspace(ctx)
-    fleet = ws.fleet_status()
-    desired, note = _desired_releases(ws)
-    actual = {row["name"]: row for row in fleet["specialists"]}
-    rows = []
-    for name in sorted(set(actual) | set(desired)):
-        row = dict(actual.get(name) or {"name": name, "production": None, "canary": None,
-                                        "shadow": None, "candidates": 0,
-                                        "latest_candidate": None, "events": 0})
-        row["desired"] = desired.get(name)
-        rows.append(row)
+    fleet = _workspace(ctx).overview()
+    rows, note = fleet["specialists"], fleet["specs_error"]
     if as_json:
-        _print_json({"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
-                     "specs_error": note})
+        _print_json(fleet)
         return
     from rich.table import Table
 
@@ -211,28 +201,6 @@ def _stage_cell(row: dict[str, Any], stage: str) -> str:
     if want != (held["version"] if held else None):
         text += f" → {want or '-'}"
     return text
-
-
-def _desired_releases(ws) -> tuple[dict[str, dict[str, str | None]], str | None]:
-    """The `release` blocks of the specialists' YAML, when the specs load cleanly."""
-    if not (ws.root / "specialists").is_dir():
-        return {}, None
-    from modelsmith.specs import SpecError
-
-    try:
-        repo = ws.specs()
-    except SpecError as exc:
-        return {}, f"specs have {len(exc.issues)} errors (run `modelsmith validate`); " \
-                   "desired releases not shown"
-    out = {}
-    for name, spec in repo.specialists.items():
-        rel = spec.release
-        out[name] = {
-            "production": rel.production,
-            "canary": rel.canary.version if rel.canary else None,
-            "shadow": rel.shadow,
-        }
-    return out, None
 
 
 @cli.command()

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from modelsmith.specs import Repository
 
 
+_EMPTY_ROW: dict[str, Any] = {
+    "production": None, "canary": None, "shadow": None, "candidates": 0,
+    "latest_candidate": None, "events": 0,
+}
+
+
 class WorkspaceError(Exception):
     """The folder cannot serve as a Modelsmith repository (with a hint how to fix it)."""
 
@@ -68,6 +74,40 @@ class Workspace:
         from modelsmith.events.projection import fleet_status
 
         return fleet_status(self.store, self.cache_dir)
+
+    def overview(self) -> dict[str, Any]:
+        """What `status` shows: each specialist's actual stages (from the log) beside the
+        desired ``release`` (from its YAML, when the specs load cleanly)."""
+        fleet = self.fleet_status()
+        desired, note = self._desired_releases()
+        actual = {row["name"]: row for row in fleet["specialists"]}
+        rows = []
+        for name in sorted(set(actual) | set(desired)):
+            row = dict(actual.get(name) or _EMPTY_ROW, name=name)
+            row["desired"] = desired.get(name)
+            rows.append(row)
+        return {"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
+                "specs_error": note}
+
+    def _desired_releases(self) -> tuple[dict[str, dict[str, str | None]], str | None]:
+        if not (self.root / "specialists").is_dir():
+            return {}, None
+        from modelsmith.specs import SpecError
+
+        try:
+            repo = self.specs()
+        except SpecError as exc:
+            return {}, (f"specs have {len(exc.issues)} errors (run `modelsmith validate`); "
+                        "desired releases not shown")
+        out = {}
+        for name, spec in repo.specialists.items():
+            rel = spec.release
+            out[name] = {
+                "production": rel.production,
+                "canary": rel.canary.version if rel.canary else None,
+                "shadow": rel.shadow,
+            }
+        return out, None
 
     def specs(self) -> Repository:
         from modelsmith.specs import load_repository

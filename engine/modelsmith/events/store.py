@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from modelsmith.events.types import Event, InvalidEventError, validate_stream
+from modelsmith.events.verify import VerifyReport, verify_events
 
 
 class EventStoreError(Exception):
@@ -67,6 +68,10 @@ class EventStore(Protocol):
 
     def evidence(self, event_id: str) -> dict[str, bytes]:
         """The evidence files recorded with an event (name -> bytes)."""
+        ...
+
+    def verify(self) -> VerifyReport:
+        """Walk the whole log and report what breaks its invariants."""
         ...
 
 
@@ -165,3 +170,8 @@ class MemoryEventStore:
         if event is None:
             raise EventStoreError(f"no event {event_id}")
         return dict(event.blobs)
+
+    def verify(self) -> VerifyReport:
+        with self._lock:
+            events = list(self._events)
+        return verify_events(events)

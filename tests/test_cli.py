@@ -44,7 +44,7 @@ def _record_story(path: Path) -> GitEventStore:
 def test_validate_the_demo_repository():
     result = run("validate", str(ROOT))
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: 1 specialists")
+    assert result.output.startswith("ok: 1 specialist,")
 
 
 def test_validate_json_lists_every_error(demo_repo):
@@ -219,7 +219,7 @@ def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path):
     dest = tmp_path / "demo"
     result = run("demo", "--dir", str(dest), repo=ROOT)
     assert result.exit_code == 0, result.output
-    assert "ok: 1 specialists" in result.output and "ok: 0 events" in result.output
+    assert "ok: 1 specialist," in result.output and "ok: 0 events" in result.output
     assert "rtb-quality" in result.output
     fork = pygit2.Repository(str(dest))
     assert fork.head.shorthand == "main" and not fork.status()
@@ -242,3 +242,13 @@ def test_a_foreign_commit_on_the_log_gives_a_clear_error(demo_repo, message):
         assert proc.returncode == 1, (argv, proc.stdout, proc.stderr)
         assert str(bad) in proc.stderr and "modelsmith verify" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_read_commands_work_when_the_cache_cannot_be_written(demo_repo):
+    _record_story(demo_repo)
+    # A file where the cache folder should be: every cache write fails, even as root.
+    (demo_repo / ".git" / "modelsmith").write_text("not a folder")
+    for argv in (["status", "--json"], ["log"], ["history", "rtb-quality"], ["verify"]):
+        result = run(*argv, repo=demo_repo)
+        assert result.exit_code == 0, (argv, result.output)
+    assert json.loads(run("status", "--json", repo=demo_repo).stdout)["events"] == 4

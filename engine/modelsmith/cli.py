@@ -47,10 +47,12 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (WorkspaceError, EventStoreError, InvalidEventError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILED)
-        except click.exceptions.Exit:
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except (click.ClickException, click.Abort):
-            raise
+        except BrokenPipeError:
+            # `modelsmith log | head`: the reader left; nothing is wrong.
+            sys.stderr.close()
+            sys.exit(0)
         except Exception as exc:
             if os.environ.get("MODELSMITH_DEBUG"):
                 raise
@@ -131,8 +133,13 @@ def validate(ctx: click.Context, path: Path | None, as_json: bool) -> None:
     if as_json:
         _print_json({"ok": True, "root": str(root), "errors": [], "counts": counts})
     else:
-        parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+        parts = ", ".join(_count(v, k.replace("_", " ")) for k, v in counts.items())
         click.echo(f"ok: {parts}")
+
+
+def _count(n: int, plural: str) -> str:
+    singular = plural[:-3] + "y" if plural.endswith("ies") else plural[:-1]
+    return f"{n} {singular if n == 1 else plural}"
 
 
 @cli.command()

@@ -324,16 +324,19 @@ class GitEventStore:
     def save_index(self) -> None:
         """Write the index cache (atomic); a reader that finds none simply rebuilds it."""
         idx = self._index
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".index-")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(
-                (_INDEX_FORMAT, idx.tip, idx.commits, idx.ids, idx.streams),
-                fh,
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
-        os.replace(tmp, self._index_path())
         self._unsaved = 0
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".index-")
+        except OSError:
+            return  # a read-only repository: the index is rebuilt on each run instead
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                state = (_INDEX_FORMAT, idx.tip, idx.commits, idx.ids, idx.streams)
+                pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self._index_path())
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ verify
 
@@ -358,8 +361,11 @@ class GitEventStore:
         self._verify_reflog(checker)
         self._verify_anchor(checker, report.tip)
         if report.ok:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self._anchor_path().write_text(report.tip + "\n")
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                self._anchor_path().write_text(report.tip + "\n")
+            except OSError:
+                pass  # read-only repository: the anchor check just has nothing to compare
         return report
 
     def _verify_commit(self, checker: EventChecker, commit: pygit2.Commit, pos: int) -> None:

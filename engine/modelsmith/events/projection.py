@@ -271,8 +271,15 @@ def _load(path: Path, kind: type = FleetState) -> Any:
 
 
 def _save(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cache-")
-    with os.fdopen(fd, "wb") as fh, _no_gc():
-        pickle.dump((_CACHE_FORMAT, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
+    """Best effort: a cache that cannot be written (read-only checkout) costs only time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cache-")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as fh, _no_gc():
+            pickle.dump((_CACHE_FORMAT, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)

@@ -10,6 +10,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_PARTS = ("specialists", "evals", "policies", "config")
+# A small, frozen repository the loader tests edit line by line; the demo content itself
+# grows with the product and is checked on its own (it must always validate).
+SPEC_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "repo"
 
 
 @pytest.fixture
@@ -18,6 +21,14 @@ def demo_files(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     for part in DEMO_PARTS:
         shutil.copytree(REPO_ROOT / part, root / part)
+    return root
+
+
+@pytest.fixture
+def spec_files(tmp_path: Path) -> Path:
+    """A copy of the frozen loader-test repository."""
+    root = tmp_path / "specs"
+    shutil.copytree(SPEC_FIXTURE, root)
     return root
 
 

@@ -22,8 +22,8 @@ HEADER = "apiVersion: modelsmith/v1\nkind: Specialist\nmetadata:\n  name: rtb-qu
 
 
 @pytest.fixture
-def repo(demo_files: Path) -> Path:
-    return demo_files
+def repo(spec_files: Path) -> Path:
+    return spec_files
 
 
 def issues_in(root: Path, file: str) -> list[SpecIssue]:

@@ -20,6 +20,7 @@ from modelsmith import __version__
 
 EXIT_FAILED = 1  # the command ran and found a problem (verify)
 EXIT_INVALID = 2  # the input is invalid (specs, arguments)
+EXIT_BELOW_TARGET = 3  # an evaluation ran and its composite is below the target
 EXIT_INTERNAL = 70
 
 
@@ -38,13 +39,22 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from modelsmith.evaluation.results import EvalError
         from modelsmith.events.store import EventStoreError
         from modelsmith.events.types import InvalidEventError
+        from modelsmith.inference.base import InferenceError
+        from modelsmith.specs import SpecError
         from modelsmith.workspace import WorkspaceError
 
         try:
             return fn(*args, **kwargs)
-        except (WorkspaceError, EventStoreError, InvalidEventError) as exc:
+        except SpecError as exc:
+            click.echo(str(exc), err=True)
+            click.echo("the repository's specs are invalid (see `modelsmith validate`)",
+                       err=True)
+            sys.exit(EXIT_INVALID)
+        except (WorkspaceError, EventStoreError, InvalidEventError, EvalError,
+                InferenceError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -293,6 +303,181 @@ def verify(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{len(report.problems)} problems in {report.events} events", err=True)
     if not report.ok:
         sys.exit(EXIT_FAILED)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@cli.command("eval")
+@click.argument("specialist")
+@click.option("--model", "model_ref", default=None, metavar="REF",
+              help="A model profile, a local HF folder, a hub id, or openai:NAME "
+                   "(default: the specialist's base model).")
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default=None,
+              help="Local inference engine (default: transformers on CPU).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N core and N held-out scenarios (a quick look; gates "
+                   "ignore partial evaluations).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--reducer", type=click.Choice(["mean", "majority", "pass@k"]), default="mean",
+              show_default=True, help="How repeats combine into a scenario score.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: MODELSMITH_THREADS or 1).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--min-composite", type=click.FloatRange(0, 1), default=None,
+              help="Exit 3 below this composite (default: the specialist's target).")
+@click.option("--no-record", is_flag=True, help="Do not append events to the log.")
+@click.option("--markdown", is_flag=True, help="Print the report as Markdown (PR bodies).")
+@json_option
+@click.pass_context
+@_guard
+def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend: str | None,
+             limit: int | None, repeats: int, reducer: str, temperature: float,
+             threads: int | None, batch_size: int, min_composite: float | None,
+             no_record: bool, markdown: bool, as_json: bool) -> None:
+    """Evaluate a model on a specialist's suite; record EvalStarted/EvalCompleted.
+
+    Exit 0 when the composite meets the target, 3 when it does not.
+    """
+    from modelsmith.evaluation.results import EvalError
+    from modelsmith.evaluation.runner import EvalSettings
+    from modelsmith.evaluation.service import VERSION_RE, evaluate, specialist_or_error
+    from modelsmith.inference import make_backend
+
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    spec = specialist_or_error(repo, specialist)
+    ref = model_ref or spec.spec.base
+    if VERSION_RE.match(ref):
+        raise EvalError(f"{ref} is a candidate version; evaluating versions needs their "
+                        "weights, which training registers (not available yet)")
+    settings = EvalSettings(limit=limit, repeats=repeats, reducer=reducer,
+                            temperature=temperature)
+    click.echo(f"loading {ref} ...", err=True)
+    model = make_backend(ref, repo.clusters, backend=backend, threads=threads,
+                         batch_size=batch_size, repo_root=ws.root)
+    try:
+        with _progress(f"{specialist} on {ref}") as progress:
+            outcome = evaluate(repo, specialist, model, model_ref=ref,
+                               store=None if no_record else ws.store, settings=settings,
+                               commit=ws.head_commit(), progress=progress)
+    finally:
+        model.close()
+    report = outcome.report
+    target = min_composite if min_composite is not None else spec.spec.target.composite
+    meets = report.meets(target)
+    if as_json:
+        _print_json({"specialist": specialist, "model": ref, "target": target, "meets": meets,
+                     "event_id": outcome.event.id if outcome.event else None,
+                     "duration_s": round(outcome.duration_s, 3), "report": report.to_dict()})
+    elif markdown:
+        click.echo(f"### {specialist} · `{ref}`\n\n{report.to_markdown()}")
+    else:
+        _render_report(report, specialist, ref, target, outcome)
+    if not meets:
+        sys.exit(EXIT_BELOW_TARGET)
+
+
+def _render_report(report, specialist: str, ref: str, target: float, outcome) -> None:
+    from rich.table import Table
+
+    def fmt(v):
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    def ci(c):
+        return "" if not c or any(x is None or x != x for x in c) else f"[{c[0]:.3f}, {c[1]:.3f}]"
+
+    table = Table(title=f"{specialist} · {ref} · {outcome.duration_s:.1f}s")
+    for col in ("metric", "value", "95% CI", "n"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    table.add_row("composite", fmt(report.composite), ci(report.composite_ci), "")
+    table.add_row("core", fmt(report.core), ci(report.core_ci), str(report.n_core))
+    table.add_row("robustness", fmt(report.robustness), ci(report.robustness_ci),
+                  str(report.n_variants))
+    table.add_row("micro", fmt(report.micro), "", "")
+    for name, part in report.micro_parts.items():
+        table.add_row(f"  {name}", fmt(part.get("score")), f"value {part.get('value')}", "")
+    table.add_row("held-out (not in composite)", fmt(report.heldout), ci(report.heldout_ci),
+                  str(report.n_heldout))
+    table.add_row("pass rate", fmt(report.pass_rate), "", "")
+    for tag, sl in sorted(report.slices.items()):
+        table.add_row(f"  tag {tag}", fmt(sl.get("score")), ci(sl.get("ci")), str(sl.get("n")))
+    console = _console()
+    console.print(table)
+    verdict = "meets" if report.meets(target) else "is below"
+    console.print(f"composite {fmt(report.composite)} {verdict} the target {target:.3f}")
+    if outcome.event is not None:
+        console.print(f"recorded EvalCompleted {outcome.event.id} "
+                      f"({specialist}#{outcome.event.seq})")
+
+
+class _progress:
+    """A progress bar on stderr for long generation; quiet when stderr is not a terminal."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._bar = None
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        console = Console(stderr=True)
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                             MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                             transient=True, disable=not console.is_terminal)
+        self._bar.start()
+        self._task = self._bar.add_task(self.title, total=None)
+        self._last_line = 0.0
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        import time
+
+        self._bar.update(self._task, completed=done, total=total)
+        if self._bar.disable and (time.monotonic() - self._last_line > 10 or done == total):
+            self._last_line = time.monotonic()
+            click.echo(f"{self.title}: {done}/{total}", err=True)
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()
+
+
+@cli.command()
+@click.argument("specialist")
+@click.argument("baseline")
+@click.argument("candidate")
+@click.option("--split", type=click.Choice(["core", "heldout"]), default="core",
+              show_default=True)
+@click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True)
+@json_option
+@click.pass_context
+@_guard
+def compare(ctx: click.Context, specialist: str, baseline: str, candidate: str, split: str,
+            resamples: int, as_json: bool) -> None:
+    """Paired comparison of two recorded evaluations (event ids or model refs).
+
+    Same scenarios, per-scenario deltas, a paired bootstrap CI of the difference, and a
+    verdict: better, worse or inconclusive at 95%.
+    """
+    from modelsmith.evaluation.service import compare as compare_evals
+
+    result = compare_evals(_workspace(ctx).store, specialist, baseline, candidate,
+                           split=split, n_resamples=resamples)
+    data = result.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    r = result.result
+    click.echo(f"{specialist} · {split} · {r.n} shared scenarios")
+    click.echo(f"  baseline  {baseline:<20} {r.mean_a:.3f}  ({result.baseline.id[:12]})")
+    click.echo(f"  candidate {candidate:<20} {r.mean_b:.3f}  ({result.candidate.id[:12]})")
+    click.echo(f"  difference {r.diff:+.3f}  95% CI [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]  "
+               f"wins {r.wins} / losses {r.losses} / ties {r.ties}")
+    click.echo(f"  verdict: {r.verdict}")
+    if not result.same_suite:
+        click.echo("  note: the two evaluations ran on different suite versions", err=True)
 
 
 @cli.command()

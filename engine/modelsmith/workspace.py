@@ -114,6 +114,16 @@ class Workspace:
 
         return load_repository(self.root)
 
+    def head_commit(self) -> str | None:
+        """The commit the work tree is at (recorded as an event's cause), if any."""
+        import pygit2
+
+        found = pygit2.discover_repository(str(self.root))
+        if found is None:
+            return None
+        repo = pygit2.Repository(found)
+        return None if repo.head_is_unborn else str(repo.head.target)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()

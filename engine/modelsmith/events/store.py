@@ -111,6 +111,20 @@ def resolve_recorded(
     return [r for r in recorded if r is not None]
 
 
+def append_observation(
+    store: EventStore, stream: str, events: Sequence[Event], attempts: int = 50
+) -> list[Event]:
+    """Append events that record what happened (an evaluation ran) rather than a decision
+    taken on the stream's state, so a moved stream is no reason to re-decide: retry at the
+    new end. Idempotent like every append."""
+    for _ in range(attempts):
+        try:
+            return store.append(stream, events, store.last_seq(stream))
+        except ConcurrencyError:
+            continue
+    raise EventStoreError(f"stream {stream!r} kept moving: {attempts} appends lost the race")
+
+
 class MemoryEventStore:
     """A list in memory: the reference behaviour, and fast for unit tests."""
 

@@ -131,9 +131,15 @@ class EvalCompleted(EventData):
     micro: float | None = None
     heldout: float | None = None
     ci: tuple[float, float] | None = None
+    heldout_ci: tuple[float, float] | None = None
+    pass_rate: float | None = None
     slices: dict[str, float] = Field(default_factory=dict)
     scenarios: int = 0
     failed: int = 0
+    limit: int | None = None  # a partial run (first N scenarios): gates ignore it
+    backend: str | None = None
+    commit: str | None = None  # the repository commit the suite was read at
+    duration_s: float | None = None
 
     def summary(self) -> str:
         return f"{self.version or self.model} composite={self.composite:.4f}"

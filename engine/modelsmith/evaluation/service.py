@@ -1,0 +1,185 @@
+"""Evaluate a model for a specialist and record it; compare two recorded evaluations.
+
+An evaluation appends ``EvalStarted``, runs the suite, then appends ``EvalCompleted`` with
+the composite, its breakdown and CIs, and two evidence files in the event's commit:
+``results.jsonl`` (every scenario's input, outputs, scores, reasons) and ``report.json``.
+A comparison reads that evidence back, so it needs nothing but the log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from modelsmith.evaluation.composite import EvalReport, compare_runs, compute_report
+from modelsmith.evaluation.results import EvalError, ScenarioRun, Split
+from modelsmith.evaluation.runner import EvalSettings, run_suite, runs_from_jsonl, runs_to_jsonl
+from modelsmith.evaluation.stats import PairedComparison
+from modelsmith.events.store import EventStore, append_observation
+from modelsmith.events.types import EvalCompleted, EvalStarted, Event
+from modelsmith.inference.base import Backend, ProgressFn
+from modelsmith.specs import Repository
+
+RESULTS = "results.jsonl"
+REPORT = "report.json"
+VERSION_RE = re.compile(r"^v[1-9][0-9]*$")
+
+
+@dataclass
+class EvalOutcome:
+    report: EvalReport
+    runs: list[ScenarioRun]
+    event: Event | None  # the recorded EvalCompleted (None with record=False)
+    model_ref: str
+    duration_s: float
+
+
+def evaluate(
+    repo: Repository,
+    specialist: str,
+    backend: Backend,
+    *,
+    model_ref: str,
+    store: EventStore | None,
+    settings: EvalSettings | None = None,
+    version: str | None = None,
+    actor: str = "cli",
+    commit: str | None = None,
+    progress: ProgressFn | None = None,
+    judge: Callable[..., tuple[float, str]] | None = None,
+) -> EvalOutcome:
+    """Run ``specialist``'s suite on ``backend``; append the events when ``store`` is given."""
+    settings = settings or EvalSettings()
+    spec = specialist_or_error(repo, specialist)
+    suite = repo.suite_for(spec)
+    run_id = uuid.uuid4().hex[:12]
+    if store is not None:
+        started = EvalStarted(version=version, model=model_ref, suite=suite.name,
+                              suite_hash=suite.suite_hash, run_id=run_id, backend=backend.name)
+        append_observation(store, specialist, [Event.new(started, actor=actor, cause=commit)])
+    t0 = time.perf_counter()
+    runs = run_suite(spec, suite, backend, settings, progress=progress, judge=judge)
+    report = compute_report(runs, suite.suite, seed=settings.seed)
+    duration = time.perf_counter() - t0
+    event = None
+    if store is not None:
+        payload = EvalCompleted(
+            version=version,
+            model=model_ref,
+            suite=suite.name,
+            suite_hash=suite.suite_hash,
+            run_id=run_id,
+            composite=_num(report.composite),
+            core=_opt(report.core),
+            robustness=_opt(report.robustness),
+            micro=_opt(report.micro),
+            heldout=_opt(report.heldout),
+            ci=_interval(report.composite_ci),
+            heldout_ci=_interval(report.heldout_ci),
+            pass_rate=_opt(report.pass_rate),
+            slices={tag: _num(s["score"]) for tag, s in report.to_dict()["slices"].items()
+                    if s.get("score") is not None},
+            scenarios=report.n_core + report.n_heldout,
+            failed=len(report.failed_ids),
+            limit=settings.limit,
+            backend=backend.name,
+            commit=commit,
+            duration_s=round(duration, 3),
+        )
+        evidence = {
+            RESULTS: runs_to_jsonl(runs),
+            REPORT: json.dumps(report.to_dict(), indent=1, sort_keys=True).encode(),
+        }
+        completed = Event.new(payload, actor=actor, cause=commit, evidence=evidence)
+        (event,) = append_observation(store, specialist, [completed])
+    return EvalOutcome(report, runs, event, model_ref, duration)
+
+
+def specialist_or_error(repo: Repository, name: str):
+    spec = repo.specialists.get(name)
+    if spec is None:
+        known = ", ".join(sorted(repo.specialists)) or "none"
+        raise EvalError(f"no specialist {name!r} in {repo.root} (known: {known})")
+    return spec
+
+
+def find_evaluation(store: EventStore, specialist: str, ref: str) -> Event:
+    """The EvalCompleted an argument names: an event id (or a unique prefix of 6+ chars),
+    or a model/version reference (its latest full evaluation)."""
+    matches = []
+    latest = None
+    for event in store.read(specialist):
+        if event.type != "EvalCompleted":
+            continue
+        if len(ref) >= 6 and event.id.startswith(ref):
+            matches.append(event)
+        data = event.data
+        if ref in (data.get("model"), data.get("version")) and not data.get("limit"):
+            latest = event
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise EvalError(f"{ref!r} matches {len(matches)} evaluations; give more of the id")
+    if latest is not None:
+        return latest
+    raise EvalError(
+        f"no full evaluation {ref!r} for {specialist}: give an EvalCompleted event id or a "
+        f"model that `modelsmith eval {specialist} --model {ref}` evaluated "
+        "(see `modelsmith log --type EvalCompleted`)"
+    )
+
+
+def load_runs(store: EventStore, event: Event) -> list[ScenarioRun]:
+    blobs = store.evidence(event.id)
+    if RESULTS not in blobs:
+        raise EvalError(f"evaluation {event.id} carries no {RESULTS} evidence")
+    return runs_from_jsonl(blobs[RESULTS])
+
+
+@dataclass
+class Comparison:
+    baseline: Event
+    candidate: Event
+    split: Split
+    result: PairedComparison
+    same_suite: bool
+
+    def to_dict(self) -> dict[str, object]:
+        def who(e: Event) -> dict[str, object]:
+            d = e.data
+            return {"event_id": e.id, "model": d.get("model"), "version": d.get("version"),
+                    "suite_hash": d.get("suite_hash"), "composite": d.get("composite")}
+
+        return {"baseline": who(self.baseline), "candidate": who(self.candidate),
+                "split": self.split, "same_suite": self.same_suite, **self.result.to_dict()}
+
+
+def compare(store: EventStore, specialist: str, a: str, b: str, *, split: Split = "core",
+            n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Paired comparison of two recorded evaluations on the scenarios both ran."""
+    base, cand = find_evaluation(store, specialist, a), find_evaluation(store, specialist, b)
+    try:
+        result = compare_runs(load_runs(store, base), load_runs(store, cand), split=split,
+                              n_resamples=n_resamples, seed=seed)
+    except ValueError as exc:
+        raise EvalError(f"cannot compare {a} and {b} on {split}: {exc}") from None
+    same = base.data.get("suite_hash") == cand.data.get("suite_hash")
+    return Comparison(base, cand, split, result, same)
+
+
+def _num(x: float | None) -> float:
+    return 0.0 if x is None or x != x else round(float(x), 6)
+
+
+def _opt(x: float | None) -> float | None:
+    return None if x is None or x != x else round(float(x), 6)
+
+
+def _interval(ci) -> tuple[float, float] | None:
+    if ci is None or any(v is None or v != v for v in ci):
+        return None
+    return (round(float(ci[0]), 6), round(float(ci[1]), 6))

@@ -1,0 +1,65 @@
+"""The inference interface every backend implements (transformers, vLLM, OpenAI-compatible).
+
+Same request in, same result shape out, whichever backend serves it. Backends are built by
+``modelsmith.inference.factory``; importing this module imports no ML library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to produce. ``prompt`` is the rendered task prompt (user turn)."""
+
+    prompt: str
+    system: str | None = None
+    max_new_tokens: int = 16
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a backend returns for one request."""
+
+    text: str
+    completion_tokens: int
+    latency_ms: float  # wall time of the call that produced it, shared within a batch
+    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    error: str | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+class InferenceError(Exception):
+    """A backend could not be built or could not answer (with a message a user can act on)."""
+
+
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model that turns requests into generations."""
+
+    name: str  # e.g. "transformers", "openai", "vllm"
+    model_ref: str  # what was loaded: a path, a hub id, an endpoint model name
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+    ) -> list[Generation]:
+        """One Generation per request, in order. Batches internally where it can."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under this model's tokenizer (an estimate where none is known)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model (memory, connections)."""
+        ...

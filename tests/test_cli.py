@@ -172,6 +172,12 @@ def _laughs() -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """One tiny-model build shared by this module's tests."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 SPEC = "specialists/rtb-quality.yaml"
 HOSTILE = {
     "alias-bomb": (SPEC, lambda t: t.split("spec:")[0] + "spec:\n" + _laughs(), ":9:"),
@@ -209,7 +215,9 @@ def test_validate_a_50_mb_file_exits_2(demo_repo):
     assert "Traceback" not in proc.stderr
 
 
-def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path):
+def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path, model_cache,
+                                                              monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
     def events_tip():
         found = pygit2.discover_repository(str(ROOT))
         ref = pygit2.Repository(found).references.get(EVENTS_REF) if found else None
@@ -217,9 +225,10 @@ def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path):
 
     before = events_tip()
     dest = tmp_path / "demo"
-    result = run("demo", "--dir", str(dest), repo=ROOT)
+    result = run("demo", "--dir", str(dest), "--model", "tiny-test", "--limit", "3", repo=ROOT)
     assert result.exit_code == 0, result.output
-    assert "ok: 1 specialist," in result.output and "ok: 0 events" in result.output
+    assert "ok: 1 specialist," in result.output and "ok: 2 events" in result.output
+    assert "EvalCompleted rtb-quality#2 tiny-test" in result.output
     assert "rtb-quality" in result.output
     fork = pygit2.Repository(str(dest))
     assert fork.head.shorthand == "main" and not fork.status()
@@ -252,3 +261,45 @@ def test_read_commands_work_when_the_cache_cannot_be_written(demo_repo):
         result = run(*argv, repo=demo_repo)
         assert result.exit_code == 0, (argv, result.output)
     assert json.loads(run("status", "--json", repo=demo_repo).stdout)["events"] == 4
+
+
+def test_eval_on_the_tiny_model_records_an_evaluation(demo_repo, model_cache, monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
+    result = run("eval", "rtb-quality", "--model", "tiny-test", "--limit", "6", "--json",
+                 repo=demo_repo)
+    # A randomly initialised model cannot meet the target: exit 3, not an error.
+    assert result.exit_code == 3, result.output
+    data = json.loads(result.stdout)
+    assert data["model"] == "tiny-test" and data["meets"] is False and data["event_id"]
+    assert data["report"]["n_core"] == 6 and data["report"]["n_heldout"] == 6
+    log = run("log", "rtb-quality", repo=demo_repo).output
+    assert "EvalStarted" in log and "EvalCompleted rtb-quality#2 tiny-test composite=" in log
+    md = run("eval", "rtb-quality", "--model", "tiny-test", "--limit", "2", "--markdown",
+             "--no-record", "--min-composite", "0", repo=demo_repo)
+    assert md.exit_code == 0 and "| **composite** |" in md.output
+    assert len(list(GitEventStore(demo_repo).read("rtb-quality"))) == 2
+
+
+def test_eval_errors_are_clear(demo_repo, model_cache, monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
+    for argv, text in ((["eval", "nope"], "no specialist 'nope'"),
+                       (["eval", "rtb-quality", "--model", "v3"], "candidate version"),
+                       (["eval", "rtb-quality", "--model", "no-such-profile/x"], "")):
+        result = CliRunner().invoke(cli, ["-C", str(demo_repo), *argv])
+        assert result.exit_code in (1, 2), (argv, result.output)
+        assert text in result.output and "Traceback" not in result.output
+
+
+def test_compare_two_recorded_evaluations(demo_repo, model_cache, monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
+    for _ in range(2):
+        assert run("eval", "rtb-quality", "--model", "tiny-test", "--min-composite", "0",
+                   repo=demo_repo).exit_code == 0
+    events = [e for e in GitEventStore(demo_repo).read("rtb-quality")
+              if e.type == "EvalCompleted"]
+    a, b = events[0].id, events[1].id
+    data = json.loads(run("compare", "rtb-quality", a, b, "--json", repo=demo_repo).stdout)
+    # Greedy decoding is deterministic: the same model twice differs by nothing.
+    assert data["verdict"] == "inconclusive" and data["diff"] == 0 and data["n"] == 320
+    text = run("compare", "rtb-quality", "tiny-test", b, repo=demo_repo).output
+    assert "verdict: inconclusive" in text

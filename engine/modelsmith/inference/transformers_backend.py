@@ -1,0 +1,320 @@
+"""The CPU default: a Hugging Face causal LM run with transformers, batched with left padding.
+
+Requests are grouped by ``max_new_tokens``, sorted by prompt length inside a group (less
+padding) and generated ``batch_size`` at a time. Greedy rows and sampled rows can share a
+batch: sampling happens in a logits processor with one ``torch.Generator`` per request, seeded
+from the request's seed, so a seeded request gives the same text whichever batch it lands in.
+Stop strings end a row early (per row) and are trimmed from its text.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..artifacts.models import ResolvedModel
+from .base import Generation, GenerationRequest, InferenceError, ProgressFn
+
+try:
+    import torch
+    import transformers
+    from transformers import LogitsProcessor, StoppingCriteria
+except ImportError as exc:  # pragma: no cover - exercised only without the train extra
+    raise InferenceError(
+        f"the transformers backend needs torch and transformers ({exc.name} is missing): "
+        "pip install 'modelsmith[train]'"
+    ) from exc
+
+DEFAULT_THREADS = 1
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def default_threads() -> int:
+    """``$MODELSMITH_THREADS`` if set, else 1 (measured fastest on a shared small CPU box)."""
+    raw = os.environ.get("MODELSMITH_THREADS", "").strip()
+    if not raw:
+        return DEFAULT_THREADS
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise InferenceError(f"MODELSMITH_THREADS must be a whole number (got '{raw}')") from exc
+    if value < 1:
+        raise InferenceError(f"MODELSMITH_THREADS must be at least 1 (got {value})")
+    return value
+
+
+class _PerRowSampler(LogitsProcessor):
+    """Samples sampled rows with their own generators; greedy decoding then picks that token.
+
+    Rows with temperature 0 are left alone (plain greedy). For the others the scores become
+    -inf everywhere except the sampled token.
+    """
+
+    def __init__(self, rows: list[tuple[float, float, torch.Generator] | None]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        out = scores
+        for index, row in enumerate(self.rows):
+            if row is None:
+                continue
+            temperature, top_p, generator = row
+            logits = scores[index].float() / temperature
+            probs = torch.softmax(logits, dim=-1)
+            if top_p < 1.0:
+                sorted_probs, order = torch.sort(probs, descending=True)
+                cumulative = torch.cumsum(sorted_probs, dim=-1)
+                drop = cumulative - sorted_probs > top_p  # keep the first token always
+                sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            token = torch.multinomial(probs, 1, generator=generator)
+            if out is scores:
+                out = scores.clone()
+            out[index] = float("-inf")
+            out[index, token] = 0.0
+        return out
+
+
+class _StopStrings(StoppingCriteria):
+    """Per-row stop strings: a row is done once its new text contains one of its strings."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, stops: list[tuple[str, ...]]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stops = stops
+        self.done = [False] * len(stops)
+        #: how many new tokens a row had when a stop string ended it
+        self.done_at: list[int | None] = [None] * len(stops)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        for index, stops in enumerate(self.stops):
+            if stops and not self.done[index]:
+                new = input_ids[index, self.prompt_len:]
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                if any(stop in text for stop in stops):
+                    self.done[index] = True
+                    self.done_at[index] = int(new.shape[0])
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+def _trim(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class TransformersBackend:
+    """A causal LM loaded once with transformers; batched generation with left padding."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        threads: int | None = None,
+        batch_size: int = 16,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
+        if batch_size < 1:
+            raise InferenceError(f"batch_size must be at least 1 (got {batch_size})")
+        if dtype not in DTYPES:
+            raise InferenceError(f"unknown dtype '{dtype}' (choose one of: {', '.join(DTYPES)})")
+        self.resolved = model
+        self.model_ref = model.source
+        self.batch_size = batch_size
+        self.device = device
+        self.threads = threads if threads is not None else default_threads()
+        if self.threads < 1:
+            raise InferenceError(f"threads must be at least 1 (got {self.threads})")
+        torch.set_num_threads(self.threads)  # process-wide: torch has no per-model setting
+        where = f"folder {model.path}" if model.path is not None else f"hub id {model.hub_id}"
+        # Our own progress reporting covers loading; transformers' bars only add noise.
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                model.source, padding_side="left"
+            )
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                model.source, dtype=getattr(torch, dtype)
+            )
+        except (OSError, ValueError) as exc:
+            hint = (
+                " (no network, or not a model on the hub? Download it on a connected machine "
+                "and pass its folder)" if model.path is None else ""
+            )
+            raise InferenceError(f"could not load the model from {where}: {exc}{hint}") from exc
+        try:
+            self.model.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            raise InferenceError(f"cannot move the model to device '{device}': {exc}") from exc
+        self.model.eval()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None
+                                     else [])
+        self.pad_id: int = int(self.tokenizer.pad_token_id)
+        # Generation is defined by the request alone: drop the model's own defaults
+        # (repetition penalty, sampling switches, ...), which generate() would merge in.
+        self.model.generation_config = transformers.GenerationConfig(
+            eos_token_id=sorted(self.eos_ids) or None,
+            pad_token_id=self.pad_id,
+            bos_token_id=self.model.generation_config.bos_token_id,
+        )
+        if model.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise InferenceError(
+                f"model '{model.ref}' is set to use a chat template (chat_template: true) but its "
+                "tokenizer has none; set chat_template: false for its profile"
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _prompt(self, request: GenerationRequest) -> str:
+        if self.resolved.chat_template:
+            messages = []
+            if request.system:
+                messages.append({"role": "system", "content": request.system})
+            messages.append({"role": "user", "content": request.prompt})
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        if request.system:
+            return f"{request.system}\n{request.prompt}"
+        return request.prompt
+
+    def _encode(self, request: GenerationRequest) -> tuple[list[int], bool]:
+        ids = self.tokenizer(
+            self._prompt(request), add_special_tokens=not self.resolved.chat_template
+        )["input_ids"]
+        limit = max(1, self.resolved.max_length - request.max_new_tokens)
+        if len(ids) > limit:  # keep the end of the prompt, where the question is
+            return ids[-limit:], True
+        return ids, False
+
+    def _check(self) -> None:
+        if self.model is None:
+            raise InferenceError("this backend was closed; build a new one")
+
+    # ------------------------------------------------------------------ Backend API
+
+    def count_tokens(self, text: str) -> int:
+        self._check()
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+    ) -> list[Generation]:
+        self._check()
+        total = len(requests)
+        results: list[Generation | None] = [None] * total
+        encoded = [self._encode(r) for r in requests]
+        groups: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            if request.max_new_tokens < 1:
+                raise InferenceError(
+                    f"max_new_tokens must be at least 1 (request {index} asks for "
+                    f"{request.max_new_tokens})"
+                )
+            groups.setdefault(request.max_new_tokens, []).append(index)
+        done = 0
+        for max_new in sorted(groups):
+            order = sorted(groups[max_new], key=lambda i: len(encoded[i][0]))
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                for index, generation in zip(
+                    batch, self._generate_batch(
+                        [requests[i] for i in batch], [encoded[i] for i in batch], max_new
+                    ), strict=True,
+                ):
+                    results[index] = generation
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+        return [r for r in results if r is not None]
+
+    def _generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        encoded: list[tuple[list[int], bool]],
+        max_new_tokens: int,
+    ) -> list[Generation]:
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(encoded):  # left padding
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        samplers: list[tuple[float, float, torch.Generator] | None] = []
+        for request in requests:
+            if request.temperature <= 0:
+                samplers.append(None)
+                continue
+            generator = torch.Generator(device=self.device)
+            seed = request.seed if request.seed is not None else secrets.randbits(63)
+            generator.manual_seed(seed)
+            samplers.append((request.temperature, request.top_p, generator))
+        stops = _StopStrings(self.tokenizer, width, [tuple(r.stop) for r in requests])
+        config = transformers.GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids) or None,
+        )
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    generation_config=config,
+                    logits_processor=transformers.LogitsProcessorList([_PerRowSampler(samplers)]),
+                    stopping_criteria=transformers.StoppingCriteriaList([stops]),
+                )
+        except RuntimeError as exc:
+            raise InferenceError(
+                f"generation failed on a batch of {len(requests)}: {exc} "
+                "(out of memory? lower the batch size)"
+            ) from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        new = output[:, width:].tolist()
+        generations = []
+        for row, request in enumerate(requests):
+            # A row ends at its first EOS or when a stop string ended it; generate() fills
+            # the rest of a finished row with padding.
+            end = len(new[row]) if stops.done_at[row] is None else stops.done_at[row]
+            tokens = new[row][:end]
+            hit_eos = False
+            for position, token in enumerate(tokens):
+                if token in self.eos_ids:
+                    tokens, hit_eos = tokens[:position + 1], True
+                    break
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            text, stopped = _trim(text, request.stop)
+            finish = "stop" if hit_eos or stopped or len(tokens) < max_new_tokens else "length"
+            generations.append(
+                Generation(
+                    text=text,
+                    completion_tokens=len(tokens),
+                    latency_ms=latency_ms,
+                    finish_reason=finish,
+                    meta={
+                        "batch_size": len(requests),
+                        "prompt_tokens": len(encoded[row][0]),
+                        "truncated": encoded[row][1],
+                    },
+                )
+            )
+        return generations
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        self.tokenizer = None
+        gc.collect()

@@ -1,0 +1,224 @@
+"""The transformers backend on the tiny random model: batching, determinism, sampling, stops."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelsmith.artifacts import ResolvedModel, resolve_model
+from modelsmith.inference import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    InferenceError,
+    make_backend,
+)
+from modelsmith.specs import load_clusters
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "Bid: domain=news.example ctr=1.2% floor=$0.80 format=banner\nVerdict:",
+    "Bid: domain=casino-ads.example ctr=2.1% floor=$1.50 format=video\nVerdict:",
+    "Bid: ctr=0.3%\nVerdict:",
+    "Verdict:",
+    "Bid: domain=sports.example ctr=0.3% floor=$0.40 format=native and a much longer tail "
+    "of words so that this prompt needs many more tokens than the others\nVerdict:",
+    "Bid: domain=weather.example ctr=3.5% floor=$2.00 format=banner\nVerdict:",
+    "domain=clickfarm.example",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
+    clusters = load_clusters(REPO_ROOT / "config" / "clusters.json")
+    cache = tmp_path_factory.mktemp("cache")
+    return resolve_model("tiny-test", clusters, cache_dir=cache, progress=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny: ResolvedModel) -> Iterator[Backend]:
+    from modelsmith.inference.transformers_backend import TransformersBackend
+
+    loaded = TransformersBackend(tiny, threads=1, batch_size=4)
+    yield loaded
+    loaded.close()
+
+
+def greedy(prompt: str, n: int = 8, **kw: object) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, max_new_tokens=n, **kw)  # type: ignore[arg-type]
+
+
+def texts(generations: list[Generation]) -> list[str]:
+    return [g.text for g in generations]
+
+
+def test_is_a_backend(backend: Backend, tiny: ResolvedModel) -> None:
+    assert isinstance(backend, Backend)
+    assert backend.name == "transformers"
+    assert backend.model_ref == str(tiny.path)
+
+
+def test_batched_equals_one_at_a_time(backend: Backend) -> None:
+    requests = [greedy(p) for p in PROMPTS]
+    batched = backend.generate(requests)
+    single = [backend.generate([r])[0] for r in requests]
+    assert texts(batched) == texts(single)
+    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in single]
+    assert len(set(texts(batched))) > 1  # the prompts matter: padding did not swamp them
+
+
+def test_greedy_is_deterministic(backend: Backend) -> None:
+    requests = [greedy(p) for p in PROMPTS]
+    assert texts(backend.generate(requests)) == texts(backend.generate(requests))
+
+
+def test_seeded_sampling_is_reproducible(backend: Backend) -> None:
+    def sampled(seed: int) -> GenerationRequest:
+        return greedy(PROMPTS[0], 8, temperature=1.0, top_p=0.95, seed=seed)
+
+    alone = backend.generate([sampled(7)])[0].text
+    mixed = backend.generate([greedy(PROMPTS[1]), sampled(7), sampled(7), greedy(PROMPTS[4])])
+    assert mixed[1].text == alone and mixed[2].text == alone
+    others = {backend.generate([sampled(seed)])[0].text for seed in range(5)}
+    assert len(others) > 1
+    # greedy rows are unaffected by sampled neighbours
+    assert mixed[0].text == backend.generate([greedy(PROMPTS[1])])[0].text
+
+
+def test_max_new_tokens_respected(backend: Backend) -> None:
+    requests = [greedy(PROMPTS[0], 1), greedy(PROMPTS[1], 3), greedy(PROMPTS[2], 6),
+                greedy(PROMPTS[0], 3)]
+    results = backend.generate(requests)
+    for request, result in zip(requests, results, strict=True):
+        assert 1 <= result.completion_tokens <= request.max_new_tokens
+        if result.completion_tokens == request.max_new_tokens:
+            assert result.finish_reason == "length"
+    # a shorter budget gives a prefix of the longer one (same prompt, greedy)
+    assert results[3].text.startswith(results[0].text)
+    with pytest.raises(InferenceError, match="max_new_tokens"):
+        backend.generate([greedy(PROMPTS[0], 0)])
+
+
+def test_stop_strings_are_trimmed(backend: Backend) -> None:
+    full = backend.generate([greedy(PROMPTS[0], 12)])[0]
+    # the first ASCII letter after the first character is the stop string
+    position = next(i for i, ch in enumerate(full.text) if i > 0 and ch.isascii()
+                    and ch.isalpha())
+    stop = full.text[position]
+    stopped = backend.generate([greedy(PROMPTS[0], 12, stop=(stop, "never-seen"))])[0]
+    assert stopped.text == full.text[:position]
+    assert stop not in stopped.text
+    assert stopped.finish_reason == "stop"
+    assert stopped.completion_tokens <= full.completion_tokens
+    # in a batch, a row that stops early does not cut its neighbours short
+    pair = backend.generate([greedy(PROMPTS[0], 12, stop=(stop,)), greedy(PROMPTS[0], 12)])
+    assert pair[0].text == stopped.text and pair[1].text == full.text
+
+
+def test_count_tokens(backend: Backend) -> None:
+    assert backend.count_tokens("Bid: domain=news.example ctr=1.2%") > 0
+    assert backend.count_tokens("") == 0
+
+
+def test_progress_and_meta(backend: Backend) -> None:
+    calls: list[tuple[int, int]] = []
+    requests = [greedy(p, 2) for p in PROMPTS] + [greedy(PROMPTS[0], 3)] * 2
+    results = backend.generate(requests, progress=lambda done, total: calls.append((done, total)))
+    assert len(results) == len(requests)
+    assert calls[-1] == (len(requests), len(requests))
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert len(calls) == 3  # 7 requests of 2 tokens in batches of 4 (2), then 2 of 3 (1)
+    first_batch = [r for r in results[:len(PROMPTS)] if r.meta["batch_size"] == 4]
+    assert len(first_batch) == 4 and len({r.latency_ms for r in first_batch}) == 1
+    assert all(r.latency_ms > 0 for r in results)
+    assert backend.generate([]) == []
+
+
+def test_long_prompt_is_truncated_from_the_left(backend: Backend, tiny: ResolvedModel) -> None:
+    long_prompt = "floor=$0.80 " * 200 + "\nVerdict:"
+    result = backend.generate([greedy(long_prompt, 4)])[0]
+    assert result.meta["truncated"] is True
+    assert result.meta["prompt_tokens"] == tiny.max_length - 4
+
+
+def test_system_prompt_plain_and_chat_template(tiny: ResolvedModel) -> None:
+    from modelsmith.inference.transformers_backend import TransformersBackend
+
+    plain = TransformersBackend(tiny, threads=1)
+    chat = TransformersBackend(dataclasses.replace(tiny, chat_template=True), threads=1)
+    try:
+        request = greedy("domain=news.example", 4, system="Answer ACCEPT or REJECT.")
+        assert plain._prompt(request) == "Answer ACCEPT or REJECT.\ndomain=news.example"
+        rendered = chat._prompt(request)
+        assert rendered.startswith("<|im_start|>system\nAnswer ACCEPT or REJECT.<|im_end|>")
+        assert rendered.endswith("<|im_start|>assistant\n")
+        plain_out = plain.generate([request])[0]
+        chat_out = chat.generate([request, greedy("domain=news.example", 4)])
+        assert chat_out[0].meta["prompt_tokens"] > plain_out.meta["prompt_tokens"]
+        assert all(g.finish_reason in ("stop", "length") for g in chat_out)
+    finally:
+        plain.close()
+        chat.close()
+    with pytest.raises(InferenceError, match="closed"):
+        plain.generate([request])
+
+
+def test_threads_setting(tiny: ResolvedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from modelsmith.inference.transformers_backend import TransformersBackend, default_threads
+
+    monkeypatch.delenv("MODELSMITH_THREADS", raising=False)
+    assert default_threads() == 1
+    monkeypatch.setenv("MODELSMITH_THREADS", "lots")
+    with pytest.raises(InferenceError, match="MODELSMITH_THREADS"):
+        TransformersBackend(tiny)
+    monkeypatch.setenv("MODELSMITH_THREADS", "1")
+    backend = TransformersBackend(tiny)
+    assert backend.threads == 1 and torch.get_num_threads() == 1
+    backend.close()
+    with pytest.raises(InferenceError, match="dtype"):
+        TransformersBackend(tiny, dtype="float8")
+
+
+def test_factory_builds_the_transformers_backend(tmp_path: Path) -> None:
+    clusters = load_clusters(REPO_ROOT / "config" / "clusters.json")
+    backend = make_backend("tiny-test", clusters, threads=1, batch_size=2,
+                           cache_dir=tmp_path, progress=lambda _m: None)
+    try:
+        assert backend.name == "transformers"
+        assert backend.generate([greedy(PROMPTS[0], 2)])[0].completion_tokens >= 1
+    finally:
+        backend.close()
+    with pytest.raises(InferenceError, match="unknown backend 'tpu'"):
+        make_backend("tiny-test", clusters, backend="tpu")
+    with pytest.raises(InferenceError, match="unknown model"):
+        make_backend("nope", clusters, cache_dir=tmp_path)
+    with pytest.raises(InferenceError, match="batch_size"):
+        make_backend("tiny-test", clusters, batch_size=0, cache_dir=tmp_path)
+
+
+def test_hub_id_without_network_is_an_inference_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    # offline mode, as on a machine without network (read at call time, not from the env)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InferenceError, match="could not load the model from hub id"):
+        make_backend("modelsmith-test/no-such-model", None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_without_vllm_is_a_clear_error(tiny: ResolvedModel, tmp_path: Path) -> None:
+    from modelsmith.inference.vllm_backend import VLLMBackend
+
+    with pytest.raises(InferenceError,
+                       match=r"vllm is not installed: pip install 'modelsmith\[gpu\]'"):
+        VLLMBackend(tiny)
+    clusters = load_clusters(REPO_ROOT / "config" / "clusters.json")
+    with pytest.raises(InferenceError, match="vllm is not installed"):
+        make_backend("smollm2-135m", clusters, backend="vllm", cache_dir=tmp_path)
+    assert not (tmp_path / "models").exists()  # failed before building anything

@@ -397,7 +397,11 @@ def _render_report(report, specialist: str, ref: str, target: float, outcome) ->
                   str(report.n_variants))
     table.add_row("micro", fmt(report.micro), "", "")
     for name, part in report.micro_parts.items():
-        table.add_row(f"  {name}", fmt(part.get("score")), f"value {part.get('value')}", "")
+        value, goal = part.get("value"), part.get("target")
+        detail = (f"p{name.split('_p')[-1]} {value:.0f} ms, budget {goal:.0f}"
+                  if part.get("kind") == "latency" and value is not None
+                  else f"rate {fmt(value)}, min {fmt(goal)}")
+        table.add_row(f"  {name}", fmt(part.get("score")), detail, "")
     table.add_row("held-out (not in composite)", fmt(report.heldout), ci(report.heldout_ci),
                   str(report.n_heldout))
     table.add_row("pass rate", fmt(report.pass_rate), "", "")

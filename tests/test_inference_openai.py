@@ -2,99 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from modelsmith.inference import Backend, GenerationRequest, InferenceError, make_backend
 from modelsmith.inference.openai_backend import OpenAIBackend, estimate_tokens
+from openai_fake import FakeOpenAI, Reply, completion
 
 SECRET = "sk-test-SECRET-0123456789"
-Reply = tuple[int, Any, dict[str, str]]  # status, body (dict -> JSON, bytes -> raw), headers
-
-
-def completion(content: str, *, finish: str = "stop", tokens: int | None = 3) -> dict:
-    body: dict[str, Any] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": "fake-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "finish_reason": finish}],
-    }
-    if tokens is not None:
-        body["usage"] = {"prompt_tokens": 5, "completion_tokens": tokens,
-                         "total_tokens": 5 + tokens}
-    return body
-
-
-class FakeOpenAI:
-    """POST /v1/chat/completions like OpenAI; scripted replies, request log, concurrency meter."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[dict[str, str], dict]] = []
-        self.script: list[Reply] = []
-        self.responder: Callable[[dict], Reply] | None = None
-        self.delay_s: Callable[[dict], float] = lambda _body: 0.0
-        self.active = 0
-        self.max_active = 0
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": f"no route {self.path}"}}, {})
-                    return
-                body = json.loads(raw)
-                with fake.lock:
-                    fake.calls.append((dict(self.headers), body))
-                    fake.active += 1
-                    fake.max_active = max(fake.max_active, fake.active)
-                    scripted = fake.script.pop(0) if fake.script else None
-                try:
-                    time.sleep(fake.delay_s(body))
-                    if scripted is not None:
-                        self._send(*scripted)
-                    elif fake.responder is not None:
-                        self._send(*fake.responder(body))
-                    else:
-                        prompt = body["messages"][-1]["content"]
-                        self._send(200, completion(f"echo:{prompt}"), {})
-                finally:
-                    with fake.lock:
-                        fake.active -= 1
-
-            def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -325,6 +325,8 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: MODELSMITH_THREADS or 1).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True, help="Weights' precision for the transformers backend.")
 @click.option("--min-composite", type=click.FloatRange(0, 1), default=None,
               help="Exit 3 below this composite (default: the specialist's target).")
 @click.option("--no-record", is_flag=True, help="Do not append events to the log.")
@@ -334,12 +336,13 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @_guard
 def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend: str | None,
              limit: int | None, repeats: int, reducer: str, temperature: float,
-             threads: int | None, batch_size: int, min_composite: float | None,
+             threads: int | None, batch_size: int, dtype: str, min_composite: float | None,
              no_record: bool, markdown: bool, as_json: bool) -> None:
     """Evaluate a model on a specialist's suite; record EvalStarted/EvalCompleted.
 
     Exit 0 when the composite meets the target, 3 when it does not.
     """
+    from modelsmith.evaluation.judge import BackendJudge
     from modelsmith.evaluation.results import EvalError
     from modelsmith.evaluation.runner import EvalSettings
     from modelsmith.evaluation.service import VERSION_RE, evaluate, specialist_or_error
@@ -356,14 +359,18 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
                             temperature=temperature)
     click.echo(f"loading {ref} ...", err=True)
     model = make_backend(ref, repo.clusters, backend=backend, threads=threads,
-                         batch_size=batch_size, repo_root=ws.root)
+                         batch_size=batch_size, repo_root=ws.root, dtype=dtype)
+    # Judge criteria grade with another model, built only if a rubric asks for one.
+    judge = BackendJudge(lambda judge_ref: make_backend(judge_ref, repo.clusters,
+                                                        repo_root=ws.root))
     try:
         with _progress(f"{specialist} on {ref}") as progress:
             outcome = evaluate(repo, specialist, model, model_ref=ref,
                                store=None if no_record else ws.store, settings=settings,
-                               commit=ws.head_commit(), progress=progress)
+                               commit=ws.head_commit(), progress=progress, judge=judge)
     finally:
         model.close()
+        judge.close()
     report = outcome.report
     target = min_composite if min_composite is not None else spec.spec.target.composite
     meets = report.meets(target)

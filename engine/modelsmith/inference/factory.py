@@ -37,10 +37,13 @@ def make_backend(
     repo_root: Path | None = None,
     cache_dir: Path | None = None,
     progress: MessageFn | None = None,
+    dtype: str = "float32",
 ) -> Backend:
     """A loaded backend for ``ref``; raises :class:`InferenceError` on anything a user can fix.
 
-    ``threads`` (torch CPU threads) and ``batch_size`` apply to the transformers backend;
+    ``threads`` (torch CPU threads), ``batch_size`` and ``dtype`` (``bfloat16`` was measured
+    3.5x faster than ``float32`` for prompt processing on an AVX512-BF16 CPU) apply to the
+    transformers backend;
     ``repo_root`` anchors relative ``hf-dir`` paths; ``progress`` receives build messages.
     """
     if backend is not None and backend not in BACKENDS:
@@ -74,4 +77,4 @@ def make_backend(
     from .transformers_backend import TransformersBackend
 
     model = resolve_model(ref, clusters, cache_dir, progress, repo_root=repo_root)
-    return TransformersBackend(model, threads=threads, batch_size=batch_size)
+    return TransformersBackend(model, threads=threads, batch_size=batch_size, dtype=dtype)

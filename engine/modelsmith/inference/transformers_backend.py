@@ -47,6 +47,21 @@ def default_threads() -> int:
     return value
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the model hub answers at all (one DNS lookup and TCP connect)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 class _PerRowSampler(LogitsProcessor):
     """Samples sampled rows with their own generators; greedy decoding then picks that token.
 
@@ -135,12 +150,15 @@ class TransformersBackend:
         where = f"folder {model.path}" if model.path is not None else f"hub id {model.hub_id}"
         # Our own progress reporting covers loading; transformers' bars only add noise.
         transformers.utils.logging.disable_progress_bar()
+        # Without a reachable hub, transformers retries for most of a minute; a hub id then
+        # loads only from the local Hugging Face cache.
+        local_only = model.path is None and not _hub_reachable()
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                model.source, padding_side="left"
+                model.source, padding_side="left", local_files_only=local_only
             )
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                model.source, dtype=getattr(torch, dtype)
+                model.source, dtype=getattr(torch, dtype), local_files_only=local_only
             )
         except (OSError, ValueError) as exc:
             hint = (

@@ -120,6 +120,10 @@ def test_compare_finds_a_known_difference(repo, store):
     assert worse.result.verdict == "worse"
     same = compare(store, "rtb-quality", "base", "base")
     assert same.result.verdict == "inconclusive" and same.result.diff == 0
+    changed = {d["id"] for d in better.deltas}
+    assert len(changed) == better.result.wins + better.result.losses
+    assert all(d["delta"] == d["candidate"] - d["baseline"] for d in better.deltas)
+    assert same.deltas == []
     held = compare(store, "rtb-quality", "base", "tuned", split="heldout")
     assert held.result.n == 100
     by_id = compare(store, "rtb-quality", better.baseline.id[:10], better.candidate.id)

@@ -487,6 +487,14 @@ def compare(ctx: click.Context, specialist: str, baseline: str, candidate: str, 
     click.echo(f"  difference {r.diff:+.3f}  95% CI [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]  "
                f"wins {r.wins} / losses {r.losses} / ties {r.ties}")
     click.echo(f"  verdict: {r.verdict}")
+    if result.deltas:
+        shown = result.deltas[:10]
+        click.echo(f"  changed scenarios ({len(result.deltas)}, largest first):")
+        for d in shown:
+            click.echo(f"    {d['id']:<16} {d['baseline']:.3f} -> {d['candidate']:.3f} "
+                       f"({d['delta']:+.3f})")
+        if len(result.deltas) > len(shown):
+            click.echo(f"    ... {len(result.deltas) - len(shown)} more (--json lists all)")
     if not result.same_suite:
         click.echo("  note: the two evaluations ran on different suite versions", err=True)
 

@@ -15,7 +15,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from modelsmith.evaluation.composite import EvalReport, compare_runs, compute_report
+from modelsmith.evaluation.composite import (
+    EvalReport,
+    compare_runs,
+    compute_report,
+    per_item_scores,
+)
 from modelsmith.evaluation.results import EvalError, ScenarioRun, Split
 from modelsmith.evaluation.runner import EvalSettings, run_suite, runs_from_jsonl, runs_to_jsonl
 from modelsmith.evaluation.stats import PairedComparison
@@ -147,6 +152,7 @@ class Comparison:
     split: Split
     result: PairedComparison
     same_suite: bool
+    deltas: list[dict[str, object]]  # scenarios whose score changed: id, baseline, candidate
 
     def to_dict(self) -> dict[str, object]:
         def who(e: Event) -> dict[str, object]:
@@ -155,20 +161,27 @@ class Comparison:
                     "suite_hash": d.get("suite_hash"), "composite": d.get("composite")}
 
         return {"baseline": who(self.baseline), "candidate": who(self.candidate),
-                "split": self.split, "same_suite": self.same_suite, **self.result.to_dict()}
+                "split": self.split, "same_suite": self.same_suite, **self.result.to_dict(),
+                "deltas": self.deltas}
 
 
 def compare(store: EventStore, specialist: str, a: str, b: str, *, split: Split = "core",
             n_resamples: int = 2000, seed: int = 0) -> Comparison:
     """Paired comparison of two recorded evaluations on the scenarios both ran."""
     base, cand = find_evaluation(store, specialist, a), find_evaluation(store, specialist, b)
+    base_runs, cand_runs = load_runs(store, base), load_runs(store, cand)
     try:
-        result = compare_runs(load_runs(store, base), load_runs(store, cand), split=split,
-                              n_resamples=n_resamples, seed=seed)
+        result = compare_runs(base_runs, cand_runs, split=split, n_resamples=n_resamples,
+                              seed=seed)
     except ValueError as exc:
         raise EvalError(f"cannot compare {a} and {b} on {split}: {exc}") from None
     same = base.data.get("suite_hash") == cand.data.get("suite_hash")
-    return Comparison(base, cand, split, result, same)
+    before, after = per_item_scores(base_runs, split), per_item_scores(cand_runs, split)
+    deltas = [{"id": i, "baseline": before[i], "candidate": after[i],
+               "delta": round(after[i] - before[i], 6)}
+              for i in sorted(before.keys() & after.keys()) if after[i] != before[i]]
+    deltas.sort(key=lambda d: (-abs(d["delta"]), d["id"]))
+    return Comparison(base, cand, split, result, same, deltas)
 
 
 def _num(x: float | None) -> float:

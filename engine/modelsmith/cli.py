@@ -34,29 +34,37 @@ def _console():
     return Console(highlight=False, soft_wrap=False)
 
 
+# Errors a user can act on, by module: only a module that was imported can have raised
+# one, so classifying needs no import (the CLI's start-up stays light).
+_USER_ERRORS = {
+    "modelsmith.workspace": ("WorkspaceError",),
+    "modelsmith.events.store": ("EventStoreError",),
+    "modelsmith.events.types": ("InvalidEventError",),
+    "modelsmith.evaluation.results": ("EvalError",),
+    "modelsmith.inference.base": ("InferenceError",),
+}
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    for module, names in _USER_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, tuple(getattr(loaded, n) for n in names)):
+            return True
+    return False
+
+
+def _is_spec_error(exc: BaseException) -> bool:
+    errors = sys.modules.get("modelsmith.specs.errors")
+    return errors is not None and isinstance(exc, errors.SpecError)
+
+
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the engine's errors into one clear line and an exit code, never a traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from modelsmith.evaluation.results import EvalError
-        from modelsmith.events.store import EventStoreError
-        from modelsmith.events.types import InvalidEventError
-        from modelsmith.inference.base import InferenceError
-        from modelsmith.specs import SpecError
-        from modelsmith.workspace import WorkspaceError
-
         try:
             return fn(*args, **kwargs)
-        except SpecError as exc:
-            click.echo(str(exc), err=True)
-            click.echo("the repository's specs are invalid (see `modelsmith validate`)",
-                       err=True)
-            sys.exit(EXIT_INVALID)
-        except (WorkspaceError, EventStoreError, InvalidEventError, EvalError,
-                InferenceError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BrokenPipeError:
@@ -64,6 +72,14 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.close()
             sys.exit(0)
         except Exception as exc:
+            if _is_spec_error(exc):
+                click.echo(str(exc), err=True)
+                click.echo("the repository's specs are invalid (see `modelsmith validate`)",
+                           err=True)
+                sys.exit(EXIT_INVALID)
+            if _is_user_error(exc):
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_FAILED)
             if os.environ.get("MODELSMITH_DEBUG"):
                 raise
             click.echo(

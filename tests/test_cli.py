@@ -303,3 +303,25 @@ def test_compare_two_recorded_evaluations(demo_repo, model_cache, monkeypatch):
     assert data["verdict"] == "inconclusive" and data["diff"] == 0 and data["n"] == 320
     text = run("compare", "rtb-quality", "tiny-test", b, repo=demo_repo).output
     assert "verdict: inconclusive" in text
+
+
+def test_lineage_names_every_input(demo_repo):
+    store = GitEventStore(demo_repo)
+    lineage_in = Lineage(base_model="smollm2-135m", parent="v1", dataset_hash="d" * 32,
+                         suite_hash="s" * 64, config_hash="c" * 64,
+                         trainer_versions={"trl": "1.16.0"}, run_id="r7", host="local",
+                         duration_s=412.5, weights_hash="w" * 32)
+    store.append("rtb-quality", [
+        Event.new(CandidateRegistered(version="v2", lineage=lineage_in), actor="loop"),
+        Event.new(EvalCompleted(version="v2", model="v2", suite="rtb-quality",
+                                suite_hash="s" * 64, run_id="e", composite=0.93, heldout=0.91),
+                  actor="loop"),
+    ], 0)
+    data = json.loads(run("lineage", "rtb-quality", "v2", "--json", repo=demo_repo).stdout)
+    assert data["lineage"] == lineage_in.model_dump()
+    assert data["evaluations"][0]["composite"] == 0.93
+    text = run("lineage", "rtb-quality", "v2", repo=demo_repo).output
+    for value in ("d" * 32, "s" * 64, "c" * 64, "w" * 32, "trl=1.16.0", "v1"):
+        assert value in text
+    missing = run("lineage", "rtb-quality", "v9", repo=demo_repo)
+    assert missing.exit_code == 1 and "candidates: v2" in missing.output

@@ -303,6 +303,45 @@ def history(ctx: click.Context, specialist: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("specialist")
+@click.argument("version")
+@json_option
+@click.pass_context
+@_guard
+def lineage(ctx: click.Context, specialist: str, version: str, as_json: bool) -> None:
+    """Where a candidate version came from: every input by hash, and its evaluations."""
+    fleet = _workspace(ctx).fleet()
+    state = fleet.specialists.get(specialist)
+    cand = state.candidates.get(version) if state else None
+    if cand is None:
+        known = ", ".join(state.candidates) if state and state.candidates else "none"
+        click.echo(f"error: {specialist} has no candidate {version} (candidates: {known})",
+                   err=True)
+        sys.exit(EXIT_FAILED)
+    evals = [{"event_id": r.event_id, "at": r.at.isoformat(), "model": r.model,
+              "suite_hash": r.suite_hash, "composite": r.composite, "heldout": r.heldout}
+             for r in cand.evals]
+    stages = [a.to_dict() for a in state.history if a.version == version]
+    data = {"specialist": specialist, "version": version,
+            "registered_at": cand.registered_at.isoformat(), "event_id": cand.event_id,
+            "lineage": cand.lineage, "evaluations": evals, "stages": stages}
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"{specialist} {version} · registered {data['registered_at']} "
+               f"(event {cand.event_id})")
+    for key, value in cand.lineage.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        click.echo(f"  {key:<17} {value if value is not None else '-'}")
+    for r in evals:
+        held = f", held-out {r['heldout']:.3f}" if r["heldout"] is not None else ""
+        click.echo(f"  evaluated {r['at'][:19]}  composite {r['composite']:.3f}{held}")
+    for a in stages:
+        click.echo(f"  held {a['stage']} from {a['since'][:19]} to {(a['until'] or 'now')[:19]}")
+
+
+@cli.command()
 @json_option
 @click.pass_context
 @_guard

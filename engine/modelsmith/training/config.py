@@ -1,0 +1,210 @@
+"""Hyper-parameter profiles mapped onto TRL's configs: the knobs are data, TRL is the machinery.
+
+A profile (``profiles`` in ``config/clusters.json``) says what to train with; this module
+turns it into a ``trl.SFTConfig`` or ``trl.GRPOConfig`` with the settings measured to matter
+on a CPU (no bf16, no activation checkpointing, one thread), and hashes the whole training
+configuration for lineage. TRL is imported inside the functions: importing this module is
+cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from modelsmith.specs.clusters import HyperParams
+
+if TYPE_CHECKING:
+    from trl import GRPOConfig, SFTConfig
+
+Method = Literal["grpo", "sft", "sft+grpo"]
+METHODS: tuple[str, ...] = ("grpo", "sft", "sft+grpo")
+
+#: Share of the steps spent warming the learning rate up before the cosine decay.
+WARMUP_RATIO = 0.1
+#: Threads when the profile names none: measured fastest on a shared small CPU box.
+DEFAULT_THREADS = 1
+
+
+class TrainingConfigError(ValueError):
+    """A training method or profile that cannot be run as asked."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one training run uses, derived from a hyper-parameter profile and a method."""
+
+    method: str
+    device: str
+    threads: int
+    learning_rate: float
+    batch_size: int
+    grad_accum: int
+    max_steps: int
+    sft_steps: int
+    num_generations: int
+    max_completion_length: int
+    beta: float
+    seed: int
+    lora: dict[str, Any] | None
+    use_vllm: bool
+
+    @classmethod
+    def from_profile(cls, method: str, profile: HyperParams) -> TrainSettings:
+        """Settings for ``method`` under ``profile``.
+
+        ``sft_steps`` is the SFT length: the profile's ``max_steps`` for ``sft``, its
+        ``sft_steps`` (default a quarter of ``max_steps``) for the warm start of ``sft+grpo``.
+        """
+        if method not in METHODS:
+            raise TrainingConfigError(
+                f"unknown training method '{method}' (choose one of: {', '.join(METHODS)})"
+            )
+        if method == "sft":
+            sft_steps = profile.max_steps
+        elif method == "sft+grpo":
+            sft_steps = profile.sft_steps or max(1, profile.max_steps // 4)
+        else:
+            sft_steps = 0
+        return cls(
+            method=method,
+            device=profile.device,
+            threads=profile.threads or DEFAULT_THREADS,
+            learning_rate=profile.learning_rate,
+            batch_size=profile.batch_size,
+            grad_accum=profile.grad_accum,
+            max_steps=profile.max_steps,
+            sft_steps=sft_steps,
+            num_generations=profile.num_generations,
+            max_completion_length=profile.max_completion_length,
+            beta=profile.beta,
+            seed=profile.seed,
+            lora=profile.lora.model_dump(mode="json") if profile.lora is not None else None,
+            use_vllm=profile.use_vllm,
+        )
+
+    @property
+    def prompts_per_step(self) -> int:
+        """GRPO prompts per optimiser step: each prompt brings ``num_generations`` completions."""
+        return self.batch_size * self.grad_accum // self.num_generations
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _common(profile: HyperParams, out_dir: Path, max_steps: int) -> dict[str, Any]:
+    """Arguments shared by SFT and GRPO; the CPU rules come from measurements on 2 cores."""
+    on_cpu = profile.device == "cpu"
+    return {
+        "output_dir": str(out_dir),
+        "max_steps": max_steps,
+        "learning_rate": profile.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": int(WARMUP_RATIO * max_steps),  # none in runs under 10 steps
+        "per_device_train_batch_size": profile.batch_size,
+        "gradient_accumulation_steps": profile.grad_accum,
+        "seed": profile.seed,
+        # TRL turns bf16 on by default: on a CPU it is 3.5x slower; a GPU gains from it.
+        "bf16": not on_cpu,
+        "fp16": False,
+        # TRL turns activation checkpointing on by default: pure cost for small models.
+        "activation_checkpointing": False,
+        "use_cpu": on_cpu,
+        "report_to": "none",
+        "logging_steps": 1,
+        "logging_first_step": True,
+        # The trainer saves the final (merged) weights itself; no intermediate checkpoints.
+        "save_strategy": "no",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
+def sft_arguments(
+    profile: HyperParams,
+    out_dir: Path,
+    *,
+    max_steps: int | None = None,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """The ``trl.SFTConfig`` arguments for ``profile``: loss on the completion only.
+
+    ``max_steps`` defaults to the profile's; ``max_length`` (tokens of prompt + completion)
+    defaults to no truncation, since TRL truncates from the end and would cut the answer.
+    """
+    return {
+        **_common(profile, out_dir, max_steps or profile.max_steps),
+        "completion_only_loss": True,
+        "max_length": max_length,
+        "packing": False,
+        "shuffle_dataset": True,
+    }
+
+
+def grpo_arguments(
+    profile: HyperParams, out_dir: Path, *, max_steps: int | None = None
+) -> dict[str, Any]:
+    """The ``trl.GRPOConfig`` arguments for ``profile``; on CUDA with ``use_vllm`` vLLM
+    generates, colocated with training on the same GPU."""
+    arguments = {
+        **_common(profile, out_dir, max_steps or profile.max_steps),
+        "num_generations": profile.num_generations,
+        "max_completion_length": profile.max_completion_length,
+        "beta": profile.beta,
+        # Dataset columns (expected, scenario_id) must reach the reward function.
+        "remove_unused_columns": False,
+    }
+    if profile.use_vllm and profile.device == "cuda":
+        arguments.update(use_vllm=True, vllm_mode="colocate")
+    return arguments
+
+
+def _for_this_machine(arguments: dict[str, Any]) -> dict[str, Any]:
+    """bf16 only where the GPU supports it (transformers refuses the config otherwise)."""
+    if arguments.get("bf16"):
+        import torch
+
+        if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+            return {**arguments, "bf16": False}
+    return arguments
+
+
+def sft_config(
+    profile: HyperParams,
+    out_dir: Path,
+    *,
+    max_steps: int | None = None,
+    max_length: int | None = None,
+) -> SFTConfig:
+    """A ``trl.SFTConfig`` built from :func:`sft_arguments`."""
+    from trl import SFTConfig
+
+    arguments = sft_arguments(profile, out_dir, max_steps=max_steps, max_length=max_length)
+    return SFTConfig(**_for_this_machine(arguments))
+
+
+def grpo_config(
+    profile: HyperParams, out_dir: Path, *, max_steps: int | None = None
+) -> GRPOConfig:
+    """A ``trl.GRPOConfig`` built from :func:`grpo_arguments`."""
+    from trl import GRPOConfig
+
+    arguments = grpo_arguments(profile, out_dir, max_steps=max_steps)
+    return GRPOConfig(**_for_this_machine(arguments))
+
+
+def config_hash(method: str, profile: HyperParams, extra: dict[str, Any] | None = None) -> str:
+    """``sha256:<hex>`` of the canonical JSON of the method, the settings and ``extra``:
+    equal configurations hash equally, whatever the key order."""
+    document = {
+        "method": method,
+        "settings": TrainSettings.from_profile(method, profile).to_dict(),
+        "extra": extra or {},
+    }
+    canonical = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()

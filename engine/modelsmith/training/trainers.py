@@ -1,0 +1,342 @@
+"""Trainers on TRL: ``sft`` (SFTTrainer), ``grpo`` (GRPOTrainer on the rubric reward) and
+``sft+grpo`` (a short SFT warm start, then GRPO from that model).
+
+No training loop lives here: this module loads the model, hands TRL its config
+(:mod:`.config`), the rows and the reward, records what TRL logs, merges a LoRA adapter into
+the base weights and saves a plain Hugging Face folder the eval backend loads as is.
+torch, transformers, trl and peft are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from modelsmith.specs.clusters import HyperParams
+
+from .config import TrainingConfigError, TrainSettings, grpo_config, sft_config
+from .reward import EXPECTED, EXPECTED_JSON, SCENARIO_ID, encode_expected
+
+ProgressFn = Callable[[dict[str, Any]], None]
+RewardFn = Callable[..., list[float]]
+
+#: Packages whose versions a run records for lineage.
+TRAINER_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
+#: Share of the logged GRPO steps averaged into ``reward_start`` and ``reward_end``.
+REWARD_WINDOW = 0.25
+
+
+class TrainingError(RuntimeError):
+    """A training run that could not start or finish; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced: the weights folder and what TRL measured on the way."""
+
+    out_dir: Path  # a plain Hugging Face folder: config, merged weights, tokenizer
+    method: str
+    steps: int  # optimiser steps over all phases
+    duration_s: float
+    metrics: dict[str, float]  # the final phase's last log and summary, + reward_start/_end
+    history: list[dict[str, Any]] = field(default_factory=list)  # every log, with its phase
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def trainer_versions() -> dict[str, str]:
+    """Installed versions of the training stack (``"missing"`` for an absent package)."""
+    versions = {}
+    for name in TRAINER_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def _sft_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with a reference answer; in ``sft+grpo`` the others are GRPO prompts only."""
+    return [row for row in rows if row.get("completion")]
+
+
+def _check_rows(method: str, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        raise TrainingError("no training rows: build a dataset first")
+    needs = ["prompt"]
+    if method == "sft":
+        needs.append("completion")
+    if method in ("grpo", "sft+grpo"):
+        needs += [SCENARIO_ID, EXPECTED]
+    if method == "sft+grpo" and not _sft_rows(rows):
+        raise TrainingError("sft+grpo needs some rows with a reference 'completion' for SFT")
+    for index, row in enumerate(rows):
+        missing = [key for key in needs
+                   if key not in row or (key == "completion" and not row[key])]
+        if missing:
+            raise TrainingError(
+                f"training row {index} lacks {', '.join(missing)} (method {method} needs: "
+                f"{', '.join(needs)})"
+            )
+
+
+def _lora_config(settings: TrainSettings) -> Any:
+    if settings.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = settings.lora
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        # The profile may leave the choice to us: every linear layer, as measured on SmolLM2.
+        target_modules=lora["target_modules"] or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+@contextlib.contextmanager
+def _quiet_session(threads: int) -> Iterator[None]:
+    """``threads`` torch threads, no library progress bars, no library deprecation noise;
+    restored afterwards (all of them are process-wide settings)."""
+    import datasets
+    import torch
+    import transformers
+
+    before = torch.get_num_threads()
+    bars = datasets.is_progress_bar_enabled()
+    torch.set_num_threads(threads)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            # TRL 1.16 still calls transformers' deprecated is_gradient_checkpointing.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
+                                    category=FutureWarning)
+            yield
+    finally:
+        torch.set_num_threads(before)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _recorder(phase: str, history: list[dict[str, Any]], progress: ProgressFn | None) -> Any:
+    from transformers import TrainerCallback
+
+    class _Recorder(TrainerCallback):
+        """Keeps every log TRL emits (one per step: logging_steps=1) and passes it on."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kwargs: Any) -> None:
+            if not logs:
+                return
+            entry: dict[str, Any] = {"phase": phase, "step": int(state.global_step)}
+            entry.update(
+                (key, float(value)) for key, value in logs.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            )
+            history.append(entry)
+            if progress is not None:
+                progress(dict(entry))
+
+    return _Recorder()
+
+
+def _unwrap(model: Any) -> Any:
+    """The plain model: a LoRA adapter merged into its base weights."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def _fit(trainer: Any) -> tuple[Any, int]:
+    """Train; return the plain model and the optimiser steps taken."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our recorder reports progress instead
+    trainer.train()
+    return _unwrap(trainer.model), int(trainer.state.global_step)
+
+
+def _run_sft(
+    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], profile: HyperParams,
+    settings: TrainSettings, work: Path, history: list[dict[str, Any]],
+    progress: ProgressFn | None,
+) -> tuple[Any, int]:
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    dataset = Dataset.from_list(
+        [{"prompt": row["prompt"], "completion": row["completion"]} for row in _sft_rows(rows)]
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(profile, work / "sft", max_steps=settings.sft_steps),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora_config(settings),
+        callbacks=[_recorder("sft", history, progress)],
+    )
+    return _fit(trainer)
+
+
+def _run_grpo(
+    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], reward_fn: RewardFn,
+    profile: HyperParams, settings: TrainSettings, work: Path,
+    history: list[dict[str, Any]], progress: ProgressFn | None,
+) -> tuple[Any, int]:
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    # Expected values go as JSON text: one Arrow type whatever the suite's values are.
+    dataset = Dataset.from_list([
+        {"prompt": row["prompt"], SCENARIO_ID: str(row[SCENARIO_ID]),
+         EXPECTED_JSON: encode_expected(row[EXPECTED])}
+        for row in rows
+    ])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_fn,
+        args=grpo_config(profile, work / "grpo"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora_config(settings),
+        callbacks=[_recorder("grpo", history, progress)],
+    )
+    return _fit(trainer)
+
+
+def _summary(history: list[dict[str, Any]], last_phase: str) -> dict[str, float]:
+    """The final phase's last step log and its end-of-run summary; earlier phases' last
+    step logs prefixed with their phase; for GRPO the mean reward of the first and last
+    quarter of its steps (single steps are noisy)."""
+    metrics: dict[str, float] = {}
+    by_phase: dict[str, list[dict[str, Any]]] = {}
+    for entry in history:
+        by_phase.setdefault(entry["phase"], []).append(entry)
+    for phase, entries in by_phase.items():
+        steps = [e for e in entries if "train_runtime" not in e]
+        summary = [e for e in entries if "train_runtime" in e]
+        final = {**(steps[-1] if steps else {}), **(summary[-1] if summary else {})}
+        final.pop("phase", None)
+        final.pop("step", None)
+        if phase == last_phase:
+            metrics.update(final)
+        else:
+            metrics.update({f"{phase}/{key}": value for key, value in final.items()})
+    rewards = [e["reward"] for e in by_phase.get("grpo", []) if "reward" in e]
+    if rewards:
+        window = max(1, int(len(rewards) * REWARD_WINDOW))
+        metrics["reward_start"] = sum(rewards[:window]) / window
+        metrics["reward_end"] = sum(rewards[-window:]) / window
+    return metrics
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise TrainingError(f"output folder '{out_dir}' exists and is not empty; pick another")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    method: str,
+    model_path: Path,
+    rows: Sequence[dict[str, Any]],
+    reward_fn: RewardFn | None,
+    profile: HyperParams,
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``model_path`` with ``method`` and save the result to ``out_dir``.
+
+    ``rows`` hold ``prompt`` (rendered as the eval renders it), ``completion`` (the reference
+    answer, for SFT), ``expected`` and ``scenario_id`` (for the GRPO reward). In ``sft+grpo``
+    a row whose ``completion`` is empty or ``None`` is a GRPO prompt only: the warm start
+    may use a few labelled rows and GRPO many prompts.
+
+    ``sft`` runs ``profile.max_steps`` SFT steps; ``grpo`` runs ``profile.max_steps`` GRPO
+    steps with ``reward_fn`` (see :func:`~modelsmith.training.reward.make_reward_fn`);
+    ``sft+grpo`` runs ``profile.sft_steps`` SFT steps, then ``profile.max_steps`` GRPO steps
+    from that model. With ``profile.lora`` each phase trains a LoRA adapter and merges it
+    into the weights. ``progress`` receives every log TRL emits (``phase``, ``step``, loss
+    or reward, ...).
+
+    ``out_dir`` must not exist or be empty; it receives a plain Hugging Face folder
+    (merged weights and tokenizer), written in a temporary sibling and renamed into place.
+    """
+    try:
+        settings = TrainSettings.from_profile(method, profile)
+    except TrainingConfigError as exc:
+        raise TrainingError(str(exc)) from exc
+    _check_rows(method, rows)
+    if method != "sft" and reward_fn is None:
+        raise TrainingError(f"method {method} needs a reward function (make_reward_fn)")
+    if method != "sft" and settings.prompts_per_step < 1:
+        raise TrainingError(
+            f"batch_size × grad_accum ({settings.batch_size * settings.grad_accum}) must be at "
+            f"least num_generations ({settings.num_generations})"
+        )
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    if not (model_path / "config.json").is_file():
+        raise TrainingError(f"'{model_path}' is not a Hugging Face model folder (no config.json)")
+    _prepare_out_dir(out_dir)
+
+    import torch
+    import transformers
+
+    started = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    steps = 0
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        with _quiet_session(settings.threads):
+            # Left padding: GRPO generates from batches of prompts.
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                model_path, padding_side="left"
+            )
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=torch.float32
+            )
+            if method in ("sft", "sft+grpo"):
+                model, done = _run_sft(
+                    model, tokenizer, rows, profile, settings, work, history, progress
+                )
+                steps += done
+            if method in ("grpo", "sft+grpo"):
+                assert reward_fn is not None
+                model, done = _run_grpo(
+                    model, tokenizer, rows, reward_fn, profile, settings, work, history,
+                    progress,
+                )
+                steps += done
+            staged = work / "model"
+            model.save_pretrained(staged)
+            tokenizer.save_pretrained(staged)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(staged, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(
+        out_dir=out_dir,
+        method=method,
+        steps=steps,
+        duration_s=time.perf_counter() - started,
+        metrics=_summary(history, "grpo" if method != "sft" else "sft"),
+        history=history,
+        versions=trainer_versions(),
+    )

@@ -283,7 +283,7 @@ def test_eval_on_the_tiny_model_records_an_evaluation(demo_repo, model_cache, mo
 def test_eval_errors_are_clear(demo_repo, model_cache, monkeypatch):
     monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
     for argv, text in ((["eval", "nope"], "no specialist 'nope'"),
-                       (["eval", "rtb-quality", "--model", "v3"], "candidate version"),
+                       (["eval", "rtb-quality", "--model", "v3"], "no candidate v3"),
                        (["eval", "rtb-quality", "--model", "no-such-profile/x"], "")):
         result = CliRunner().invoke(cli, ["-C", str(demo_repo), *argv])
         assert result.exit_code in (1, 2), (argv, result.output)

@@ -42,6 +42,8 @@ _USER_ERRORS = {
     "modelsmith.events.types": ("InvalidEventError",),
     "modelsmith.evaluation.results": ("EvalError",),
     "modelsmith.inference.base": ("InferenceError",),
+    "modelsmith.artifacts.dvc": ("ArtifactError",),
+    "modelsmith.training.data": ("DataError",),
 }
 
 
@@ -398,7 +400,6 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
     Exit 0 when the composite meets the target, 3 when it does not.
     """
     from modelsmith.evaluation.judge import BackendJudge
-    from modelsmith.evaluation.results import EvalError
     from modelsmith.evaluation.runner import EvalSettings
     from modelsmith.evaluation.service import VERSION_RE, evaluate, specialist_or_error
     from modelsmith.inference import make_backend
@@ -407,20 +408,19 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
     repo = ws.specs()
     spec = specialist_or_error(repo, specialist)
     ref = model_ref or spec.spec.base
-    if VERSION_RE.match(ref):
-        raise EvalError(f"{ref} is a candidate version; evaluating versions needs their "
-                        "weights, which training registers (not available yet)")
+    version = ref if VERSION_RE.match(ref) else None
+    load = str(_version_weights(ws, specialist, version)) if version else ref
     settings = EvalSettings(limit=limit, repeats=repeats, reducer=reducer,
                             temperature=temperature)
     click.echo(f"loading {ref} ...", err=True)
-    model = make_backend(ref, repo.clusters, backend=backend, threads=threads,
+    model = make_backend(load, repo.clusters, backend=backend, threads=threads,
                          batch_size=batch_size, repo_root=ws.root, dtype=dtype)
     # Judge criteria grade with another model, built only if a rubric asks for one.
     judge = BackendJudge(lambda judge_ref: make_backend(judge_ref, repo.clusters,
                                                         repo_root=ws.root))
     try:
         with _progress(f"{specialist} on {ref}") as progress:
-            outcome = evaluate(repo, specialist, model, model_ref=ref,
+            outcome = evaluate(repo, specialist, model, model_ref=ref, version=version,
                                store=None if no_record else ws.store, settings=settings,
                                commit=ws.head_commit(), progress=progress, judge=judge)
     finally:
@@ -439,6 +439,26 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
         _render_report(report, specialist, ref, target, outcome)
     if not meets:
         sys.exit(EXIT_BELOW_TARGET)
+
+
+def _version_weights(ws, specialist: str, version: str) -> Path:
+    """A candidate's weights folder, pulled from the DVC remote when it is not here."""
+    from modelsmith.evaluation.results import EvalError
+    from modelsmith.training.service import version_weights
+
+    fleet = ws.fleet()
+    state = fleet.specialists.get(specialist)
+    if state is None or version not in state.candidates:
+        known = ", ".join(state.candidates) if state and state.candidates else "none"
+        raise EvalError(f"{specialist} has no candidate {version} (candidates: {known}); "
+                        f"train one with `modelsmith train {specialist}`")
+    path = version_weights(ws.root, specialist, version)
+    if not (path / "config.json").is_file():
+        from modelsmith.artifacts.dvc import ArtifactStore
+
+        click.echo(f"pulling {version}'s weights from the DVC remote ...", err=True)
+        ArtifactStore(ws.root).pull([path])
+    return path
 
 
 def _render_report(report, specialist: str, ref: str, target: float, outcome) -> None:
@@ -508,6 +528,66 @@ class _progress:
 
     def __exit__(self, *exc) -> None:
         self._bar.stop()
+
+
+@cli.command()
+@click.argument("specialist")
+@click.option("--from-eval", "from_eval", default=None, metavar="EVENT",
+              help="The EvalCompleted whose failures to train on (default: the latest full "
+                   "evaluation of the base model).")
+@click.option("--method", type=click.Choice(["grpo", "sft", "sft+grpo"]), default=None,
+              help="Default: the specialist's training.method.")
+@click.option("--profile", "profile_name", default=None, metavar="NAME",
+              help="Hyper-parameter profile in config/clusters.json (default: the "
+                   "specialist's training.profile).")
+@click.option("--model", "model_ref", default=None, metavar="REF",
+              help="Base model (profile, folder or candidate version; default: the "
+                   "specialist's base).")
+@json_option
+@click.pass_context
+@_guard
+def train(ctx: click.Context, specialist: str, from_eval: str | None, method: str | None,
+          profile_name: str | None, model_ref: str | None, as_json: bool) -> None:
+    """Train a candidate on an evaluation's failures; register it with its lineage."""
+    from modelsmith.artifacts import resolve_model
+    from modelsmith.artifacts.dvc import ArtifactStore
+    from modelsmith.evaluation.service import VERSION_RE, specialist_or_error
+    from modelsmith.training.service import train_candidate
+
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    spec = specialist_or_error(repo, specialist)
+    ref = model_ref or spec.spec.base
+    if VERSION_RE.match(ref):
+        base_path = _version_weights(ws, specialist, ref)
+    else:
+        base_path = resolve_model(ref, repo.clusters, repo_root=ws.root).path
+        if base_path is None:
+            raise click.BadParameter(f"{ref} is a hub id; training needs a local folder",
+                                     param_hint="--model")
+
+    def show(log: dict) -> None:
+        if not as_json:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()
+                     if k in ("step", "loss", "reward", "reward_std", "kl", "learning_rate")}
+            click.echo(f"  {shown}", err=True)
+
+    outcome = train_candidate(repo, specialist, store=ws.store, artifacts=ArtifactStore(ws.root),
+                              base_path=base_path, base_ref=ref, from_eval=from_eval,
+                              method=method, profile_name=profile_name,
+                              cause=ws.head_commit(), progress=show,
+                              say=lambda m: click.echo(m, err=True))
+    data = {"specialist": specialist, "version": outcome.version,
+            "weights": str(outcome.weights.relative_to(ws.root)),
+            "dataset_hash": outcome.dataset_hash, "metrics": outcome.metrics,
+            "duration_s": round(outcome.duration_s, 2),
+            "events": [e.id for e in outcome.events]}
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(f"registered {specialist} {outcome.version} in {outcome.duration_s:.0f}s "
+                   f"(dataset {outcome.dataset_hash[:12]}); evaluate it with "
+                   f"`modelsmith eval {specialist} --model {outcome.version}`")
 
 
 @cli.command()

@@ -1,0 +1,157 @@
+"""Train a candidate from an evaluation's failures and register it with its lineage.
+
+eval evidence -> failures (FailuresExtracted) -> augmented, validated rows (DatasetBuilt,
+DVC-tracked) -> TRL training (TrainingStarted / TrainingCompleted) -> weights tracked with
+DVC -> CandidateRegistered(vN) whose lineage names every input by hash.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelsmith.evaluation.results import EvalError
+from modelsmith.evaluation.service import find_evaluation, load_runs, specialist_or_error
+from modelsmith.events.store import EventStore, append_observation
+from modelsmith.events.types import (
+    CandidateRegistered,
+    DatasetBuilt,
+    Event,
+    FailuresExtracted,
+    Lineage,
+    TrainingCompleted,
+    TrainingStarted,
+)
+from modelsmith.specs import Repository
+
+DATA_DIR = "data"
+MODELS_DIR = "models"
+
+
+@dataclass
+class TrainOutcome:
+    version: str
+    weights: Path
+    dataset_hash: str
+    metrics: dict[str, float]
+    duration_s: float
+    events: list[Event]
+
+
+def next_version(store: EventStore, specialist: str) -> str:
+    taken = [int(e.data["version"][1:]) for e in store.read(specialist)
+             if e.type == "CandidateRegistered"]
+    return f"v{max(taken, default=0) + 1}"
+
+
+def version_weights(root: Path, specialist: str, version: str) -> Path:
+    """Where a candidate's weights live in the work tree (DVC-tracked)."""
+    return root / MODELS_DIR / specialist / version
+
+
+def train_candidate(
+    repo: Repository,
+    specialist: str,
+    *,
+    store: EventStore,
+    artifacts: Any,  # modelsmith.artifacts.dvc.ArtifactStore
+    base_path: Path,
+    base_ref: str,
+    from_eval: str | None = None,
+    method: str | None = None,
+    profile_name: str | None = None,
+    actor: str = "cli",
+    cause: str | None = None,
+    host: str = "local",
+    progress: Callable[[dict], None] | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> TrainOutcome:
+    """The whole pipeline for one candidate; every step appends its event."""
+    from modelsmith.training.config import config_hash
+    from modelsmith.training.data import (
+        augment,
+        dataset_hash,
+        extract_failures,
+        load_generator,
+        validate_rows,
+        write_dataset,
+    )
+    from modelsmith.training.reward import make_reward_fn
+    from modelsmith.training.trainers import train
+
+    spec = specialist_or_error(repo, specialist)
+    suite = repo.suite_for(spec)
+    method = method or spec.spec.training.method
+    profile_name = profile_name or spec.spec.training.profile
+    profile = repo.clusters.profiles.get(profile_name)
+    if profile is None:
+        raise EvalError(f"no hyper-parameter profile {profile_name!r} in config/clusters.json "
+                        f"(profiles: {', '.join(sorted(repo.clusters.profiles))})")
+    evaluation = find_evaluation(store, specialist, from_eval or base_ref)
+    if evaluation.data.get("suite_hash") != suite.suite_hash:
+        raise EvalError(f"evaluation {evaluation.id} ran on another version of the suite; "
+                        f"evaluate again (`modelsmith eval {specialist} --model {base_ref}`)")
+    events: list[Event] = []
+
+    def record(payload, **kw) -> Event:
+        (event,) = append_observation(store, specialist,
+                                      [Event.new(payload, actor=actor, cause=cause, **kw)])
+        events.append(event)
+        return event
+
+    runs = load_runs(store, evaluation)
+    failures = extract_failures(runs)
+    record(FailuresExtracted(eval_event=evaluation.id, version=evaluation.data.get("version"),
+                             scenario_ids=sorted({f.id for f in failures})))
+    say(f"{len(failures)} failed core inputs in evaluation {evaluation.id[:12]}")
+    passing = [r for r in runs if r.split == "core" and r.passed]
+    rows = augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
+                   seed=profile.seed)
+    report = validate_rows(rows, suite, spec)
+    if not report.kept:
+        raise EvalError("no training rows survived validation: "
+                        f"{report.to_dict()['removed']}")
+    digest = dataset_hash(report.kept)
+    path = write_dataset(report.kept, repo.root / DATA_DIR / specialist / f"{digest[:16]}.jsonl")
+    artifacts.ensure_initialised()
+    artifacts.track(path)
+    artifacts.push([path])
+    record(DatasetBuilt(dataset_hash=digest, rows=len(report.kept), sources=report.sources,
+                        removed=report.removed, balance=report.balance,
+                        path=str(path.relative_to(repo.root))))
+    say(f"dataset {digest[:12]}: {len(report.kept)} rows, removed {report.removed}")
+
+    version = next_version(store, specialist)
+    run_id = uuid.uuid4().hex[:12]
+    parent = evaluation.data.get("version")
+    record(TrainingStarted(run_id=run_id, method=method, profile=profile_name, host=host,
+                           parent=parent, dataset_hash=digest))
+    out_dir = version_weights(repo.root, specialist, version)
+    started = time.perf_counter()
+    result = train(method, base_path, [r.to_dict() for r in report.kept],
+                   make_reward_fn(spec, suite), profile, out_dir, progress=progress)
+    duration = time.perf_counter() - started
+    weights = artifacts.track(out_dir)
+    artifacts.push([out_dir])
+    record(TrainingCompleted(run_id=run_id, method=method, host=host,
+                             duration_s=round(duration, 2), metrics=result.metrics,
+                             checkpoint_hash=weights.md5))
+    lineage = Lineage(
+        base_model=base_ref,
+        parent=parent,
+        dataset_hash=digest,
+        suite_hash=suite.suite_hash,
+        config_hash=config_hash(method, profile, {"base": base_ref}),
+        trainer_versions={**result.versions, "python": platform.python_version()},
+        run_id=run_id,
+        host=host,
+        duration_s=round(duration, 2),
+        weights_hash=weights.md5,
+    )
+    record(CandidateRegistered(version=version, lineage=lineage))
+    return TrainOutcome(version, out_dir, digest, result.metrics, duration, events)

@@ -58,6 +58,18 @@ def test_train_registers_a_candidate_with_hashed_lineage(env):
     assert artifacts.status() == {}
     assert built["removed"]["leakage"] == 0 and built["rows"] > 0
 
+    # A candidate is prompted as its base profile was trained (plain text for tiny-test),
+    # even though its saved tokenizer carries a chat template.
+    from modelsmith.artifacts.models import resolve_model
+    from modelsmith.cli import _base_profile
+    from modelsmith.specs import load_repository
+    from modelsmith.workspace import Workspace
+
+    weights = env / "models/rtb-quality/v1"
+    assert resolve_model(str(weights), None).chat_template is True
+    profile = _base_profile(Workspace.find(env), load_repository(env), "rtb-quality", "v1")
+    assert profile.chat_template is False
+
     text = run(env, "lineage", "rtb-quality", "v1").output
     for value in (built["dataset_hash"], lineage["weights_hash"], lineage["suite_hash"],
                   lineage["config_hash"]):

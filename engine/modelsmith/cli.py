@@ -410,11 +410,13 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
     ref = model_ref or spec.spec.base
     version = ref if VERSION_RE.match(ref) else None
     load = str(_version_weights(ws, specialist, version)) if version else ref
+    chat = _base_profile(ws, repo, specialist, version).chat_template if version else None
     settings = EvalSettings(limit=limit, repeats=repeats, reducer=reducer,
                             temperature=temperature)
     click.echo(f"loading {ref} ...", err=True)
     model = make_backend(load, repo.clusters, backend=backend, threads=threads,
-                         batch_size=batch_size, repo_root=ws.root, dtype=dtype)
+                         batch_size=batch_size, repo_root=ws.root, dtype=dtype,
+                         chat_template=chat)
     # Judge criteria grade with another model, built only if a rubric asks for one.
     judge = BackendJudge(lambda judge_ref: make_backend(judge_ref, repo.clusters,
                                                         repo_root=ws.root))
@@ -459,6 +461,24 @@ def _version_weights(ws, specialist: str, version: str) -> Path:
         click.echo(f"pulling {version}'s weights from the DVC remote ...", err=True)
         ArtifactStore(ws.root).pull([path])
     return path
+
+
+def _base_profile(ws, repo, specialist: str, version: str):
+    """The model profile a candidate descends from (through parent versions): its prompt
+    format (chat template or plain text) is the one the candidate was trained with."""
+    from modelsmith.evaluation.results import EvalError
+    from modelsmith.evaluation.service import VERSION_RE
+
+    candidates = ws.fleet().specialists[specialist].candidates
+    seen, ref = set(), version
+    while VERSION_RE.match(ref) and ref in candidates and ref not in seen:
+        seen.add(ref)
+        ref = candidates[ref].lineage.get("base_model") or ""
+    profile = repo.clusters.models.get(ref)
+    if profile is None:
+        raise EvalError(f"{specialist} {version} descends from {ref!r}, which is not a model "
+                        "profile in config/clusters.json")
+    return profile
 
 
 def _render_report(report, specialist: str, ref: str, target: float, outcome) -> None:

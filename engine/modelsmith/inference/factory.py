@@ -14,6 +14,7 @@ torch.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,13 +39,16 @@ def make_backend(
     cache_dir: Path | None = None,
     progress: MessageFn | None = None,
     dtype: str = "float32",
+    chat_template: bool | None = None,
 ) -> Backend:
     """A loaded backend for ``ref``; raises :class:`InferenceError` on anything a user can fix.
 
     ``threads`` (torch CPU threads), ``batch_size`` and ``dtype`` (``bfloat16`` was measured
     3.5x faster than ``float32`` for prompt processing on an AVX512-BF16 CPU) apply to the
     transformers backend;
-    ``repo_root`` anchors relative ``hf-dir`` paths; ``progress`` receives build messages.
+    ``repo_root`` anchors relative ``hf-dir`` paths; ``progress`` receives build messages;
+    ``chat_template`` overrides what the model folder suggests (a trained candidate is
+    prompted the way its base profile was, not the way its tokenizer could be).
     """
     if backend is not None and backend not in BACKENDS:
         raise InferenceError(f"unknown backend '{backend}' (choose one of: {', '.join(BACKENDS)})")
@@ -72,9 +76,13 @@ def make_backend(
 
         require_vllm()  # before a possibly long model build
         model = resolve_model(ref, clusters, cache_dir, progress, repo_root=repo_root)
+        if chat_template is not None:
+            model = dataclasses.replace(model, chat_template=chat_template)
         return VLLMBackend(model)
 
     from .transformers_backend import TransformersBackend
 
     model = resolve_model(ref, clusters, cache_dir, progress, repo_root=repo_root)
+    if chat_template is not None:
+        model = dataclasses.replace(model, chat_template=chat_template)
     return TransformersBackend(model, threads=threads, batch_size=batch_size, dtype=dtype)

@@ -417,6 +417,12 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
     model = make_backend(load, repo.clusters, backend=backend, threads=threads,
                          batch_size=batch_size, repo_root=ws.root, dtype=dtype,
                          chat_template=chat)
+    checks = []
+    if version and not no_record:
+        from modelsmith.training.watch import reward_hacking_check
+
+        watch = reward_hacking_check(ws.store, specialist, version)
+        checks = [watch] if watch else []
     # Judge criteria grade with another model, built only if a rubric asks for one.
     judge = BackendJudge(lambda judge_ref: make_backend(judge_ref, repo.clusters,
                                                         repo_root=ws.root))
@@ -424,7 +430,8 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
         with _progress(f"{specialist} on {ref}") as progress:
             outcome = evaluate(repo, specialist, model, model_ref=ref, version=version,
                                store=None if no_record else ws.store, settings=settings,
-                               commit=ws.head_commit(), progress=progress, judge=judge)
+                               commit=ws.head_commit(), progress=progress, judge=judge,
+                               checks=checks)
     finally:
         model.close()
         judge.close()
@@ -434,9 +441,12 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
     if as_json:
         _print_json({"specialist": specialist, "model": ref, "target": target, "meets": meets,
                      "event_id": outcome.event.id if outcome.event else None,
+                     "warnings": outcome.warnings,
                      "duration_s": round(outcome.duration_s, 3), "report": report.to_dict()})
     elif markdown:
         click.echo(f"### {specialist} · `{ref}`\n\n{report.to_markdown()}")
+        for warning in outcome.warnings:
+            click.echo(f"\n> **Warning:** {warning}")
     else:
         _render_report(report, specialist, ref, target, outcome)
     if not meets:
@@ -513,6 +523,8 @@ def _render_report(report, specialist: str, ref: str, target: float, outcome) ->
     console.print(table)
     verdict = "meets" if report.meets(target) else "is below"
     console.print(f"composite {fmt(report.composite)} {verdict} the target {target:.3f}")
+    for warning in outcome.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     if outcome.event is not None:
         console.print(f"recorded EvalCompleted {outcome.event.id} "
                       f"({specialist}#{outcome.event.seq})")

@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from modelsmith.evaluation.composite import (
@@ -41,6 +41,7 @@ class EvalOutcome:
     event: Event | None  # the recorded EvalCompleted (None with record=False)
     model_ref: str
     duration_s: float
+    warnings: list[str]
 
 
 def evaluate(
@@ -56,8 +57,12 @@ def evaluate(
     commit: str | None = None,
     progress: ProgressFn | None = None,
     judge: Callable[..., tuple[float, str]] | None = None,
+    checks: Sequence[Callable[[list[ScenarioRun], EvalReport], list[str]]] = (),
 ) -> EvalOutcome:
-    """Run ``specialist``'s suite on ``backend``; append the events when ``store`` is given."""
+    """Run ``specialist``'s suite on ``backend``; append the events when ``store`` is given.
+
+    ``checks`` look at the result before it is recorded; their warnings go into the event.
+    """
     settings = settings or EvalSettings()
     spec = specialist_or_error(repo, specialist)
     suite = repo.suite_for(spec)
@@ -70,6 +75,7 @@ def evaluate(
     runs = run_suite(spec, suite, backend, settings, progress=progress, judge=judge)
     report = compute_report(runs, suite.suite, seed=settings.seed)
     duration = time.perf_counter() - t0
+    warnings = [w for check in checks for w in check(runs, report)]
     event = None
     if store is not None:
         payload = EvalCompleted(
@@ -94,6 +100,7 @@ def evaluate(
             backend=backend.name,
             commit=commit,
             duration_s=round(duration, 3),
+            warnings=warnings,
         )
         evidence = {
             RESULTS: runs_to_jsonl(runs),
@@ -101,7 +108,7 @@ def evaluate(
         }
         completed = Event.new(payload, actor=actor, cause=commit, evidence=evidence)
         (event,) = append_observation(store, specialist, [completed])
-    return EvalOutcome(report, runs, event, model_ref, duration)
+    return EvalOutcome(report, runs, event, model_ref, duration, warnings)
 
 
 def specialist_or_error(repo: Repository, name: str):

@@ -140,9 +140,11 @@ class EvalCompleted(EventData):
     backend: str | None = None
     commit: str | None = None  # the repository commit the suite was read at
     duration_s: float | None = None
+    warnings: list[str] = Field(default_factory=list)  # e.g. the reward-hacking watch
 
     def summary(self) -> str:
-        return f"{self.version or self.model} composite={self.composite:.4f}"
+        flag = f" ({len(self.warnings)} warning)" if self.warnings else ""
+        return f"{self.version or self.model} composite={self.composite:.4f}{flag}"
 
 
 @register

@@ -59,15 +59,18 @@ class FakeOpenAI:
                 try:
                     time.sleep(fake.delay_s(body))
                     if scripted is not None:
-                        self._send(*scripted)
+                        reply = scripted
                     elif fake.responder is not None:
-                        self._send(*fake.responder(body))
+                        reply = fake.responder(body)
                     else:
                         prompt = body["messages"][-1]["content"]
-                        self._send(200, completion(f"echo:{prompt}"), {})
+                        reply = (200, completion(f"echo:{prompt}"), {})
                 finally:
+                    # Leave the count before answering: once the client has the answer it
+                    # may send its next request, and that must not look like one too many.
                     with fake.lock:
                         fake.active -= 1
+                self._send(*reply)
 
             def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()

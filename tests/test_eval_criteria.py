@@ -370,7 +370,7 @@ def test_hostile_outputs_never_raise(output: Any, expected: Any, judge: Any) -> 
         assert isinstance(value, float) and 0.0 <= value <= 1.0, spec.kind
         assert isinstance(reason, str)
         reason.encode("utf-8")  # reasons go into JSON reports: no lone surrogates
-        assert elapsed < 0.5, (spec.kind, elapsed)
+        assert elapsed < 10, (spec.kind, elapsed)  # a hang guard, not a speed check
     result = score_output(ONE_OF_EACH, output, ctx, 0.5, LABELS)
     assert 0.0 <= result.score <= 1.0 and len(result.criteria) == len(ONE_OF_EACH)
 

@@ -165,7 +165,7 @@ def test_bootstrap_is_fast_enough() -> None:
     runs = [run(f"s{i}", score) for i, score in enumerate(a)]
     runs += [run(f"s{i}", score, variant=0) for i, score in enumerate(b)]
     compute_report(runs, make_suite(micro=HAND_MICRO), n_resamples=2000)
-    assert time.perf_counter() - start < 5.0  # typically well under a second
+    assert time.perf_counter() - start < 60  # a hang guard; typically well under a second
 
 
 # --------------------------------------------------------------------------- paired

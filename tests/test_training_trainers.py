@@ -96,6 +96,9 @@ def test_cpu_profiles_map_to_the_measured_cpu_settings(tmp_path):
     assert grpo.num_generations == 2 and grpo.max_completion_length == 3
     assert grpo.beta == 0.04 and grpo.use_vllm is False
     assert grpo.remove_unused_columns is False  # the reward needs the dataset's columns
+    slower = p.model_copy(update={"grpo_learning_rate": 3e-4})
+    assert grpo_config(slower, tmp_path).learning_rate == 3e-4
+    assert sft_config(slower, tmp_path).learning_rate == 0.01
 
 
 def test_a_gpu_profile_generates_with_colocated_vllm(demo, tmp_path):

@@ -97,6 +97,10 @@ class HyperParams(SpecModel):
     beta: float = Field(0.0, ge=0, description="KL coefficient.")
     seed: int = 0
     sft_steps: PositiveInt | None = Field(None, description="SFT warm-up steps for sft+grpo.")
+    grpo_learning_rate: PositiveFloat | None = Field(
+        None, description="GRPO's learning rate when it should differ from SFT's "
+                          "(measured: GRPO wants a lower one); default learning_rate."
+    )
     use_vllm: bool = False
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ class TrainSettings:
     device: str
     threads: int
     learning_rate: float
+    grpo_learning_rate: float
     batch_size: int
     grad_accum: int
     max_steps: int
@@ -74,6 +75,7 @@ class TrainSettings:
             device=profile.device,
             threads=profile.threads or DEFAULT_THREADS,
             learning_rate=profile.learning_rate,
+            grpo_learning_rate=profile.grpo_learning_rate or profile.learning_rate,
             batch_size=profile.batch_size,
             grad_accum=profile.grad_accum,
             max_steps=profile.max_steps,
@@ -151,6 +153,7 @@ def grpo_arguments(
     generates, colocated with training on the same GPU."""
     arguments = {
         **_common(profile, out_dir, max_steps or profile.max_steps),
+        "learning_rate": profile.grpo_learning_rate or profile.learning_rate,
         "num_generations": profile.num_generations,
         "max_completion_length": profile.max_completion_length,
         "beta": profile.beta,

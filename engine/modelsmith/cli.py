@@ -409,8 +409,9 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
     spec = specialist_or_error(repo, specialist)
     ref = model_ref or spec.spec.base
     version = ref if VERSION_RE.match(ref) else None
-    load = str(_version_weights(ws, specialist, version)) if version else ref
-    chat = _base_profile(ws, repo, specialist, version).chat_template if version else None
+    candidate = _candidate(ws, repo, specialist, version) if version else None
+    load = str(candidate.path) if candidate else ref
+    chat = candidate.base.chat_template if candidate else None
     settings = EvalSettings(limit=limit, repeats=repeats, reducer=reducer,
                             temperature=temperature)
     click.echo(f"loading {ref} ...", err=True)
@@ -453,42 +454,18 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
         sys.exit(EXIT_BELOW_TARGET)
 
 
-def _version_weights(ws, specialist: str, version: str) -> Path:
-    """A candidate's weights folder, pulled from the DVC remote when it is not here."""
-    from modelsmith.evaluation.results import EvalError
-    from modelsmith.training.service import version_weights
+def _candidate(ws, repo, specialist: str, version: str):
+    """A candidate's weights (pulled from the DVC remote when missing) and base profile."""
+    from modelsmith.training.service import candidate_model
 
-    fleet = ws.fleet()
-    state = fleet.specialists.get(specialist)
-    if state is None or version not in state.candidates:
-        known = ", ".join(state.candidates) if state and state.candidates else "none"
-        raise EvalError(f"{specialist} has no candidate {version} (candidates: {known}); "
-                        f"train one with `modelsmith train {specialist}`")
-    path = version_weights(ws.root, specialist, version)
-    if not (path / "config.json").is_file():
+    def pull(path: Path) -> None:
         from modelsmith.artifacts.dvc import ArtifactStore
 
         click.echo(f"pulling {version}'s weights from the DVC remote ...", err=True)
         ArtifactStore(ws.root).pull([path])
-    return path
 
-
-def _base_profile(ws, repo, specialist: str, version: str):
-    """The model profile a candidate descends from (through parent versions): its prompt
-    format (chat template or plain text) is the one the candidate was trained with."""
-    from modelsmith.evaluation.results import EvalError
-    from modelsmith.evaluation.service import VERSION_RE
-
-    candidates = ws.fleet().specialists[specialist].candidates
-    seen, ref = set(), version
-    while VERSION_RE.match(ref) and ref in candidates and ref not in seen:
-        seen.add(ref)
-        ref = candidates[ref].lineage.get("base_model") or ""
-    profile = repo.clusters.models.get(ref)
-    if profile is None:
-        raise EvalError(f"{specialist} {version} descends from {ref!r}, which is not a model "
-                        "profile in config/clusters.json")
-    return profile
+    state = ws.fleet().specialists.get(specialist)
+    return candidate_model(repo, specialist, version, state.candidates if state else {}, pull)
 
 
 def _render_report(report, specialist: str, ref: str, target: float, outcome) -> None:
@@ -591,7 +568,7 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
     spec = specialist_or_error(repo, specialist)
     ref = model_ref or spec.spec.base
     if VERSION_RE.match(ref):
-        base_path = _version_weights(ws, specialist, ref)
+        base_path = _candidate(ws, repo, specialist, ref).path
     else:
         base_path = resolve_model(ref, repo.clusters, repo_root=ws.root).path
         if base_path is None:

@@ -13,10 +13,10 @@ from typing import Any
 
 from modelsmith.evaluation.criteria import ScoringContext
 from modelsmith.evaluation.results import ScenarioRun
-from modelsmith.evaluation.scoring import rubric_for, score_output
+from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
 from modelsmith.evaluation.stats import reduce_repeats
 from modelsmith.inference.base import Backend, GenerationRequest, ProgressFn
-from modelsmith.specs import LabelOutput, LoadedSuite, Specialist
+from modelsmith.specs import LoadedSuite, Specialist
 
 # Enough room for the answer the output contract asks for, and no more: generation time
 # grows with every token.
@@ -67,7 +67,7 @@ def run_suite(
     task = specialist.spec.task
     contract = task.output
     max_new = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(contract.kind, 64)
-    labels = list(contract.labels) if isinstance(contract, LabelOutput) else None
+    labels = output_labels(contract)
     items = plan_items(suite, settings)
     repeats = max(1, settings.repeats)
     requests = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from modelsmith.specs.models import LabelOutput
 from modelsmith.specs.rubric import Criterion
 
 from .criteria import (
@@ -19,6 +20,11 @@ from .criteria import (
     schema_validator,
 )
 from .results import CriterionResult, ScenarioScore
+
+
+def output_labels(contract: Any) -> list[str] | None:
+    """The labels an output contract allows (label tasks), else None."""
+    return list(contract.labels) if isinstance(contract, LabelOutput) else None
 
 
 def score_output(

@@ -78,21 +78,22 @@ def evaluate(
     warnings = [w for check in checks for w in check(runs, report)]
     event = None
     if store is not None:
+        summary = report.to_dict()  # rounded, NaN as None: fit for the event
         payload = EvalCompleted(
             version=version,
             model=model_ref,
             suite=suite.name,
             suite_hash=suite.suite_hash,
             run_id=run_id,
-            composite=_num(report.composite),
-            core=_opt(report.core),
-            robustness=_opt(report.robustness),
-            micro=_opt(report.micro),
-            heldout=_opt(report.heldout),
-            ci=_interval(report.composite_ci),
-            heldout_ci=_interval(report.heldout_ci),
-            pass_rate=_opt(report.pass_rate),
-            slices={tag: _num(s["score"]) for tag, s in report.to_dict()["slices"].items()
+            composite=summary["composite"] or 0.0,
+            core=summary["core"],
+            robustness=summary["robustness"],
+            micro=summary["micro"],
+            heldout=summary["heldout"],
+            ci=_interval(summary["composite_ci"]),
+            heldout_ci=_interval(summary["heldout_ci"]),
+            pass_rate=summary["pass_rate"],
+            slices={tag: s["score"] for tag, s in summary["slices"].items()
                     if s.get("score") is not None},
             scenarios=report.n_core + report.n_heldout,
             failed=len(report.failed_ids),
@@ -104,7 +105,7 @@ def evaluate(
         )
         evidence = {
             RESULTS: runs_to_jsonl(runs),
-            REPORT: json.dumps(report.to_dict(), indent=1, sort_keys=True).encode(),
+            REPORT: json.dumps(summary, indent=1, sort_keys=True).encode(),
         }
         completed = Event.new(payload, actor=actor, cause=commit, evidence=evidence)
         (event,) = append_observation(store, specialist, [completed])
@@ -191,15 +192,5 @@ def compare(store: EventStore, specialist: str, a: str, b: str, *, split: Split 
     return Comparison(base, cand, split, result, same, deltas)
 
 
-def _num(x: float | None) -> float:
-    return 0.0 if x is None or x != x else round(float(x), 6)
-
-
-def _opt(x: float | None) -> float | None:
-    return None if x is None or x != x else round(float(x), 6)
-
-
-def _interval(ci) -> tuple[float, float] | None:
-    if ci is None or any(v is None or v != v for v in ci):
-        return None
-    return (round(float(ci[0]), 6), round(float(ci[1]), 6))
+def _interval(ci: list[float | None] | None) -> tuple[float, float] | None:
+    return None if not ci or None in ci else (ci[0], ci[1])

@@ -56,8 +56,8 @@ from typing import Any
 
 from modelsmith.evaluation.criteria import FLOAT_EPS, Judge, ScoringContext
 from modelsmith.evaluation.results import ScenarioRun
-from modelsmith.evaluation.scoring import rubric_for, score_output
-from modelsmith.specs import LabelOutput, LoadedSuite, Scenario, Specialist
+from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
+from modelsmith.specs import LoadedSuite, Scenario, Specialist
 
 #: Where a training row came from.
 SOURCES: tuple[str, ...] = ("failure", "variant", "generator", "teacher", "replay")
@@ -565,7 +565,7 @@ def validate_rows(
         raise ValueError(f"ngram must be >= 1, got {ngram}")
     task = specialist.spec.task
     contract = task.output
-    labels = list(contract.labels) if isinstance(contract, LabelOutput) else None
+    labels = output_labels(contract)
     scenarios = {s.id: s for s in suite.scenarios}
     threshold = suite.suite.spec.pass_threshold
     removed = dict.fromkeys(REMOVAL_REASONS, 0)

@@ -18,8 +18,8 @@ from typing import Any
 
 from modelsmith.evaluation.criteria import Judge, ScoringContext
 from modelsmith.evaluation.results import ScenarioScore
-from modelsmith.evaluation.scoring import rubric_for, score_output
-from modelsmith.specs import LabelOutput, LoadedSuite, Specialist
+from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
+from modelsmith.specs import LoadedSuite, Specialist
 from modelsmith.specs.rubric import Criterion
 
 #: Dataset column carrying each row's expected value as JSON text.
@@ -82,9 +82,7 @@ class RubricReward:
         judge: Judge | None = None,
     ) -> None:
         self.contract = specialist.spec.task.output
-        self.labels = (
-            list(self.contract.labels) if isinstance(self.contract, LabelOutput) else None
-        )
+        self.labels = output_labels(self.contract)
         self.threshold = (
             threshold if threshold is not None else suite.suite.spec.pass_threshold
         )

@@ -27,7 +27,7 @@ from modelsmith.events.types import (
     TrainingCompleted,
     TrainingStarted,
 )
-from modelsmith.specs import Repository
+from modelsmith.specs import ModelProfile, Repository
 
 DATA_DIR = "data"
 MODELS_DIR = "models"
@@ -52,6 +52,40 @@ def next_version(store: EventStore, specialist: str) -> str:
 def version_weights(root: Path, specialist: str, version: str) -> Path:
     """Where a candidate's weights live in the work tree (DVC-tracked)."""
     return root / MODELS_DIR / specialist / version
+
+
+@dataclass
+class CandidateModel:
+    path: Path  # the weights folder, present in the work tree
+    base: ModelProfile  # the profile it descends from: how it is prompted
+
+
+def candidate_model(
+    repo: Repository,
+    specialist: str,
+    version: str,
+    candidates: dict[str, Any],
+    pull: Callable[[Path], None],
+) -> CandidateModel:
+    """A registered candidate's weights (``pull`` fetches them when missing) and the model
+    profile it descends from through its parents: it is prompted as that profile was
+    trained (plain text or chat template), whatever its saved tokenizer could do."""
+    if version not in candidates:
+        known = ", ".join(candidates) or "none"
+        raise EvalError(f"{specialist} has no candidate {version} (candidates: {known}); "
+                        f"train one with `modelsmith train {specialist}`")
+    seen, ref = set(), version
+    while ref in candidates and ref not in seen:
+        seen.add(ref)
+        ref = candidates[ref].lineage.get("base_model") or ""
+    base = repo.clusters.models.get(ref)
+    if base is None:
+        raise EvalError(f"{specialist} {version} descends from {ref!r}, which is not a model "
+                        "profile in config/clusters.json")
+    path = version_weights(repo.root, specialist, version)
+    if not (path / "config.json").is_file():
+        pull(path)
+    return CandidateModel(path, base)
 
 
 def train_candidate(

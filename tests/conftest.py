@@ -37,3 +37,11 @@ def demo_repo(demo_files: Path) -> Path:
     """The same copy as a fresh git repository (a team's fork, before any event)."""
     pygit2.init_repository(str(demo_files))
     return demo_files
+
+
+@pytest.fixture
+def train_repo(demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The demo fork with its own model cache and DVC site cache (tests never share them)."""
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
+    return demo_repo

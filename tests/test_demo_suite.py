@@ -42,13 +42,16 @@ def test_every_label_follows_the_written_policy():
         assert any(tag in r["tags"] for r in core), tag
 
 
-def test_the_policy_is_stated_in_the_task_prompt():
+def test_the_policy_is_described_and_learnt_not_prompted():
+    """The specialist describes the policy; its prompt is the bare bid, measured to train
+    about 3x faster on a CPU than one restating the policy (the model learns the rule)."""
     repo = load_repository(REPO_ROOT)
-    prompt = repo.specialists["rtb-quality"].spec.task.prompt_template
+    spec = repo.specialists["rtb-quality"].spec
     gen = _generator()
-    for domain in gen.BLOCKED:
-        assert domain in prompt
-    assert f"{gen.CTR_THRESHOLD}%" in prompt
+    assert f"{gen.CTR_THRESHOLD}%" in spec.description
+    assert "blocked publisher domains" in spec.description
+    assert spec.task.prompt_template == "Bid: {input}\nVerdict:"
+    assert not any(domain in spec.task.prompt_template for domain in gen.BLOCKED)
 
 
 def test_near_makes_labelled_neighbours():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -44,6 +45,7 @@ _USER_ERRORS = {
     "modelsmith.inference.base": ("InferenceError",),
     "modelsmith.artifacts.dvc": ("ArtifactError",),
     "modelsmith.training.data": ("DataError",),
+    "modelsmith.training.trainers": ("TrainingError",),
 }
 
 
@@ -539,6 +541,39 @@ class _progress:
         self._bar.stop()
 
 
+class _TrainProgress:
+    """One stderr line per training log: phase, step of total, the phase's main metric,
+    seconds per step and the time left in that phase (stdout stays free for --json)."""
+
+    def __init__(self) -> None:
+        self._phase: str | None = None
+        self._start = 0.0
+        self._first_step = 0
+
+    def __call__(self, log: dict) -> None:
+        phase, step, total = log.get("phase"), int(log.get("step", 0)), log.get("total")
+        if phase != self._phase:
+            self._phase, self._start, self._first_step = phase, time.monotonic(), step
+        if "train_runtime" in log:
+            return
+        done = step - self._first_step
+        pace = (time.monotonic() - self._start) / done if done > 0 else None
+        parts = [f"{phase} {step}/{total}" if total else f"{phase} {step}"]
+        for key in ("loss", "reward", "reward_std", "kl", "entropy"):
+            if key in log:
+                parts.append(f"{key} {log[key]:.4f}")
+        if pace is not None:
+            parts.append(f"{pace:.1f} s/step")
+            if total:
+                parts.append(f"{_duration(pace * max(0, int(total) - step))} left")
+        click.echo("  " + " · ".join(parts), err=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 @cli.command()
 @click.argument("specialist")
 @click.option("--from-eval", "from_eval", default=None, metavar="EVENT",
@@ -552,12 +587,25 @@ class _progress:
 @click.option("--model", "model_ref", default=None, metavar="REF",
               help="Base model (profile, folder or candidate version; default: the "
                    "specialist's base).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Override the profile's max_steps (SFT steps for sft, GRPO steps "
+                   "otherwise); recorded in the config hash.")
+@click.option("--sft-steps", type=click.IntRange(min=1), default=None,
+              help="Override the profile's sft_steps (the warm start of sft+grpo).")
+@click.option("--teacher", "teacher_ref", default=None, metavar="REF",
+              help="A model that rephrases each failed input, keeping its label "
+                   "(openai:NAME for an OpenAI-compatible endpoint, or any model ref).")
 @json_option
 @click.pass_context
 @_guard
 def train(ctx: click.Context, specialist: str, from_eval: str | None, method: str | None,
-          profile_name: str | None, model_ref: str | None, as_json: bool) -> None:
-    """Train a candidate on an evaluation's failures; register it with its lineage."""
+          profile_name: str | None, model_ref: str | None, steps: int | None,
+          sft_steps: int | None, teacher_ref: str | None, as_json: bool) -> None:
+    """Train a candidate on an evaluation's failures; register it with its lineage.
+
+    Progress goes to stderr, one line per optimiser step (phase, step, loss or reward,
+    seconds per step, time left); --json prints the result on stdout.
+    """
     from modelsmith.artifacts import resolve_model
     from modelsmith.artifacts.dvc import ArtifactStore
     from modelsmith.evaluation.service import VERSION_RE, specialist_or_error
@@ -575,17 +623,30 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
             raise click.BadParameter(f"{ref} is a hub id; training needs a local folder",
                                      param_hint="--model")
 
-    def show(log: dict) -> None:
-        if not as_json:
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()
-                     if k in ("step", "loss", "reward", "reward_std", "kl", "learning_rate")}
-            click.echo(f"  {shown}", err=True)
+    overrides = {key: value for key, value in (("max_steps", steps), ("sft_steps", sft_steps))
+                 if value is not None}
+    teacher = None
+    if teacher_ref:
+        from modelsmith.inference import make_backend
+        from modelsmith.training.teacher import BackendTeacher
 
-    outcome = train_candidate(repo, specialist, store=ws.store, artifacts=ArtifactStore(ws.root),
-                              base_path=base_path, base_ref=ref, from_eval=from_eval,
-                              method=method, profile_name=profile_name,
-                              cause=ws.head_commit(), progress=show,
-                              say=lambda m: click.echo(m, err=True))
+        click.echo(f"loading teacher {teacher_ref} ...", err=True)
+        teacher = BackendTeacher(make_backend(teacher_ref, repo.clusters, repo_root=ws.root))
+    try:
+        outcome = train_candidate(repo, specialist, store=ws.store,
+                                  artifacts=ArtifactStore(ws.root), base_path=base_path,
+                                  base_ref=ref, from_eval=from_eval, method=method,
+                                  profile_name=profile_name, overrides=overrides,
+                                  teacher=teacher, teacher_ref=teacher_ref,
+                                  cause=ws.head_commit(), progress=_TrainProgress(),
+                                  say=lambda m: click.echo(m, err=True))
+    finally:
+        if teacher is not None:
+            teacher.backend.close()
+    if teacher is not None:
+        click.echo(f"teacher {teacher_ref}: {teacher.asked - teacher.dropped} of "
+                   f"{teacher.asked} rewrites kept ({teacher.dropped} changed a value, "
+                   "repeated the input or were missing)", err=True)
     data = {"specialist": specialist, "version": outcome.version,
             "weights": str(outcome.weights.relative_to(ws.root)),
             "dataset_hash": outcome.dataset_hash, "metrics": outcome.metrics,
@@ -597,6 +658,132 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
         click.echo(f"registered {specialist} {outcome.version} in {outcome.duration_s:.0f}s "
                    f"(dataset {outcome.dataset_hash[:12]}); evaluate it with "
                    f"`modelsmith eval {specialist} --model {outcome.version}`")
+
+
+@cli.group()
+def repro() -> None:
+    """Rebuild a registered candidate from its lineage (the stages of dvc.yaml).
+
+    data -> train -> eval, each reading the candidate's events and writing plain files
+    that DVC owns; nothing is appended to the event log. `dvc repro` runs all three for
+    the specialist and version named in params.yaml.
+    """
+
+
+@repro.command("data")
+@click.argument("specialist")
+@click.argument("version")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the rebuilt dataset (JSONL).")
+@json_option
+@click.pass_context
+@_guard
+def repro_data(ctx: click.Context, specialist: str, version: str, out: Path,
+               as_json: bool) -> None:
+    """Rebuild the dataset VERSION trained on; fail unless its hash is the recorded one."""
+    from modelsmith.training.repro import rebuild_dataset
+
+    ws = _workspace(ctx)
+
+    def fetch(path: Path) -> None:
+        from modelsmith.artifacts.dvc import ArtifactStore
+
+        click.echo(f"pulling {path.name} from the DVC remote ...", err=True)
+        ArtifactStore(ws.root).pull([path])
+
+    result = rebuild_dataset(ws.specs(), ws.store, specialist, version, out, fetch=fetch)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(f"dataset {result.hash} rebuilt in {result.path} (matches {version})")
+
+
+@repro.command("train")
+@click.argument("specialist")
+@click.argument("version")
+@click.option("--dataset", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="The rebuilt dataset (output of `repro data`).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where to write the weights (replaced if present).")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 unless the weights are bit-identical to the recorded ones.")
+@json_option
+@click.pass_context
+@_guard
+def repro_train(ctx: click.Context, specialist: str, version: str, dataset: Path, out: Path,
+                strict: bool, as_json: bool) -> None:
+    """Train again as VERSION was trained; compare the weights' hash with the recorded one."""
+    import shutil
+
+    from modelsmith.artifacts import resolve_model
+    from modelsmith.artifacts.dvc import ArtifactStore
+    from modelsmith.evaluation.service import VERSION_RE
+    from modelsmith.training.repro import retrain
+
+    ws = _workspace(ctx)
+    repo = ws.specs()
+
+    def base_path(ref: str) -> Path:
+        if VERSION_RE.match(ref):
+            return _candidate(ws, repo, specialist, ref).path
+        path = resolve_model(ref, repo.clusters, repo_root=ws.root).path
+        if path is None:
+            raise click.BadParameter(f"{ref} is a hub id; training needs a local folder")
+        return path
+
+    if out.exists():
+        shutil.rmtree(out)  # DVC removes stage outputs before running; a manual run may not
+    artifacts = ArtifactStore(ws.root)
+    result = retrain(repo, ws.store, specialist, version, dataset, out, base_path=base_path,
+                     hash_of=artifacts.content_hash, progress=_TrainProgress())
+    if as_json:
+        _print_json(result.to_dict())
+    elif result.identical:
+        click.echo(f"weights {result.hash} in {result.path}: bit-identical to {version}")
+    else:
+        click.echo(f"weights {result.hash} in {result.path} differ from {version}'s recorded "
+                   f"{result.expected} (another machine, thread count or library version?)")
+    if strict and not result.identical:
+        sys.exit(EXIT_FAILED)
+
+
+@repro.command("eval")
+@click.argument("specialist")
+@click.argument("version")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True,
+              path_type=Path), required=True, help="The rebuilt weights (`repro train`).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the metrics (JSON).")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.pass_context
+@_guard
+def repro_eval(ctx: click.Context, specialist: str, version: str, model_dir: Path, out: Path,
+               threads: int | None, batch_size: int) -> None:
+    """Evaluate rebuilt weights as VERSION is prompted; write the report as metrics."""
+    from modelsmith.evaluation.service import evaluate
+    from modelsmith.inference import make_backend
+    from modelsmith.training.repro import write_json
+
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    candidate = _candidate(ws, repo, specialist, version)
+    model = make_backend(str(model_dir), repo.clusters, threads=threads, batch_size=batch_size,
+                         repo_root=ws.root, chat_template=candidate.base.chat_template)
+    try:
+        with _progress(f"{specialist} on {model_dir}") as progress:
+            outcome = evaluate(repo, specialist, model, model_ref=str(model_dir), store=None,
+                               progress=progress)
+    finally:
+        model.close()
+    report = outcome.report.to_dict()
+    # DVC metrics: numbers only, so `dvc metrics diff` compares them.
+    low, high = report.get("heldout_ci") or (None, None)
+    write_json(out, {key: report.get(key) for key in
+                     ("composite", "core", "robustness", "micro", "heldout", "pass_rate")}
+               | {"heldout_ci_low": low, "heldout_ci_high": high})
+    click.echo(f"{specialist} rebuilt {version}: composite {outcome.report.composite:.3f} "
+               f"-> {out}")
 
 
 @cli.command()

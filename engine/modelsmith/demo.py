@@ -1,8 +1,8 @@
 """The demo: a fork of the embedded defaults in a scratch git repository.
 
 The demo never writes to the repository it is run from: it copies the declarative files
-(specialists/, evals/, policies/, config/, dvc.yaml) into a new folder, makes that a git
-repository with one commit, and works there, so its event log is its own.
+(specialists/, evals/, policies/, config/, dvc.yaml, params.yaml) into a new folder, makes
+that a git repository with one commit, and works there, so its event log is its own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pygit2
 
 from modelsmith.workspace import WorkspaceError
 
-DEMO_PARTS = ("specialists", "evals", "policies", "config", "dvc.yaml")
+DEMO_PARTS = ("specialists", "evals", "policies", "config", "dvc.yaml", "params.yaml")
 
 
 def embedded_defaults(start: Path) -> Path:

@@ -1,6 +1,6 @@
 """Scenarios for the rtb-quality suite, generated from the written policy with a fixed seed.
 
-The policy (stated in the specialist's task prompt too):
+The policy (described in specialists/rtb-quality.yaml; the model learns it from the data):
 
     REJECT a bid request when its publisher domain is on the blocklist
     (casino-ads.example, clickfarm.example, malware-cdn.example, fake-news.example)

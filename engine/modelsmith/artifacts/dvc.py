@@ -304,21 +304,29 @@ class ArtifactStore:
     def verify(self, path: PathLike) -> bool:
         """Recompute the path's content hash, ignoring DVC's hash cache, and compare it with
         the ``.dvc`` file; False when the content differs or is missing."""
-        from dvc_data.hashfile.build import build
-        from dvc_data.hashfile.db import HashFileDB
-        from dvc_objects.fs import LocalFileSystem
-
         target = self._resolve(path)
         out = _read_dvc_file(self._tracked_dvc_file(target))
         if not target.exists():
             return False
         hash_name = out.get("hash", "md5-dos2unix")  # DVC 2 files carry no "hash" field
-        with self._repo("verify") as repo:
+        return self.content_hash(target, hash_name) == out["md5"]
+
+    def content_hash(self, path: PathLike, hash_name: str = "md5") -> str:
+        """The hash DVC would record for ``path`` (a file, or a folder's ``.dir`` hash),
+        computed from its bytes; the path need not be tracked."""
+        from dvc_data.hashfile.build import build
+        from dvc_data.hashfile.db import HashFileDB
+        from dvc_objects.fs import LocalFileSystem
+
+        target = self._resolve(path)
+        if not target.exists():
+            raise ArtifactError(f"'{path}' does not exist")
+        with self._repo("hash") as repo:
             fs = LocalFileSystem()
             # A throwaway object database without DVC's state db: every file is re-read.
             odb = HashFileDB(fs, str(self.root / ".dvc" / "tmp" / "verify"), hash_name=hash_name)
             _, _, obj = build(odb, str(target), fs, hash_name, dry_run=True, ignore=repo.dvcignore)
-        return obj.hash_info.value == out["md5"]
+        return str(obj.hash_info.value)
 
     # -- moving content --------------------------------------------------------------------
 

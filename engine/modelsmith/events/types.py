@@ -165,6 +165,9 @@ class DatasetBuilt(EventData):
     removed: dict[str, int] = Field(default_factory=dict)
     balance: dict[str, int] = Field(default_factory=dict)
     path: str | None = None
+    eval_event: str | None = None  # the EvalCompleted whose runs it was built from
+    seed: int | None = None  # augmentation seed: with the event, enough to rebuild it
+    teacher: str | None = None  # the model that rephrased inputs (not reproducible)
 
     def summary(self) -> str:
         return f"{self.rows} rows {self.dataset_hash[:12]}"
@@ -178,6 +181,8 @@ class TrainingStarted(EventData):
     host: str
     parent: str | None = None
     dataset_hash: str | None = None
+    base: str | None = None  # the model reference trained from (profile, folder, version)
+    hyperparams: dict[str, Any] = Field(default_factory=dict)  # the profile as run
 
     def summary(self) -> str:
         return f"{self.method} on {self.host}"

@@ -61,6 +61,10 @@ class TinySource(SpecModel):
     hidden_size: PositiveInt = 64
     layers: PositiveInt = 2
     vocab_size: PositiveInt = 384
+    init_range: PositiveFloat = Field(
+        0.02, description="Standard deviation of the initial weights (measured: 0.5 keeps "
+                          "the tiny model from learning the demo rule; 0.02 learns it)."
+    )
 
 
 ModelSource = Annotated[PypiGgufSource | HfDirSource | TinySource, Field(discriminator="kind")]
@@ -101,18 +105,29 @@ class HyperParams(SpecModel):
         None, description="GRPO's learning rate when it should differ from SFT's "
                           "(measured: GRPO wants a lower one); default learning_rate."
     )
+    grpo_batch_size: PositiveInt | None = Field(
+        None, description="GRPO's completions per device step when they should differ from "
+                          "SFT's batch_size (GRPO wants >= 8 prompts per step, SFT does not "
+                          "need that many rows); default batch_size."
+    )
     use_vllm: bool = False
+
+    @property
+    def grpo_batch(self) -> int:
+        """Completions per device step in GRPO."""
+        return self.grpo_batch_size or self.batch_size
 
     @model_validator(mode="after")
     def _consistent(self) -> HyperParams:
         if self.use_vllm and self.device != "cuda":
             raise spec_error("use_vllm needs device 'cuda'", "use_vllm")
         # GRPO groups each prompt's completions inside one effective batch.
-        if (self.batch_size * self.grad_accum) % self.num_generations:
+        if (self.grpo_batch * self.grad_accum) % self.num_generations:
+            field = "grpo_batch_size" if self.grpo_batch_size else "batch_size"
             raise spec_error(
-                f"batch_size × grad_accum ({self.batch_size * self.grad_accum}) must be a "
+                f"{field} × grad_accum ({self.grpo_batch * self.grad_accum}) must be a "
                 f"multiple of num_generations ({self.num_generations})",
-                "batch_size",
+                field,
             )
         return self
 

@@ -43,6 +43,7 @@ class TrainSettings:
     learning_rate: float
     grpo_learning_rate: float
     batch_size: int
+    grpo_batch_size: int
     grad_accum: int
     max_steps: int
     sft_steps: int
@@ -77,6 +78,7 @@ class TrainSettings:
             learning_rate=profile.learning_rate,
             grpo_learning_rate=profile.grpo_learning_rate or profile.learning_rate,
             batch_size=profile.batch_size,
+            grpo_batch_size=profile.grpo_batch,
             grad_accum=profile.grad_accum,
             max_steps=profile.max_steps,
             sft_steps=sft_steps,
@@ -91,7 +93,7 @@ class TrainSettings:
     @property
     def prompts_per_step(self) -> int:
         """GRPO prompts per optimiser step: each prompt brings ``num_generations`` completions."""
-        return self.batch_size * self.grad_accum // self.num_generations
+        return self.grpo_batch_size * self.grad_accum // self.num_generations
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +156,7 @@ def grpo_arguments(
     arguments = {
         **_common(profile, out_dir, max_steps or profile.max_steps),
         "learning_rate": profile.grpo_learning_rate or profile.learning_rate,
+        "per_device_train_batch_size": profile.grpo_batch,
         "num_generations": profile.num_generations,
         "max_completion_length": profile.max_completion_length,
         "beta": profile.beta,

@@ -7,6 +7,7 @@ DVC -> CandidateRegistered(vN) whose lineage names every input by hash.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 import uuid
@@ -27,10 +28,14 @@ from modelsmith.events.types import (
     TrainingCompleted,
     TrainingStarted,
 )
-from modelsmith.specs import ModelProfile, Repository
+from modelsmith.specs import HyperParams, ModelProfile, Repository
 
 DATA_DIR = "data"
 MODELS_DIR = "models"
+#: Generated and teacher rows per failed scenario.
+PER_FAILURE = 4
+#: TrainingCompleted's evidence: one JSON line per logged step (phase, step, metrics).
+TRAINING_LOG = "training_log.jsonl"
 
 
 @dataclass
@@ -88,6 +93,50 @@ def candidate_model(
     return CandidateModel(path, base)
 
 
+def build_dataset(
+    repo: Repository, specialist: str, runs: list[Any], *, seed: int,
+    teacher: Callable[[str, int], list[str]] | None = None,
+) -> tuple[list[Any], Any]:
+    """An evaluation's runs -> (its failures, the validated augmented rows): deterministic
+    for the runs, the suite (with its generator) and ``seed`` -- unless a ``teacher``
+    rephrases the failed inputs too (see :mod:`.teacher`)."""
+    from modelsmith.training.data import (
+        augment,
+        extract_failures,
+        failed_scenario_ids,
+        load_generator,
+        validate_rows,
+    )
+    from modelsmith.training.teacher import prefetch_for
+
+    spec = specialist_or_error(repo, specialist)
+    suite = repo.suite_for(spec)
+    failures = extract_failures(runs)
+    passing = [r for r in runs if r.split == "core" and r.passed]
+    if teacher is not None:
+        inputs = {s.id: s.input for s in suite.core}
+        prefetch_for(teacher, [inputs[i] for i in failed_scenario_ids(failures) if i in inputs],
+                     PER_FAILURE)
+    rows = augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
+                   per_failure=PER_FAILURE, teacher=teacher, seed=seed)
+    report = validate_rows(rows, suite, spec)
+    if not report.kept:
+        raise EvalError("no training rows survived validation: "
+                        f"{report.to_dict()['removed']}")
+    return failures, report
+
+
+def _override(profile: HyperParams, name: str, overrides: dict[str, Any]) -> HyperParams:
+    from pydantic import ValidationError
+
+    try:
+        return HyperParams.model_validate({**profile.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'profile'}: {e['msg']}"
+                             for e in exc.errors())
+        raise EvalError(f"profile {name!r} with {overrides}: {problems}") from None
+
+
 def train_candidate(
     repo: Repository,
     specialist: str,
@@ -99,22 +148,23 @@ def train_candidate(
     from_eval: str | None = None,
     method: str | None = None,
     profile_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    teacher: Callable[[str, int], list[str]] | None = None,
+    teacher_ref: str | None = None,
     actor: str = "cli",
     cause: str | None = None,
     host: str = "local",
     progress: Callable[[dict], None] | None = None,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> TrainOutcome:
-    """The whole pipeline for one candidate; every step appends its event."""
+    """The whole pipeline for one candidate; every step appends its event.
+
+    ``overrides`` replace fields of the hyper-parameter profile for this run (``max_steps``,
+    ``sft_steps``, ...); the result is validated as a profile and enters the config hash.
+    ``teacher`` (named ``teacher_ref`` in the log) adds rephrasings of the failed inputs.
+    """
     from modelsmith.training.config import config_hash
-    from modelsmith.training.data import (
-        augment,
-        dataset_hash,
-        extract_failures,
-        load_generator,
-        validate_rows,
-        write_dataset,
-    )
+    from modelsmith.training.data import dataset_hash, write_dataset
     from modelsmith.training.reward import make_reward_fn
     from modelsmith.training.trainers import train
 
@@ -126,6 +176,8 @@ def train_candidate(
     if profile is None:
         raise EvalError(f"no hyper-parameter profile {profile_name!r} in config/clusters.json "
                         f"(profiles: {', '.join(sorted(repo.clusters.profiles))})")
+    if overrides:
+        profile = _override(profile, profile_name, overrides)
     evaluation = find_evaluation(store, specialist, from_eval or base_ref)
     if evaluation.data.get("suite_hash") != suite.suite_hash:
         raise EvalError(f"evaluation {evaluation.id} ran on another version of the suite; "
@@ -139,17 +191,11 @@ def train_candidate(
         return event
 
     runs = load_runs(store, evaluation)
-    failures = extract_failures(runs)
+    failures, report = build_dataset(repo, specialist, runs, seed=profile.seed,
+                                     teacher=teacher)
     record(FailuresExtracted(eval_event=evaluation.id, version=evaluation.data.get("version"),
                              scenario_ids=sorted({f.id for f in failures})))
     say(f"{len(failures)} failed core inputs in evaluation {evaluation.id[:12]}")
-    passing = [r for r in runs if r.split == "core" and r.passed]
-    rows = augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
-                   seed=profile.seed)
-    report = validate_rows(rows, suite, spec)
-    if not report.kept:
-        raise EvalError("no training rows survived validation: "
-                        f"{report.to_dict()['removed']}")
     digest = dataset_hash(report.kept)
     path = write_dataset(report.kept, repo.root / DATA_DIR / specialist / f"{digest[:16]}.jsonl")
     artifacts.ensure_initialised()
@@ -157,14 +203,16 @@ def train_candidate(
     artifacts.push([path])
     record(DatasetBuilt(dataset_hash=digest, rows=len(report.kept), sources=report.sources,
                         removed=report.removed, balance=report.balance,
-                        path=str(path.relative_to(repo.root))))
+                        path=str(path.relative_to(repo.root)), eval_event=evaluation.id,
+                        seed=profile.seed, teacher=teacher_ref if teacher else None))
     say(f"dataset {digest[:12]}: {len(report.kept)} rows, removed {report.removed}")
 
     version = next_version(store, specialist)
     run_id = uuid.uuid4().hex[:12]
     parent = evaluation.data.get("version")
     record(TrainingStarted(run_id=run_id, method=method, profile=profile_name, host=host,
-                           parent=parent, dataset_hash=digest))
+                           parent=parent, dataset_hash=digest, base=base_ref,
+                           hyperparams=profile.model_dump(mode="json")))
     out_dir = version_weights(repo.root, specialist, version)
     started = time.perf_counter()
     result = train(method, base_path, [r.to_dict() for r in report.kept],
@@ -172,9 +220,12 @@ def train_candidate(
     duration = time.perf_counter() - started
     weights = artifacts.track(out_dir)
     artifacts.push([out_dir])
+    # Every step's log (loss, reward, KL, entropy, ...) is the run's learning curve.
+    curve = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in result.history)
     record(TrainingCompleted(run_id=run_id, method=method, host=host,
                              duration_s=round(duration, 2), metrics=result.metrics,
-                             checkpoint_hash=weights.md5))
+                             checkpoint_hash=weights.md5),
+           evidence={TRAINING_LOG: curve.encode("utf-8")})
     lineage = Lineage(
         base_model=base_ref,
         parent=parent,

@@ -129,7 +129,8 @@ def _quiet_session(threads: int) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _recorder(phase: str, history: list[dict[str, Any]], progress: ProgressFn | None) -> Any:
+def _recorder(phase: str, total: int, history: list[dict[str, Any]],
+              progress: ProgressFn | None) -> Any:
     from transformers import TrainerCallback
 
     class _Recorder(TrainerCallback):
@@ -146,7 +147,7 @@ def _recorder(phase: str, history: list[dict[str, Any]], progress: ProgressFn | 
             )
             history.append(entry)
             if progress is not None:
-                progress(dict(entry))
+                progress({**entry, "total": total})
 
     return _Recorder()
 
@@ -186,7 +187,7 @@ def _run_sft(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_lora_config(settings),
-        callbacks=[_recorder("sft", history, progress)],
+        callbacks=[_recorder("sft", settings.sft_steps, history, progress)],
     )
     return _fit(trainer)
 
@@ -212,7 +213,7 @@ def _run_grpo(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_lora_config(settings),
-        callbacks=[_recorder("grpo", history, progress)],
+        callbacks=[_recorder("grpo", settings.max_steps, history, progress)],
     )
     return _fit(trainer)
 
@@ -271,7 +272,7 @@ def train(
     ``sft+grpo`` runs ``profile.sft_steps`` SFT steps, then ``profile.max_steps`` GRPO steps
     from that model. With ``profile.lora`` each phase trains a LoRA adapter and merges it
     into the weights. ``progress`` receives every log TRL emits (``phase``, ``step``, loss
-    or reward, ...).
+    or reward, ..., and ``total``: the phase's steps).
 
     ``out_dir`` must not exist or be empty; it receives a plain Hugging Face folder
     (merged weights and tokenizer), written in a temporary sibling and renamed into place.
@@ -285,8 +286,8 @@ def train(
         raise TrainingError(f"method {method} needs a reward function (make_reward_fn)")
     if method != "sft" and settings.prompts_per_step < 1:
         raise TrainingError(
-            f"batch_size × grad_accum ({settings.batch_size * settings.grad_accum}) must be at "
-            f"least num_generations ({settings.num_generations})"
+            f"GRPO batch × grad_accum ({settings.grpo_batch_size * settings.grad_accum}) must "
+            f"be at least num_generations ({settings.num_generations})"
         )
     model_path, out_dir = Path(model_path), Path(out_dir)
     if not (model_path / "config.json").is_file():

@@ -325,3 +325,20 @@ def test_lineage_names_every_input(demo_repo):
         assert value in text
     missing = run("lineage", "rtb-quality", "v9", repo=demo_repo)
     assert missing.exit_code == 1 and "candidates: v2" in missing.output
+
+
+def test_demo_with_training_trains_evaluates_and_traces_a_candidate(tmp_path, model_cache,
+                                                                    monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
+    monkeypatch.setenv("MODELSMITH_DVC_REMOTE", str(tmp_path / "remote"))
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
+    dest = tmp_path / "demo"
+    result = run("demo", "--dir", str(dest), "--model", "tiny-test", "--train", repo=ROOT)
+    assert result.exit_code == 0, result.output
+    assert "training a candidate on the failures" in result.output
+    assert "registered rtb-quality v1" in result.output
+    assert "EvalCompleted rtb-quality#" in result.output and " v1 composite=" in result.output
+    assert "dataset_hash" in result.output and "weights_hash" in result.output
+    assert "ok: 9 events" in result.output
+    both = run("demo", "--skip-eval", "--train", "--dir", str(tmp_path / "x"), repo=ROOT)
+    assert both.exit_code == 2 and "--skip-eval" in both.output

@@ -78,9 +78,14 @@ def test_train_registers_a_candidate_with_hashed_lineage(env):
     assert model.path == weights
     assert profile.chat_template is False
 
+    from modelsmith.artifacts.models import model_fingerprint
+
+    base = resolve_model("tiny-test", load_repository(env).clusters)
+    assert lineage["base_hash"] == model_fingerprint(base.path)
+    assert lineage["eval_event"] == events["EvalCompleted"].id
     text = run(env, "lineage", "rtb-quality", "v1").output
-    for value in (built["dataset_hash"], lineage["weights_hash"], lineage["suite_hash"],
-                  lineage["config_hash"]):
+    for value in (lineage["base_hash"], built["dataset_hash"], lineage["weights_hash"],
+                  lineage["suite_hash"], lineage["config_hash"], lineage["eval_event"]):
         assert value in text
 
     # The candidate evaluates by version; its weights come back from the DVC remote.

@@ -84,7 +84,9 @@ class Lineage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     base_model: str
+    base_hash: str | None = None  # sha256 of the base weights folder trained from
     parent: str | None = None
+    eval_event: str | None = None  # the evaluation whose failures became the dataset
     dataset_hash: str | None = None
     suite_hash: str | None = None
     config_hash: str | None = None

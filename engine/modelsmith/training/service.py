@@ -163,6 +163,7 @@ def train_candidate(
     ``sft_steps``, ...); the result is validated as a profile and enters the config hash.
     ``teacher`` (named ``teacher_ref`` in the log) adds rephrasings of the failed inputs.
     """
+    from modelsmith.artifacts.models import model_fingerprint
     from modelsmith.training.config import config_hash
     from modelsmith.training.data import dataset_hash, write_dataset
     from modelsmith.training.reward import make_reward_fn
@@ -228,7 +229,9 @@ def train_candidate(
            evidence={TRAINING_LOG: curve.encode("utf-8")})
     lineage = Lineage(
         base_model=base_ref,
+        base_hash=model_fingerprint(base_path),
         parent=parent,
+        eval_event=evaluation.id,
         dataset_hash=digest,
         suite_hash=suite.suite_hash,
         config_hash=config_hash(method, profile, {"base": base_ref}),

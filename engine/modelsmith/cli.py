@@ -856,8 +856,12 @@ def demo(ctx: click.Context, dest: Path | None, model_ref: str | None, limit: in
     dest = dest or Path(tempfile.mkdtemp(prefix="modelsmith-demo-"))
     click.echo(f"1. forking the defaults of {source} into {dest}")
     prepare_fork(source, dest)
-    # Training needs a full evaluation: a partial one is never training material.
-    evaluation = ["eval", "rtb-quality"] + ([] if with_training else ["--limit", str(limit)])
+    # Training needs a full evaluation: a partial one is never training material. The
+    # demo is sized for 2 cores: two threads and wide batches unless told otherwise.
+    threads = os.environ.get("MODELSMITH_THREADS") or str(min(2, os.cpu_count() or 1))
+    speed = ["--threads", threads, "--batch-size", "32"]
+    evaluation = ["eval", "rtb-quality", *speed] + (
+        [] if with_training else ["--limit", str(limit)])
     model = ["--model", model_ref] if model_ref else []
     steps = [
         ("validating the declarative files", ["validate"], ()),
@@ -866,7 +870,7 @@ def demo(ctx: click.Context, dest: Path | None, model_ref: str | None, limit: in
     if with_training:
         steps += [
             ("training a candidate on the failures", ["train", "rtb-quality", *model], ()),
-            ("evaluating the candidate", ["eval", "rtb-quality", "--model", "v1"],
+            ("evaluating the candidate", ["eval", "rtb-quality", "--model", "v1", *speed],
              (EXIT_BELOW_TARGET,)),
             ("the candidate's lineage", ["lineage", "rtb-quality", "v1"], ()),
         ]

@@ -1,0 +1,1 @@
+"""The host pool: probes, ranking, executors (local | ssh | ray), failure classification."""

@@ -1,0 +1,1 @@
+"""The iterate loop: phases, ``.iterate/<specialist>/state.json``, resume, self-healing."""

@@ -1,0 +1,72 @@
+"""Failure classification from what real failures print, and the recovery for each class.
+
+The OOM case is produced for real: a Python process under an address-space limit
+(``resource.RLIMIT_AS``) that tries to allocate more."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from modelsmith.fleet.failures import JobEnd, classify, recovery
+
+OOM_CHILD = textwrap.dedent("""
+    import resource
+    limit = 512 * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    blocks = [bytearray(64 * 1024 * 1024) for _ in range(64)]
+""")
+
+
+def test_a_process_that_runs_out_of_its_memory_limit_is_oom():
+    done = subprocess.run([sys.executable, "-c", OOM_CHILD], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode != 0
+    diagnosis = classify(JobEnd(done.returncode, done.stderr))
+    assert diagnosis.failure_class == "oom" and "MemoryError" in diagnosis.evidence
+
+
+@pytest.mark.parametrize(("end", "expected"), [
+    (JobEnd(1, "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+    (JobEnd(1, "RuntimeError: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+               "can't allocate memory: you tried to allocate 4294967296 bytes"), "oom"),
+    (JobEnd(-signal.SIGKILL, ""), "oom"),
+    (JobEnd(255, "ssh: connect to host 10.0.0.7 port 22: Connection refused", via_ssh=True),
+     "host_unreachable"),
+    (JobEnd(255, "Connection to 10.0.0.7 closed by remote host.", via_ssh=True),
+     "host_unreachable"),
+    (JobEnd(1, "step 40", host_reachable=False), "host_unreachable"),
+    (JobEnd(None, "step 12 ...", stalled=True), "hang"),
+    (JobEnd(1, "safetensors_rust.SafetensorError: Error while deserializing header: "
+               "HeaderTooLarge"), "corrupt_checkpoint"),
+    (JobEnd(1, "_pickle.UnpicklingError: invalid load key, '\\x00'."), "corrupt_checkpoint"),
+    (JobEnd(1, "ValueError: something nobody expected"), "unknown"),
+    (JobEnd(-signal.SIGSEGV, ""), "unknown"),
+])
+def test_classes_from_what_failures_print(end, expected):
+    diagnosis = classify(end)
+    assert diagnosis.failure_class == expected
+    assert diagnosis.evidence
+
+
+def test_unknown_evidence_names_the_exit_and_the_last_line():
+    assert classify(JobEnd(3, "a\nb\nlast words\n")).evidence == "exit 3: last words"
+    assert classify(JobEnd(-signal.SIGSEGV, "")).evidence == "SIGSEGV"
+
+
+def test_each_class_has_its_recovery():
+    def act(end, attempt=1, batch=16, accum=1):
+        return recovery(classify(end), attempt, batch_size=batch, grad_accum=accum)
+
+    oom = act(JobEnd(1, "MemoryError"))
+    assert oom.action == "halve_batch" and oom.detail == "batch 16 -> 8, grad_accum 1 -> 2"
+    assert act(JobEnd(1, "MemoryError"), batch=1).action == "stop"
+    assert act(JobEnd(255, "Connection refused", via_ssh=True)).action == "next_host"
+    assert act(JobEnd(None, stalled=True)).action == "resume"
+    assert act(JobEnd(1, "SafetensorError: x")).action == "discard_checkpoint"
+    assert act(JobEnd(1, "ValueError"), attempt=1).action == "retry"
+    assert act(JobEnd(1, "ValueError"), attempt=2).action == "stop"

@@ -1,0 +1,7 @@
+"""Executors run one job command on a host: ``local`` (a subprocess here), ``ssh`` and
+``ray`` (one file each), behind the :class:`~.base.Executor` protocol."""
+
+from .base import Executor, Job, JobResult
+from .local import LocalExecutor
+
+__all__ = ["Executor", "Job", "JobResult", "LocalExecutor"]

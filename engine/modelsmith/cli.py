@@ -46,6 +46,7 @@ _USER_ERRORS = {
     "modelsmith.artifacts.dvc": ("ArtifactError",),
     "modelsmith.training.data": ("DataError",),
     "modelsmith.training.trainers": ("TrainingError",),
+    "modelsmith.training.job": ("JobSpecError",),
 }
 
 
@@ -658,6 +659,25 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
         click.echo(f"registered {specialist} {outcome.version} in {outcome.duration_s:.0f}s "
                    f"(dataset {outcome.dataset_hash[:12]}); evaluate it with "
                    f"`modelsmith eval {specialist} --model {outcome.version}`")
+
+
+@cli.group()
+def job() -> None:
+    """Work units the iterate loop hands to an executor (local, ssh, ray)."""
+
+
+@job.command("train")
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+@_guard
+def job_train(ctx: click.Context, spec_file: Path) -> None:
+    """Train as the job spec (JSON) says: one `progress` line per step on stdout, the
+    heartbeat file touched, the weights and `<out>.result.json` written at the end."""
+    from modelsmith.training.job import TrainJobSpec, run_train_job
+
+    spec = TrainJobSpec.load(spec_file)
+    summary = run_train_job(spec, say=lambda line: click.echo(line))
+    click.echo(f"done {summary['steps']} steps in {summary['duration_s']:.1f}s -> {spec.out}")
 
 
 @cli.group()

@@ -15,6 +15,7 @@ the team's preference).
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -25,6 +26,8 @@ from typing import Any
 
 from modelsmith.specs.clusters import Host
 
+#: An ssh_config file for every ssh call (keys, users, ports); default ~/.ssh/config.
+SSH_CONFIG_ENV = "MODELSMITH_SSH_CONFIG"
 #: The probe a host runs: CPUs, MemAvailable (kB), 1-minute load, GPUs (0 without nvidia-smi).
 PROBE_SCRIPT = (
     "nproc; "
@@ -59,12 +62,15 @@ class ProbeResult:
 
 
 def ssh_command(address: str, script: str, timeout_s: float) -> list[str]:
-    """``ssh`` argv that runs ``script`` on ``[user@]host[:port]`` without prompting."""
+    """``ssh`` argv that runs ``script`` on ``[user@]host[:port]`` (or a host alias of the
+    ssh config) without prompting; ``$MODELSMITH_SSH_CONFIG`` names the config file."""
     target, port = address, None
     if ":" in address.rsplit("@", 1)[-1]:
         target, port = address.rsplit(":", 1)
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(timeout_s))}",
             "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR"]
+    if config := os.environ.get(SSH_CONFIG_ENV):
+        argv[1:1] = ["-F", config]
     if port:
         argv += ["-p", port]
     return [*argv, target, script]

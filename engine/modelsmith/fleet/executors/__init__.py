@@ -3,5 +3,6 @@
 
 from .base import Executor, Job, JobResult
 from .local import LocalExecutor
+from .ssh import SshExecutor
 
-__all__ = ["Executor", "Job", "JobResult", "LocalExecutor"]
+__all__ = ["Executor", "Job", "JobResult", "LocalExecutor", "SshExecutor"]

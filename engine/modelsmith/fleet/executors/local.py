@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from .base import LOG_TAIL_LINES, Job, JobResult, LineFn
 
@@ -54,7 +55,10 @@ class LocalExecutor:
     def __init__(self, name: str = "local") -> None:
         self.name = name
 
-    def run(self, job: Job, on_line: LineFn | None = None) -> JobResult:
+    def run(self, job: Job, on_line: LineFn | None = None,
+            on_stall: Callable[[], None] | None = None) -> JobResult:
+        """Run ``job``; ``on_stall`` runs before a stalled job is stopped (the ssh
+        executor stops the remote side there)."""
         started = time.monotonic()
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         last_progress = [time.time()]  # wall clock: comparable with the heartbeat's mtime
@@ -90,6 +94,8 @@ class LocalExecutor:
                 stalled = True
                 tail.append(f"[executor] no progress for {job.heartbeat_timeout_s:g} s: "
                             "stopping the job")
+                if on_stall is not None:
+                    on_stall()
                 stop_group(process)
                 break
         process.wait()

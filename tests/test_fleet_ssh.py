@@ -1,0 +1,112 @@
+"""The ssh executor and probe against a real OpenSSH server on 127.0.0.1: a job runs there
+with its output streamed, a stalled job is stopped on the remote side, a host that goes
+down mid-run is classified unreachable and the pool fails over to the next host."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+import sshd
+from modelsmith.fleet.executors import Job, LocalExecutor, SshExecutor
+from modelsmith.fleet.failures import JobEnd, classify, recovery
+from modelsmith.fleet.probe import probe_all, probe_host, rank
+from modelsmith.specs.clusters import Host
+
+pytestmark = pytest.mark.skipif(not sshd.available(),
+                                reason="needs OpenSSH's sshd (apt-get install openssh-server)")
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    with sshd.LocalSshd(tmp_path / "sshd") as running:
+        monkeypatch.setenv("MODELSMITH_SSH_CONFIG", str(running.config))
+        yield running
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def test_the_probe_reaches_the_host_over_ssh(server):
+    result = probe_host("remote", Host(kind="ssh", address=server.alias), 10)
+    assert result.up, result.reason
+    assert result.cpus >= 1 and result.mem_free_mb > 0
+
+
+def test_a_job_runs_over_ssh_with_its_folder_environment_and_output(server, tmp_path):
+    lines: list[str] = []
+    job = Job(py("""
+        import os
+        print("hello from", os.getcwd(), os.environ["JOB_VAR"], flush=True)
+    """), cwd=tmp_path, env={"JOB_VAR": "over ssh"})
+    result = SshExecutor("remote", server.alias).run(job, on_line=lines.append)
+    assert result.ok, result.log_tail
+    assert lines == [f"hello from {tmp_path} over ssh"] and result.via_ssh
+    assert "[modelsmith-job-pid]" not in result.log_tail
+
+
+def test_a_stalled_remote_job_is_stopped_on_the_remote_side(server, tmp_path):
+    pid_file = tmp_path / "job.pid"
+    job = Job(py(f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        print("working", flush=True)
+        time.sleep(300)
+    """), cwd=tmp_path, heartbeat_timeout_s=2.0)
+    result = SshExecutor("remote", server.alias).run(job)
+    assert result.stalled and classify(JobEnd(result.returncode, result.log_tail,
+                                              stalled=True, via_ssh=True)).failure_class == "hang"
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the remote job outlived the stall"
+        time.sleep(0.1)
+
+
+def test_a_host_that_goes_down_mid_run_fails_over_to_the_next(server, tmp_path):
+    started = tmp_path / "started"
+    job = Job(py(f"""
+        import pathlib, time
+        pathlib.Path({str(started)!r}).touch()
+        for i in range(600):
+            print("step", i, flush=True)
+            time.sleep(0.1)
+    """), cwd=tmp_path, heartbeat_timeout_s=60)
+    import threading
+
+    def stop_when_started():
+        while not started.exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        server.stop()
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    result = SshExecutor("remote", server.alias).run(job)
+    assert result.returncode == 255 and not result.stalled, result.log_tail
+    diagnosis = classify(JobEnd(result.returncode, result.log_tail, via_ssh=True))
+    assert diagnosis.failure_class == "host_unreachable"
+    assert recovery(diagnosis, 1, batch_size=16, grad_accum=1).action == "next_host"
+
+    # The pool, probed again: the ssh host is down, the local one takes the job.
+    hosts = {"remote": Host(kind="ssh", address=server.alias), "local": Host(kind="local")}
+    ranked = rank(probe_all(hosts, ["remote", "local"], 2.0))
+    assert [r.host for r in ranked] == ["local"]
+    again = LocalExecutor().run(Job(py("print('done')"), cwd=tmp_path))
+    assert again.ok
+
+
+def test_a_memory_limit_applies_on_the_remote_side(server, tmp_path):
+    job = Job(py("blocks = [bytearray(64 * 1024 * 1024) for _ in range(64)]"), cwd=tmp_path,
+              memory_limit_mb=512)
+    result = SshExecutor("remote", server.alias).run(job)
+    assert classify(JobEnd(result.returncode, result.log_tail, via_ssh=True)
+                    ).failure_class == "oom", result.log_tail

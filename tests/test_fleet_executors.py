@@ -4,13 +4,13 @@ that the classifier names."""
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
 
 from modelsmith.fleet.executors import Executor, Job, LocalExecutor
 from modelsmith.fleet.failures import JobEnd, classify
+from processes import assert_gone
 
 
 def py(code: str) -> list[str]:
@@ -46,15 +46,7 @@ def test_a_silent_job_is_stopped_with_its_children(tmp_path):
     assert result.stalled and not result.ok and result.returncode is not None
     assert time.monotonic() - started < 60  # a hang guard, not a speed check
     assert "no progress for 1 s" in result.log_tail
-    child = int(marker.read_text())
-    for _ in range(100):  # the child went with the group
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the job's child outlived the stalled job")
+    assert_gone(int(marker.read_text()), 5, "the job's child")  # it went with the group
     assert classify(JobEnd(result.returncode, result.log_tail,
                            stalled=result.stalled)).failure_class == "hang"
 

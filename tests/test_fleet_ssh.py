@@ -4,7 +4,6 @@ down mid-run is classified unreachable and the pool fails over to the next host.
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
@@ -16,6 +15,7 @@ from modelsmith.fleet.executors import Job, LocalExecutor, SshExecutor
 from modelsmith.fleet.failures import JobEnd, classify, recovery
 from modelsmith.fleet.probe import probe_all, probe_host, rank
 from modelsmith.specs.clusters import Host
+from processes import assert_gone
 
 pytestmark = pytest.mark.skipif(not sshd.available(),
                                 reason="needs OpenSSH's sshd (apt-get install openssh-server)")
@@ -61,15 +61,7 @@ def test_a_stalled_remote_job_is_stopped_on_the_remote_side(server, tmp_path):
     result = SshExecutor("remote", server.alias).run(job)
     assert result.stalled and classify(JobEnd(result.returncode, result.log_tail,
                                               stalled=True, via_ssh=True)).failure_class == "hang"
-    pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "the remote job outlived the stall"
-        time.sleep(0.1)
+    assert_gone(int(pid_file.read_text()), 20, "the remote job outlived the stall")
 
 
 def test_a_host_that_goes_down_mid_run_fails_over_to_the_next(server, tmp_path):

@@ -913,7 +913,7 @@ def demo(ctx: click.Context, dest: Path | None, model_ref: str | None, limit: in
                 click.echo("   (below target: training is for this)")
     click.echo(f"\nThe demo fork stays at {dest}; try `modelsmith -C {dest} --help`.")
     if not with_training and not skip_eval:
-        click.echo("To see it learn, `modelsmith demo --train` (about 13 minutes on 2 CPU "
+        click.echo("To see it learn, `modelsmith demo --train` (about 14 minutes on 2 CPU "
                    "cores): eval -> train -> eval.")
 
 

@@ -120,7 +120,7 @@ def _probe_ray(name: str, host: Host, timeout_s: float, started: float) -> Probe
     """A Ray cluster is up when its dashboard/GCS address accepts a TCP connection."""
     import socket
 
-    address = (host.address or "").removeprefix("ray://")
+    address = (host.address or "").split("://", 1)[-1].rstrip("/")
     hostname, _, port = address.rpartition(":")
     try:
         with socket.create_connection((hostname or "127.0.0.1", int(port)), timeout=timeout_s):

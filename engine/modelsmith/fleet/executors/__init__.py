@@ -3,6 +3,7 @@
 
 from .base import Executor, Job, JobResult
 from .local import LocalExecutor
+from .ray import RayExecutor
 from .ssh import SshExecutor
 
-__all__ = ["Executor", "Job", "JobResult", "LocalExecutor", "SshExecutor"]
+__all__ = ["Executor", "Job", "JobResult", "LocalExecutor", "RayExecutor", "SshExecutor"]

@@ -37,6 +37,7 @@ class JobResult:
     seconds: float
     host: str
     via_ssh: bool = False
+    host_reachable: bool = True  # False: the executor could not reach the host at all
 
     @property
     def ok(self) -> bool:

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from modelsmith.fleet.probe import ProbeResult, probe_all, probe_host, rank, ssh_command
 from modelsmith.specs.clusters import Host
 
 LOCAL = Host(kind="local", affinity=["cpu"])
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A TCP port that accepts connections and never says a word (a hung sshd)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    yield server.getsockname()[1]
-    server.close()
 
 
 def closed_port() -> int:

@@ -47,6 +47,9 @@ _USER_ERRORS = {
     "modelsmith.training.data": ("DataError",),
     "modelsmith.training.trainers": ("TrainingError",),
     "modelsmith.training.job": ("JobSpecError",),
+    "modelsmith.iterate.state": ("StateError",),
+    "modelsmith.iterate.heal": ("TrainingAbandoned", "CheckpointDiscarded"),
+    "modelsmith.fleet.pool": ("NoHostError",),
 }
 
 
@@ -659,6 +662,75 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
         click.echo(f"registered {specialist} {outcome.version} in {outcome.duration_s:.0f}s "
                    f"(dataset {outcome.dataset_hash[:12]}); evaluate it with "
                    f"`modelsmith eval {specialist} --model {outcome.version}`")
+
+
+@cli.command()
+@click.argument("specialist")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--hosts", default=None, metavar="A,B",
+              help="Training hosts to use, in order (default: defaults.training_hosts).")
+@click.option("--model", "model_ref", default=None, metavar="REF",
+              help="Base model to start from (default: the specialist's base).")
+@click.option("--method", type=click.Choice(["grpo", "sft", "sft+grpo"]), default=None)
+@click.option("--profile", "profile_name", default=None, metavar="NAME")
+@click.option("--target", type=click.FloatRange(0, 1), default=None,
+              help="Composite to reach (default: the specialist's target.composite).")
+@click.option("--sustained", type=click.IntRange(min=1), default=None,
+              help="Consecutive iterations at target (default: target.sustained).")
+@click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Stop after this many iterations without a gain.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Evaluation threads (default: MODELSMITH_THREADS or 1).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Show where the loop stands (state.json and its iterations); run nothing.")
+@json_option
+@click.pass_context
+@_guard
+def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str | None,
+            model_ref: str | None, method: str | None, profile_name: str | None,
+            target: float | None, sustained: int | None, patience: int, threads: int | None,
+            show_status: bool, as_json: bool) -> None:
+    """Evaluate -> train on the failures -> re-evaluate, until the target holds (exit 0),
+    the budget ends or gains stop (exit 3). Crash-safe: run it again to resume."""
+    from modelsmith.evaluation.service import specialist_or_error
+    from modelsmith.iterate.loop import IterateLoop, LoopOptions
+    from modelsmith.iterate.state import StateFile
+
+    ws = _workspace(ctx)
+    specialist_or_error(ws.specs(), specialist)
+    if show_status:
+        state = StateFile(ws.root, specialist).load()
+        if as_json:
+            _print_json(state.model_dump(mode="json") if state else None)
+            return
+        if state is None:
+            click.echo(f"no iterate loop has run for {specialist}")
+            return
+        click.echo(f"{specialist} · loop {state.loop_id} · iteration {state.iteration} · "
+                   f"phase {state.phase} ({'done' if state.done else 'running or stopped'})"
+                   f" · updated {state.updated_at.isoformat()[:19]}")
+        for r in state.history:
+            click.echo(f"  iteration {r.iteration}: {r.candidate} composite "
+                       f"{r.composite if r.composite is None else round(r.composite, 3)}, "
+                       f"held-out {r.heldout}, {r.duration_s}s")
+        return
+    options = LoopOptions(max_iterations=max_iterations, model=model_ref, method=method,
+                          profile=profile_name, target=target, sustained=sustained,
+                          patience=patience, eval_threads=threads,
+                          hosts=[h.strip() for h in hosts.split(",")] if hosts else None)
+    emit = (lambda event: click.echo(json.dumps(event, sort_keys=True))) if as_json \
+        else (lambda _event: None)
+    result = IterateLoop(ws, specialist, options, emit=emit,
+                         say=lambda m: click.echo(m, err=True)).run()
+    if as_json:
+        click.echo(json.dumps({"event": "result", **result.to_dict()}, sort_keys=True))
+    else:
+        click.echo(f"{specialist}: {result.reason}: {result.message}")
+        for r in result.iterations:
+            click.echo(f"  iteration {r.iteration}: {r.candidate} composite {r.composite:.3f}"
+                       f", held-out {r.heldout}, {r.duration_s:.0f}s")
+    if result.reason != "target":
+        sys.exit(EXIT_BELOW_TARGET)
 
 
 @cli.command()

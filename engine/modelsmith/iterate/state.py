@@ -105,6 +105,14 @@ def state_dir(root: Path, specialist: str) -> Path:
     return Path(root) / STATE_DIR / specialist
 
 
+def _ensure_folder(folder: Path) -> None:
+    """Create ``folder``; ``.iterate/`` ignores itself in git (machine-local state)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ignore = folder.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# machine-local iterate loop state\n*\n", encoding="utf-8")
+
+
 class StateFile:
     """``.iterate/<specialist>/state.json`` of one repository."""
 
@@ -144,7 +152,7 @@ class StateFile:
 
     def save(self, state: IterateState) -> None:
         """Replace the file atomically (temp file, fsync, rename, fsync of the folder)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        _ensure_folder(self.folder)
         data = (state.model_dump_json(indent=2) + "\n").encode("utf-8")
         fd, temp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.folder)
         try:
@@ -185,7 +193,7 @@ class LoopLock:
             return None
 
     def acquire(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        _ensure_folder(self.folder)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

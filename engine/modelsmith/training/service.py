@@ -38,6 +38,25 @@ PER_FAILURE = 4
 TRAINING_LOG = "training_log.jsonl"
 
 
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training run for a ``trainer``: the dataset is already written and versioned."""
+
+    run_id: str
+    method: str
+    base_path: Path
+    dataset_path: Path
+    profile: HyperParams
+    out_dir: Path
+
+
+@dataclass(frozen=True)
+class TrainerOutput:
+    result: Any  # modelsmith.training.trainers.TrainResult
+    host: str  # where it ran
+    profile: HyperParams  # as it finally ran (recovery may have halved the batch)
+
+
 @dataclass
 class TrainOutcome:
     version: str
@@ -151,6 +170,7 @@ def train_candidate(
     overrides: dict[str, Any] | None = None,
     teacher: Callable[[str, int], list[str]] | None = None,
     teacher_ref: str | None = None,
+    trainer: Callable[[TrainRequest], TrainerOutput] | None = None,
     actor: str = "cli",
     cause: str | None = None,
     host: str = "local",
@@ -162,6 +182,8 @@ def train_candidate(
     ``overrides`` replace fields of the hyper-parameter profile for this run (``max_steps``,
     ``sft_steps``, ...); the result is validated as a profile and enters the config hash.
     ``teacher`` (named ``teacher_ref`` in the log) adds rephrasings of the failed inputs.
+    ``trainer`` runs the training elsewhere (the iterate loop: a job on the host pool,
+    self-healing); by default it runs in this process.
     """
     from modelsmith.artifacts.models import model_fingerprint
     from modelsmith.training.config import config_hash
@@ -216,8 +238,13 @@ def train_candidate(
                            hyperparams=profile.model_dump(mode="json")))
     out_dir = version_weights(repo.root, specialist, version)
     started = time.perf_counter()
-    result = train(method, base_path, [r.to_dict() for r in report.kept],
-                   make_reward_fn(spec, suite), profile, out_dir, progress=progress)
+    if trainer is None:
+        result = train(method, base_path, [r.to_dict() for r in report.kept],
+                       make_reward_fn(spec, suite), profile, out_dir, progress=progress)
+    else:
+        ran = trainer(TrainRequest(run_id=run_id, method=method, base_path=base_path,
+                                   dataset_path=path, profile=profile, out_dir=out_dir))
+        result, host, profile = ran.result, ran.host, ran.profile
     duration = time.perf_counter() - started
     weights = artifacts.track(out_dir)
     artifacts.push([out_dir])

@@ -1,0 +1,94 @@
+"""The iterate loop on the tiny model: eval -> train (a job on the pool) -> re-eval ->
+decide, state.json at every phase, one loop per specialist, and a crash after any phase
+resumes without recording anything twice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from modelsmith.cli import cli
+from modelsmith.events.gitstore import GitEventStore
+from modelsmith.iterate.loop import IterateLoop, LoopOptions
+from modelsmith.iterate.state import LoopLock, StateError, StateFile
+from modelsmith.workspace import Workspace
+
+OPTIONS = {"model": "tiny-test", "profile": "cpu-tiny", "max_iterations": 2, "target": 0.99}
+
+
+@pytest.fixture
+def fork(train_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELSMITH_DVC_REMOTE", str(tmp_path / "remote"))
+    return train_repo
+
+
+def events(repo):
+    return [(e.type, e.actor.split("/", 2)[-1] if e.actor.startswith("iterate/") else e.actor,
+             e.data.get("version")) for e in GitEventStore(repo).read("rtb-quality")]
+
+
+def test_the_loop_runs_to_its_budget_and_says_so(fork):
+    result = CliRunner().invoke(cli, ["-C", str(fork), "iterate", "rtb-quality",
+                                      "--model", "tiny-test", "--profile", "cpu-tiny",
+                                      "--max-iterations", "2", "--target", "0.99", "--json"])
+    assert result.exit_code == 3, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    final = lines[-1]
+    assert final["event"] == "result" and final["reason"] == "budget"
+    assert [i["candidate"] for i in final["iterations"]] == ["v1", "v2"]
+    assert "budget of 2 iterations spent" in final["message"]
+    phases = [(e["iteration"], e["phase"], e["done"]) for e in lines if e["event"] == "phase"]
+    assert (1, "train", True) in phases and (2, "reeval", True) in phases
+    assert events(fork) == [
+        ("EvalStarted", "1/eval", None), ("EvalCompleted", "1/eval", None),
+        ("FailuresExtracted", "1/train", None), ("DatasetBuilt", "1/train", None),
+        ("TrainingStarted", "1/train", None), ("TrainingCompleted", "1/train", None),
+        ("CandidateRegistered", "1/train", "v1"),
+        ("EvalStarted", "1/reeval", "v1"), ("EvalCompleted", "1/reeval", "v1"),
+        ("FailuresExtracted", "2/train", "v1"), ("DatasetBuilt", "2/train", None),
+        ("TrainingStarted", "2/train", None), ("TrainingCompleted", "2/train", None),
+        ("CandidateRegistered", "2/train", "v2"),
+        ("EvalStarted", "2/reeval", "v2"), ("EvalCompleted", "2/reeval", "v2"),
+    ]
+    # v2 descends from v1, and the training ran as a job on the pool's local host.
+    registered = [e for e in GitEventStore(fork).read("rtb-quality")
+                  if e.type == "CandidateRegistered"]
+    assert registered[1].data["lineage"]["base_model"] == "v1"
+    assert registered[1].data["lineage"]["host"] == "local"
+    status = CliRunner().invoke(cli, ["-C", str(fork), "iterate", "rtb-quality", "--status"])
+    assert "phase decide (done)" in status.output and "iteration 2: v2" in status.output
+    assert (fork / ".iterate" / ".gitignore").read_text().endswith("*\n")
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [("eval", 1), ("train", 1), ("reeval", 1),
+                                      ("decide", 1), ("train", 2)])
+def test_a_crash_after_any_phase_resumes_without_duplicates(fork, crash_at):
+    ws = Workspace.find(fork)
+    options = LoopOptions(**OPTIONS)
+
+    def crash(phase, iteration):
+        if (phase, iteration) == crash_at:
+            raise Crash(f"after {phase} {iteration}")
+
+    with pytest.raises(Crash):
+        IterateLoop(ws, "rtb-quality", options, fail_after=crash).run()
+    saved = StateFile(fork, "rtb-quality").load()
+    assert (saved.phase, saved.iteration, saved.done) == (*crash_at, True)
+    said: list[str] = []
+    result = IterateLoop(Workspace.find(fork), "rtb-quality", options, say=said.append).run()
+    assert said[0].startswith(f"resuming loop {saved.loop_id}")
+    assert result.reason == "budget" and result.candidate == "v2"
+    kinds = [t for t, _, _ in events(fork)]
+    assert kinds.count("EvalCompleted") == 3 and kinds.count("CandidateRegistered") == 2
+    assert kinds.count("TrainingStarted") == 2 and kinds.count("FailuresExtracted") == 2
+
+
+def test_one_loop_per_specialist(fork):
+    with LoopLock(fork, "rtb-quality"), pytest.raises(StateError, match="another iterate loop"):
+        IterateLoop(Workspace.find(fork), "rtb-quality", LoopOptions(**OPTIONS)).run()

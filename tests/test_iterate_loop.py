@@ -92,3 +92,21 @@ def test_a_crash_after_any_phase_resumes_without_duplicates(fork, crash_at):
 def test_one_loop_per_specialist(fork):
     with LoopLock(fork, "rtb-quality"), pytest.raises(StateError, match="another iterate loop"):
         IterateLoop(Workspace.find(fork), "rtb-quality", LoopOptions(**OPTIONS)).run()
+
+
+def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
+    options = LoopOptions(**{**OPTIONS, "target": 0.0, "sustained": 1})
+    result = IterateLoop(Workspace.find(fork), "rtb-quality", options).run()
+    assert result.reason == "target" and result.candidate == "v1"
+    assert "held-out" in result.message and "vs the base model" in result.message
+    assert result.message.endswith("proposed v1 for shadow")
+    store = GitEventStore(fork)
+    proposed = [e for e in store.read("rtb-quality") if e.type == "PromotionProposed"]
+    assert len(proposed) == 1 and proposed[0].data["version"] == "v1"
+    assert proposed[0].data["stage"] == "shadow"
+    evals = [e.id for e in store.read("rtb-quality") if e.type == "EvalCompleted"]
+    assert proposed[0].data["evidence"] == [evals[1], evals[0]]  # candidate, then base
+    # A second run starts a new loop (the first ended) rather than re-proposing.
+    said: list[str] = []
+    IterateLoop(Workspace.find(fork), "rtb-quality", options, say=said.append).run()
+    assert "ended (target); starting a new one" in said[0]

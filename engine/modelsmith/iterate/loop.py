@@ -161,6 +161,45 @@ class IterateLoop:
                                   say=lambda m: self.say(f"  {m}"))
         return outcome.version
 
+    def _gate(self, state: IterateState, candidate: str, candidate_eval: str,
+              why: str) -> tuple[str, str]:
+        """The held-out gate at the target: the candidate against production (or the base
+        model's evaluation when nothing is in production), paired, on held-out; within the
+        policy's ``max_regression`` it proposes promotion to the first stage."""
+        from modelsmith.evaluation.service import compare
+        from modelsmith.events.store import append_observation
+        from modelsmith.events.types import PromotionProposed
+
+        repo = self.ws.specs()
+        policy = repo.policy_for(repo.specialists[self.specialist]).spec
+        fleet = self.ws.fleet().specialists.get(self.specialist)
+        production = fleet.holder("production") if fleet else None
+        baseline, against = state.outputs.get("base_eval"), "the base model"
+        if production is not None:
+            held = fleet.candidates.get(production.version) if fleet else None
+            latest = held.latest() if held else None
+            if latest is not None:
+                baseline, against = latest.event_id, f"production {production.version}"
+        if baseline is None:
+            return "target", f"{why}; no baseline evaluation for the held-out gate"
+        result = compare(self.ws.store, self.specialist, baseline, candidate_eval,
+                         split="heldout").result
+        allowed = policy.gates.heldout.max_regression
+        numbers = (f"held-out {result.mean_b:.3f} vs {against} {result.mean_a:.3f} "
+                   f"({result.diff:+.3f}, 95% CI [{result.ci[0]:+.3f}, {result.ci[1]:+.3f}])")
+        if result.diff < -allowed:
+            return "gate-failed", (f"{why}, but the held-out gate failed: {numbers} trails "
+                                   f"by more than {allowed}")
+        stage = policy.stages[0].name
+        tag = self._tag(state, "decide")
+        if self._find("PromotionProposed", tag) is None:
+            proposal = PromotionProposed(version=candidate, stage=stage,
+                                         evidence=[candidate_eval, baseline],
+                                         reason=f"{why}; {numbers}")
+            append_observation(self.ws.store, self.specialist,
+                               [Event.new(proposal, actor=tag, cause=self.ws.head_commit())])
+        return "target", f"{why}; {numbers}; proposed {candidate} for {stage}"
+
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> LoopResult:
@@ -197,7 +236,9 @@ class IterateLoop:
                 else:
                     self.say(f"iteration {state.iteration}: evaluating {model}")
                     event_id = self._evaluate(state, "eval", model).id
-                state = self._save(state.advanced("eval", done=True, eval_event=event_id))
+                base_eval = state.outputs.get("base_eval", event_id)
+                state = self._save(state.advanced("eval", done=True, eval_event=event_id,
+                                                  base_eval=base_eval))
             if not state.completed("train"):
                 state = self._save(state.advanced("train", done=False))
                 self.say(f"iteration {state.iteration}: training from {model}")
@@ -221,15 +262,18 @@ class IterateLoop:
             self.say(f"iteration {state.iteration}: {candidate} composite "
                      f"{record.composite:.3f}, held-out {record.heldout}")
             verdict = _decide(history, target, sustained, self.options)
+            if verdict is not None and verdict[0] == "target":
+                verdict = self._gate(state, candidate, record.eval_event, verdict[1])
             if verdict is not None:
                 reason, message = verdict
                 state = self._save(state.advanced("decide", done=True, decision=reason)
                                    .model_copy(update={"history": history}))
                 return LoopResult(self.specialist, reason, message, history, candidate)
             state = self._save(state.advanced("decide", done=True, decision="continue"))
+            base_eval = state.outputs.get("base_eval")  # the base model's, for the gate
             state = state.next_iteration(record)
             state = self._save(state.model_copy(update={"outputs": {
-                "model": candidate, "eval_event": record.eval_event}}))
+                "model": candidate, "eval_event": record.eval_event, "base_eval": base_eval}}))
 
 
 def _decide(history: list[IterationRecord], target: float, sustained: int,

@@ -58,7 +58,11 @@ def test_the_loop_runs_to_its_budget_and_says_so(fork):
     assert registered[1].data["lineage"]["base_model"] == "v1"
     assert registered[1].data["lineage"]["host"] == "local"
     status = CliRunner().invoke(cli, ["-C", str(fork), "iterate", "rtb-quality", "--status"])
-    assert "phase decide (done)" in status.output and "iteration 2: v2" in status.output
+    assert "phase decide (done)" in status.output and "| 2 | v2 |" in status.output
+    plot = fork / ".iterate" / "rtb-quality" / "scores.svg"
+    assert final["plot"] == str(plot) and final["target"] == 0.99
+    svg = plot.read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "target 0.99" in svg
     assert (fork / ".iterate" / ".gitignore").read_text().endswith("*\n")
 
 

@@ -709,10 +709,10 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
         click.echo(f"{specialist} · loop {state.loop_id} · iteration {state.iteration} · "
                    f"phase {state.phase} ({'done' if state.done else 'running or stopped'})"
                    f" · updated {state.updated_at.isoformat()[:19]}")
-        for r in state.history:
-            click.echo(f"  iteration {r.iteration}: {r.candidate} composite "
-                       f"{r.composite if r.composite is None else round(r.composite, 3)}, "
-                       f"held-out {r.heldout}, {r.duration_s}s")
+        if state.history:
+            from modelsmith.iterate.report import score_table
+
+            click.echo(score_table(state.history))
         return
     options = LoopOptions(max_iterations=max_iterations, model=model_ref, method=method,
                           profile=profile_name, target=target, sustained=sustained,
@@ -722,13 +722,18 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
         else (lambda _event: None)
     result = IterateLoop(ws, specialist, options, emit=emit,
                          say=lambda m: click.echo(m, err=True)).run()
+    from modelsmith.iterate.report import score_svg, score_table
+
+    plot = StateFile(ws.root, specialist).folder / "scores.svg"
+    plot.write_text(score_svg(result.iterations, result.target, f"{specialist} · iterate"),
+                    encoding="utf-8")
     if as_json:
-        click.echo(json.dumps({"event": "result", **result.to_dict()}, sort_keys=True))
+        click.echo(json.dumps({"event": "result", **result.to_dict(), "plot": str(plot)},
+                              sort_keys=True))
     else:
         click.echo(f"{specialist}: {result.reason}: {result.message}")
-        for r in result.iterations:
-            click.echo(f"  iteration {r.iteration}: {r.candidate} composite {r.composite:.3f}"
-                       f", held-out {r.heldout}, {r.duration_s:.0f}s")
+        click.echo(score_table(result.iterations, result.target))
+        click.echo(f"score history plot: {plot}")
     if result.reason != "target":
         sys.exit(EXIT_BELOW_TARGET)
 

@@ -51,10 +51,11 @@ class LoopResult:
     message: str
     iterations: list[IterationRecord] = field(default_factory=list)
     candidate: str | None = None
+    target: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"specialist": self.specialist, "reason": self.reason, "message": self.message,
-                "candidate": self.candidate,
+                "candidate": self.candidate, "target": self.target,
                 "iterations": [r.model_dump(mode="json") for r in self.iterations]}
 
 
@@ -268,7 +269,7 @@ class IterateLoop:
                 reason, message = verdict
                 state = self._save(state.advanced("decide", done=True, decision=reason)
                                    .model_copy(update={"history": history}))
-                return LoopResult(self.specialist, reason, message, history, candidate)
+                return LoopResult(self.specialist, reason, message, history, candidate, target)
             state = self._save(state.advanced("decide", done=True, decision="continue"))
             base_eval = state.outputs.get("base_eval")  # the base model's, for the gate
             state = state.next_iteration(record)

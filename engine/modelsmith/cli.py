@@ -462,16 +462,7 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
 
 def _candidate(ws, repo, specialist: str, version: str):
     """A candidate's weights (pulled from the DVC remote when missing) and base profile."""
-    from modelsmith.training.service import candidate_model
-
-    def pull(path: Path) -> None:
-        from modelsmith.artifacts.dvc import ArtifactStore
-
-        click.echo(f"pulling {version}'s weights from the DVC remote ...", err=True)
-        ArtifactStore(ws.root).pull([path])
-
-    state = ws.fleet().specialists.get(specialist)
-    return candidate_model(repo, specialist, version, state.candidates if state else {}, pull)
+    return ws.candidate(repo, specialist, version, say=lambda m: click.echo(m, err=True))
 
 
 def _render_report(report, specialist: str, ref: str, target: float, outcome) -> None:
@@ -610,22 +601,15 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
     Progress goes to stderr, one line per optimiser step (phase, step, loss or reward,
     seconds per step, time left); --json prints the result on stdout.
     """
-    from modelsmith.artifacts import resolve_model
     from modelsmith.artifacts.dvc import ArtifactStore
-    from modelsmith.evaluation.service import VERSION_RE, specialist_or_error
+    from modelsmith.evaluation.service import specialist_or_error
     from modelsmith.training.service import train_candidate
 
     ws = _workspace(ctx)
     repo = ws.specs()
     spec = specialist_or_error(repo, specialist)
     ref = model_ref or spec.spec.base
-    if VERSION_RE.match(ref):
-        base_path = _candidate(ws, repo, specialist, ref).path
-    else:
-        base_path = resolve_model(ref, repo.clusters, repo_root=ws.root).path
-        if base_path is None:
-            raise click.BadParameter(f"{ref} is a hub id; training needs a local folder",
-                                     param_hint="--model")
+    base_path = ws.weights_path(repo, specialist, ref, say=lambda m: click.echo(m, err=True))
 
     overrides = {key: value for key, value in (("max_steps", steps), ("sft_steps", sft_steps))
                  if value is not None}
@@ -849,21 +833,14 @@ def repro_train(ctx: click.Context, specialist: str, version: str, dataset: Path
     """Train again as VERSION was trained; compare the weights' hash with the recorded one."""
     import shutil
 
-    from modelsmith.artifacts import resolve_model
     from modelsmith.artifacts.dvc import ArtifactStore
-    from modelsmith.evaluation.service import VERSION_RE
     from modelsmith.training.repro import retrain
 
     ws = _workspace(ctx)
     repo = ws.specs()
 
     def base_path(ref: str) -> Path:
-        if VERSION_RE.match(ref):
-            return _candidate(ws, repo, specialist, ref).path
-        path = resolve_model(ref, repo.clusters, repo_root=ws.root).path
-        if path is None:
-            raise click.BadParameter(f"{ref} is a hub id; training needs a local folder")
-        return path
+        return ws.weights_path(repo, specialist, ref, say=lambda m: click.echo(m, err=True))
 
     if out.exists():
         shutil.rmtree(out)  # DVC removes stage outputs before running; a manual run may not

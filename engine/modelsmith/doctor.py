@@ -148,15 +148,9 @@ def _host_checks(repo: Any) -> Iterator[Check]:
 def _dvc_remote(root: Path) -> tuple[bool, str, str]:
     """The remote named in .dvc/config, else the embedded default: reachable and writable
     (a local folder) or at least configured (a URL; pushing proves it)."""
-    from modelsmith.artifacts.dvc import REMOTE_ENV, default_remote
+    from modelsmith.artifacts.dvc import REMOTE_ENV, ArtifactStore, default_remote
 
-    configured = None
-    config = root / ".dvc" / "config"
-    if config.is_file():
-        for line in config.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.strip().startswith("url"):
-                configured = line.split("=", 1)[1].strip()
-                break
+    configured = ArtifactStore(root).remote_url() if (root / ".dvc").is_dir() else None
     target = configured or default_remote(root)
     if "://" in target and not target.startswith("file://"):
         return True, f"remote {target} (not probed: `dvc push` proves it)", ""

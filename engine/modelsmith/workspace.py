@@ -69,6 +69,36 @@ class Workspace:
 
         return fold(self.store, self.cache_dir / "fleet.pickle")
 
+    def candidate(self, repo: Repository, specialist: str, version: str,
+                  say: Any = lambda _m: None) -> Any:
+        """A registered candidate's weights, pulled from the DVC remote when the work tree
+        lacks them, and the base profile it is prompted as (a ``CandidateModel``)."""
+        from modelsmith.training.service import candidate_model
+
+        def pull(path: Path) -> None:
+            from modelsmith.artifacts.dvc import ArtifactStore
+
+            say(f"pulling {version}'s weights from the DVC remote ...")
+            ArtifactStore(self.root).pull([path])
+
+        state = self.fleet().specialists.get(specialist)
+        return candidate_model(repo, specialist, version, state.candidates if state else {},
+                               pull)
+
+    def weights_path(self, repo: Repository, specialist: str, ref: str,
+                     say: Any = lambda _m: None) -> Path:
+        """The local weights folder of ``ref``: a candidate version, a model profile or a
+        folder (training needs one; a hub id has none)."""
+        from modelsmith.artifacts import resolve_model
+        from modelsmith.evaluation.service import VERSION_RE
+
+        if VERSION_RE.match(ref):
+            return self.candidate(repo, specialist, ref, say).path
+        path = resolve_model(ref, repo.clusters, repo_root=self.root).path
+        if path is None:
+            raise WorkspaceError(f"{ref} is a hub id; training needs a local folder")
+        return path
+
     def fleet_status(self) -> dict[str, Any]:
         """One row per specialist with events: what `status` shows."""
         from modelsmith.events.projection import fleet_status

@@ -74,6 +74,7 @@ class IterateLoop:
         # Tests use it to crash the loop right after a phase is saved.
         self.fail_after = fail_after or (lambda _phase, _iteration: None)
         self.state_file = StateFile(ws.root, specialist)
+        self.repo: Any = None  # the specs, loaded once when the loop runs
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -97,23 +98,17 @@ class IterateLoop:
         from modelsmith.evaluation.runner import EvalSettings
         from modelsmith.evaluation.service import VERSION_RE, evaluate
         from modelsmith.inference import make_backend
-        from modelsmith.training.service import candidate_model
 
         tag = self._tag(state, phase)
         found = self._find("EvalCompleted", tag)
         if found is not None:
             self.say(f"  {phase}: reusing evaluation {found.id[:12]} from the log")
             return found
-        repo = self.ws.specs()
+        repo = self.repo
         version = model_ref if VERSION_RE.match(model_ref) else None
         load, chat = model_ref, None
         if version:
-            fleet = self.ws.fleet().specialists.get(self.specialist)
-            from modelsmith.artifacts.dvc import ArtifactStore
-
-            cand = candidate_model(repo, self.specialist, version,
-                                   fleet.candidates if fleet else {},
-                                   lambda p: ArtifactStore(self.ws.root).pull([p]))
+            cand = self.ws.candidate(repo, self.specialist, version, say=self.say)
             load, chat = str(cand.path), cand.base.chat_template
         backend = make_backend(load, repo.clusters, threads=self.options.eval_threads,
                                batch_size=self.options.eval_batch_size,
@@ -134,22 +129,12 @@ class IterateLoop:
         if found is not None:
             self.say(f"  train: reusing candidate {found.data['version']} from the log")
             return str(found.data["version"])
-        from modelsmith.artifacts import resolve_model
         from modelsmith.artifacts.dvc import ArtifactStore
-        from modelsmith.evaluation.service import VERSION_RE
         from modelsmith.fleet.pool import Pool
         from modelsmith.training.service import train_candidate
 
-        repo = self.ws.specs()
-        if VERSION_RE.match(base_ref):
-            fleet = self.ws.fleet().specialists.get(self.specialist)
-            from modelsmith.training.service import candidate_model
-
-            base_path = candidate_model(repo, self.specialist, base_ref,
-                                        fleet.candidates if fleet else {},
-                                        lambda p: ArtifactStore(self.ws.root).pull([p])).path
-        else:
-            base_path = resolve_model(base_ref, repo.clusters, repo_root=self.ws.root).path
+        repo = self.repo
+        base_path = self.ws.weights_path(repo, self.specialist, base_ref, say=self.say)
         pool = Pool.from_config(repo.clusters, self.options.hosts)
         trainer = _pool_trainer(self.ws, self.specialist, pool, tag,
                                 repo.clusters.thresholds.heartbeat_timeout_s, self.say)
@@ -171,7 +156,7 @@ class IterateLoop:
         from modelsmith.events.store import append_observation
         from modelsmith.events.types import PromotionProposed
 
-        repo = self.ws.specs()
+        repo = self.repo
         policy = repo.policy_for(repo.specialists[self.specialist]).spec
         fleet = self.ws.fleet().specialists.get(self.specialist)
         production = fleet.holder("production") if fleet else None
@@ -208,7 +193,7 @@ class IterateLoop:
             return self._run()
 
     def _run(self) -> LoopResult:
-        repo = self.ws.specs()
+        repo = self.repo = self.ws.specs()  # loaded once per run
         spec = repo.specialists[self.specialist]
         target = self.options.target if self.options.target is not None \
             else spec.spec.target.composite
@@ -221,7 +206,7 @@ class IterateLoop:
             state = None
         if state is None:
             state = IterateState(specialist=self.specialist, loop_id=uuid.uuid4().hex[:12],
-                                 options={k: v for k, v in vars(self.options).items()},
+                                 options=dict(vars(self.options)),
                                  outputs={"model": self.options.model or spec.spec.base})
             state = self._save(state)
         else:

@@ -19,7 +19,8 @@ from modelsmith.events import (
     UnknownTipError,
 )
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
-from modelsmith.events.types import EvalCompleted, Promoted
+from modelsmith.events.store import Recorder
+from modelsmith.events.types import EvalCompleted, EvalStarted, Promoted
 
 
 def ev(composite: float = 0.5, version: str = "v1", **kw) -> Event:
@@ -46,6 +47,24 @@ class EventStoreContract:
         assert list(store.read("rtb")) == []
         assert store.last_seq("rtb") == 0
         assert store.get("0123456789abcdef") is None
+
+    def test_a_replayed_step_adopts_what_it_recorded(self, store):
+        first = Recorder(store, "rtb", actor="iterate/l1/1/eval", scope="iterate/l1/1/eval")
+        started = first.record(EvalStarted(model="m", suite="s", suite_hash="h", run_id="r1"))
+        # The step is killed and runs again: other run id, same step.
+        again = Recorder(store, "rtb", actor="iterate/l1/1/eval", scope="iterate/l1/1/eval")
+        assert again.recorded("EvalStarted").data["run_id"] == "r1"
+        adopted = again.record(EvalStarted(model="m", suite="s", suite_hash="h", run_id="r2"))
+        assert adopted.id == started.id and adopted.data["run_id"] == "r1"
+        assert again.recorded("EvalCompleted") is None
+        other = Recorder(store, "rtb", actor="iterate/l1/2/eval", scope="iterate/l1/2/eval")
+        assert other.record(EvalStarted(model="m", suite="s", suite_hash="h",
+                                        run_id="r3")).id != started.id
+        by_hand = Recorder(store, "rtb", actor="cli")
+        assert by_hand.recorded("EvalStarted") is None
+        by_hand.record(EvalStarted(model="m", suite="s", suite_hash="h", run_id="r4"))
+        by_hand.record(EvalStarted(model="m", suite="s", suite_hash="h", run_id="r4"))
+        assert [e.data["run_id"] for e in store.read("rtb")] == ["r1", "r3", "r4", "r4"]
 
     def test_append_assigns_contiguous_seqs_and_positions(self, store):
         out = store.append("rtb", [ev(0.1), ev(0.2)], expected_seq=0)

@@ -43,11 +43,11 @@ def test_the_loop_runs_to_its_budget_and_says_so(fork):
     assert (1, "train", True) in phases and (2, "reeval", True) in phases
     assert events(fork) == [
         ("EvalStarted", "1/eval", None), ("EvalCompleted", "1/eval", None),
-        ("FailuresExtracted", "1/train", None), ("DatasetBuilt", "1/train", None),
+        ("FailuresExtracted", "1/extract", None), ("DatasetBuilt", "1/validate", None),
         ("TrainingStarted", "1/train", None), ("TrainingCompleted", "1/train", None),
         ("CandidateRegistered", "1/train", "v1"),
         ("EvalStarted", "1/reeval", "v1"), ("EvalCompleted", "1/reeval", "v1"),
-        ("FailuresExtracted", "2/train", "v1"), ("DatasetBuilt", "2/train", None),
+        ("FailuresExtracted", "2/extract", "v1"), ("DatasetBuilt", "2/validate", None),
         ("TrainingStarted", "2/train", None), ("TrainingCompleted", "2/train", None),
         ("CandidateRegistered", "2/train", "v2"),
         ("EvalStarted", "2/reeval", "v2"), ("EvalCompleted", "2/reeval", "v2"),

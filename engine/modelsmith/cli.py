@@ -49,6 +49,7 @@ _USER_ERRORS = {
     "modelsmith.training.job": ("JobSpecError",),
     "modelsmith.iterate.state": ("StateError",),
     "modelsmith.iterate.heal": ("TrainingAbandoned", "CheckpointDiscarded"),
+    "modelsmith.iterate.loop": ("LoopError",),
     "modelsmith.fleet.pool": ("NoHostError",),
 }
 
@@ -677,7 +678,8 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
     """Evaluate -> train on the failures -> re-evaluate, until the target holds (exit 0),
     the budget ends or gains stop (exit 3). Crash-safe: run it again to resume."""
     from modelsmith.evaluation.service import specialist_or_error
-    from modelsmith.iterate.loop import IterateLoop, LoopOptions
+    from modelsmith.iterate.loop import IterateLoop, LoopOptions, failpoint_from_env
+    from modelsmith.iterate.progress import LoopProgress
     from modelsmith.iterate.state import StateFile
 
     ws = _workspace(ctx)
@@ -704,8 +706,11 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
                           hosts=[h.strip() for h in hosts.split(",")] if hosts else None)
     emit = (lambda event: click.echo(json.dumps(event, sort_keys=True))) if as_json \
         else (lambda _event: None)
-    result = IterateLoop(ws, specialist, options, emit=emit,
-                         say=lambda m: click.echo(m, err=True)).run()
+    progress = LoopProgress(max_iterations=max_iterations, emit=emit, stream=sys.stderr)
+    result = IterateLoop(ws, specialist, options, emit=emit, progress=progress,
+                         say=lambda m: click.echo(m, err=True),
+                         fail_after=failpoint_from_env()).run()
+    progress.clear()
     from modelsmith.iterate.report import score_svg, score_table
 
     plot = StateFile(ws.root, specialist).folder / "scores.svg"

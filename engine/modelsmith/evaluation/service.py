@@ -24,7 +24,7 @@ from modelsmith.evaluation.composite import (
 from modelsmith.evaluation.results import EvalError, ScenarioRun, Split
 from modelsmith.evaluation.runner import EvalSettings, run_suite, runs_from_jsonl, runs_to_jsonl
 from modelsmith.evaluation.stats import PairedComparison
-from modelsmith.events.store import EventStore, append_observation
+from modelsmith.events.store import EventStore, Recorder
 from modelsmith.events.types import EvalCompleted, EvalStarted, Event
 from modelsmith.inference.base import Backend, ProgressFn
 from modelsmith.specs import Repository
@@ -55,6 +55,7 @@ def evaluate(
     version: str | None = None,
     actor: str = "cli",
     commit: str | None = None,
+    scope: str | None = None,
     progress: ProgressFn | None = None,
     judge: Callable[..., tuple[float, str]] | None = None,
     checks: Sequence[Callable[[list[ScenarioRun], EvalReport], list[str]]] = (),
@@ -62,22 +63,30 @@ def evaluate(
     """Run ``specialist``'s suite on ``backend``; append the events when ``store`` is given.
 
     ``checks`` look at the result before it is recorded; their warnings go into the event.
+    ``scope`` makes the events replay-safe (:class:`~modelsmith.events.store.Recorder`): an
+    evaluation killed half way and run again under the same scope keeps the ``EvalStarted``
+    (and run id) recorded the first time.
     """
     settings = settings or EvalSettings()
     spec = specialist_or_error(repo, specialist)
     suite = repo.suite_for(spec)
     run_id = uuid.uuid4().hex[:12]
+    recorder = None
     if store is not None:
-        started = EvalStarted(version=version, model=model_ref, suite=suite.name,
-                              suite_hash=suite.suite_hash, run_id=run_id, backend=backend.name)
-        append_observation(store, specialist, [Event.new(started, actor=actor, cause=commit)])
+        recorder = Recorder(store, specialist, actor=actor, cause=commit, scope=scope)
+        earlier = recorder.recorded("EvalStarted")
+        if earlier is not None:  # this evaluation was started before and cut short
+            run_id = str(earlier.data["run_id"])
+        recorder.record(EvalStarted(version=version, model=model_ref, suite=suite.name,
+                                    suite_hash=suite.suite_hash, run_id=run_id,
+                                    backend=backend.name))
     t0 = time.perf_counter()
     runs = run_suite(spec, suite, backend, settings, progress=progress, judge=judge)
     report = compute_report(runs, suite.suite, seed=settings.seed)
     duration = time.perf_counter() - t0
     warnings = [w for check in checks for w in check(runs, report)]
     event = None
-    if store is not None:
+    if recorder is not None:
         summary = report.to_dict()  # rounded, NaN as None: fit for the event
         payload = EvalCompleted(
             version=version,
@@ -107,8 +116,7 @@ def evaluate(
             RESULTS: runs_to_jsonl(runs),
             REPORT: json.dumps(summary, indent=1, sort_keys=True).encode(),
         }
-        completed = Event.new(payload, actor=actor, cause=commit, evidence=evidence)
-        (event,) = append_observation(store, specialist, [completed])
+        event = recorder.record(payload, evidence=evidence)
     return EvalOutcome(report, runs, event, model_ref, duration, warnings)
 
 

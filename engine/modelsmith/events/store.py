@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from modelsmith.events.types import Event, InvalidEventError, validate_stream
 from modelsmith.events.verify import VerifyReport, verify_events
@@ -123,6 +124,42 @@ def append_observation(
         except ConcurrencyError:
             continue
     raise EventStoreError(f"stream {stream!r} kept moving: {attempts} appends lost the race")
+
+
+class Recorder:
+    """Appends the events of one step of a resumable process (an iterate loop's phase).
+
+    With a ``scope`` each event type gets a replay-safe id derived from it, and an event
+    already recorded under that id is *adopted* instead of appended: a step killed half way
+    and run again records each of its events once, and keeps what the first run recorded
+    (the ``run_id`` of its ``EvalStarted``, say). Without a scope ids are random and every
+    call appends (a command run by hand is not a replay).
+    """
+
+    def __init__(self, store: EventStore, stream: str, *, actor: str,
+                 cause: str | None = None, scope: str | None = None) -> None:
+        self.store, self.stream, self.actor, self.cause = store, stream, actor, cause
+        self.scope = scope
+        self.events: list[Event] = []  # what this step recorded or adopted, in order
+
+    def event_id(self, type_name: str) -> str | None:
+        if self.scope is None:
+            return None
+        return hashlib.sha256(f"{self.scope}/{type_name}".encode()).hexdigest()[:32]
+
+    def recorded(self, type_name: str) -> Event | None:
+        """The event of ``type_name`` an earlier run of this step recorded, if any."""
+        event_id = self.event_id(type_name)
+        return None if event_id is None else self.store.get(event_id)
+
+    def record(self, payload: Any, *, evidence: dict[str, bytes] | None = None) -> Event:
+        found = self.recorded(payload.type_name)
+        if found is None:
+            event = Event.new(payload, actor=self.actor, cause=self.cause,
+                              id=self.event_id(payload.type_name), evidence=evidence)
+            (found,) = append_observation(self.store, self.stream, [event])
+        self.events.append(found)
+        return found
 
 
 class MemoryEventStore:

@@ -1,22 +1,38 @@
-"""``modelsmith iterate``: evaluate -> train on the failures -> re-evaluate -> decide, until
-the composite target holds for ``target.sustained`` iterations, the budget ends, or
-iterations stop bringing a significant gain.
+"""``modelsmith iterate``: evaluate -> extract failures -> generate rows -> validate them
+-> train -> re-evaluate -> decide, until the composite target holds for
+``target.sustained`` iterations, the budget ends, or iterations stop bringing a
+significant gain.
 
-Each iteration's phases are ``eval`` (the current model: the base at first, then the
-latest candidate, whose re-evaluation is reused), ``train`` (failures -> validated rows ->
-training as a job on the host pool with self-healing, :mod:`.heal`), ``reeval`` and
-``decide``. The loop's position is saved in ``.iterate/<specialist>/state.json`` at every
-phase change; a second loop on the same specialist is refused (:class:`~.state.LoopLock`).
+The phases of one iteration:
 
-Resuming: a phase recorded as done is skipped; a phase that was running is looked up in
-the event log by its actor tag (``iterate/<loop>/<iteration>/<phase>``): its
-``EvalCompleted`` or ``CandidateRegistered`` is reused when present, so a result is never
-recorded twice, and the phase runs again when it is absent (no phantom results).
+- ``eval``: the current model (the base at first; later the previous candidate, whose
+  re-evaluation is reused) -> ``EvalStarted``/``EvalCompleted``;
+- ``extract``: its failed core scenarios -> ``FailuresExtracted``;
+- ``generate``: training rows for them (the suite's generator, variants, replay rows),
+  written to ``.iterate/<specialist>/<iteration>/rows.jsonl``;
+- ``validate``: the rows that pass validation, versioned with DVC -> ``DatasetBuilt``;
+- ``train``: a job on the host pool, self-healing (:mod:`.heal`) -> ``TrainingStarted``,
+  ``TrainingFailed`` per failure, ``TrainingCompleted``, ``CandidateRegistered``;
+- ``reeval``: the candidate -> ``EvalStarted``/``EvalCompleted``;
+- ``decide``: target held (then the held-out gate and ``PromotionProposed``), budget spent,
+  no gain, or on to the next iteration.
+
+The loop's position is saved in ``.iterate/<specialist>/state.json`` at every phase change
+(atomically); a second loop on the same specialist is refused (:class:`~.state.LoopLock`).
+
+Resuming: the same command picks up at the last phase recorded as done. Each phase's
+events have replay-safe ids derived from ``iterate/<loop>/<iteration>/<phase>``
+(:class:`~modelsmith.events.store.Recorder`): a phase killed half way and run again adopts
+what it had recorded (an ``EvalStarted`` and its run id, a ``TrainingStarted``) instead of
+recording it twice, and an ``EvalCompleted`` or ``CandidateRegistered`` in the log is
+reused rather than recomputed -- and only when it is in the log (no phantom results).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -24,10 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelsmith.events.store import Recorder
 from modelsmith.events.types import Event, TrainingFailed
 from modelsmith.workspace import Workspace
 
-from .state import IterateState, IterationRecord, LoopLock, StateFile
+from .progress import LoopProgress
+from .state import IterateState, IterationRecord, LoopLock, StateFile, write_atomically
 
 
 @dataclass
@@ -65,12 +83,15 @@ Emit = Callable[[dict[str, Any]], None]
 class IterateLoop:
     def __init__(self, ws: Workspace, specialist: str, options: LoopOptions, *,
                  emit: Emit = lambda _e: None, say: Callable[[str], None] = lambda _m: None,
+                 progress: LoopProgress | None = None,
                  fail_after: Callable[[str, int], None] | None = None) -> None:
         self.ws = ws
         self.specialist = specialist
         self.options = options
         self.emit = emit
-        self.say = say
+        self.progress = progress or LoopProgress(max_iterations=options.max_iterations,
+                                                 emit=lambda _e: None)
+        self._say = say
         # Tests use it to crash the loop right after a phase is saved.
         self.fail_after = fail_after or (lambda _phase, _iteration: None)
         self.state_file = StateFile(ws.root, specialist)
@@ -78,12 +99,17 @@ class IterateLoop:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def say(self, message: str) -> None:
+        self.progress.clear()
+        self._say(message)
+
     def _tag(self, state: IterateState, phase: str) -> str:
         return f"iterate/{state.loop_id}/{state.iteration}/{phase}"
 
-    def _find(self, event_type: str, actor: str) -> Event | None:
-        return next((e for e in self.ws.store.read(self.specialist)
-                     if e.type == event_type and e.actor == actor), None)
+    def _recorder(self, state: IterateState, phase: str) -> Recorder:
+        tag = self._tag(state, phase)
+        return Recorder(self.ws.store, self.specialist, actor=tag,
+                        cause=self.ws.head_commit(), scope=tag)
 
     def _save(self, state: IterateState) -> IterateState:
         self.state_file.save(state)
@@ -91,16 +117,38 @@ class IterateLoop:
                    "done": state.done, "outputs": state.outputs})
         if state.done:
             self.fail_after(state.phase, state.iteration)
+        else:
+            self.progress.start_phase(state.phase)
         return state
 
+    def _plan(self, state: IterateState) -> Any:
+        from modelsmith.training.service import plan_training
+
+        return plan_training(self.repo, self.specialist, self.ws.store,
+                             base_ref=state.outputs["model"],
+                             from_eval=state.outputs["eval_event"],
+                             method=self.options.method, profile_name=self.options.profile)
+
+    def _runs(self, state: IterateState) -> list[Any]:
+        from modelsmith.evaluation.service import load_runs
+
+        event = self.ws.store.get(state.outputs["eval_event"])
+        if event is None:  # state.json names an evaluation the log does not hold
+            raise LoopError(f"evaluation {state.outputs['eval_event']} named in "
+                            f"{self.state_file.path} is not in the event log; remove the "
+                            "state file to start afresh")
+        return load_runs(self.ws.store, event)
+
+    # -- phases -----------------------------------------------------------------------------
+
     def _evaluate(self, state: IterateState, phase: str, model_ref: str) -> Event:
-        """Evaluate ``model_ref`` (a profile or a candidate version) once, tagged."""
+        """Evaluate ``model_ref`` (a profile or a candidate version) once, replay-safe."""
         from modelsmith.evaluation.runner import EvalSettings
         from modelsmith.evaluation.service import VERSION_RE, evaluate
         from modelsmith.inference import make_backend
 
-        tag = self._tag(state, phase)
-        found = self._find("EvalCompleted", tag)
+        recorder = self._recorder(state, phase)
+        found = recorder.recorded("EvalCompleted")
         if found is not None:
             self.say(f"  {phase}: reusing evaluation {found.id[:12]} from the log")
             return found
@@ -116,36 +164,135 @@ class IterateLoop:
         try:
             outcome = evaluate(repo, self.specialist, backend, model_ref=model_ref,
                                version=version, store=self.ws.store, settings=EvalSettings(),
-                               actor=tag, commit=self.ws.head_commit())
+                               actor=recorder.actor, commit=recorder.cause,
+                               scope=recorder.scope,
+                               progress=lambda done, total: self.progress.steps(
+                                   done, total, "generations"))
         finally:
             backend.close()
         assert outcome.event is not None
         return outcome.event
 
-    def _train(self, state: IterateState, eval_event: str, base_ref: str) -> str:
-        """Train a candidate from ``eval_event``'s failures; return its version."""
-        tag = self._tag(state, "train")
-        found = self._find("CandidateRegistered", tag)
-        if found is not None:
-            self.say(f"  train: reusing candidate {found.data['version']} from the log")
-            return str(found.data["version"])
+    def _extract(self, state: IterateState) -> dict[str, Any]:
+        from modelsmith.training.data import extract_failures
+        from modelsmith.training.service import record_failures
+
+        failures = extract_failures(self._runs(state))
+        event = record_failures(self._plan(state), failures, self._recorder(state, "extract"))
+        self.say(f"  extract: {len(failures)} failed inputs in "
+                 f"{len(event.data['scenario_ids'])} core scenarios")
+        return {"failures": len(failures), "failed_scenarios": len(event.data["scenario_ids"])}
+
+    def _rows_file(self, state: IterateState) -> Path:
+        return self.state_file.folder / str(state.iteration) / "rows.jsonl"
+
+    def _generate(self, state: IterateState) -> dict[str, Any]:
+        from modelsmith.training.data import dataset_hash, dataset_jsonl, extract_failures
+        from modelsmith.training.service import generate_rows
+
+        runs = self._runs(state)
+        rows = generate_rows(self.repo, self.specialist, runs, extract_failures(runs),
+                             seed=self._plan(state).profile.seed)
+        write_atomically(self._rows_file(state), dataset_jsonl(rows))
+        self.say(f"  generate: {len(rows)} rows")
+        return {"rows_generated": len(rows), "rows_hash": dataset_hash(rows)}
+
+    def _generated_rows(self, state: IterateState) -> list[Any]:
+        """The generate phase's rows; generated again when the file is gone or is not the
+        one the phase wrote (generation is deterministic)."""
+        from modelsmith.training.data import DataError, dataset_hash, read_dataset
+
+        path = self._rows_file(state)
+        try:
+            rows = read_dataset(path)
+            if dataset_hash(rows) == state.outputs.get("rows_hash"):
+                return rows
+        except (OSError, DataError):
+            pass
+        self.say(f"  {path} is missing or changed; generating the rows again")
+        self._generate(state)
+        return read_dataset(path)
+
+    def _validate(self, state: IterateState) -> dict[str, Any]:
+        from modelsmith.artifacts.dvc import ArtifactStore
+        from modelsmith.training.service import record_dataset, validate
+
+        report = validate(self.repo, self.specialist, self._generated_rows(state))
+        dataset = record_dataset(self.repo, self._plan(state), report,
+                                 artifacts=ArtifactStore(self.ws.root),
+                                 recorder=self._recorder(state, "validate"))
+        self.say(f"  validate: kept {len(report.kept)} of {report.total} rows "
+                 f"(removed {report.removed}); dataset {dataset.hash[:12]}")
+        return {"dataset_hash": dataset.hash, "dataset": str(dataset.path.relative_to(
+            self.ws.root)), "dataset_rows": len(report.kept)}
+
+    def _train(self, state: IterateState) -> dict[str, Any]:
+        """Train a candidate on the validated dataset; its version, run and host."""
         from modelsmith.artifacts.dvc import ArtifactStore
         from modelsmith.fleet.pool import Pool
-        from modelsmith.training.service import train_candidate
+        from modelsmith.training.data import dataset_hash, read_dataset
+        from modelsmith.training.service import Dataset, train_on
 
+        recorder = self._recorder(state, "train")
+        found = recorder.recorded("CandidateRegistered")
+        if found is not None:
+            self.say(f"  train: reusing candidate {found.data['version']} from the log")
+            return _trained(found)
         repo = self.repo
-        base_path = self.ws.weights_path(repo, self.specialist, base_ref, say=self.say)
+        path = self.ws.root / state.outputs["dataset"]
+        rows = read_dataset(path)
+        if dataset_hash(rows) != state.outputs["dataset_hash"]:
+            raise LoopError(f"{path} does not hash to {state.outputs['dataset_hash']} "
+                            "(changed since the validate phase); restore it with `dvc "
+                            "checkout`")
+        dataset = Dataset(state.outputs["dataset_hash"], path, rows)
+        model = state.outputs["model"]
+        artifacts = ArtifactStore(self.ws.root)
+        base_path = self.ws.weights_path(repo, self.specialist, model, say=self.say)
+        corrupt = self._corrupt(model, base_path, artifacts)
+        if corrupt:
+            from .heal import CheckpointDiscarded
+
+            self._record_failure(state, model, "corrupt_checkpoint", "discard_checkpoint",
+                                 corrupt)
+            raise CheckpointDiscarded(model, [])
         pool = Pool.from_config(repo.clusters, self.options.hosts)
-        trainer = _pool_trainer(self.ws, self.specialist, pool, tag,
-                                repo.clusters.thresholds.heartbeat_timeout_s, self.say)
-        outcome = train_candidate(repo, self.specialist, store=self.ws.store,
-                                  artifacts=ArtifactStore(self.ws.root), base_path=base_path,
-                                  base_ref=base_ref, from_eval=eval_event,
-                                  method=self.options.method,
-                                  profile_name=self.options.profile, trainer=trainer,
-                                  actor=tag, cause=self.ws.head_commit(), host="pool",
-                                  say=lambda m: self.say(f"  {m}"))
-        return outcome.version
+        trainer = _pool_trainer(self.ws, self.specialist, pool, recorder.actor,
+                                repo.clusters.thresholds.heartbeat_timeout_s, self.say,
+                                self.progress.job_line)
+        outcome = train_on(repo, self._plan(state), dataset, store=self.ws.store,
+                           artifacts=artifacts, base_path=base_path, recorder=recorder,
+                           trainer=trainer, host="pool")
+        return _trained(outcome.events[-1])
+
+    def _corrupt(self, model: str, path: Path, artifacts: Any) -> str | None:
+        """Why ``model``'s weights cannot be trained from (a candidate whose files no longer
+        hash to what its lineage recorded), or None."""
+        from modelsmith.evaluation.service import VERSION_RE
+
+        if not VERSION_RE.match(model):
+            return None
+        fleet = self.ws.fleet().specialists.get(self.specialist)
+        candidate = fleet.candidates.get(model) if fleet else None
+        expected = candidate.lineage.get("weights_hash") if candidate else None
+        if not expected:
+            return None
+        actual = artifacts.content_hash(path)
+        if actual == expected:
+            return None
+        return (f"{model}'s weights in {path} hash to {actual}, not the {expected} recorded "
+                "in its lineage")
+
+    def _record_failure(self, state: IterateState, host: str, failure_class: str,
+                        action: str, evidence: str) -> None:
+        from modelsmith.events.store import append_observation
+
+        payload = TrainingFailed(run_id=f"iter-{state.iteration}", host=host,
+                                 failure_class=failure_class, action=action, attempt=1,
+                                 log_tail=evidence[-4000:])
+        tag = self._tag(state, "train")
+        append_observation(self.ws.store, self.specialist,
+                           [Event.new(payload, actor=tag, cause=self.ws.head_commit())])
 
     def _gate(self, state: IterateState, candidate: str, candidate_eval: str,
               why: str) -> tuple[str, str]:
@@ -153,7 +300,6 @@ class IterateLoop:
         model's evaluation when nothing is in production), paired, on held-out; within the
         policy's ``max_regression`` it proposes promotion to the first stage."""
         from modelsmith.evaluation.service import compare
-        from modelsmith.events.store import append_observation
         from modelsmith.events.types import PromotionProposed
 
         repo = self.repo
@@ -177,13 +323,9 @@ class IterateLoop:
             return "gate-failed", (f"{why}, but the held-out gate failed: {numbers} trails "
                                    f"by more than {allowed}")
         stage = policy.stages[0].name
-        tag = self._tag(state, "decide")
-        if self._find("PromotionProposed", tag) is None:
-            proposal = PromotionProposed(version=candidate, stage=stage,
-                                         evidence=[candidate_eval, baseline],
-                                         reason=f"{why}; {numbers}")
-            append_observation(self.ws.store, self.specialist,
-                               [Event.new(proposal, actor=tag, cause=self.ws.head_commit())])
+        self._recorder(state, "decide").record(PromotionProposed(
+            version=candidate, stage=stage, evidence=[candidate_eval, baseline],
+            reason=f"{why}; {numbers}"))
         return "target", f"{why}; {numbers}; proposed {candidate} for {stage}"
 
     # -- the loop -------------------------------------------------------------------------
@@ -192,7 +334,17 @@ class IterateLoop:
         with LoopLock(self.ws.root, self.specialist):
             return self._run()
 
+    def _phase(self, state: IterateState, phase: str,
+               work: Callable[[IterateState], dict[str, Any]]) -> IterateState:
+        """Run ``phase`` unless it is recorded as done; save its start and its outputs."""
+        if state.completed(phase):
+            return state
+        state = self._save(state.advanced(phase, done=False))
+        return self._save(state.advanced(phase, done=True, **work(state)))
+
     def _run(self) -> LoopResult:
+        from .heal import CheckpointDiscarded
+
         repo = self.repo = self.ws.specs()  # loaded once per run
         spec = repo.specialists[self.specialist]
         target = self.options.target if self.options.target is not None \
@@ -214,39 +366,49 @@ class IterateLoop:
                      f"phase {state.phase}{' (done)' if state.done else ''}")
         while True:
             started = time.perf_counter()
+            self.progress.start_iteration(state.iteration, state.history)
             model = state.outputs["model"]
-            if not state.completed("eval"):
-                state = self._save(state.advanced("eval", done=False))
+
+            def evaluate_current(state: IterateState, model: str = model) -> dict[str, Any]:
                 if "eval_event" in state.outputs:  # the previous re-evaluation, reused
                     event_id = state.outputs["eval_event"]
                 else:
                     self.say(f"iteration {state.iteration}: evaluating {model}")
                     event_id = self._evaluate(state, "eval", model).id
-                base_eval = state.outputs.get("base_eval", event_id)
-                state = self._save(state.advanced("eval", done=True, eval_event=event_id,
-                                                  base_eval=base_eval))
-            if not state.completed("train"):
-                state = self._save(state.advanced("train", done=False))
-                self.say(f"iteration {state.iteration}: training from {model}")
-                version = self._train(state, state.outputs["eval_event"], model)
-                state = self._save(state.advanced("train", done=True, candidate=version))
+                return {"eval_event": event_id,
+                        "base_eval": state.outputs.get("base_eval", event_id)}
+
+            state = self._phase(state, "eval", evaluate_current)
+            state = self._phase(state, "extract", self._extract)
+            state = self._phase(state, "generate", self._generate)
+            state = self._phase(state, "validate", self._validate)
+            try:
+                if not state.completed("train"):
+                    self.say(f"iteration {state.iteration}: training from {model}")
+                state = self._phase(state, "train", self._train)
+            except CheckpointDiscarded as discarded:
+                state = self._go_back(state, discarded, started)
+                continue
             candidate = state.outputs["candidate"]
-            if not state.completed("reeval"):
-                state = self._save(state.advanced("reeval", done=False))
+
+            def reevaluate(state: IterateState, candidate: str = candidate) -> dict[str, Any]:
                 self.say(f"iteration {state.iteration}: evaluating {candidate}")
                 event = self._evaluate(state, "reeval", candidate)
-                state = self._save(state.advanced(
-                    "reeval", done=True, reeval_event=event.id,
-                    composite=event.data.get("composite"), heldout=event.data.get("heldout")))
+                return {"reeval_event": event.id, "composite": event.data.get("composite"),
+                        "heldout": event.data.get("heldout")}
+
+            state = self._phase(state, "reeval", reevaluate)
             record = IterationRecord(iteration=state.iteration, candidate=candidate,
                                      composite=state.outputs.get("composite"),
                                      heldout=state.outputs.get("heldout"),
                                      eval_event=state.outputs["reeval_event"],
                                      duration_s=round(time.perf_counter() - started, 2))
             history = [*state.history, record]
+            self.progress.finished_iteration(record.composite, record.duration_s or 0.0)
             self.emit({"event": "iteration", **record.model_dump(mode="json")})
             self.say(f"iteration {state.iteration}: {candidate} composite "
                      f"{record.composite:.3f}, held-out {record.heldout}")
+            state = self._save(state.advanced("decide", done=False))
             verdict = _decide(history, target, sustained, self.options)
             if verdict is not None and verdict[0] == "target":
                 verdict = self._gate(state, candidate, record.eval_event, verdict[1])
@@ -261,10 +423,65 @@ class IterateLoop:
             state = self._save(state.model_copy(update={"outputs": {
                 "model": candidate, "eval_event": record.eval_event, "base_eval": base_eval}}))
 
+    def _go_back(self, state: IterateState, discarded: Exception,
+                 started: float) -> IterateState:
+        """The model this iteration trains from is corrupt: the iteration ends without a
+        candidate and the next one trains from the model before it."""
+        model = state.outputs["model"]
+        earlier = [r for r in state.history if r.candidate and r.candidate != model]
+        previous = earlier[-1] if earlier else None
+        back_to = previous.candidate if previous else state.options.get("model") \
+            or self.repo.specialists[self.specialist].spec.base
+        back_eval = previous.eval_event if previous else state.outputs.get("base_eval")
+        self.say(f"iteration {state.iteration}: {discarded}; discarded, going back to "
+                 f"{back_to}")
+        record = IterationRecord(iteration=state.iteration, candidate=None,
+                                 discarded=model,
+                                 duration_s=round(time.perf_counter() - started, 2))
+        self.emit({"event": "iteration", **record.model_dump(mode="json")})
+        state = self._save(state.advanced("decide", done=True, decision="continue"))
+        outputs = {"model": back_to, "base_eval": state.outputs.get("base_eval")}
+        if back_eval:
+            outputs["eval_event"] = back_eval
+        state = state.next_iteration(record)
+        return self._save(state.model_copy(update={"outputs": outputs}))
+
+
+#: ``<phase>:<iteration>``: the loop SIGKILLs itself right after saving that phase as done.
+FAILPOINT_ENV = "MODELSMITH_ITERATE_KILL_AFTER"
+
+
+def failpoint_from_env() -> Callable[[str, int], None] | None:
+    """The crash tests' fault injection: with ``MODELSMITH_ITERATE_KILL_AFTER=train:1`` the
+    process kills itself (SIGKILL: no cleanup, no flush) at that phase boundary."""
+    wanted = os.environ.get(FAILPOINT_ENV)
+    if not wanted:
+        return None
+
+    def kill(phase: str, iteration: int) -> None:
+        if f"{phase}:{iteration}" == wanted:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
+
+
+class LoopError(Exception):
+    """The loop cannot go on without a person: the message says what to do."""
+
+
+def _trained(registered: Event) -> dict[str, Any]:
+    lineage = registered.data["lineage"]
+    return {"candidate": registered.data["version"], "run_id": lineage.get("run_id"),
+            "host": lineage.get("host")}
+
 
 def _decide(history: list[IterationRecord], target: float, sustained: int,
             options: LoopOptions) -> tuple[str, str] | None:
-    scores = [r.composite or 0.0 for r in history]
+    scores = [r.composite for r in history if r.composite is not None]  # not discarded
+    if not scores:
+        if len(history) >= options.max_iterations:
+            return "budget", f"budget of {options.max_iterations} iterations spent; no candidate"
+        return None
     streak = 0
     for score in reversed(scores):
         if score < target:
@@ -286,7 +503,8 @@ def _decide(history: list[IterationRecord], target: float, sustained: int,
 
 
 def _pool_trainer(ws: Workspace, specialist: str, pool: Any, tag: str,
-                  heartbeat_timeout_s: float, say: Callable[[str], None]) -> Callable:
+                  heartbeat_timeout_s: float, say: Callable[[str], None],
+                  on_line: Callable[[str], None]) -> Callable:
     """A ``trainer`` for :func:`~modelsmith.training.service.train_candidate`: the run as
     a job on the pool, self-healing, each failure a ``TrainingFailed`` event."""
     from modelsmith.events.store import append_observation
@@ -316,8 +534,7 @@ def _pool_trainer(ws: Workspace, specialist: str, pool: Any, tag: str,
 
         healed = run_training(spec, folder / "spec.json", pool,
                               heartbeat_timeout_s=heartbeat_timeout_s, on_failure=failed,
-                              on_line=lambda line: say(f"  {line}")
-                              if line.startswith("progress") else None)
+                              on_line=on_line)
         produced = result_path(request.out_dir)
         summary = json.loads(produced.read_text(encoding="utf-8"))
         produced.replace(folder / "result.json")  # beside the weights, it would be clutter

@@ -59,6 +59,7 @@ class IterationRecord(BaseModel):
     heldout: float | None = None
     eval_event: str | None = None
     duration_s: float | None = None
+    discarded: str | None = None  # the model it could not train from (corrupt checkpoint)
 
 
 class IterateState(BaseModel):
@@ -113,6 +114,29 @@ def _ensure_folder(folder: Path) -> None:
         ignore.write_text("# machine-local iterate loop state\n*\n", encoding="utf-8")
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash at any instant leaves the old content
+    or the new, never a mixture: a temporary file in the same folder, fsync, rename, fsync
+    of the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 class StateFile:
     """``.iterate/<specialist>/state.json`` of one repository."""
 
@@ -151,25 +175,9 @@ class StateFile:
         return state
 
     def save(self, state: IterateState) -> None:
-        """Replace the file atomically (temp file, fsync, rename, fsync of the folder)."""
+        """Replace the file atomically (:func:`write_atomically`)."""
         _ensure_folder(self.folder)
-        data = (state.model_dump_json(indent=2) + "\n").encode("utf-8")
-        fd, temp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        folder = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomically(self.path, (state.model_dump_json(indent=2) + "\n").encode("utf-8"))
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):

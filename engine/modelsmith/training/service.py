@@ -18,7 +18,7 @@ from typing import Any
 
 from modelsmith.evaluation.results import EvalError
 from modelsmith.evaluation.service import find_evaluation, load_runs, specialist_or_error
-from modelsmith.events.store import EventStore, append_observation
+from modelsmith.events.store import EventStore, Recorder
 from modelsmith.events.types import (
     CandidateRegistered,
     DatasetBuilt,
@@ -112,37 +112,49 @@ def candidate_model(
     return CandidateModel(path, base)
 
 
-def build_dataset(
-    repo: Repository, specialist: str, runs: list[Any], *, seed: int,
+def generate_rows(
+    repo: Repository, specialist: str, runs: list[Any], failures: list[Any], *, seed: int,
     teacher: Callable[[str, int], list[str]] | None = None,
-) -> tuple[list[Any], Any]:
-    """An evaluation's runs -> (its failures, the validated augmented rows): deterministic
-    for the runs, the suite (with its generator) and ``seed`` -- unless a ``teacher``
-    rephrases the failed inputs too (see :mod:`.teacher`)."""
-    from modelsmith.training.data import (
-        augment,
-        extract_failures,
-        failed_scenario_ids,
-        load_generator,
-        validate_rows,
-    )
+) -> list[Any]:
+    """Training rows (not yet validated) for an evaluation's failures, plus replay rows of
+    its passing core scenarios: deterministic for the runs, the suite (with its generator)
+    and ``seed`` -- unless a ``teacher`` rephrases the failed inputs too (:mod:`.teacher`)."""
+    from modelsmith.training.data import augment, failed_scenario_ids, load_generator
     from modelsmith.training.teacher import prefetch_for
 
     spec = specialist_or_error(repo, specialist)
     suite = repo.suite_for(spec)
-    failures = extract_failures(runs)
     passing = [r for r in runs if r.split == "core" and r.passed]
     if teacher is not None:
         inputs = {s.id: s.input for s in suite.core}
         prefetch_for(teacher, [inputs[i] for i in failed_scenario_ids(failures) if i in inputs],
                      PER_FAILURE)
-    rows = augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
+    return augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
                    per_failure=PER_FAILURE, teacher=teacher, seed=seed)
-    report = validate_rows(rows, suite, spec)
+
+
+def validate(repo: Repository, specialist: str, rows: list[Any]) -> Any:
+    """The rows that pass validation (a ``ValidationReport``); none left is an error."""
+    from modelsmith.training.data import validate_rows
+
+    spec = specialist_or_error(repo, specialist)
+    report = validate_rows(rows, repo.suite_for(spec), spec)
     if not report.kept:
         raise EvalError("no training rows survived validation: "
                         f"{report.to_dict()['removed']}")
-    return failures, report
+    return report
+
+
+def build_dataset(
+    repo: Repository, specialist: str, runs: list[Any], *, seed: int,
+    teacher: Callable[[str, int], list[str]] | None = None,
+) -> tuple[list[Any], Any]:
+    """An evaluation's runs -> (its failures, the validated augmented rows)."""
+    from modelsmith.training.data import extract_failures
+
+    failures = extract_failures(runs)
+    rows = generate_rows(repo, specialist, runs, failures, seed=seed, teacher=teacher)
+    return failures, validate(repo, specialist, rows)
 
 
 def _override(profile: HyperParams, name: str, overrides: dict[str, Any]) -> HyperParams:
@@ -154,6 +166,154 @@ def _override(profile: HyperParams, name: str, overrides: dict[str, Any]) -> Hyp
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'profile'}: {e['msg']}"
                              for e in exc.errors())
         raise EvalError(f"profile {name!r} with {overrides}: {problems}") from None
+
+
+@dataclass
+class TrainingPlan:
+    """What a training run is built from, resolved and checked before anything runs."""
+
+    specialist: str
+    method: str
+    profile_name: str
+    profile: HyperParams
+    evaluation: Event  # the EvalCompleted whose failures it trains on
+    base_ref: str
+
+
+def plan_training(
+    repo: Repository, specialist: str, store: EventStore, *, base_ref: str,
+    from_eval: str | None = None, method: str | None = None, profile_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainingPlan:
+    spec = specialist_or_error(repo, specialist)
+    suite = repo.suite_for(spec)
+    method = method or spec.spec.training.method
+    profile_name = profile_name or spec.spec.training.profile
+    profile = repo.clusters.profiles.get(profile_name)
+    if profile is None:
+        raise EvalError(f"no hyper-parameter profile {profile_name!r} in config/clusters.json "
+                        f"(profiles: {', '.join(sorted(repo.clusters.profiles))})")
+    if overrides:
+        profile = _override(profile, profile_name, overrides)
+    evaluation = find_evaluation(store, specialist, from_eval or base_ref)
+    if evaluation.data.get("suite_hash") != suite.suite_hash:
+        raise EvalError(f"evaluation {evaluation.id} ran on another version of the suite; "
+                        f"evaluate again (`modelsmith eval {specialist} --model {base_ref}`)")
+    return TrainingPlan(specialist, method, profile_name, profile, evaluation, base_ref)
+
+
+def record_failures(plan: TrainingPlan, failures: list[Any], recorder: Recorder) -> Event:
+    """``FailuresExtracted`` for the plan's evaluation."""
+    evaluation = plan.evaluation
+    return recorder.record(FailuresExtracted(
+        eval_event=evaluation.id, version=evaluation.data.get("version"),
+        scenario_ids=sorted({f.id for f in failures})))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    hash: str
+    path: Path  # in the work tree, DVC-tracked
+    rows: list[Any]  # the validated TrainingRows
+
+
+def record_dataset(repo: Repository, plan: TrainingPlan, report: Any, *, artifacts: Any,
+                   recorder: Recorder, teacher_ref: str | None = None) -> Dataset:
+    """Write the validated rows, track and push them with DVC, record ``DatasetBuilt``."""
+    from modelsmith.training.data import dataset_hash, write_dataset
+
+    digest = dataset_hash(report.kept)
+    path = write_dataset(report.kept,
+                         repo.root / DATA_DIR / plan.specialist / f"{digest[:16]}.jsonl")
+    artifacts.ensure_initialised()
+    artifacts.track(path)
+    artifacts.push([path])
+    recorder.record(DatasetBuilt(
+        dataset_hash=digest, rows=len(report.kept), sources=report.sources,
+        removed=report.removed, balance=report.balance, path=str(path.relative_to(repo.root)),
+        eval_event=plan.evaluation.id, seed=plan.profile.seed, teacher=teacher_ref))
+    return Dataset(digest, path, list(report.kept))
+
+
+def train_on(
+    repo: Repository, plan: TrainingPlan, dataset: Dataset, *, store: EventStore,
+    artifacts: Any, base_path: Path, recorder: Recorder,
+    trainer: Callable[[TrainRequest], TrainerOutput] | None = None, host: str = "local",
+    progress: Callable[[dict], None] | None = None,
+) -> TrainOutcome:
+    """Train on ``dataset``, track the weights, register the next candidate version.
+
+    Under a replaying ``recorder`` a run cut short keeps its ``TrainingStarted`` (and run
+    id); a ``TrainingCompleted`` already recorded is reused only when the weights in the
+    work tree still hash to its ``checkpoint_hash`` -- a half-written checkpoint is never
+    used, the run trains again.
+    """
+    from modelsmith.artifacts.models import model_fingerprint
+    from modelsmith.training.config import config_hash
+    from modelsmith.training.reward import make_reward_fn
+    from modelsmith.training.trainers import TrainResult, train, trainer_versions
+
+    specialist, method, profile = plan.specialist, plan.method, plan.profile
+    spec = specialist_or_error(repo, specialist)
+    suite = repo.suite_for(spec)
+    evaluation = plan.evaluation
+    version = next_version(store, specialist)
+    parent = evaluation.data.get("version")
+    started_before = recorder.recorded("TrainingStarted")
+    run_id = str(started_before.data["run_id"]) if started_before else uuid.uuid4().hex[:12]
+    recorder.record(TrainingStarted(run_id=run_id, method=method, profile=plan.profile_name,
+                                    host=host, parent=parent, dataset_hash=dataset.hash,
+                                    base=plan.base_ref,
+                                    hyperparams=profile.model_dump(mode="json")))
+    out_dir = version_weights(repo.root, specialist, version)
+    completed = recorder.recorded("TrainingCompleted")
+    started = time.perf_counter()
+    if completed is not None and out_dir.is_dir() \
+            and artifacts.content_hash(out_dir) == completed.data["checkpoint_hash"]:
+        data = completed.data  # trained before the cut; the weights check out
+        host = data["host"]
+        result = TrainResult(out_dir=out_dir, method=method, steps=0,
+                             duration_s=data["duration_s"], metrics=data["metrics"],
+                             history=[], versions={})
+        started -= data["duration_s"]
+    elif trainer is None:
+        result = train(method, base_path, [r.to_dict() for r in dataset.rows],
+                       make_reward_fn(spec, suite), profile, out_dir, progress=progress)
+    else:
+        ran = trainer(TrainRequest(run_id=run_id, method=method, base_path=base_path,
+                                   dataset_path=dataset.path, profile=profile,
+                                   out_dir=out_dir))
+        result, host, profile = ran.result, ran.host, ran.profile
+    duration = time.perf_counter() - started
+    weights = artifacts.track(out_dir)
+    artifacts.push([out_dir])
+    # Every step's log (loss, reward, KL, entropy, ...) is the run's learning curve.
+    curve = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in result.history)
+    done = recorder.record(TrainingCompleted(run_id=run_id, method=method, host=host,
+                                             duration_s=round(duration, 2),
+                                             metrics=result.metrics,
+                                             checkpoint_hash=weights.md5),
+                           evidence={TRAINING_LOG: curve.encode("utf-8")})
+    duration = float(done.data["duration_s"])
+    # Weights reused from before a cut were made in this environment.
+    versions = result.versions or trainer_versions()
+    lineage = Lineage(
+        base_model=plan.base_ref,
+        base_hash=model_fingerprint(base_path),
+        parent=parent,
+        eval_event=evaluation.id,
+        dataset_hash=dataset.hash,
+        suite_hash=suite.suite_hash,
+        config_hash=config_hash(method, profile, {"base": plan.base_ref}),
+        trainer_versions={**versions, "python": platform.python_version()},
+        run_id=run_id,
+        host=str(done.data["host"]),
+        duration_s=duration,
+        weights_hash=weights.md5,
+    )
+    recorder.record(CandidateRegistered(version=version, lineage=lineage))
+    return TrainOutcome(version, out_dir, dataset.hash, result.metrics, duration,
+                        recorder.events)
 
 
 def train_candidate(
@@ -182,91 +342,24 @@ def train_candidate(
     ``overrides`` replace fields of the hyper-parameter profile for this run (``max_steps``,
     ``sft_steps``, ...); the result is validated as a profile and enters the config hash.
     ``teacher`` (named ``teacher_ref`` in the log) adds rephrasings of the failed inputs.
-    ``trainer`` runs the training elsewhere (the iterate loop: a job on the host pool,
-    self-healing); by default it runs in this process.
+    ``trainer`` runs the training elsewhere; by default it runs in this process. The iterate
+    loop runs the same steps one phase at a time (:mod:`modelsmith.iterate.loop`).
     """
-    from modelsmith.artifacts.models import model_fingerprint
-    from modelsmith.training.config import config_hash
-    from modelsmith.training.data import dataset_hash, write_dataset
-    from modelsmith.training.reward import make_reward_fn
-    from modelsmith.training.trainers import train
+    from modelsmith.training.data import extract_failures
 
-    spec = specialist_or_error(repo, specialist)
-    suite = repo.suite_for(spec)
-    method = method or spec.spec.training.method
-    profile_name = profile_name or spec.spec.training.profile
-    profile = repo.clusters.profiles.get(profile_name)
-    if profile is None:
-        raise EvalError(f"no hyper-parameter profile {profile_name!r} in config/clusters.json "
-                        f"(profiles: {', '.join(sorted(repo.clusters.profiles))})")
-    if overrides:
-        profile = _override(profile, profile_name, overrides)
-    evaluation = find_evaluation(store, specialist, from_eval or base_ref)
-    if evaluation.data.get("suite_hash") != suite.suite_hash:
-        raise EvalError(f"evaluation {evaluation.id} ran on another version of the suite; "
-                        f"evaluate again (`modelsmith eval {specialist} --model {base_ref}`)")
-    events: list[Event] = []
-
-    def record(payload, **kw) -> Event:
-        (event,) = append_observation(store, specialist,
-                                      [Event.new(payload, actor=actor, cause=cause, **kw)])
-        events.append(event)
-        return event
-
-    runs = load_runs(store, evaluation)
-    failures, report = build_dataset(repo, specialist, runs, seed=profile.seed,
-                                     teacher=teacher)
-    record(FailuresExtracted(eval_event=evaluation.id, version=evaluation.data.get("version"),
-                             scenario_ids=sorted({f.id for f in failures})))
-    say(f"{len(failures)} failed core inputs in evaluation {evaluation.id[:12]}")
-    digest = dataset_hash(report.kept)
-    path = write_dataset(report.kept, repo.root / DATA_DIR / specialist / f"{digest[:16]}.jsonl")
-    artifacts.ensure_initialised()
-    artifacts.track(path)
-    artifacts.push([path])
-    record(DatasetBuilt(dataset_hash=digest, rows=len(report.kept), sources=report.sources,
-                        removed=report.removed, balance=report.balance,
-                        path=str(path.relative_to(repo.root)), eval_event=evaluation.id,
-                        seed=profile.seed, teacher=teacher_ref if teacher else None))
-    say(f"dataset {digest[:12]}: {len(report.kept)} rows, removed {report.removed}")
-
-    version = next_version(store, specialist)
-    run_id = uuid.uuid4().hex[:12]
-    parent = evaluation.data.get("version")
-    record(TrainingStarted(run_id=run_id, method=method, profile=profile_name, host=host,
-                           parent=parent, dataset_hash=digest, base=base_ref,
-                           hyperparams=profile.model_dump(mode="json")))
-    out_dir = version_weights(repo.root, specialist, version)
-    started = time.perf_counter()
-    if trainer is None:
-        result = train(method, base_path, [r.to_dict() for r in report.kept],
-                       make_reward_fn(spec, suite), profile, out_dir, progress=progress)
-    else:
-        ran = trainer(TrainRequest(run_id=run_id, method=method, base_path=base_path,
-                                   dataset_path=path, profile=profile, out_dir=out_dir))
-        result, host, profile = ran.result, ran.host, ran.profile
-    duration = time.perf_counter() - started
-    weights = artifacts.track(out_dir)
-    artifacts.push([out_dir])
-    # Every step's log (loss, reward, KL, entropy, ...) is the run's learning curve.
-    curve = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in result.history)
-    record(TrainingCompleted(run_id=run_id, method=method, host=host,
-                             duration_s=round(duration, 2), metrics=result.metrics,
-                             checkpoint_hash=weights.md5),
-           evidence={TRAINING_LOG: curve.encode("utf-8")})
-    lineage = Lineage(
-        base_model=base_ref,
-        base_hash=model_fingerprint(base_path),
-        parent=parent,
-        eval_event=evaluation.id,
-        dataset_hash=digest,
-        suite_hash=suite.suite_hash,
-        config_hash=config_hash(method, profile, {"base": base_ref}),
-        trainer_versions={**result.versions, "python": platform.python_version()},
-        run_id=run_id,
-        host=host,
-        duration_s=round(duration, 2),
-        weights_hash=weights.md5,
-    )
-    record(CandidateRegistered(version=version, lineage=lineage))
-    return TrainOutcome(version, out_dir, digest, result.metrics, duration, events)
+    plan = plan_training(repo, specialist, store, base_ref=base_ref, from_eval=from_eval,
+                         method=method, profile_name=profile_name, overrides=overrides)
+    recorder = Recorder(store, specialist, actor=actor, cause=cause)
+    runs = load_runs(store, plan.evaluation)
+    failures = extract_failures(runs)
+    rows = generate_rows(repo, specialist, runs, failures, seed=plan.profile.seed,
+                         teacher=teacher)
+    report = validate(repo, specialist, rows)
+    record_failures(plan, failures, recorder)
+    say(f"{len(failures)} failed core inputs in evaluation {plan.evaluation.id[:12]}")
+    dataset = record_dataset(repo, plan, report, artifacts=artifacts, recorder=recorder,
+                             teacher_ref=teacher_ref if teacher else None)
+    say(f"dataset {dataset.hash[:12]}: {len(report.kept)} rows, removed {report.removed}")
+    return train_on(repo, plan, dataset, store=store, artifacts=artifacts,
+                    base_path=base_path, recorder=recorder, trainer=trainer, host=host,
+                    progress=progress)

@@ -4,13 +4,15 @@ The job runs in its own session (process group), so stopping it stops everything
 started. Its stdout and stderr are read line by line on a thread (each line is progress);
 the heartbeat file's modification time counts as progress too. A job silent for
 ``heartbeat_timeout_s`` gets SIGTERM, then SIGKILL after a grace period, and its result
-says ``stalled``. A memory limit is applied with ``RLIMIT_AS`` in the child before exec.
+says ``stalled``. A memory limit is applied with ``RLIMIT_AS`` in the child before exec,
+and the child is set to die with its parent (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -24,15 +26,21 @@ from .base import LOG_TAIL_LINES, Job, JobResult, LineFn
 #: Seconds between SIGTERM and SIGKILL when stopping a stalled job.
 KILL_GRACE_S = 5.0
 POLL_S = 0.1
+#: prctl(2): the signal a child gets when the thread that forked it dies (Linux).
+PR_SET_PDEATHSIG = 1
 
 
-def _limit_memory(limit_mb: int | None):
-    if limit_mb is None:
-        return None
-
+def _child_setup(limit_mb: int | None):
+    """What the child does before exec: die with the process that started it (a loop
+    killed with SIGKILL leaves no training job behind to race its resumed self), and apply
+    the memory limit."""
     def apply() -> None:  # runs in the child, before exec
-        limit = limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if limit_mb is not None:
+            limit = limit_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     return apply
 
@@ -66,7 +74,7 @@ class LocalExecutor:
             process = subprocess.Popen(
                 job.argv, cwd=job.cwd, env={**os.environ, **job.env},
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                start_new_session=True, preexec_fn=_limit_memory(job.memory_limit_mb),
+                start_new_session=True, preexec_fn=_child_setup(job.memory_limit_mb),
             )
         except OSError as exc:
             return JobResult(None, f"cannot start {job.argv[0]}: {exc}", False,

@@ -41,6 +41,12 @@ def test_the_status_line_estimates_the_phase_and_the_loop():
     # The loop: this iteration's 60 s phase estimate beats the mean's 40 s left, plus one
     # more iteration of 60 s.
     assert events[-1]["loop_eta_s"] == 120.0 and events[-1]["composite"] == 0.71
+    # SFT, then GRPO: a new stage is timed on its own.
+    clock.now += 30
+    progress.job_line("progress phase=grpo step=40 total=40")
+    clock.now += 5
+    progress.job_line("progress phase=rl step=5 total=100")
+    assert events[-1]["phase_eta_s"] == 95.0
 
 
 def test_job_lines_and_durations():

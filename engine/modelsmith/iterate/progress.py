@@ -57,7 +57,9 @@ class LoopProgress:
         self.total: int | None = None
         self.composite: float | None = None
         self.durations: list[float] = []  # finished iterations, seconds
-        self.phase_started = clock()
+        self._stage = ""
+        self._rate_from = (clock(), 0)  # (when, done) the current rate is measured from
+        self._last_step = clock()
         self.iteration_started = clock()
         self._last_shown = -1e9
         self._last_emitted = -1e9
@@ -73,11 +75,17 @@ class LoopProgress:
 
     def start_phase(self, phase: str) -> None:
         self.phase, self.detail, self.done, self.total = phase, "", None, None
-        self.phase_started = self.clock()
+        self._stage, self._rate_from = "", (self.clock(), 0)
+        self._last_step = self.clock()
         self.update(force=True)
 
-    def steps(self, done: int, total: int, detail: str = "") -> None:
-        """``done`` of ``total`` units of the current phase (scenarios, training steps)."""
+    def steps(self, done: int, total: int, detail: str = "", stage: str = "") -> None:
+        """``done`` of ``total`` units of the current phase (scenarios, training steps);
+        a new ``stage`` (SFT, then GRPO) restarts the count and the rate."""
+        if stage != self._stage or self.done is None or done < self.done:
+            # Counted from the last report of the stage before (or the phase's start).
+            self._stage, self._rate_from = stage, (self._last_step, 0)
+        self._last_step = self.clock()
         self.done, self.total, self.detail = done, total, detail
         self.update(force=done >= total)
 
@@ -90,8 +98,9 @@ class LoopProgress:
             done, total = int(fields["step"]), int(fields["total"])
         except (KeyError, ValueError):
             return
+        stage = fields.get("phase", "train")
         shown = " ".join(f"{k}={fields[k]}" for k in ("loss", "reward") if k in fields)
-        self.steps(done, total, f"{fields.get('phase', 'train')} {shown}".strip())
+        self.steps(done, total, f"{stage} {shown}".strip(), stage)
 
     def finished_iteration(self, composite: float | None, seconds: float) -> None:
         self.composite = composite
@@ -100,10 +109,11 @@ class LoopProgress:
     # -- estimates ---------------------------------------------------------------------------
 
     def phase_eta(self) -> float | None:
-        if not self.done or not self.total:
+        """Seconds left in the current stage of the phase, at its rate so far."""
+        since, base = self._rate_from
+        if not self.done or not self.total or self.done <= base:
             return None
-        elapsed = self.clock() - self.phase_started
-        return elapsed / self.done * (self.total - self.done)
+        return (self.clock() - since) / (self.done - base) * (self.total - self.done)
 
     def loop_eta(self) -> float | None:
         """Seconds until the budget is spent, at the pace so far (None before one

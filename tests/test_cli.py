@@ -225,7 +225,7 @@ def test_demo_runs_on_a_scratch_fork_and_leaves_the_repo_alone(tmp_path, model_c
 
     before = events_tip()
     dest = tmp_path / "demo"
-    result = run("demo", "--dir", str(dest), "--model", "tiny-test", "--limit", "3", repo=ROOT)
+    result = run("demo", "--dir", str(dest), "--eval-only", "--limit", "3", repo=ROOT)
     assert result.exit_code == 0, result.output
     assert "ok: 1 specialist," in result.output and "ok: 2 events" in result.output
     assert "EvalCompleted rtb-quality#2 tiny-test" in result.output
@@ -327,18 +327,19 @@ def test_lineage_names_every_input(demo_repo):
     assert missing.exit_code == 1 and "candidates: v2" in missing.output
 
 
-def test_demo_with_training_trains_evaluates_and_traces_a_candidate(tmp_path, model_cache,
-                                                                    monkeypatch):
+def test_the_demo_runs_the_iterate_loop_and_shows_the_score_history(tmp_path, model_cache,
+                                                                      monkeypatch):
     monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
     monkeypatch.setenv("MODELSMITH_DVC_REMOTE", str(tmp_path / "remote"))
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
     dest = tmp_path / "demo"
-    result = run("demo", "--dir", str(dest), "--model", "tiny-test", "--train", repo=ROOT)
+    # The demo's loop, cut to one short iteration (the full one is measured in the README).
+    result = run("demo", "--dir", str(dest), "--max-iterations", "1", "--profile", "cpu-tiny",
+                 repo=ROOT)
     assert result.exit_code == 0, result.output
-    assert "training a candidate on the failures" in result.output
-    assert "registered rtb-quality v1" in result.output
-    assert "EvalCompleted rtb-quality#" in result.output and " v1 composite=" in result.output
-    assert "dataset_hash" in result.output and "weights_hash" in result.output
-    assert "ok: 9 events" in result.output
-    both = run("demo", "--skip-eval", "--train", "--dir", str(tmp_path / "x"), repo=ROOT)
-    assert both.exit_code == 2 and "--skip-eval" in both.output
+    assert "the iterate loop on rtb-quality from tiny-test" in result.output
+    assert "rtb-quality: budget: budget of 1 iterations spent" in result.output
+    assert "| 1 | v1 |" in result.output
+    assert f"score history plot: {dest}/.iterate/rtb-quality/scores.svg" in result.output
+    assert "CandidateRegistered rtb-quality#" in result.output
+    assert "ok: 9 events" in result.output and "run it again to go on" in result.output

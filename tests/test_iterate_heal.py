@@ -85,6 +85,14 @@ def test_out_of_memory_halves_the_batch_and_succeeds(spec, tmp_path):
     assert [a.number for a in healed.attempts] == [1, 2]
 
 
+def test_a_hosts_memory_limit_applies_to_its_jobs(spec, tmp_path):
+    # The same limit, declared on the host in config/clusters.json.
+    pool = Pool({"local": Host(kind="local", memory_limit_mb=700)}, ["local"])
+    healed, failures = run(spec, tmp_path, pool=pool)
+    assert [f.recovery.action for f in failures] == ["halve_batch"]
+    assert healed.spec.hyperparams["batch_size"] == 8
+
+
 def test_a_hang_is_killed_and_run_again(spec, tmp_path):
     (tmp_path / "control").write_text("hang")
     started = time.monotonic()

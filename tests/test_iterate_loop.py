@@ -114,3 +114,25 @@ def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     said: list[str] = []
     IterateLoop(Workspace.find(fork), "rtb-quality", options, say=said.append).run()
     assert "ended (target); starting a new one" in said[0]
+
+
+def test_the_decision_rules():
+    from modelsmith.iterate.loop import _decide
+    from modelsmith.iterate.state import IterationRecord
+
+    def decide(*scores, budget=9, patience=2):
+        history = [IterationRecord(iteration=i, candidate=None if s is None else f"v{i}",
+                                   composite=s) for i, s in enumerate(scores, start=1)]
+        verdict = _decide(history, 0.9, 2, LoopOptions(max_iterations=budget,
+                                                       patience=patience))
+        return verdict and verdict[0]
+
+    assert decide(0.5, 0.91, 0.92) == "target"
+    assert decide(0.5, 0.91, None, 0.92) == "target"  # a discarded iteration has no score
+    assert decide(0.5, 0.91) is None
+    assert decide(0.5, 0.6, budget=2) == "budget"
+    assert decide(0.7, 0.6, 0.705) == "no-gain"  # two iterations, less than 0.01 above 0.7
+    assert decide(0.7, 0.6, 0.72) is None
+    # Above the target the loop waits for it to hold, not for a gain.
+    assert decide(0.95, 0.89, 0.91, 0.85, 0.92) is None
+    assert decide(None, budget=1) == "budget"

@@ -666,6 +666,9 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
               help="Stop after this many iterations without a gain.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Evaluation threads (default: MODELSMITH_THREADS or 1).")
+@click.option("--rehearse/--no-rehearse", default=True, show_default=True,
+              help="Train on the previous iteration's dataset too, not only on the latest "
+                   "failures (keeps a model from forgetting what it had learnt).")
 @click.option("--status", "show_status", is_flag=True,
               help="Show where the loop stands (state.json and its iterations); run nothing.")
 @json_option
@@ -674,7 +677,7 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
 def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str | None,
             model_ref: str | None, method: str | None, profile_name: str | None,
             target: float | None, sustained: int | None, patience: int, threads: int | None,
-            show_status: bool, as_json: bool) -> None:
+            rehearse: bool, show_status: bool, as_json: bool) -> None:
     """Evaluate -> train on the failures -> re-evaluate, until the target holds (exit 0),
     the budget ends or gains stop (exit 3). Crash-safe: run it again to resume."""
     from modelsmith.evaluation.service import specialist_or_error
@@ -702,7 +705,7 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
         return
     options = LoopOptions(max_iterations=max_iterations, model=model_ref, method=method,
                           profile=profile_name, target=target, sustained=sustained,
-                          patience=patience, eval_threads=threads,
+                          patience=patience, eval_threads=threads, rehearse=rehearse,
                           hosts=[h.strip() for h in hosts.split(",")] if hosts else None)
     emit = (lambda event: click.echo(json.dumps(event, sort_keys=True))) if as_json \
         else (lambda _event: None)
@@ -946,57 +949,60 @@ def compare(ctx: click.Context, specialist: str, baseline: str, candidate: str, 
         click.echo("  note: the two evaluations ran on different suite versions", err=True)
 
 
+#: The demo's base model and hyper-parameters when none is named: a model built locally in
+#: seconds, trained briefly enough that the whole loop fits in about 5 minutes on 2 cores.
+DEMO_MODEL, DEMO_PROFILE = "tiny-test", "cpu-tiny-demo"
+
+
 @cli.command()
 @click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to create the demo fork (default: a new temporary folder).")
 @click.option("--model", "model_ref", default=None, metavar="REF",
-              help="Model to evaluate (default: the specialist's base, smollm2-135m).")
+              help=f"Base model (default: {DEMO_MODEL}, built locally; smollm2-135m is the "
+                   "specialist's real base).")
+@click.option("--profile", "profile_name", default=None, metavar="NAME",
+              help=f"Hyper-parameter profile (default: {DEMO_PROFILE} for {DEMO_MODEL}, "
+                   "else the specialist's).")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=6, show_default=True,
+              help="The loop's budget.")
+@click.option("--eval-only", is_flag=True,
+              help="No loop: evaluate the model on --limit scenarios per split and stop.")
 @click.option("--limit", type=click.IntRange(min=1), default=40, show_default=True,
-              help="Scenarios per split for the demo evaluation.")
-@click.option("--skip-eval", is_flag=True, help="Only validate, show status and verify.")
-@click.option("--train", "with_training", is_flag=True,
-              help="Evaluate the whole suite, train a candidate on the failures (sft+grpo: "
-                   "about 11 minutes on 2 CPU cores), evaluate it and show its lineage.")
+              help="Scenarios per split with --eval-only.")
 @click.pass_context
 @_guard
-def demo(ctx: click.Context, dest: Path | None, model_ref: str | None, limit: int,
-         skip_eval: bool, with_training: bool) -> None:
-    """Run the demo on the embedded defaults, in a scratch fork (your repo is untouched)."""
+def demo(ctx: click.Context, dest: Path | None, model_ref: str | None,
+         profile_name: str | None, max_iterations: int, eval_only: bool, limit: int) -> None:
+    """Run the demo on the embedded defaults, in a scratch fork (your repo is untouched):
+    the iterate loop on rtb-quality, then its score history, the event log and the fleet."""
     import tempfile
 
     from modelsmith.demo import embedded_defaults, prepare_fork
 
-    if skip_eval and with_training:
-        raise click.UsageError("--train needs the evaluation that --skip-eval skips")
     source = embedded_defaults(Path(ctx.obj["repo"]).resolve())
     dest = dest or Path(tempfile.mkdtemp(prefix="modelsmith-demo-"))
     click.echo(f"1. forking the defaults of {source} into {dest}")
     prepare_fork(source, dest)
-    # Training needs a full evaluation: a partial one is never training material. The
-    # demo is sized for 2 cores: two threads and wide batches unless told otherwise.
+    model = model_ref or DEMO_MODEL
+    profile = profile_name or (DEMO_PROFILE if model == DEMO_MODEL else None)
+    # Sized for 2 cores: two threads for evaluation unless told otherwise.
     threads = os.environ.get("MODELSMITH_THREADS") or str(min(2, os.cpu_count() or 1))
-    speed = ["--threads", threads, "--batch-size", "32"]
-    evaluation = ["eval", "rtb-quality", *speed] + (
-        [] if with_training else ["--limit", str(limit)])
-    model = ["--model", model_ref] if model_ref else []
+    if eval_only:
+        work = ("evaluating the model", ["eval", "rtb-quality", "--model", model, "--threads",
+                                         threads, "--batch-size", "32", "--limit",
+                                         str(limit)])
+    else:
+        work = (f"the iterate loop on rtb-quality from {model}",
+                ["iterate", "rtb-quality", "--model", model, "--threads", threads,
+                 "--max-iterations", str(max_iterations),
+                 *(["--profile", profile] if profile else [])])
     steps = [
         ("validating the declarative files", ["validate"], ()),
-        ("evaluating the base model (zero-shot)", evaluation + model, (EXIT_BELOW_TARGET,)),
-    ]
-    if with_training:
-        steps += [
-            ("training a candidate on the failures", ["train", "rtb-quality", *model], ()),
-            ("evaluating the candidate", ["eval", "rtb-quality", "--model", "v1", *speed],
-             (EXIT_BELOW_TARGET,)),
-            ("the candidate's lineage", ["lineage", "rtb-quality", "v1"], ()),
-        ]
-    steps += [
-        ("the event log", ["log", "rtb-quality"], ()),
+        (*work, (EXIT_BELOW_TARGET,)),
+        ("the event log", ["log", "rtb-quality", *([] if eval_only else ["-n", "12"])], ()),
         ("the fleet as the event log folds it", ["status"], ()),
         ("verifying the event log", ["verify"], ()),
     ]
-    if skip_eval:
-        steps = [s for s in steps if s[1][0] not in ("eval", "log")]
     for n, (title, argv, tolerated) in enumerate(steps, start=2):
         click.echo(f"\n{n}. {title}: modelsmith -C {dest} {' '.join(argv)}")
         try:
@@ -1006,11 +1012,9 @@ def demo(ctx: click.Context, dest: Path | None, model_ref: str | None, limit: in
             if exit_.code not in (0, None, *tolerated):
                 raise
             if exit_.code == EXIT_BELOW_TARGET:
-                click.echo("   (below target: training is for this)")
+                click.echo("   (below target" + (": training is for this)" if eval_only
+                                                 else "; run it again to go on)"))
     click.echo(f"\nThe demo fork stays at {dest}; try `modelsmith -C {dest} --help`.")
-    if not with_training and not skip_eval:
-        click.echo("To see it learn, `modelsmith demo --train` (about 14 minutes on 2 CPU "
-                   "cores): eval -> train -> eval.")
 
 
 def main(argv: list[str] | None = None) -> None:

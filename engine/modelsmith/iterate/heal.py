@@ -104,9 +104,10 @@ def run_training(
         if out.exists():
             shutil.rmtree(out)  # a failed attempt's partial output is never used
         result_path(out).unlink(missing_ok=True)
+        limit = memory_limit_mb or pool.hosts[host].memory_limit_mb
         job = Job([*command, str(spec_path)], cwd=spec_path.parent,
                   heartbeat=Path(spec.heartbeat) if spec.heartbeat else None,
-                  heartbeat_timeout_s=heartbeat_timeout_s, memory_limit_mb=memory_limit_mb,
+                  heartbeat_timeout_s=heartbeat_timeout_s, memory_limit_mb=limit,
                   name=f"train-{number}")
         result = executor.run(job, on_line=on_line)
         if result.ok and result_path(out).is_file():

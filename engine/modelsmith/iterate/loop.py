@@ -60,6 +60,7 @@ class LoopOptions:
     sustained: int | None = None  # default: the specialist's target.sustained
     eval_threads: int | None = None
     eval_batch_size: int = 16
+    rehearse: bool = True  # train on the previous iteration's dataset too
 
 
 @dataclass
@@ -96,6 +97,7 @@ class IterateLoop:
         self.fail_after = fail_after or (lambda _phase, _iteration: None)
         self.state_file = StateFile(ws.root, specialist)
         self.repo: Any = None  # the specs, loaded once when the loop runs
+        self._shown: tuple[int, str] | None = None  # the phase the progress display shows
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -117,7 +119,8 @@ class IterateLoop:
                    "done": state.done, "outputs": state.outputs})
         if state.done:
             self.fail_after(state.phase, state.iteration)
-        else:
+        elif self._shown != (state.iteration, state.phase):
+            self._shown = (state.iteration, state.phase)
             self.progress.start_phase(state.phase)
         return state
 
@@ -193,9 +196,24 @@ class IterateLoop:
         runs = self._runs(state)
         rows = generate_rows(self.repo, self.specialist, runs, extract_failures(runs),
                              seed=self._plan(state).profile.seed)
+        new = len(rows)
+        if self.options.rehearse and state.outputs.get("previous_dataset"):
+            rows = rehearsed(rows, self._previous_rows(state))
         write_atomically(self._rows_file(state), dataset_jsonl(rows))
-        self.say(f"  generate: {len(rows)} rows")
+        self.say(f"  generate: {new} rows for the failures" + (
+            f", {len(rows) - new} rehearsed from the previous dataset" if len(rows) > new
+            else ""))
         return {"rows_generated": len(rows), "rows_hash": dataset_hash(rows)}
+
+    def _previous_rows(self, state: IterateState) -> list[Any]:
+        """The previous iteration's dataset (pulled from the DVC remote when missing)."""
+        from modelsmith.artifacts.dvc import ArtifactStore
+        from modelsmith.training.data import read_dataset
+
+        path = self.ws.root / state.outputs["previous_dataset"]
+        if not path.is_file():
+            ArtifactStore(self.ws.root).pull([path])
+        return read_dataset(path)
 
     def _generated_rows(self, state: IterateState) -> list[Any]:
         """The generate phase's rows; generated again when the file is gone or is not the
@@ -419,9 +437,11 @@ class IterateLoop:
                 return LoopResult(self.specialist, reason, message, history, candidate, target)
             state = self._save(state.advanced("decide", done=True, decision="continue"))
             base_eval = state.outputs.get("base_eval")  # the base model's, for the gate
+            dataset = state.outputs.get("dataset")  # rehearsed in the next iteration
             state = state.next_iteration(record)
             state = self._save(state.model_copy(update={"outputs": {
-                "model": candidate, "eval_event": record.eval_event, "base_eval": base_eval}}))
+                "model": candidate, "eval_event": record.eval_event, "base_eval": base_eval,
+                "previous_dataset": dataset}}))
 
     def _go_back(self, state: IterateState, discarded: Exception,
                  started: float) -> IterateState:
@@ -465,6 +485,23 @@ def failpoint_from_env() -> Callable[[str, int], None] | None:
     return kill
 
 
+def rehearsed(rows: list[Any], previous: list[Any]) -> list[Any]:
+    """``rows`` then the previous dataset's rows (rehearsal: a model trained only on its
+    latest failures forgets what it had learnt). A previous row whose id is taken gets a
+    fresh one; its text, if repeated, is dropped by validation as an exact duplicate."""
+    from dataclasses import replace
+
+    taken = {r.id for r in rows}
+    out = list(rows)
+    for row in previous:
+        row_id, k = row.id, 1
+        while row_id in taken:
+            row_id, k = f"{row.id}~{k}", k + 1
+        taken.add(row_id)
+        out.append(row if row_id == row.id else replace(row, id=row_id))
+    return out
+
+
 class LoopError(Exception):
     """The loop cannot go on without a person: the message says what to do."""
 
@@ -493,7 +530,8 @@ def _decide(history: list[IterationRecord], target: float, sustained: int,
     if len(history) >= options.max_iterations:
         return "budget", (f"budget of {options.max_iterations} iterations spent; best "
                           f"composite {max(scores):.3f}, target {target}")
-    if len(scores) > options.patience:
+    # Above the target the loop waits for it to hold, not for a gain.
+    if len(scores) > options.patience and scores[-1] < target:
         before = max(scores[:-options.patience])
         recent = max(scores[-options.patience:])
         if recent <= before + 0.01:

@@ -67,7 +67,8 @@ def score_svg(history: Sequence[IterationRecord], target: float | None, title: s
                      f'stroke-width="2"{dashed}/>')
         parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
                   for px, py in points]
-        offset = 36 if key == "composite" else 52
-        parts.append(f'<text x="{MARGIN + 8}" y="{offset}" fill="{colour}">{label}</text>')
+        # The legend sits in the top margin, clear of lines at 1.0.
+        left = MARGIN if key == "composite" else MARGIN + 90
+        parts.append(f'<text x="{left}" y="{MARGIN - 10}" fill="{colour}">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

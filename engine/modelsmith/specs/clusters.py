@@ -29,6 +29,9 @@ class Host(SpecModel):
     gpus: NonNegativeInt = 0
     affinity: list[NonEmptyStr] = Field(default_factory=list, description="Free-form tags.")
     max_jobs: PositiveInt = 1
+    memory_limit_mb: PositiveInt | None = Field(
+        None, description="Cap on a training job's address space on this host (RLIMIT_AS); "
+        "a job that runs out is retried with half the batch.")
 
     @model_validator(mode="after")
     def _address(self) -> Host:

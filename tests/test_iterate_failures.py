@@ -74,20 +74,32 @@ def failures_and_candidates(repo: Path) -> tuple[list[tuple], list[tuple]]:
     return failed, registered
 
 
-def test_a_frozen_training_job_is_killed_and_run_again(fork):
+def test_a_frozen_training_job_is_killed_and_resumes_from_its_checkpoint(fork):
     configure(fork, thresholds={"heartbeat_timeout_s": 20})
+    path = fork / "config" / "clusters.json"
+    config = json.loads(path.read_text())
+    config["profiles"]["cpu-tiny-resumable"] = {**config["profiles"]["cpu-tiny"],
+                                                "checkpoint_steps": 1}
+    path.write_text(json.dumps(config))
     frozen: list[int] = []
+    lines: list[str] = []
 
-    def freeze(_line: str) -> None:
-        if not frozen:
+    def freeze(line: str) -> None:
+        if not frozen and "phase=grpo step=2" in line:
             frozen.extend(job_pids(fork))
             for pid in frozen:
                 os.kill(pid, signal.SIGSTOP)
 
+    tap = Tap(freeze)
+    tap.job_line = lambda line: (lines.append(line), Tap.job_line(tap, line))
     result = IterateLoop(Workspace.find(fork), "rtb-quality",
-                         LoopOptions(**OPTIONS, max_iterations=1),
-                         progress=Tap(freeze)).run()
+                         LoopOptions(**{**OPTIONS, "profile": "cpu-tiny-resumable"},
+                                     max_iterations=1),
+                         progress=tap).run()
     assert frozen and result.reason == "budget" and result.candidate == "v1"
+    # The second attempt skipped SFT and resumed GRPO from a checkpoint of the first.
+    assert any(line.startswith("resuming from the finished SFT warm start") for line in lines)
+    assert any(line.startswith("resuming grpo from ") for line in lines), lines
     failed, registered = failures_and_candidates(fork)
     assert failed == [("hang", "resume", "local")]
     assert registered == [("v1", "tiny-test", "local")]

@@ -121,6 +121,20 @@ def test_a_corrupt_checkpoint_goes_back_to_the_caller(spec, tmp_path):
     assert discarded.value.attempts[0].diagnosis.failure_class == "corrupt_checkpoint"
 
 
+def test_a_corrupt_run_checkpoint_is_discarded_and_the_run_goes_back_one(spec, tmp_path):
+    from dataclasses import replace
+
+    checkpoints = tmp_path / "checkpoints"
+    for step in (1, 2):
+        (checkpoints / "grpo" / f"checkpoint-{step}").mkdir(parents=True)
+    (tmp_path / "control").write_text("corrupt")
+    healed, failures = run(replace(spec, checkpoints=str(checkpoints)), tmp_path)
+    assert [(f.diagnosis.failure_class, f.recovery.action) for f in failures] == [
+        ("corrupt_checkpoint", "discard_checkpoint")]
+    assert healed.attempts[-1].result.ok
+    assert [p.name for p in (checkpoints / "grpo").iterdir()] == ["checkpoint-1"]
+
+
 def test_with_the_first_host_down_training_runs_on_the_second(spec, tmp_path, silent_port):
     hosts = {"down": Host(kind="ssh", address=f"127.0.0.1:{silent_port}"),
              "local": Host(kind="local")}

@@ -264,3 +264,81 @@ def test_bad_requests_fail_before_any_training(tiny, rows, tmp_path):
     with pytest.raises(TrainingError, match="not empty"):
         train("sft", tiny, rows, None, profile(), out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_a_checkpoint_is_trusted_only_when_sealed_and_intact(tmp_path):
+    from modelsmith.training.checkpoints import (
+        discard_newest,
+        newest_intact,
+        problem,
+        seal,
+    )
+
+    phase = tmp_path / "grpo"
+    for step in (1, 2, 3):
+        folder = phase / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / WEIGHTS).write_bytes(bytes(range(256)) * step)
+        if step < 3:  # checkpoint-3: the run died while saving it
+            seal(folder)
+    assert problem(phase / "checkpoint-1") is None
+    assert "cut short" in problem(phase / "checkpoint-3")
+    with (phase / "checkpoint-2" / WEIGHTS).open("r+b") as handle:
+        handle.truncate(100)
+    assert problem(phase / "checkpoint-2") == f"{WEIGHTS} has 100 bytes, not 512"
+    said: list[str] = []
+    assert newest_intact(phase, said.append) == phase / "checkpoint-1"
+    assert [s.split(":")[0] for s in said] == [
+        f"discarding checkpoint {phase}/checkpoint-3",
+        f"discarding checkpoint {phase}/checkpoint-2"]
+    assert sorted(p.name for p in phase.iterdir()) == ["checkpoint-1"]
+    assert discard_newest(tmp_path) == phase / "checkpoint-1"
+    assert discard_newest(tmp_path) is None
+
+
+@pytest.mark.parametrize("lora", [None, LoraConfig(r=4, alpha=8)], ids=["full", "lora"])
+def test_a_run_cut_short_resumes_from_its_newest_intact_checkpoint(demo, tiny, rows, tmp_path,
+                                                                  lora):
+    from modelsmith.training.reward import make_reward_fn
+    from modelsmith.training.trainers import train
+
+    _, specialist, suite = demo
+    p = profile(lora=lora, max_steps=4, checkpoint_steps=1)
+    saved = "adapter_model.safetensors" if lora else WEIGHTS
+    checkpoints = tmp_path / "checkpoints"
+
+    class Cut(Exception):
+        pass
+
+    def cut_at_grpo_step_3(log):
+        if log["phase"] == "grpo" and log["step"] == 3:
+            raise Cut
+
+    with pytest.raises(Cut):
+        train("sft+grpo", tiny, rows, make_reward_fn(specialist, suite), p, tmp_path / "a",
+              progress=cut_at_grpo_step_3, checkpoints=checkpoints)
+    assert sorted(x.name for x in (checkpoints / "grpo").glob("checkpoint-*")) == [
+        "checkpoint-1", "checkpoint-2"]
+    assert (checkpoints / "sft-model" / "modelsmith-manifest.json").is_file()
+    # A file of the newest checkpoint is truncated on disk: that one is discarded.
+    weights = checkpoints / "grpo" / "checkpoint-2" / saved
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    said: list[str] = []
+    logged: list[dict] = []
+    result = train("sft+grpo", tiny, rows, make_reward_fn(specialist, suite), p,
+                   tmp_path / "a", progress=logged.append, checkpoints=checkpoints,
+                   say=said.append)
+    assert said[0].startswith("resuming from the finished SFT warm start")
+    assert said[1].startswith(f"discarding checkpoint {checkpoints}/grpo/checkpoint-2: ")
+    assert said[2] == f"resuming grpo from {checkpoints}/grpo/checkpoint-1"
+    assert [(e["phase"], e["step"]) for e in logged if "loss" in e] == [
+        ("grpo", 2), ("grpo", 3), ("grpo", 4)]  # only what was left to do ran
+    assert result.steps == 2 + 4
+    steps = [(e["phase"], e["step"]) for e in result.history if "loss" in e]
+    assert steps[:2] == [("sft", 1), ("sft", 2)] and steps[-4:] == [
+        ("grpo", 1), ("grpo", 2), ("grpo", 3), ("grpo", 4)]
+    assert (tmp_path / "a" / WEIGHTS).is_file() and not checkpoints.exists()

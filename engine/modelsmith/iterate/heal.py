@@ -8,9 +8,11 @@ spec, run ``modelsmith job train SPEC`` there, and when it fails classify the fa
 - ``halve_batch`` (out of memory): half the batch (GRPO's too, when it stays a multiple of
   the generations), twice the gradient accumulation; the effective batch is unchanged;
 - ``next_host`` (unreachable): exclude the host; the next attempt probes the rest;
-- ``resume`` (hang): run again (from the last good checkpoint once runs keep them);
-- ``discard_checkpoint`` (corrupt checkpoint): :class:`CheckpointDiscarded` — the loop
-  drops that checkpoint and goes back one;
+- ``resume`` (hang): run again; a profile with ``checkpoint_steps`` resumes from the
+  newest intact checkpoint (:mod:`modelsmith.training.checkpoints`);
+- ``discard_checkpoint`` (corrupt checkpoint): the run's newest checkpoint is removed and
+  the run resumes from the one before; with none left the base weights are the corrupt
+  ones: :class:`CheckpointDiscarded`, and the loop goes back one model;
 - ``retry`` (unknown, first time): run again; ``stop``: :class:`TrainingAbandoned`.
 
 Every failure reaches ``on_failure`` with its class, evidence and action before the
@@ -29,6 +31,7 @@ from modelsmith.fleet.executors import Job, JobResult
 from modelsmith.fleet.failures import Diagnosis, JobEnd, Recovery, classify, recovery
 from modelsmith.fleet.pool import Pool
 from modelsmith.specs import HyperParams
+from modelsmith.training.checkpoints import discard_newest
 from modelsmith.training.job import TrainJobSpec, result_path
 
 #: The job command, before the spec's path.
@@ -128,9 +131,14 @@ def run_training(
                                     f"{diagnosis.failure_class}: {diagnosis.evidence}",
                                     attempts)
         if action.action == "discard_checkpoint":
-            raise CheckpointDiscarded(spec.base, attempts)
+            dropped = discard_newest(Path(spec.checkpoints)) if spec.checkpoints else None
+            if dropped is None:  # no checkpoint of this run: the base itself is corrupt
+                raise CheckpointDiscarded(spec.base, attempts)
+            continue  # back one: the run resumes from the checkpoint before
         if action.action == "halve_batch":
             spec = replace(spec, hyperparams=halved(spec.hyperparams))
+            if spec.checkpoints:  # saved at the old batch size: not resumable as is
+                shutil.rmtree(spec.checkpoints, ignore_errors=True)
         elif action.action == "next_host":
             pool.exclude(host, diagnosis.evidence)
     raise TrainingAbandoned(f"training failed {max_attempts} times", attempts)

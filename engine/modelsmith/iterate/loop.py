@@ -559,7 +559,8 @@ def _pool_trainer(ws: Workspace, specialist: str, pool: Any, tag: str,
                             base=str(request.base_path), dataset=str(request.dataset_path),
                             out=str(request.out_dir),
                             hyperparams=request.profile.model_dump(mode="json"),
-                            repo=str(ws.root), heartbeat=str(folder / "heartbeat"))
+                            repo=str(ws.root), heartbeat=str(folder / "heartbeat"),
+                            checkpoints=str(folder / "checkpoints"))
 
         def failed(attempt: Any) -> None:
             say(f"  training failed on {attempt.host}: {attempt.diagnosis.failure_class} "

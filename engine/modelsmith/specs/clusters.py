@@ -114,6 +114,9 @@ class HyperParams(SpecModel):
                           "need that many rows); default batch_size."
     )
     use_vllm: bool = False
+    checkpoint_steps: PositiveInt | None = Field(
+        None, description="Save a resumable checkpoint every N optimiser steps (the newest "
+        "two are kept); a run killed or hung resumes from the newest intact one. null: none.")
 
     @property
     def grpo_batch(self) -> int:

@@ -25,6 +25,8 @@ METHODS: tuple[str, ...] = ("grpo", "sft", "sft+grpo")
 
 #: Share of the steps spent warming the learning rate up before the cosine decay.
 WARMUP_RATIO = 0.1
+#: Intermediate checkpoints kept per phase: the newest, and one to go back to.
+CHECKPOINTS_KEPT = 2
 #: Threads when the profile names none: measured fastest on a shared small CPU box.
 DEFAULT_THREADS = 1
 
@@ -120,8 +122,11 @@ def _common(profile: HyperParams, out_dir: Path, max_steps: int) -> dict[str, An
         "report_to": "none",
         "logging_steps": 1,
         "logging_first_step": True,
-        # The trainer saves the final (merged) weights itself; no intermediate checkpoints.
-        "save_strategy": "no",
+        # The trainer saves the final (merged) weights itself; intermediate checkpoints
+        # (model, optimiser, scheduler, RNG: resumable) only when the profile asks.
+        **({"save_strategy": "steps", "save_steps": profile.checkpoint_steps,
+            "save_total_limit": CHECKPOINTS_KEPT} if profile.checkpoint_steps
+           else {"save_strategy": "no"}),
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }

@@ -43,6 +43,7 @@ class TrainJobSpec:
     hyperparams: dict[str, Any]
     repo: str  # the repository root (its suite gives the reward)
     heartbeat: str | None = None
+    checkpoints: str | None = None  # resumable runs keep their checkpoints here
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -103,7 +104,8 @@ def run_train_job(spec: TrainJobSpec, say: Any = print) -> dict[str, Any]:
         heartbeat.parent.mkdir(parents=True, exist_ok=True)
         heartbeat.touch()
     result = train(spec.method, Path(spec.base), rows, make_reward_fn(specialist, suite),
-                   profile, Path(spec.out), progress=progress)
+                   profile, Path(spec.out), progress=progress,
+                   checkpoints=Path(spec.checkpoints) if spec.checkpoints else None, say=say)
     summary = {"steps": result.steps, "duration_s": round(result.duration_s, 3),
                "metrics": result.metrics, "versions": result.versions,
                "history": result.history}

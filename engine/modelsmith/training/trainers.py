@@ -10,6 +10,7 @@ torch, transformers, trl and peft are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 
 from modelsmith.specs.clusters import HyperParams
 
+from .checkpoints import SFT_MODEL, intact_model, seal
 from .config import TrainingConfigError, TrainSettings, grpo_config, sft_config
 from .reward import EXPECTED, EXPECTED_JSON, SCENARIO_ID, encode_expected
 
@@ -152,6 +154,37 @@ def _recorder(phase: str, total: int, history: list[dict[str, Any]],
     return _Recorder()
 
 
+def _sealer() -> Any:
+    from transformers import TrainerCallback
+
+    from .checkpoints import seal
+
+    class _Sealer(TrainerCallback):
+        """Seals each checkpoint once the trainer has written all of it."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                seal(folder)
+
+    return _Sealer()
+
+
+def _restored_history(checkpoint: Path, phase: str) -> list[dict[str, Any]]:
+    """The per-step logs up to ``checkpoint``, from its trainer state."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    out = []
+    for logs in state.get("log_history", []):
+        entry: dict[str, Any] = {"phase": phase, "step": int(logs.get("step", 0))}
+        entry.update((k, float(v)) for k, v in logs.items() if k != "step"
+                     and isinstance(v, int | float) and not isinstance(v, bool))
+        out.append(entry)
+    return out
+
+
 def _unwrap(model: Any) -> Any:
     """The plain model: a LoRA adapter merged into its base weights."""
     from peft import PeftModel
@@ -161,19 +194,38 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def _fit(trainer: Any) -> tuple[Any, int]:
-    """Train; return the plain model and the optimiser steps taken."""
+def _fit(trainer: Any, phase: str, resume: Resume | None,
+         history: list[dict[str, Any]]) -> tuple[Any, int]:
+    """Train (from the phase's newest intact checkpoint when resuming); return the plain
+    model and the optimiser steps taken."""
     from transformers import PrinterCallback
 
+    from .checkpoints import newest_intact
+
     trainer.remove_callback(PrinterCallback)  # our recorder reports progress instead
-    trainer.train()
+    start = None
+    if resume is not None:
+        trainer.add_callback(_sealer())
+        start = newest_intact(Path(trainer.args.output_dir), resume.say)
+        if start is not None:
+            resume.say(f"resuming {phase} from {start}")
+            history.extend(_restored_history(start, phase))
+    trainer.train(resume_from_checkpoint=str(start) if start else None)
     return _unwrap(trainer.model), int(trainer.state.global_step)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumable run keeps its checkpoints, and how it reports what it reuses."""
+
+    root: Path
+    say: Callable[[str], None]
 
 
 def _run_sft(
     model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], profile: HyperParams,
     settings: TrainSettings, work: Path, history: list[dict[str, Any]],
-    progress: ProgressFn | None,
+    progress: ProgressFn | None, resume: Resume | None = None,
 ) -> tuple[Any, int]:
     from datasets import Dataset
     from trl import SFTTrainer
@@ -189,13 +241,13 @@ def _run_sft(
         peft_config=_lora_config(settings),
         callbacks=[_recorder("sft", settings.sft_steps, history, progress)],
     )
-    return _fit(trainer)
+    return _fit(trainer, "sft", resume, history)
 
 
 def _run_grpo(
     model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], reward_fn: RewardFn,
     profile: HyperParams, settings: TrainSettings, work: Path,
-    history: list[dict[str, Any]], progress: ProgressFn | None,
+    history: list[dict[str, Any]], progress: ProgressFn | None, resume: Resume | None = None,
 ) -> tuple[Any, int]:
     from datasets import Dataset
     from trl import GRPOTrainer
@@ -215,7 +267,7 @@ def _run_grpo(
         peft_config=_lora_config(settings),
         callbacks=[_recorder("grpo", settings.max_steps, history, progress)],
     )
-    return _fit(trainer)
+    return _fit(trainer, "grpo", resume, history)
 
 
 def _summary(history: list[dict[str, Any]], last_phase: str) -> dict[str, float]:
@@ -244,6 +296,20 @@ def _summary(history: list[dict[str, Any]], last_phase: str) -> dict[str, float]
     return metrics
 
 
+def _save_warm_start(model: Any, tokenizer: Any, folder: Path,
+                     history: list[dict[str, Any]], steps: int) -> None:
+    """The finished SFT model of ``sft+grpo``, sealed: a resumed run starts GRPO from it."""
+    staged = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    (staged / "history.json").write_text(json.dumps({"steps": steps, "history": history}),
+                                         encoding="utf-8")
+    seal(staged)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staged, folder)
+
+
 def _prepare_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TrainingError(f"output folder '{out_dir}' exists and is not empty; pick another")
@@ -259,6 +325,8 @@ def train(
     out_dir: Path,
     *,
     progress: ProgressFn | None = None,
+    checkpoints: Path | None = None,
+    say: Callable[[str], None] = lambda _m: None,
 ) -> TrainResult:
     """Train ``model_path`` with ``method`` and save the result to ``out_dir``.
 
@@ -276,6 +344,11 @@ def train(
 
     ``out_dir`` must not exist or be empty; it receives a plain Hugging Face folder
     (merged weights and tokenizer), written in a temporary sibling and renamed into place.
+
+    With ``checkpoints`` and ``profile.checkpoint_steps`` the run is resumable
+    (:mod:`.checkpoints`): it saves sealed checkpoints there, and a run started again on the
+    same folder resumes from the newest intact one (``say`` reports it); the folder is
+    removed when the run completes.
     """
     try:
         settings = TrainSettings.from_profile(method, profile)
@@ -300,7 +373,13 @@ def train(
     started = time.perf_counter()
     history: list[dict[str, Any]] = []
     steps = 0
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    resume = Resume(Path(checkpoints), say) if checkpoints and profile.checkpoint_steps \
+        else None
+    if resume is not None:
+        resume.root.mkdir(parents=True, exist_ok=True)
+        work = resume.root
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         with _quiet_session(settings.threads):
             # Left padding: GRPO generates from batches of prompts.
@@ -312,25 +391,40 @@ def train(
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=torch.float32
             )
-            if method in ("sft", "sft+grpo"):
+            warm = work / SFT_MODEL
+            if method == "sft+grpo" and resume is not None and intact_model(warm, say):
+                say(f"resuming from the finished SFT warm start {warm}")
+                model = transformers.AutoModelForCausalLM.from_pretrained(
+                    warm, dtype=torch.float32)
+                saved = json.loads((warm / "history.json").read_text(encoding="utf-8"))
+                history.extend(saved["history"])
+                steps += saved["steps"]
+            elif method in ("sft", "sft+grpo"):
                 model, done = _run_sft(
-                    model, tokenizer, rows, profile, settings, work, history, progress
+                    model, tokenizer, rows, profile, settings, work, history, progress, resume
                 )
                 steps += done
+                if method == "sft+grpo" and resume is not None:
+                    _save_warm_start(model, tokenizer, warm, history, done)
             if method in ("grpo", "sft+grpo"):
                 assert reward_fn is not None
                 model, done = _run_grpo(
                     model, tokenizer, rows, reward_fn, profile, settings, work, history,
-                    progress,
+                    progress, resume,
                 )
                 steps += done
             staged = work / "model"
+            if staged.exists():
+                shutil.rmtree(staged)  # a run cut short while saving
             model.save_pretrained(staged)
             tokenizer.save_pretrained(staged)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staged, out_dir)
     finally:
+        if resume is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if resume is not None:  # complete: its checkpoints are spent
         shutil.rmtree(work, ignore_errors=True)
     return TrainResult(
         out_dir=out_dir,

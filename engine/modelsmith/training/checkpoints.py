@@ -80,28 +80,26 @@ def checkpoints(phase_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _trusted(folder: Path, say: Callable[[str], None], what: str) -> bool:
+    """Whether ``folder`` is intact; if not it is discarded (and said)."""
+    why = problem(folder)
+    if why is None:
+        return True
+    say(f"discarding {what}{folder}: {why}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
 def newest_intact(phase_dir: Path, say: Callable[[str], None] = lambda _m: None) -> Path | None:
     """The newest trustworthy checkpoint of a phase; the untrustworthy newer ones are
     discarded on the way (and said)."""
-    for folder in checkpoints(phase_dir):
-        why = problem(folder)
-        if why is None:
-            return folder
-        say(f"discarding checkpoint {folder}: {why}")
-        shutil.rmtree(folder, ignore_errors=True)
-    return None
+    return next((folder for folder in checkpoints(phase_dir)
+                 if _trusted(folder, say, "checkpoint ")), None)
 
 
 def intact_model(folder: Path, say: Callable[[str], None] = lambda _m: None) -> bool:
     """Whether a sealed model folder (the SFT warm start) can be used; discarded if not."""
-    if not folder.exists():
-        return False
-    why = problem(folder)
-    if why is None:
-        return True
-    say(f"discarding {folder}: {why}")
-    shutil.rmtree(folder, ignore_errors=True)
-    return False
+    return folder.exists() and _trusted(folder, say, "")
 
 
 def discard_newest(root: Path) -> Path | None:

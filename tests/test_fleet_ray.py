@@ -90,6 +90,22 @@ def test_jobs_on_a_local_ray_cluster(cluster, tmp_path):
                     ).failure_class == "hang"
     assert_gone(int(pid_file.read_text()), 30, "the job outlived stop_job")
 
+    # A run left behind by a submitter that died is stopped before the job runs again.
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from modelsmith.fleet.executors.ssh import remote_script
+
+    client = JobSubmissionClient(cluster)
+    left = client.submit_job(entrypoint=remote_script(Job(py("""
+        import time
+        time.sleep(300)
+    """), cwd=tmp_path)))
+    while client.get_job_status(left) != JobStatus.RUNNING:
+        time.sleep(0.2)
+    result = executor.run(Job(py("print('again')"), cwd=tmp_path))
+    assert result.ok and f"stopped {left}" in result.log_tail
+    assert client.get_job_status(left) in (JobStatus.STOPPED, JobStatus.FAILED)
+
     # A memory limit gives a real out-of-memory failure.
     job = Job(py("blocks = [bytearray(64 * 1024 * 1024) for _ in range(64)]"), cwd=tmp_path,
               memory_limit_mb=512)

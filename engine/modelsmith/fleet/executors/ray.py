@@ -5,7 +5,8 @@ The host's address is the cluster's job-submission (dashboard) URL,
 ``http://HEAD:8265``. The entrypoint is the same shell line the ssh executor runs
 (``cd CWD && ulimit -v ... && exec env K=V ARGV``): inputs and outputs are on a shared
 filesystem or in DVC. The executor polls the job's status and logs: new log lines are
-progress, as is the heartbeat file; a stalled job is stopped with ``stop_job``. A
+progress, as is the heartbeat file; a stalled job is stopped with ``stop_job``, and so is
+an unfinished job in the same folder left by a submitter that died. A
 cluster that cannot be reached, before or during the run, is reported as an unreachable
 host. ``ray`` is imported only here, only when a ray host runs a job
 (``pip install 'modelsmith[ray]'``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import time
 import uuid
 
@@ -42,6 +44,20 @@ class RayExecutor:
         return JobResult(None, f"ray cluster at {self.address} unreachable: {why}", False,
                          time.monotonic() - started, self.name, host_reachable=False)
 
+    @staticmethod
+    def _stop_leftovers(client: object, job: Job, status: object) -> list[str]:
+        """Stop the cluster's unfinished jobs that run in ``job``'s folder: runs of this
+        job whose submitter died (a loop killed mid-run), which would race the new one."""
+        prefix = f"cd {shlex.quote(str(job.cwd))} && "
+        live = {status.PENDING, status.RUNNING}  # type: ignore[attr-defined]
+        stopped = []
+        for info in client.list_jobs():  # type: ignore[attr-defined]
+            if info.status in live and (info.entrypoint or "").startswith(prefix):
+                with contextlib.suppress(Exception):
+                    client.stop_job(info.submission_id)  # type: ignore[attr-defined]
+                    stopped.append(str(info.submission_id))
+        return stopped
+
     def run(self, job: Job, on_line: LineFn | None = None) -> JobResult:
         started = time.monotonic()
         try:
@@ -51,6 +67,7 @@ class RayExecutor:
                                    f"'modelsmith[ray]' ({exc})", False, 0.0, self.name)
         try:
             client = JobSubmissionClient(self.address)
+            leftovers = self._stop_leftovers(client, job, JobStatus)
             job_id = client.submit_job(
                 entrypoint=remote_script(job),
                 submission_id=f"modelsmith-{job.name}-{uuid.uuid4().hex[:8]}",
@@ -59,7 +76,8 @@ class RayExecutor:
             return self._unreachable(started, exc)
         finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
         seen = 0
-        lines: list[str] = []
+        lines: list[str] = [f"[executor] stopped {job_id}, a run of this job left behind by "
+                            "a process that died" for job_id in leftovers]
         last_progress = time.time()
         stalled = False
         status = JobStatus.PENDING

@@ -245,6 +245,38 @@ def _stage_cell(row: dict[str, Any], stage: str) -> str:
     return text
 
 
+@cli.command("plan")
+@json_option
+@click.pass_context
+@_guard
+def plan_cmd(ctx: click.Context, as_json: bool) -> None:
+    """What reconciling would do, per specialist and stage, with every gate and its
+    numbers (from the event log's evidence only)."""
+    from modelsmith.gitops.plan import desired_state, logged_heldout, plan
+
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    actions = plan(desired_state(repo), ws.fleet(), heldout=logged_heldout(ws.store))
+    if as_json:
+        _print_json({"tip": ws.store.tip(), "actions": [a.to_dict() for a in actions]})
+        return
+    marks = {"promote": "+", "demote": "-", "rollback": "<", "reject": "!", "evaluate": "?"}
+    current = None
+    for action in actions:
+        if action.specialist != current:
+            current = action.specialist
+            click.echo(current)
+        moving = f"{action.previous or '-'} -> {action.version or '-'}"
+        click.echo(f"  {marks[action.kind]} {action.kind} {action.stage}: {moving}")
+        click.echo(f"      {action.reason}")
+        for gate in action.gates:
+            click.echo(f"      {'ok  ' if gate.passed else 'FAIL'} {gate.name}: {gate.detail}")
+    counts = {kind: sum(a.kind == kind for a in actions) for kind in marks}
+    if not actions:
+        click.echo("No changes: the event log matches every specialist's release.")
+    click.echo("Plan: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ".")
+
+
 @cli.command()
 @click.argument("specialist", required=False)
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,

@@ -1,0 +1,1 @@
+"""GitOps: desired state (the YAML) against actual state (the event log)."""

@@ -1,0 +1,317 @@
+"""``plan(desired, actual, policies) -> [Action]``: what reconciling would do, and why.
+
+A pure function. *Desired* is each specialist's ``release`` block (its YAML at the
+commit being planned) with its target; *actual* is the fleet state the event log folds to
+(:mod:`modelsmith.events.projection`); *policies* are the promotion policies. Two lookups
+are passed in rather than fetched, so the function stays pure and testable: the paired
+held-out comparison of two recorded evaluations (it reads their evidence) and the human
+approval a step carries (the forge). Gates are decided from the log's evidence only --
+never from files a pull request carries.
+
+Per specialist and stage (in the policy's order, shadow -> canary -> production):
+
+- desired == actual: nothing, unless the rollback rule is breached by the live version's
+  observed metrics -> ``rollback`` to the version that held the stage before;
+- desired is empty, actual holds a version -> ``demote``;
+- desired names another version -> every gate is checked and reported with its numbers:
+  ``promote`` when all pass; ``evaluate`` when the version has no evaluation on the current
+  suite (the suite changed, or it was never evaluated); otherwise ``reject`` -- unless the
+  log already holds that very rejection, so planning twice records it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelsmith.events.projection import Assignment, FleetState, SpecialistState
+
+ActionKind = Literal["promote", "demote", "rollback", "reject", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str  # composite | heldout | suite | order | traffic | floors | approval | version
+    passed: bool
+    detail: str
+    numbers: dict[str, float | int | str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    specialist: str
+    stage: str
+    version: str | None  # what the stage gets (None: emptied)
+    previous: str | None  # what it holds now
+    reason: str
+    gates: tuple[Gate, ...] = ()
+    traffic: float | None = None
+    approval: Approval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "specialist": self.specialist, "stage": self.stage,
+                "version": self.version, "previous": self.previous, "reason": self.reason,
+                "traffic": self.traffic,
+                "approval": None if self.approval is None else vars(self.approval),
+                "gates": [{"name": g.name, "passed": g.passed, "detail": g.detail,
+                           "numbers": g.numbers} for g in self.gates]}
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A human gate passed: who merged the change that asks for the step, who approved."""
+
+    forge: str
+    ref: str  # PR number or merge commit
+    merged_by: str | None
+    approvers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeldoutResult:
+    diff: float  # candidate - baseline, mean per paired held-out scenario
+    low: float
+    high: float
+    n: int
+    candidate: float
+    baseline: float
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One specialist's desired state: its release block and target."""
+
+    release: Mapping[str, str | None]  # stage -> version
+    traffic: Mapping[str, float]  # stage -> share (canary)
+    target: float
+    suite_hash: str
+    policy: Any  # modelsmith.specs.models.PolicySpec
+
+
+HeldoutFn = Callable[[str, str, str], HeldoutResult | None]  # specialist, cand, baseline eval
+ApprovalFn = Callable[[str, str, str], Approval | None]  # specialist, stage, version
+
+
+def plan(desired: Mapping[str, Desired], actual: FleetState, *,
+         heldout: HeldoutFn = lambda *_: None,
+         approval: ApprovalFn = lambda *_: None) -> list[Action]:
+    """The actions that make ``actual`` match ``desired`` (see the module docstring)."""
+    actions: list[Action] = []
+    for name in sorted(desired):
+        want = desired[name]
+        state = actual.specialists.get(name) or SpecialistState(name)
+        for stage in want.policy.stages:
+            action = _plan_stage(name, want, state, stage, heldout, approval)
+            if action is not None:
+                actions.append(action)
+    return actions
+
+
+def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
+                heldout: HeldoutFn, approval: ApprovalFn) -> Action | None:
+    target = want.release.get(stage.name)
+    held = state.holder(stage.name)
+    current = held.version if held else None
+    if target == current:
+        return _rollback(name, want, state, stage, held) if held else None
+    if target is None:
+        assert current is not None
+        if current in want.release.values():
+            return None  # it moves to the stage that wants it (a version holds one stage)
+        return Action("demote", name, stage.name, None, current,
+                      f"release.{stage.name} is empty; {current} leaves {stage.name}")
+    gates = gates_for(name, want, state, stage, target, heldout, approval)
+    traffic = want.traffic.get(stage.name)
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        ok = next((g for g in gates if g.name == "approval"), None)
+        return Action("promote", name, stage.name, target, current,
+                      f"{target} -> {stage.name}: every gate passes", tuple(gates), traffic,
+                      approval(name, stage.name, target) if ok and stage.approval else None)
+    if any(g.name == "suite" and not g.passed for g in gates) \
+            and target in state.candidates:
+        return Action("evaluate", name, stage.name, target, current,
+                      f"{target} has no evaluation on the current suite "
+                      f"({want.suite_hash[:12]}): evaluate it, then plan again", tuple(gates))
+    first = failed[0]
+    if _already_rejected(state, target, stage.name, first):
+        return None
+    return Action("reject", name, stage.name, target, current,
+                  f"{target} -> {stage.name} rejected by the {first.name} gate: {first.detail}",
+                  tuple(gates), traffic)
+
+
+def _already_rejected(state: SpecialistState, version: str, stage: str, gate: Gate) -> bool:
+    """Whether the log's latest decision on this step is this same rejection (nothing
+    happened since that could change it)."""
+    for rejection in reversed(state.rejections):
+        if rejection["version"] == version and rejection["stage"] == stage:
+            return rejection["gate"] == gate.name and rejection["reason"] == gate.detail
+    return False
+
+
+def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, version: str,
+              heldout: HeldoutFn, approval: ApprovalFn) -> list[Gate]:
+    """Every gate of moving ``version`` into ``stage``, each with its numbers."""
+    policy = want.policy
+    candidate = state.candidates.get(version)
+    if candidate is None:
+        known = ", ".join(state.candidates) or "none"
+        return [Gate("version", False, f"{version} is not a registered candidate of {name} "
+                                       f"(registered: {known})")]
+    gates: list[Gate] = []
+    current = [e for e in candidate.evals if e.suite_hash == want.suite_hash]
+    if policy.gates.suite_unchanged or not candidate.evals:
+        gates.append(Gate(
+            "suite", bool(current),
+            f"{len(current)} of {len(candidate.evals)} evaluations of {version} ran on the "
+            f"current suite {want.suite_hash[:12]}",
+            {"current": len(current), "evaluations": len(candidate.evals)}))
+    counted = current if policy.gates.suite_unchanged else candidate.evals
+    need = policy.gates.composite.sustained
+    recent = counted[-need:]
+    scores = [round(e.composite, 4) for e in recent]
+    gates.append(Gate(
+        "composite", len(recent) >= need and all(s >= want.target for s in scores),
+        f"last {need} evaluations {scores} vs target {want.target}" if len(scores) >= need
+        else f"{len(scores)} evaluation(s) {scores} of the {need} needed at >= {want.target}",
+        {"needed": need, "evaluations": len(recent), "target": want.target,
+         "lowest": min(scores) if scores else None}))
+    gates.append(_heldout_gate(name, want, state, version, recent, heldout))
+    gates += _stage_order_gates(want, state, stage, version)
+    if stage.approval:
+        gates.append(_approval_gate(name, stage, version, approval))
+    return gates
+
+
+def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str,
+                  recent: list[Any], heldout: HeldoutFn) -> Gate:
+    allowed = want.policy.gates.heldout.max_regression
+    production = state.holder("production")
+    if production is None or production.version == version:
+        return Gate("heldout", True, "nothing in production to compare with",
+                    {"max_regression": allowed})
+    held = state.candidates.get(production.version)
+    baseline = next((e for e in reversed(held.evals) if e.suite_hash == want.suite_hash),
+                    None) if held else None
+    if not recent or baseline is None:
+        return Gate("heldout", False, f"no evaluations of {version} and production "
+                                      f"{production.version} on the current suite to compare",
+                    {"max_regression": allowed})
+    result = heldout(name, recent[-1].event_id, baseline.event_id)
+    if result is None:
+        return Gate("heldout", False, f"{version} and production {production.version} share "
+                                      "no held-out scenarios", {"max_regression": allowed})
+    numbers = {"diff": round(result.diff, 4), "low": round(result.low, 4),
+               "high": round(result.high, 4), "n": result.n, "max_regression": allowed,
+               "candidate": round(result.candidate, 4), "baseline": round(result.baseline, 4)}
+    detail = (f"held-out {result.candidate:.3f} vs production {production.version} "
+              f"{result.baseline:.3f}: {result.diff:+.3f} (95% CI [{result.low:+.3f}, "
+              f"{result.high:+.3f}], n={result.n}), may trail by {allowed}")
+    return Gate("heldout", result.diff >= -allowed, detail, numbers)
+
+
+def _stage_order_gates(want: Desired, state: SpecialistState, stage: Any,
+                       version: str) -> list[Gate]:
+    """The version must have held the stage before this one, with that stage's minimum
+    observed traffic and metric floors met."""
+    names = [s.name for s in want.policy.stages]
+    index = names.index(stage.name)
+    if index == 0:
+        return [Gate("order", True, f"{stage.name} is the first stage")]
+    before = want.policy.stages[index - 1]
+    held = [a for a in state.history if a.version == version and a.stage == before.name]
+    if not held:
+        return [Gate("order", False, f"{version} never held {before.name}, the stage before "
+                                     f"{stage.name}")]
+    gates = [Gate("order", True, f"{version} held {before.name} since "
+                                 f"{held[0].since.isoformat()[:19]}")]
+    observed = state.metrics.get(f"{version}@{before.name}", {"requests": 0, "last": {}})
+    requests = int(observed.get("requests", 0))
+    gates.append(Gate("traffic", requests >= before.min_requests,
+                      f"{requests} requests observed in {before.name}, needs "
+                      f"{before.min_requests}",
+                      {"requests": requests, "min_requests": before.min_requests}))
+    last = observed.get("last") or {}
+    for metric, floor in sorted(before.floors.items()):
+        value = last.get(metric)
+        gates.append(Gate(
+            "floors", value is not None and value >= floor,
+            f"{metric} {'unobserved' if value is None else f'{value:.3f}'} in {before.name}, "
+            f"floor {floor}", {"metric": metric, "value": value, "floor": floor}))
+    return gates
+
+
+def _approval_gate(name: str, stage: Any, version: str, approval: ApprovalFn) -> Gate:
+    found = approval(name, stage.name, version)
+    if found is None:
+        return Gate("approval", False, f"{stage.name} needs a merged, approved change asking "
+                                       f"for {version}; none found")
+    approvers = set(found.approvers)
+    if stage.approvers:
+        approvers &= set(stage.approvers)
+    ok = len(approvers) >= stage.min_approvals
+    who = ", ".join(sorted(approvers)) or "nobody"
+    return Gate("approval", ok,
+                f"{found.forge} {found.ref} merged by {found.merged_by or '?'}, approved by "
+                f"{who} (needs {stage.min_approvals}"
+                + (f" of {', '.join(stage.approvers)}" if stage.approvers else "") + ")",
+                {"approvals": len(approvers), "min_approvals": stage.min_approvals})
+
+
+def _rollback(name: str, want: Desired, state: SpecialistState, stage: Any,
+              held: Assignment) -> Action | None:
+    rule = want.policy.rollback
+    if not rule.automatic:
+        return None
+    observed = state.metrics.get(f"{held.version}@{stage.name}")
+    if not observed:
+        return None
+    value = (observed.get("last") or {}).get(rule.metric)
+    requests = int(observed.get("requests", 0))
+    if value is None or requests < rule.window or value >= rule.threshold:
+        return None
+    earlier = [a for a in state.history if a.stage == stage.name and a.version != held.version
+               and a.since < held.since]
+    back_to = earlier[-1].version if earlier else None
+    return Action("rollback", name, stage.name, back_to, held.version,
+                  f"{rule.metric} {value:.3f} < {rule.threshold} over {requests} requests of "
+                  f"{held.version} in {stage.name}",
+                  (Gate("rollback", False, f"{rule.metric} {value:.3f} below {rule.threshold}",
+                        {"metric": rule.metric, "value": value, "threshold": rule.threshold,
+                         "requests": requests}),))
+
+
+def desired_state(repo: Any) -> dict[str, Desired]:
+    """Each specialist's :class:`Desired` from a loaded repository (its specs)."""
+    out = {}
+    for name, spec in repo.specialists.items():
+        release = spec.release
+        canary = release.canary
+        out[name] = Desired(
+            release={"shadow": release.shadow, "canary": canary.version if canary else None,
+                     "production": release.production},
+            traffic={"canary": canary.traffic} if canary else {},
+            target=spec.spec.target.composite,
+            suite_hash=repo.suite_for(spec).suite_hash,
+            policy=repo.policy_for(spec).spec)
+    return out
+
+
+def logged_heldout(store: Any) -> HeldoutFn:
+    """The held-out comparison read from two recorded evaluations' evidence (paired,
+    bootstrap CI), for :func:`plan`."""
+    def compare_heldout(specialist: str, candidate: str, baseline: str) -> HeldoutResult | None:
+        from modelsmith.evaluation.results import EvalError
+        from modelsmith.evaluation.service import compare
+
+        try:
+            result = compare(store, specialist, baseline, candidate, split="heldout").result
+        except EvalError:
+            return None
+        return HeldoutResult(result.diff, result.ci[0], result.ci[1], result.n,
+                             result.mean_b, result.mean_a)
+
+    return compare_heldout

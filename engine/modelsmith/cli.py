@@ -278,6 +278,31 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
+@json_option
+@click.pass_context
+@_guard
+def reconcile(ctx: click.Context, as_json: bool) -> None:
+    """Apply the plan: append Promoted, RolledBack and PromotionRejected events. Running it
+    again with nothing new appends nothing."""
+    from modelsmith.gitops.plan import desired_state, logged_heldout
+    from modelsmith.gitops.reconcile import reconcile as apply_plan
+
+    ws = _workspace(ctx)
+    result = apply_plan(ws.store, desired_state(ws.specs()), cause=ws.head_commit(),
+                        heldout=logged_heldout(ws.store), cache=ws.cache_dir / "fleet.pickle")
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for action, event in result.applied:
+        click.echo(f"{event.type} {action.specialist} {action.stage}: "
+                   f"{action.previous or '-'} -> {action.version or '-'} ({action.reason})")
+    for action in result.pending:
+        click.echo(f"pending {action.specialist} {action.stage}: {action.reason}")
+    if not result.applied and not result.pending:
+        click.echo("nothing to do: the event log matches every specialist's release")
+
+
+@cli.command()
 @click.argument("specialist", required=False)
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="Show the last N events.")

@@ -30,7 +30,7 @@ from modelsmith.events.types import (
     RolledBack,
 )
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 @dataclass(slots=True)
@@ -46,6 +46,7 @@ class Assignment:
     traffic: float | None = None
     until: datetime | None = None
     ended_by: str | None = None  # the event type that ended it (Promoted, RolledBack)
+    breached: str | None = None  # the metric whose breach rolled it back
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,7 +175,9 @@ class FleetState:
                 s.stages[payload.stage] = assignment
                 s.history.append(assignment)
             case RolledBack():
-                _end(s, payload.stage, event)
+                ended = _end(s, payload.stage, event)
+                if ended is not None:
+                    ended.breached = payload.metric
                 if payload.to_version:
                     for stage, held in list(s.stages.items()):
                         if held.version == payload.to_version:
@@ -203,11 +206,12 @@ class FleetState:
         }
 
 
-def _end(s: SpecialistState, stage: str, event: Event) -> None:
+def _end(s: SpecialistState, stage: str, event: Event) -> Assignment | None:
     held = s.stages.pop(stage, None)
     if held is not None:
         held.until = event.at
         held.ended_by = event.type
+    return held
 
 
 def fold(store: EventStore, cache: Path | None = None) -> FleetState:

@@ -122,6 +122,8 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
             return None  # it moves to the stage that wants it (a version holds one stage)
         return Action("demote", name, stage.name, None, current,
                       f"release.{stage.name} is empty; {current} leaves {stage.name}")
+    if _rollback_stands(state, stage.name, target):
+        return None  # release still names what was rolled back: the rollback PR fixes it
     gates = gates_for(name, want, state, stage, target, heldout, approval)
     traffic = want.traffic.get(stage.name)
     failed = [g for g in gates if not g.passed]
@@ -141,6 +143,18 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
     return Action("reject", name, stage.name, target, current,
                   f"{target} -> {stage.name} rejected by the {first.name} gate: {first.detail}",
                   tuple(gates), traffic)
+
+
+def _rollback_stands(state: SpecialistState, stage: str, version: str) -> bool:
+    """Whether ``version`` was rolled back from ``stage`` with no evaluation of it since
+    (new evidence, or a new promotion, lifts it)."""
+    ended = [a for a in state.history if a.version == version and a.stage == stage
+             and a.breached and a.until is not None]
+    if not ended:
+        return False
+    since = ended[-1].until
+    candidate = state.candidates.get(version)
+    return not (candidate and any(e.at > since for e in candidate.evals))
 
 
 def _already_rejected(state: SpecialistState, version: str, stage: str, gate: Gate) -> bool:

@@ -1,0 +1,118 @@
+"""``reconcile`` on a real git event log: it appends what the plan says, once; a second run
+appends nothing; a metrics breach rolls back in one run; reconcilers racing on one change
+record one decision."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+from click.testing import CliRunner
+
+from modelsmith.cli import cli
+from modelsmith.events.gitstore import GitEventStore
+from modelsmith.events.types import (
+    CandidateRegistered,
+    EvalCompleted,
+    Event,
+    Lineage,
+    MetricsObserved,
+    Promoted,
+)
+from modelsmith.specs import load_repository
+
+SPEC = "specialists/rtb-quality.yaml"
+
+
+@pytest.fixture
+def fork(demo_repo):
+    repo = load_repository(demo_repo)
+    suite_hash = repo.suite_for(repo.specialists["rtb-quality"]).suite_hash
+    store = GitEventStore(demo_repo)
+    payloads = []
+    for version, scores in (("v1", (0.95, 0.96, 0.95)), ("v2", (0.95, 0.85, 0.97))):
+        payloads.append(CandidateRegistered(version=version,
+                                            lineage=Lineage(base_model="tiny-test")))
+        payloads += [EvalCompleted(version=version, model=version, suite="rtb-quality",
+                                   suite_hash=suite_hash, run_id=f"{version}-{i}",
+                                   composite=score) for i, score in enumerate(scores)]
+    store.append("rtb-quality", [Event.new(p, actor="test") for p in payloads], 0)
+    return demo_repo
+
+
+def release(repo, **stages):
+    path = repo / SPEC
+    text = path.read_text()
+    for stage, version in stages.items():
+        text = text.replace(f"  {stage}: null", f"  {stage}: {version}")
+    path.write_text(text)
+
+
+def run(repo, *args):
+    result = CliRunner().invoke(cli, ["-C", str(repo), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def kinds(repo):
+    return [(e.type, e.data.get("version") or e.data.get("from_version"), e.data.get("stage"))
+            for e in GitEventStore(repo).read("rtb-quality") if e.actor == "reconcile"]
+
+
+def test_reconcile_promotes_once_and_then_has_nothing_to_do(fork):
+    release(fork, shadow="v1")
+    assert run(fork, "reconcile").startswith("Promoted rtb-quality shadow: - -> v1")
+    assert run(fork, "reconcile") == ("nothing to do: the event log matches every "
+                                      "specialist's release\n")
+    assert kinds(fork) == [("Promoted", "v1", "shadow")]
+    (row,) = json.loads(run(fork, "status", "--json"))["specialists"]
+    assert row["shadow"]["version"] == "v1" and row["desired"]["shadow"] == "v1"
+
+
+def test_a_failing_version_is_rejected_once_with_its_numbers(fork):
+    release(fork, shadow="v2")
+    output = run(fork, "reconcile")
+    assert output.startswith("PromotionRejected rtb-quality shadow: - -> v2")
+    assert run(fork, "reconcile").startswith("nothing to do")
+    (rejected,) = [e for e in GitEventStore(fork).read("rtb-quality")
+                   if e.type == "PromotionRejected"]
+    assert rejected.data["gate"] == "composite"
+    assert rejected.data["reason"] == "last 3 evaluations [0.95, 0.85, 0.97] vs target 0.9"
+    assert rejected.data["numbers"]["lowest"] == 0.85
+
+
+def test_a_metrics_breach_rolls_back_in_one_reconcile(fork):
+    store = GitEventStore(fork)
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    events = [Promoted(version="v1", stage="production"),
+              Promoted(version="v2", stage="production", previous="v1"),
+              MetricsObserved(version="v2", stage="production", window_start=at,
+                              window_end=at, requests=400, metrics={"score_mean": 0.61})]
+    store.append("rtb-quality", [Event.new(p, actor="serve") for p in events],
+                 store.last_seq("rtb-quality"))
+    release(fork, production="v2")
+    output = run(fork, "reconcile")
+    assert output.startswith("RolledBack rtb-quality production: v2 -> v1 (score_mean 0.610 "
+                             "< 0.8 over 400 requests of v2 in production)")
+    assert run(fork, "reconcile").startswith("nothing to do")  # release still says v2
+    (rolled,) = [e for e in store.read("rtb-quality") if e.type == "RolledBack"]
+    assert (rolled.data["metric"], rolled.data["value"], rolled.data["threshold"]) == (
+        "score_mean", 0.61, 0.8)
+    history = json.loads(run(fork, "history", "rtb-quality", "--json"))
+    ended = [h for h in history["assignments"] if h["version"] == "v2"]
+    assert ended[-1]["ended_by"] == "RolledBack"
+
+
+def test_racing_reconcilers_record_one_decision(fork):
+    release(fork, shadow="v1")
+    procs = [subprocess.Popen([sys.executable, "-m", "modelsmith", "-C", str(fork),
+                               "reconcile", "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    applied = [a for out, _ in results for a in json.loads(out)["applied"]]
+    assert len(applied) == 1 and applied[0]["type"] == "Promoted"
+    assert kinds(fork) == [("Promoted", "v1", "shadow")]

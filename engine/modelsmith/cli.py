@@ -50,6 +50,7 @@ _USER_ERRORS = {
     "modelsmith.iterate.state": ("StateError",),
     "modelsmith.iterate.heal": ("TrainingAbandoned", "CheckpointDiscarded"),
     "modelsmith.iterate.loop": ("LoopError",),
+    "modelsmith.gitops.forge": ("ForgeError",),
     "modelsmith.fleet.pool": ("NoHostError",),
 }
 
@@ -245,6 +246,50 @@ def _stage_cell(row: dict[str, Any], stage: str) -> str:
     return text
 
 
+def _approvals(repo: Any) -> Any:
+    """The approvals of the repository's forge (none outside a git repository)."""
+    from modelsmith.gitops.forge import ForgeError
+    from modelsmith.gitops.propose import forge_for
+
+    try:
+        return forge_for(repo).approval
+    except ForgeError:
+        return lambda *_: None
+
+
+@cli.command()
+@click.argument("specialist")
+@click.option("--version", "version", required=True, help="The candidate version (vN).")
+@click.option("--stage", type=click.Choice(["shadow", "canary", "production"]), required=True)
+@click.option("--traffic", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Canary share of traffic (canary only).")
+@json_option
+@click.pass_context
+@_guard
+def propose(ctx: click.Context, specialist: str, version: str, stage: str,
+            traffic: float | None, as_json: bool) -> None:
+    """Ask for a release change: a branch (local forge) or pull request editing `release`,
+    with the evidence -- lineage, evaluations, every gate and the event ids -- attached."""
+    from modelsmith.evaluation.service import specialist_or_error
+    from modelsmith.gitops.plan import logged_heldout
+    from modelsmith.gitops.propose import propose as make_proposal
+
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    specialist_or_error(repo, specialist)
+    proposal, body, ready = make_proposal(repo, ws.fleet(), specialist, stage, version,
+                                          traffic=traffic, heldout=logged_heldout(ws.store))
+    if as_json:
+        _print_json({"forge": proposal.forge, "ref": proposal.ref, "commit": proposal.commit,
+                     "title": proposal.title, "ready": ready, "body": body})
+        return
+    click.echo(f"proposed on the {proposal.forge} forge: {proposal.ref} ({proposal.commit[:12]})")
+    click.echo(body)
+    if not ready:
+        click.echo("\nnote: some gates fail today; reconcile will reject the change until "
+                   "they pass", err=True)
+
+
 @cli.command("plan")
 @json_option
 @click.pass_context
@@ -256,7 +301,8 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
 
     ws = _workspace(ctx)
     repo = ws.specs()
-    actions = plan(desired_state(repo), ws.fleet(), heldout=logged_heldout(ws.store))
+    actions = plan(desired_state(repo), ws.fleet(), heldout=logged_heldout(ws.store),
+                   approval=_approvals(repo))
     if as_json:
         _print_json({"tip": ws.store.tip(), "actions": [a.to_dict() for a in actions]})
         return
@@ -288,8 +334,10 @@ def reconcile(ctx: click.Context, as_json: bool) -> None:
     from modelsmith.gitops.reconcile import reconcile as apply_plan
 
     ws = _workspace(ctx)
-    result = apply_plan(ws.store, desired_state(ws.specs()), cause=ws.head_commit(),
-                        heldout=logged_heldout(ws.store), cache=ws.cache_dir / "fleet.pickle")
+    repo = ws.specs()
+    result = apply_plan(ws.store, desired_state(repo), cause=ws.head_commit(),
+                        heldout=logged_heldout(ws.store), approval=_approvals(repo),
+                        cache=ws.cache_dir / "fleet.pickle")
     if as_json:
         _print_json(result.to_dict())
         return
@@ -767,9 +815,23 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
     emit = (lambda event: click.echo(json.dumps(event, sort_keys=True))) if as_json \
         else (lambda _event: None)
     progress = LoopProgress(max_iterations=max_iterations, emit=emit, stream=sys.stderr)
+    def open_proposal(version: str, stage: str) -> str | None:
+        """The loop's PromotionProposed goes through `propose`: a reviewable change."""
+        from modelsmith.gitops.forge import ForgeError
+        from modelsmith.gitops.plan import logged_heldout
+        from modelsmith.gitops.propose import propose as make_proposal
+
+        try:
+            proposal, _body, _ready = make_proposal(ws.specs(), ws.fleet(), specialist, stage,
+                                                    version, heldout=logged_heldout(ws.store))
+        except ForgeError as exc:
+            click.echo(f"not proposed on a forge: {exc}", err=True)
+            return None
+        return f"{proposal.forge} forge: {proposal.ref}"
+
     result = IterateLoop(ws, specialist, options, emit=emit, progress=progress,
                          say=lambda m: click.echo(m, err=True),
-                         fail_after=failpoint_from_env()).run()
+                         fail_after=failpoint_from_env(), on_proposed=open_proposal).run()
     progress.clear()
     from modelsmith.iterate.report import score_svg, score_table
 

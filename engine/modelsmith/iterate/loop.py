@@ -85,7 +85,8 @@ class IterateLoop:
     def __init__(self, ws: Workspace, specialist: str, options: LoopOptions, *,
                  emit: Emit = lambda _e: None, say: Callable[[str], None] = lambda _m: None,
                  progress: LoopProgress | None = None,
-                 fail_after: Callable[[str, int], None] | None = None) -> None:
+                 fail_after: Callable[[str, int], None] | None = None,
+                 on_proposed: Callable[[str, str], str | None] | None = None) -> None:
         self.ws = ws
         self.specialist = specialist
         self.options = options
@@ -95,6 +96,8 @@ class IterateLoop:
         self._say = say
         # Tests use it to crash the loop right after a phase is saved.
         self.fail_after = fail_after or (lambda _phase, _iteration: None)
+        # Opens the change asking for (version, stage) on the forge; returns where it is.
+        self.on_proposed = on_proposed
         self.state_file = StateFile(ws.root, specialist)
         self.repo: Any = None  # the specs, loaded once when the loop runs
         self._shown: tuple[int, str] | None = None  # the phase the progress display shows
@@ -341,10 +344,16 @@ class IterateLoop:
             return "gate-failed", (f"{why}, but the held-out gate failed: {numbers} trails "
                                    f"by more than {allowed}")
         stage = policy.stages[0].name
-        self._recorder(state, "decide").record(PromotionProposed(
+        recorder = self._recorder(state, "decide")
+        first_time = recorder.recorded("PromotionProposed") is None
+        recorder.record(PromotionProposed(
             version=candidate, stage=stage, evidence=[candidate_eval, baseline],
             reason=f"{why}; {numbers}"))
-        return "target", f"{why}; {numbers}; proposed {candidate} for {stage}"
+        opened = ""
+        if first_time and self.on_proposed is not None:
+            where = self.on_proposed(candidate, stage)
+            opened = f" ({where})" if where else ""
+        return "target", f"{why}; {numbers}; proposed {candidate} for {stage}{opened}"
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -1,0 +1,166 @@
+"""Forges: where a promotion is asked for and where a human approves it.
+
+A forge answers two questions for the planner and does one thing for agents:
+
+- ``approval(specialist, stage, version)``: the merged change that made ``release`` ask for
+  ``version`` in ``stage``, who merged it and who approved it -- or None;
+- ``propose(...)``: a change that edits ``release`` (ruamel.yaml round-trip: comments and
+  key order kept) with the evidence in its description, for a human to review and merge.
+
+``local`` (this module) is git alone: a proposal is a branch with one commit; the approval
+is the merge commit on the main branch that brought the change in, with its approvers as
+``Approved-by:`` trailers of the merge message. A change committed straight onto the main
+branch is not a merge: it carries no approval. (GitHub pull requests and reviews are the
+``github`` forge.)
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .plan import Approval
+
+TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
+#: First-parent commits searched for the change that asked for a release.
+SEARCH_DEPTH = 500
+
+
+class ForgeError(RuntimeError):
+    """A proposal that cannot be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    forge: str
+    ref: str  # branch (local) or pull request URL (github)
+    commit: str
+    title: str
+
+
+def release_of(text: str, stage: str) -> str | None:
+    """The version ``release.<stage>`` names in a specialist file's text (None if none or
+    unreadable)."""
+    from ruamel.yaml import YAML
+
+    try:
+        doc = YAML(typ="safe").load(text)
+        value = (doc.get("release") or {}).get(stage)
+    except Exception:  # an unreadable file at some old commit asks for nothing
+        return None
+    if isinstance(value, dict):
+        value = value.get("version")
+    return value if isinstance(value, str) else None
+
+
+def set_release(text: str, stage: str, version: str | None,
+                traffic: float | None = None) -> str:
+    """``text`` with ``release.<stage>`` set, everything else (comments, order) kept."""
+    from modelsmith.specs.yamlio import roundtrip_yaml
+
+    yaml = roundtrip_yaml()
+    # An empty stage reads `null`, as the files write it (not a bare `key:`).
+    yaml.representer.add_representer(type(None), lambda r, _data: r.represent_scalar(
+        "tag:yaml.org,2002:null", "null"))
+    doc = yaml.load(text)
+    if doc.get("release") is None:
+        doc["release"] = {}
+    if stage == "canary" and version is not None:
+        current = doc["release"].get("canary")
+        share = traffic if traffic is not None else (
+            current.get("traffic") if isinstance(current, dict) else None)
+        if share is None:
+            raise ForgeError("a canary release needs a traffic share (--traffic)")
+        doc["release"]["canary"] = {"version": version, "traffic": share}
+    else:
+        doc["release"][stage] = version
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    return out.getvalue()
+
+
+class LocalForge:
+    """Proposals as branches, approvals as merge commits (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, root: Path, sources: dict[str, str]) -> None:
+        import pygit2
+
+        found = pygit2.discover_repository(str(root))
+        if found is None:
+            raise ForgeError(f"{root} is not in a git repository")
+        self.repo = pygit2.Repository(found)
+        self.root = Path(root)
+        self.sources = sources  # specialist -> its file, relative to the repository root
+
+    def _text_at(self, commit: Any, path: str) -> str | None:
+        try:
+            return commit.tree[path].data.decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return None
+
+    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+        path = self.sources.get(specialist)
+        if path is None or self.repo.head_is_unborn:
+            return None
+        commit = self.repo.head.peel()
+        for _ in range(SEARCH_DEPTH):
+            text = self._text_at(commit, path)
+            if text is None or release_of(text, stage) != version:
+                return None  # the work tree's wish is not committed on this branch
+            parent = commit.parents[0] if commit.parents else None
+            before = self._text_at(parent, path) if parent is not None else None
+            if before is None or release_of(before, stage) != version:
+                if len(commit.parents) < 2:
+                    return None  # committed straight onto the branch: not approved
+                return Approval("local", str(commit.id)[:12], commit.committer.name,
+                                tuple(TRAILER_RE.findall(commit.message)))
+            commit = parent
+        return None
+
+    def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
+                body: str, traffic: float | None = None) -> Proposal:
+        import pygit2
+
+        path = self.sources.get(specialist)
+        if path is None:
+            raise ForgeError(f"no specialist {specialist!r} in this repository")
+        if self.repo.head_is_unborn:
+            raise ForgeError("the repository has no commit to branch from")
+        head = self.repo.head.peel()
+        text = self._text_at(head, path)
+        if text is None:
+            raise ForgeError(f"{path} is not committed on {self.repo.head.shorthand}")
+        changed = set_release(text, stage, version, traffic)
+        for other in ("shadow", "canary", "production"):  # a version holds one stage
+            if version is not None and other != stage and release_of(changed, other) == version:
+                changed = set_release(changed, other, None)
+        if changed == text:
+            raise ForgeError(f"release.{stage} of {specialist} already names {version}")
+        branch = f"modelsmith/propose/{specialist}/{stage}-{version or 'none'}"
+        blob = self.repo.create_blob(changed.encode("utf-8"))
+        tree = _replace_in_tree(self.repo, head.tree, path.split("/"), blob)
+        signature = pygit2.Signature("modelsmith", "modelsmith@localhost")
+        commit = self.repo.create_commit(None, signature, signature,
+                                         f"{title}\n\n{body}\n", tree, [head.id])
+        self.repo.branches.local.create(branch, self.repo[commit], force=True)
+        return Proposal("local", branch, str(commit), title)
+
+
+def _replace_in_tree(repo: Any, tree: Any, parts: list[str], blob: Any) -> Any:
+    """A copy of ``tree`` with the file at ``parts`` replaced by ``blob``."""
+    import pygit2
+
+    builder = repo.TreeBuilder(tree)
+    name = parts[0]
+    if len(parts) == 1:
+        builder.insert(name, blob, pygit2.GIT_FILEMODE_BLOB)
+    else:
+        sub = repo[tree[name].id]
+        builder.insert(name, _replace_in_tree(repo, sub, parts[1:], blob),
+                       pygit2.GIT_FILEMODE_TREE)
+    return builder.write()

@@ -1,0 +1,64 @@
+"""``modelsmith propose``: ask for a release change with its evidence attached.
+
+The description a reviewer reads carries what the decision rests on, each with its event
+id (``modelsmith log``, ``modelsmith verify`` check them): the candidate's lineage, its
+evaluations on the current suite, and every gate as ``plan`` would decide it now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from .forge import LocalForge, Proposal
+from .plan import ApprovalFn, HeldoutFn, desired_state, gates_for
+
+
+def forge_for(repo: Any) -> LocalForge:
+    """The repository's forge (local git; GitHub when configured)."""
+    sources = {name: str(path.relative_to(repo.root))
+               for (kind, name), path in repo.sources.items() if kind == "Specialist"}
+    return LocalForge(repo.root, sources)
+
+
+def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
+             heldout: HeldoutFn = lambda *_: None,
+             approval: ApprovalFn = lambda *_: None) -> tuple[str, bool]:
+    """The proposal's description (Markdown) and whether every gate but the approval
+    passes today."""
+    want = desired_state(repo)[specialist]
+    want = replace(want, release={**want.release, stage: version})
+    state = fleet.specialists.get(specialist)
+    policy_stage = next(s for s in want.policy.stages if s.name == stage)
+    lines = [f"Promote **{specialist} {version}** to **{stage}**.", ""]
+    candidate = state.candidates.get(version) if state else None
+    if candidate is None:
+        return "\n".join([*lines, f"{version} is not a registered candidate."]), False
+    gates = gates_for(specialist, want, state, policy_stage, version, heldout, approval)
+    lineage = candidate.lineage
+    lines += ["### Lineage", f"- registered by event `{candidate.event_id}`"]
+    lines += [f"- {key}: `{lineage[key]}`" for key in
+              ("base_model", "parent", "dataset_hash", "weights_hash", "run_id",
+               "eval_event") if lineage.get(key)]
+    lines += ["", "### Evaluations", "| event | suite | composite | held-out |",
+              "|---|---|---:|---:|"]
+    lines += [f"| `{e.event_id}` | `{e.suite_hash[:12]}` | {e.composite:.3f} | "
+              f"{'-' if e.heldout is None else f'{e.heldout:.3f}'} |" for e in candidate.evals]
+    lines += ["", "### Gates (from the event log, as `modelsmith plan` decides them)"]
+    lines += [f"- {'✅' if g.passed else '❌'} **{g.name}**: {g.detail}" for g in gates]
+    lines += ["", "Check the evidence: `modelsmith verify`, `modelsmith log "
+              f"{specialist}`, `modelsmith plan`."]
+    ready = all(g.passed for g in gates if g.name != "approval")
+    return "\n".join(lines), ready
+
+
+def propose(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
+            traffic: float | None = None,
+            heldout: HeldoutFn = lambda *_: None) -> tuple[Proposal, str, bool]:
+    """Open the proposal; returns it, its description and whether the gates (approval
+    aside) pass today."""
+    body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout)
+    title = f"Promote {specialist} {version} to {stage}"
+    proposal = forge_for(repo).propose(specialist, stage, version, title=title, body=body,
+                                       traffic=traffic)
+    return proposal, body, ready

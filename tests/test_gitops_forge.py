@@ -1,0 +1,131 @@
+"""The local forge end to end on a real git repository: ``propose`` makes a branch whose
+commit edits ``release`` (comments kept) and carries the evidence; merged with an
+``Approved-by:`` trailer it passes the approval gate and reconcile records who approved;
+merged without one, or committed straight onto main, it is rejected."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+
+import pytest
+from click.testing import CliRunner
+
+from modelsmith.cli import cli
+from modelsmith.events.gitstore import GitEventStore
+from modelsmith.events.types import (
+    CandidateRegistered,
+    EvalCompleted,
+    Event,
+    Lineage,
+    MetricsObserved,
+    Promoted,
+)
+from modelsmith.gitops.forge import release_of, set_release
+from modelsmith.specs import load_repository
+
+SPEC = "specialists/rtb-quality.yaml"
+BRANCH = "modelsmith/propose/rtb-quality/production-v1"
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dana",
+                           "-c", "user.email=dana@example.com", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def fork(demo_repo):
+    spec = demo_repo / SPEC
+    spec.write_text(spec.read_text().replace(
+        "  canary: null", "  canary:\n    version: v1\n    traffic: 0.1"))
+    git(demo_repo, "checkout", "-q", "-b", "main")
+    git(demo_repo, "add", "-A")
+    git(demo_repo, "commit", "-q", "-m", "the fork")
+    repo = load_repository(demo_repo)
+    suite_hash = repo.suite_for(repo.specialists["rtb-quality"]).suite_hash
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    payloads = [CandidateRegistered(version="v1", lineage=Lineage(
+        base_model="tiny-test", dataset_hash="d" * 64, run_id="run1"))]
+    payloads += [EvalCompleted(version="v1", model="v1", suite="rtb-quality",
+                               suite_hash=suite_hash, run_id=f"r{i}", composite=0.95,
+                               heldout=0.93) for i in range(3)]
+    payloads += [Promoted(version="v1", stage="shadow"),
+                 MetricsObserved(version="v1", stage="shadow", window_start=at,
+                                 window_end=at, requests=80, metrics={"format_rate": 0.99}),
+                 Promoted(version="v1", stage="canary", traffic=0.1),
+                 MetricsObserved(version="v1", stage="canary", window_start=at,
+                                 window_end=at, requests=250, metrics={"score_mean": 0.91})]
+    GitEventStore(demo_repo).append("rtb-quality",
+                                    [Event.new(p, actor="test") for p in payloads], 0)
+    return demo_repo
+
+
+def run(repo, *args):
+    result = CliRunner().invoke(cli, ["-C", str(repo), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_release_edits_keep_comments_and_order():
+    text = ("kind: Specialist\n# Desired stages\nrelease:\n  production: null  # live\n"
+            "  canary: null\n  shadow: v2\n")
+    changed = set_release(text, "production", "v1")
+    # Only the value changes; the comment stays where it was (ruamel keeps its column).
+    assert changed == text.replace("production: null  # live", "production: v1    # live")
+    assert release_of(changed, "production") == "v1"
+    canary = set_release(text, "canary", "v3", traffic=0.2)
+    assert release_of(canary, "canary") == "v3" and "traffic: 0.2" in canary
+
+
+def test_a_proposal_merged_with_an_approval_is_promoted(fork):
+    output = run(fork, "propose", "rtb-quality", "--version", "v1", "--stage", "production")
+    assert output.startswith(f"proposed on the local forge: {BRANCH}")
+    body = git(fork, "log", "-1", "--format=%B", BRANCH)
+    assert body.startswith("Promote rtb-quality v1 to production")
+    assert "✅ **composite**: last 3 evaluations [0.95, 0.95, 0.95] vs target 0.9" in body
+    assert "❌ **approval**" in body and "dataset_hash: `dddd" in body
+    diff = git(fork, "diff", "main", BRANCH)
+    changed = [line for line in diff.splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    # v1 moves from canary to production; comments and order kept.
+    assert changed == ["-  production: null", "-  canary:", "-    version: v1",
+                       "-    traffic: 0.1", "+  production: v1", "+  canary: null"]
+    # Nothing merged yet: the main branch does not ask for it, nothing to do.
+    assert "No changes" in run(fork, "plan")
+
+    git(fork, "merge", "--no-ff", "-q", BRANCH, "-m",
+        f"Merge {BRANCH}\n\nApproved-by: alice\nApproved-by: bob")
+    plan = json.loads(run(fork, "plan", "--json"))
+    (action,) = plan["actions"]
+    assert action["kind"] == "promote" and action["approval"]["approvers"] == ["alice", "bob"]
+    assert run(fork, "reconcile").startswith("Promoted rtb-quality production: - -> v1")
+    (promoted,) = [e for e in GitEventStore(fork).read("rtb-quality")
+                   if e.type == "Promoted" and e.data["stage"] == "production"]
+    approval = promoted.data["approval"]
+    assert (approval["forge"], approval["merged_by"], approval["approvers"]) == (
+        "local", "Dana", ["alice", "bob"])
+    assert approval["ref"] == git(fork, "rev-parse", "HEAD").strip()[:12]
+
+
+def test_without_an_approval_the_change_is_rejected(fork):
+    run(fork, "propose", "rtb-quality", "--version", "v1", "--stage", "production")
+    git(fork, "merge", "--no-ff", "-q", BRANCH, "-m", f"Merge {BRANCH}")
+    output = run(fork, "reconcile")
+    assert output.startswith("PromotionRejected rtb-quality production: - -> v1")
+    (rejected,) = [e for e in GitEventStore(fork).read("rtb-quality")
+                   if e.type == "PromotionRejected"]
+    assert rejected.data["gate"] == "approval"
+    assert "approved by nobody (needs 1)" in rejected.data["reason"]
+
+
+def test_a_change_committed_straight_onto_main_carries_no_approval(fork):
+    spec = fork / SPEC
+    spec.write_text(set_release(set_release(spec.read_text(), "production", "v1"),
+                                "canary", None))
+    git(fork, "commit", "-q", "-am", "production v1\n\nApproved-by: alice")
+    (action,) = json.loads(run(fork, "plan", "--json"))["actions"]
+    assert action["kind"] == "reject"
+    assert action["reason"].endswith("production needs a merged, approved change asking "
+                                     "for v1; none found")

@@ -95,8 +95,10 @@ def test_a_metrics_breach_rolls_back_in_one_reconcile(fork):
                  store.last_seq("rtb-quality"))
     release(fork, production="v2")
     output = run(fork, "reconcile")
-    assert output.startswith("RolledBack rtb-quality production: v2 -> v1 (score_mean 0.610 "
-                             "< 0.8 over 400 requests of v2 in production)")
+    assert ("RolledBack rtb-quality production: v2 -> v1 (score_mean 0.610 < 0.8 over 400 "
+            "requests of v2 in production)") in output
+    # This fork has no commit yet, so no forge to propose the matching release on.
+    assert "release not proposed: the repository has no commit to branch from" in output
     assert run(fork, "reconcile").startswith("nothing to do")  # release still says v2
     (rolled,) = [e for e in store.read("rtb-quality") if e.type == "RolledBack"]
     assert (rolled.data["metric"], rolled.data["value"], rolled.data["threshold"]) == (
@@ -116,3 +118,31 @@ def test_racing_reconcilers_record_one_decision(fork):
     applied = [a for out, _ in results for a in json.loads(out)["applied"]]
     assert len(applied) == 1 and applied[0]["type"] == "Promoted"
     assert kinds(fork) == [("Promoted", "v1", "shadow")]
+
+
+def test_a_manual_rollback_goes_back_and_status_at_shows_before(fork):
+    store = GitEventStore(fork)
+    store.append("rtb-quality", [Event.new(Promoted(version="v1", stage="production"),
+                                           actor="test")], store.last_seq("rtb-quality"))
+    before = datetime.now(UTC)
+    store.append("rtb-quality", [Event.new(Promoted(version="v2", stage="production",
+                                                    previous="v1"), actor="test")],
+                 store.last_seq("rtb-quality"))
+    release(fork, production="v2")
+    output = run(fork, "rollback", "rtb-quality", "--reason", "pager at 3am")
+    assert "RolledBack rtb-quality production: v2 -> v1" in output
+    (rolled,) = [e for e in store.read("rtb-quality") if e.type == "RolledBack"]
+    assert rolled.data["reason"] == "manual rollback: pager at 3am"
+    # Release still names v2: reconcile does not promote it again.
+    assert run(fork, "reconcile").startswith("nothing to do")
+    now = json.loads(run(fork, "status", "--json"))["specialists"][0]
+    assert now["production"]["version"] == "v1"
+    then = json.loads(run(fork, "status", "--at", before.isoformat(), "--json"))
+    assert then["specialists"][0]["production"]["version"] == "v1"
+    assert then["events"] == len(list(store.read())) - 2
+    later = json.loads(run(fork, "status", "--at", "modelsmith/events", "--json"))
+    assert later["events"] == len(list(store.read()))
+    bad = CliRunner().invoke(cli, ["-C", str(fork), "status", "--at", "yesterday-ish"])
+    assert bad.exit_code == 1 and "neither a date/time" in bad.output
+    again = CliRunner().invoke(cli, ["-C", str(fork), "rollback", "rtb-quality", "--to", "v9"])
+    assert again.exit_code == 1 and "no candidate v9" in again.output

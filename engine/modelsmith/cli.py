@@ -51,6 +51,7 @@ _USER_ERRORS = {
     "modelsmith.iterate.heal": ("TrainingAbandoned", "CheckpointDiscarded"),
     "modelsmith.iterate.loop": ("LoopError",),
     "modelsmith.gitops.forge": ("ForgeError",),
+    "modelsmith.gitops.reconcile": ("ReconcileError",),
     "modelsmith.fleet.pool": ("NoHostError",),
 }
 
@@ -197,20 +198,23 @@ def schema(out: Path | None) -> None:
 
 
 @cli.command()
+@click.option("--at", "when", default=None, metavar="TIME|COMMIT",
+              help="The fleet as it was then: an ISO date/time (UTC) or a git revision.")
 @json_option
 @click.pass_context
 @_guard
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Fleet table: which version holds production, canary and shadow now."""
-    fleet = _workspace(ctx).overview()
-    rows, note = fleet["specialists"], fleet["specs_error"]
+def status(ctx: click.Context, when: str | None, as_json: bool) -> None:
+    """Fleet table: which version holds production, canary and shadow now (or --at)."""
+    ws = _workspace(ctx)
+    fleet = ws.overview_at(when) if when else ws.overview()
+    rows, note = fleet["specialists"], fleet.get("specs_error")
     if as_json:
         _print_json(fleet)
         return
     from rich.table import Table
 
-    tip = (fleet["tip"] or "empty log")[:12]
-    table = Table(title=f"fleet at {tip} · {fleet['events']} events")
+    where = fleet["at"][:19] if when else (fleet["tip"] or "empty log")[:12]
+    table = Table(title=f"fleet at {where} · {fleet['events']} events")
     for col in ("specialist", "production", "canary", "shadow", "candidates", "latest",
                 "events"):
         table.add_column(col, justify="right" if col in ("candidates", "events") else "left")
@@ -240,10 +244,29 @@ def _stage_cell(row: dict[str, Any], stage: str) -> str:
     text = "-" if held is None else held["version"]
     if held and held.get("traffic") is not None:
         text += f" ({held['traffic']:.0%})"
-    want = (row.get("desired") or {}).get(stage)
+    if row.get("desired") is None:  # no desired state to compare with (--at)
+        return text
+    want = row["desired"].get(stage)
     if want != (held["version"] if held else None):
         text += f" → {want or '-'}"
     return text
+
+
+def _propose_rollback(ws: Any, specialist: str, stage: str, version: str | None,
+                      event: Any) -> str | None:
+    """Propose the release change that records a rollback; where it is, or None."""
+    from modelsmith.gitops.forge import ForgeError
+    from modelsmith.gitops.propose import propose as make_proposal
+
+    if version is None:
+        return None
+    try:
+        proposal, _body, _ready = make_proposal(ws.specs(), ws.fleet(), specialist, stage,
+                                                version, rolled_back=event)
+    except ForgeError as exc:
+        click.echo(f"release not proposed: {exc}", err=True)
+        return None
+    return f"{proposal.forge} forge: {proposal.ref}"
 
 
 def _approvals(repo: Any) -> Any:
@@ -288,6 +311,36 @@ def propose(ctx: click.Context, specialist: str, version: str, stage: str,
     if not ready:
         click.echo("\nnote: some gates fail today; reconcile will reject the change until "
                    "they pass", err=True)
+
+
+@cli.command()
+@click.argument("specialist")
+@click.option("--stage", type=click.Choice(["shadow", "canary", "production"]),
+              default="production", show_default=True)
+@click.option("--to", "to", default=None, metavar="VERSION",
+              help="The version to go back to (default: the one that held the stage before).")
+@click.option("--reason", default="by hand", show_default=True)
+@json_option
+@click.pass_context
+@_guard
+def rollback(ctx: click.Context, specialist: str, stage: str, to: str | None, reason: str,
+             as_json: bool) -> None:
+    """Roll a stage back now (RolledBack), and propose the change that makes `release`
+    match."""
+    from modelsmith.gitops.reconcile import manual_rollback
+
+    ws = _workspace(ctx)
+    event = manual_rollback(ws.store, specialist, stage, to=to, reason=reason,
+                            cause=ws.head_commit(), cache=ws.cache_dir / "fleet.pickle")
+    back_to = event.data["to_version"]
+    where = _propose_rollback(ws, specialist, stage, back_to, event)
+    if as_json:
+        _print_json({"event": event.id, "stage": stage, "from": event.data["from_version"],
+                     "to": back_to, "proposal": where})
+        return
+    click.echo(f"RolledBack {specialist} {stage}: {event.data['from_version']} -> {back_to}")
+    if where:
+        click.echo(f"proposed the matching release on the {where}")
 
 
 @cli.command("plan")
@@ -338,12 +391,17 @@ def reconcile(ctx: click.Context, as_json: bool) -> None:
     result = apply_plan(ws.store, desired_state(repo), cause=ws.head_commit(),
                         heldout=logged_heldout(ws.store), approval=_approvals(repo),
                         cache=ws.cache_dir / "fleet.pickle")
+    proposals = {event.id: _propose_rollback(ws, action.specialist, action.stage,
+                                             action.version, event)
+                 for action, event in result.applied if action.kind == "rollback"}
     if as_json:
-        _print_json(result.to_dict())
+        _print_json({**result.to_dict(), "proposals": proposals})
         return
     for action, event in result.applied:
         click.echo(f"{event.type} {action.specialist} {action.stage}: "
                    f"{action.previous or '-'} -> {action.version or '-'} ({action.reason})")
+        if proposals.get(event.id):
+            click.echo(f"  proposed the matching release on the {proposals[event.id]}")
     for action in result.pending:
         click.echo(f"pending {action.specialist} {action.stage}: {action.reason}")
     if not result.applied and not result.pending:

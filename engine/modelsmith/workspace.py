@@ -119,6 +119,54 @@ class Workspace:
         return {"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
                 "specs_error": note}
 
+    def overview_at(self, when: str) -> dict[str, Any]:
+        """The fleet as it was at ``when``: an ISO date or time (UTC when no zone is
+        given), or a git revision (a commit of the work tree or of the event log) whose
+        commit time is taken. Only events recorded by then are folded."""
+        from modelsmith.events.projection import FleetState
+
+        cutoff, position = self._instant(when)
+        state = FleetState()
+        for event in self.store.read():
+            if (event.position or 0) <= position if position is not None \
+                    else event.at <= cutoff:
+                state.apply(event)
+        summary = state.to_dict()
+        return {"at": cutoff.isoformat(), "events": summary["events"],
+                "specialists": summary["specialists"]}
+
+    def _instant(self, when: str) -> tuple[Any, int | None]:
+        """(time, log position): a commit of the event log is a position in it; any other
+        revision counts up to the end of its commit's second."""
+        from datetime import UTC, datetime, timedelta
+
+        try:
+            moment = datetime.fromisoformat(when)
+        except ValueError:
+            moment = None
+        if moment is not None:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
+        import pygit2
+
+        from modelsmith.events.gitstore import EVENTS_REF
+
+        found = pygit2.discover_repository(str(self.root))
+        repo = pygit2.Repository(found) if found else None
+        try:
+            commit = repo.revparse_single(when).peel(pygit2.Commit) if repo else None
+        except (KeyError, ValueError, pygit2.GitError):
+            commit = None
+        if commit is None:
+            raise WorkspaceError(f"--at {when!r} is neither a date/time (2026-11-20 or "
+                                 "2026-11-20T14:05:00) nor a git revision here")
+        moment = datetime.fromtimestamp(commit.commit_time, UTC)
+        log = repo.references.get(EVENTS_REF) if repo else None
+        if log is not None and (log.target == commit.id
+                                or repo.descendant_of(log.target, commit.id)):
+            position = sum(1 for _ in repo.walk(commit.id, pygit2.GIT_SORT_TOPOLOGICAL))
+            return moment, position
+        return moment + timedelta(seconds=1), None
+
     def _desired_releases(self) -> tuple[dict[str, dict[str, str | None]], str | None]:
         if not (self.root / "specialists").is_dir():
             return {}, None

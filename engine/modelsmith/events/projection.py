@@ -46,7 +46,7 @@ class Assignment:
     traffic: float | None = None
     until: datetime | None = None
     ended_by: str | None = None  # the event type that ended it (Promoted, RolledBack)
-    breached: str | None = None  # the metric whose breach rolled it back
+    rolled_back_for: str | None = None  # why it was rolled back (not just demoted)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,8 +176,8 @@ class FleetState:
                 s.history.append(assignment)
             case RolledBack():
                 ended = _end(s, payload.stage, event)
-                if ended is not None:
-                    ended.breached = payload.metric
+                if ended is not None and (payload.metric or payload.to_version):
+                    ended.rolled_back_for = payload.reason
                 if payload.to_version:
                     for stage, held in list(s.stages.items()):
                         if held.version == payload.to_version:

@@ -146,10 +146,10 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
 
 
 def _rollback_stands(state: SpecialistState, stage: str, version: str) -> bool:
-    """Whether ``version`` was rolled back from ``stage`` with no evaluation of it since
-    (new evidence, or a new promotion, lifts it)."""
+    """Whether ``version`` was rolled back from ``stage`` (on a metrics breach or by hand;
+    a demotion is not a rollback) with no evaluation of it since: new evidence lifts it."""
     ended = [a for a in state.history if a.version == version and a.stage == stage
-             and a.breached and a.until is not None]
+             and a.rolled_back_for and a.until is not None]
     if not ended:
         return False
     since = ended[-1].until

@@ -53,10 +53,21 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
 
 
 def propose(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
-            traffic: float | None = None,
-            heldout: HeldoutFn = lambda *_: None) -> tuple[Proposal, str, bool]:
+            traffic: float | None = None, heldout: HeldoutFn = lambda *_: None,
+            rolled_back: Any = None) -> tuple[Proposal, str, bool]:
     """Open the proposal; returns it, its description and whether the gates (approval
-    aside) pass today."""
+    aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change records a
+    rollback that already happened: ``release`` is made to match the log."""
+    if rolled_back is not None:
+        data = rolled_back.data
+        title = f"Roll back {specialist} {stage} to {version}"
+        body = (f"`{stage}` was rolled back from **{data['from_version']}** to **{version}** "
+                f"(event `{rolled_back.id}`): {data['reason']}.\n\nThis change makes "
+                "`release` match the event log, so reconcile does not promote "
+                f"{data['from_version']} again.")
+        proposal = forge_for(repo).propose(specialist, stage, version, title=title,
+                                           body=body, traffic=traffic)
+        return proposal, body, True
     body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout)
     title = f"Promote {specialist} {version} to {stage}"
     proposal = forge_for(repo).propose(specialist, stage, version, title=title, body=body,

@@ -99,3 +99,30 @@ def reconcile(store: EventStore, desired: dict[str, Desired], *, actor: str = "r
         if raced:
             result.replans += 1
     raise ReconcileError(f"the event log kept moving: {ATTEMPTS} plans lost the race")
+
+
+def manual_rollback(store: EventStore, specialist: str, stage: str, *, to: str | None = None,
+                    reason: str = "by hand", actor: str = "cli", cause: str | None = None,
+                    cache: Path | None = None) -> Event:
+    """Roll ``stage`` back now: to ``to``, or to the version that held it before."""
+    state = fold(store, cache).specialists.get(specialist)
+    held = state.holder(stage) if state else None
+    if state is None or held is None:
+        raise ReconcileError(f"{specialist} has nothing in {stage} to roll back")
+    if to is None:
+        earlier = [a for a in state.history if a.stage == stage and a.version != held.version
+                   and a.since < held.since]
+        if not earlier:
+            raise ReconcileError(f"no version held {stage} before {held.version}; name one "
+                                 "with --to")
+        to = earlier[-1].version
+    elif to not in state.candidates:
+        known = ", ".join(state.candidates) or "none"
+        raise ReconcileError(f"{specialist} has no candidate {to} (registered: {known})")
+    if to == held.version:
+        raise ReconcileError(f"{to} already holds {stage}")
+    payload = RolledBack(stage=stage, from_version=held.version, to_version=to,
+                         reason=f"manual rollback: {reason}")
+    (event,) = store.append(specialist, [Event.new(payload, actor=actor, cause=cause)],
+                            state.last_seq)
+    return event

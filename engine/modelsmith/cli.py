@@ -52,6 +52,7 @@ _USER_ERRORS = {
     "modelsmith.iterate.loop": ("LoopError",),
     "modelsmith.gitops.forge": ("ForgeError",),
     "modelsmith.gitops.reconcile": ("ReconcileError",),
+    "modelsmith.gitops.sync": ("SyncError",),
     "modelsmith.fleet.pool": ("NoHostError",),
 }
 
@@ -377,25 +378,54 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--push", is_flag=True,
+              help="Share the event log with origin: fetch first, then replay what is only "
+                   "local on the remote tip and push (never a force-push).")
+@click.option("--watch", is_flag=True,
+              help="Keep reconciling: again whenever the declarative files change or a new "
+                   "commit lands (Ctrl-C stops).")
+@click.option("--remote", default="origin", show_default=True)
 @json_option
 @click.pass_context
 @_guard
-def reconcile(ctx: click.Context, as_json: bool) -> None:
+def reconcile(ctx: click.Context, push: bool, watch: bool, remote: str, as_json: bool) -> None:
     """Apply the plan: append Promoted, RolledBack and PromotionRejected events. Running it
     again with nothing new appends nothing."""
+    ws = _workspace(ctx)
+    _reconcile_once(ws, push, remote, as_json)
+    if watch:
+        from modelsmith.gitops.watch import changes
+
+        for why in changes(ws.root):
+            click.echo(f"-- {why}: reconciling", err=True)
+            _reconcile_once(ws, push, remote, as_json)
+
+
+def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool) -> None:
     from modelsmith.gitops.plan import desired_state, logged_heldout
     from modelsmith.gitops.reconcile import reconcile as apply_plan
 
-    ws = _workspace(ctx)
     repo = ws.specs()
-    result = apply_plan(ws.store, desired_state(repo), cause=ws.head_commit(),
-                        heldout=logged_heldout(ws.store), approval=_approvals(repo),
-                        cache=ws.cache_dir / "fleet.pickle")
+
+    def apply(store: Any) -> Any:
+        return apply_plan(store, desired_state(repo), cause=ws.head_commit(),
+                          heldout=logged_heldout(store), approval=_approvals(repo),
+                          cache=ws.cache_dir / "fleet.pickle")
+
+    synced = None
+    if push:
+        from modelsmith.gitops.sync import sync
+
+        sync(ws.root, remote)  # decide on the shared log, not a stale copy
+    result = apply(ws.store)
+    if push:
+        synced = sync(ws.root, remote, replan=apply)
     proposals = {event.id: _propose_rollback(ws, action.specialist, action.stage,
                                              action.version, event)
                  for action, event in result.applied if action.kind == "rollback"}
     if as_json:
-        _print_json({**result.to_dict(), "proposals": proposals})
+        _print_json({**result.to_dict(), "proposals": proposals,
+                     "sync": None if synced is None else vars(synced)})
         return
     for action, event in result.applied:
         click.echo(f"{event.type} {action.specialist} {action.stage}: "
@@ -406,6 +436,11 @@ def reconcile(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"pending {action.specialist} {action.stage}: {action.reason}")
     if not result.applied and not result.pending:
         click.echo("nothing to do: the event log matches every specialist's release")
+    if synced is not None:
+        if synced.dropped:
+            click.echo(f"{len(synced.dropped)} decision(s) no longer held on {remote}'s log "
+                       "and were decided again")
+        click.echo(f"event log {'pushed to' if synced.pushed else 'in step with'} {remote}")
 
 
 @cli.command()

@@ -1,0 +1,133 @@
+"""``reconcile --push`` with real git: a bare origin and clones of it. Eight reconcilers in
+separate processes and clones act on one approved change at once: the merged log holds
+exactly one ``Promoted`` and every clone's own observation (none lost); nobody
+force-pushes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
+from modelsmith.events.types import CandidateRegistered, EvalCompleted, Event, Lineage
+from modelsmith.gitops.sync import sync
+from modelsmith.specs import load_repository
+
+SPEC = "specialists/rtb-quality.yaml"
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dana",
+                           "-c", "user.email=dana@example.com", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def origin(demo_repo, tmp_path):
+    """A bare origin holding the fork (release.shadow: v1) and a log with v1's evidence."""
+    spec = demo_repo / SPEC
+    spec.write_text(spec.read_text().replace("  shadow: null", "  shadow: v1"))
+    git(demo_repo, "checkout", "-q", "-b", "main")
+    git(demo_repo, "add", "-A")
+    git(demo_repo, "commit", "-q", "-m", "the fork, asking for v1 in shadow")
+    repo = load_repository(demo_repo)
+    suite_hash = repo.suite_for(repo.specialists["rtb-quality"]).suite_hash
+    payloads = [CandidateRegistered(version="v1", lineage=Lineage(base_model="tiny-test"))]
+    payloads += [EvalCompleted(version="v1", model="v1", suite="rtb-quality",
+                               suite_hash=suite_hash, run_id=f"r{i}", composite=0.95)
+                 for i in range(3)]
+    GitEventStore(demo_repo).append("rtb-quality",
+                                    [Event.new(p, actor="test") for p in payloads], 0)
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(demo_repo, "remote", "add", "origin", str(bare))
+    git(demo_repo, "push", "-q", "origin", "main", f"{EVENTS_REF}:{EVENTS_REF}")
+    return bare
+
+
+def clone(origin: Path, where: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(origin), str(where)], check=True)
+    return where
+
+
+def origin_log(origin: Path, tmp_path: Path) -> list:
+    reader = clone(origin, tmp_path / "reader")
+    git(reader, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    return list(GitEventStore(reader).read("rtb-quality"))
+
+
+RECONCILER = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime
+    from modelsmith.cli import main
+    from modelsmith.events.gitstore import GitEventStore
+    from modelsmith.events.types import Event, MetricsObserved
+
+    clone, n = sys.argv[1], sys.argv[2]
+    store = GitEventStore(clone)
+    now = datetime.now(UTC)
+    seen = MetricsObserved(version="v1", stage="shadow", window_start=now, window_end=now,
+                           requests=1, metrics={"format_rate": 1.0})
+    store.append("rtb-quality", [Event.new(seen, actor=f"serve-{n}")],
+                 store.last_seq("rtb-quality"))
+    main(["-C", clone, "reconcile", "--push", "--json"])
+""")
+
+
+def test_eight_reconcilers_in_eight_clones_promote_once_and_lose_nothing(origin, tmp_path):
+    clones = [clone(origin, tmp_path / f"clone-{n}") for n in range(8)]
+    for path in clones:  # each has the log, then records something of its own
+        git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    script = tmp_path / "reconciler.py"
+    script.write_text(RECONCILER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n, path in enumerate(clones)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+    assert sum(len(r["applied"]) for r in results) >= 1
+    log = origin_log(origin, tmp_path)
+    assert [e.data["stage"] for e in log if e.type == "Promoted"] == ["shadow"]
+    observed = sorted(e.actor for e in log if e.type == "MetricsObserved")
+    assert observed == [f"serve-{n}" for n in range(8)]  # every clone's event arrived
+    assert len({e.id for e in log}) == len(log)
+    # Every clone ends in step with origin, and a second round changes nothing.
+    for path in clones[:2]:
+        again = subprocess.run([sys.executable, "-m", "modelsmith", "-C", str(path),
+                                "reconcile", "--push", "--json"], capture_output=True,
+                               text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["applied"] == []
+    assert len(origin_log(origin, tmp_path / "again")) == len(log)
+
+
+def test_a_decision_that_no_longer_holds_is_dropped_and_planned_again(origin, tmp_path):
+    from modelsmith.events.types import PromotionRejected
+
+    a = clone(origin, tmp_path / "a")
+    b = clone(origin, tmp_path / "b")
+    for path in (a, b):
+        git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    # Both decide on the same stream; a pushes first.
+    GitEventStore(a).append("rtb-quality", [Event.new(PromotionRejected(
+        version="v1", stage="shadow", gate="approval", reason="a"), actor="a")], 4)
+    assert sync(a).pushed
+    pushed_by_a = GitEventStore(a).tip()
+    GitEventStore(b).append("rtb-quality", [Event.new(PromotionRejected(
+        version="v1", stage="shadow", gate="approval", reason="b"), actor="b")], 4)
+    replanned = []
+    result = sync(b, replan=lambda store: replanned.append(store.last_seq("rtb-quality")))
+    assert result.pushed and len(result.dropped) == 1 and replanned == [5]
+    reasons = [e.data["reason"] for e in origin_log(origin, tmp_path)
+               if e.type == "PromotionRejected"]
+    assert reasons == ["a"]
+    # Nothing was force-pushed: what a pushed is still in origin's history.
+    final = git(origin, "rev-parse", EVENTS_REF).strip()
+    assert subprocess.run(["git", "-C", str(origin), "merge-base", "--is-ancestor",
+                           pushed_by_a, final]).returncode == 0

@@ -58,3 +58,12 @@ def silent_port():
     server.listen(16)
     yield server.getsockname()[1]
     server.close()
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` as a fixed person; its output."""
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dana",
+                           "-c", "user.email=dana@example.com", *args],
+                          check=True, capture_output=True, text=True).stdout

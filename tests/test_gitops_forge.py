@@ -6,12 +6,12 @@ merged without one, or committed straight onto main, it is rejected."""
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import git
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
@@ -27,12 +27,6 @@ from modelsmith.specs import load_repository
 
 SPEC = "specialists/rtb-quality.yaml"
 BRANCH = "modelsmith/propose/rtb-quality/production-v1"
-
-
-def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dana",
-                           "-c", "user.email=dana@example.com", *args],
-                          check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import git
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import CandidateRegistered, EvalCompleted, Event, Lineage
 from modelsmith.gitops.sync import sync
 from modelsmith.specs import load_repository
 
 SPEC = "specialists/rtb-quality.yaml"
-
-
-def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dana",
-                           "-c", "user.email=dana@example.com", *args],
-                          check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture

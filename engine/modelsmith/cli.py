@@ -1161,6 +1161,22 @@ def compare(ctx: click.Context, specialist: str, baseline: str, candidate: str, 
         click.echo("  note: the two evaluations ran on different suite versions", err=True)
 
 
+@cli.command()
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+@_guard
+def init(ctx: click.Context, dest: Path) -> None:
+    """Scaffold a new Modelsmith repository in DEST: an example specialist with its suite,
+    policies, config/clusters.json, the DVC pipeline, GitHub workflows, DVC initialised."""
+    from modelsmith.demo import embedded_defaults, scaffold
+
+    source = embedded_defaults(Path(__file__).resolve().parent)
+    scaffold(source, dest)
+    click.echo(f"initialised a Modelsmith repository in {dest} (branch main, one commit)")
+    click.echo(f"next: `modelsmith -C {dest} validate`, `modelsmith -C {dest} plan`, and push "
+               "it to a forge")
+
+
 #: The demo's base model and hyper-parameters when none is named: a model built locally in
 #: seconds, trained briefly enough that the whole loop fits in about 5 minutes on 2 cores.
 DEMO_MODEL, DEMO_PROFILE = "tiny-test", "cpu-tiny-demo"

@@ -45,3 +45,37 @@ def prepare_fork(source: Path, dest: Path) -> pygit2.Repository:
     repo.create_commit("HEAD", sig, sig, "Fork of the Modelsmith defaults\n",
                        repo.index.write_tree(), [])
     return repo
+
+
+GITIGNORE = """# machine-local state of the iterate loop, caches, environments
+.iterate/
+.venv/
+__pycache__/
+"""
+
+
+def scaffold(source: Path, dest: Path) -> pygit2.Repository:
+    """A new repository in the shape a team forks: the declarative files of ``source``
+    (an example specialist, its suite, the policies, config/clusters.json, the DVC
+    pipeline), the GitHub workflows (CI with the plan comment; the reconciler), a
+    ``.gitignore`` and an initialised DVC, committed on ``main``."""
+    from importlib import resources
+
+    from modelsmith.artifacts.dvc import ArtifactStore
+
+    repo = prepare_fork(source, dest)
+    workflows = dest / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    templates = resources.files("modelsmith.gitops") / "templates"
+    for name in ("ci.yml", "reconcile.yml"):
+        (workflows / name).write_text(templates.joinpath(name).read_text(encoding="utf-8"),
+                                      encoding="utf-8")
+    (dest / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    ArtifactStore(dest).ensure_initialised()
+    repo.index.read()
+    repo.index.add_all()
+    repo.index.write()
+    sig = pygit2.Signature("modelsmith init", "init@modelsmith.invalid")
+    repo.create_commit("HEAD", sig, sig, "Modelsmith repository: workflows, DVC\n",
+                       repo.index.write_tree(), [repo.head.target])
+    return repo

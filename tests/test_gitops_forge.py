@@ -12,18 +12,17 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import git
+from evaluations import evaluated
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
     CandidateRegistered,
-    EvalCompleted,
     Event,
     Lineage,
     MetricsObserved,
     Promoted,
 )
 from modelsmith.gitops.forge import release_of, set_release
-from modelsmith.specs import load_repository
 
 SPEC = "specialists/rtb-quality.yaml"
 BRANCH = "modelsmith/propose/rtb-quality/production-v1"
@@ -37,22 +36,19 @@ def fork(demo_repo):
     git(demo_repo, "checkout", "-q", "-b", "main")
     git(demo_repo, "add", "-A")
     git(demo_repo, "commit", "-q", "-m", "the fork")
-    repo = load_repository(demo_repo)
-    suite_hash = repo.suite_for(repo.specialists["rtb-quality"]).suite_hash
     at = datetime(2026, 11, 20, tzinfo=UTC)
-    payloads = [CandidateRegistered(version="v1", lineage=Lineage(
-        base_model="tiny-test", dataset_hash="d" * 64, run_id="run1"))]
-    payloads += [EvalCompleted(version="v1", model="v1", suite="rtb-quality",
-                               suite_hash=suite_hash, run_id=f"r{i}", composite=0.95,
-                               heldout=0.93) for i in range(3)]
-    payloads += [Promoted(version="v1", stage="shadow"),
+    registered = Event.new(CandidateRegistered(version="v1", lineage=Lineage(
+        base_model="tiny-test", dataset_hash="d" * 64, run_id="run1")), actor="test")
+    evaluations = [evaluated(demo_repo, "v1") for _ in range(3)]
+    payloads = [Promoted(version="v1", stage="shadow"),
                  MetricsObserved(version="v1", stage="shadow", window_start=at,
                                  window_end=at, requests=80, metrics={"format_rate": 0.99}),
                  Promoted(version="v1", stage="canary", traffic=0.1),
                  MetricsObserved(version="v1", stage="canary", window_start=at,
                                  window_end=at, requests=250, metrics={"score_mean": 0.91})]
-    GitEventStore(demo_repo).append("rtb-quality",
-                                    [Event.new(p, actor="test") for p in payloads], 0)
+    GitEventStore(demo_repo).append(
+        "rtb-quality", [registered, *evaluations, *(Event.new(p, actor="test")
+                                                    for p in payloads)], 0)
     return demo_repo
 
 
@@ -78,7 +74,7 @@ def test_a_proposal_merged_with_an_approval_is_promoted(fork):
     assert output.startswith(f"proposed on the local forge: {BRANCH}")
     body = git(fork, "log", "-1", "--format=%B", BRANCH)
     assert body.startswith("Promote rtb-quality v1 to production")
-    assert "✅ **composite**: last 3 evaluations [0.95, 0.95, 0.95] vs target 0.9" in body
+    assert "✅ **composite**: last 3 evaluations [0.9543, 0.9543, 0.9543] vs target 0.9" in body
     assert "❌ **approval**" in body and "dataset_hash: `dddd" in body
     diff = git(fork, "diff", "main", BRANCH)
     changed = [line for line in diff.splitlines()

@@ -186,26 +186,24 @@ def test_modelsmith_plan_prints_the_gates_and_their_numbers(demo_repo):
 
     from click.testing import CliRunner
 
+    from evaluations import FAIR, GOOD, evaluated
     from modelsmith.cli import cli
     from modelsmith.events.gitstore import GitEventStore
-    from modelsmith.specs import load_repository
 
-    suite_hash = load_repository(demo_repo).suite_for(
-        load_repository(demo_repo).specialists["rtb-quality"]).suite_hash
     store = GitEventStore(demo_repo)
-    events = [CandidateRegistered(version="v1", lineage=Lineage(base_model="tiny-test"))] + [
-        EvalCompleted(version="v1", model="v1", suite="rtb-quality", suite_hash=suite_hash,
-                      run_id=f"r{i}", composite=score) for i, score in enumerate((0.95, 0.88))]
-    store.append("rtb-quality", [Event.new(p, actor="test") for p in events], 0)
+    registered = Event.new(CandidateRegistered(
+        version="v1", lineage=Lineage(base_model="tiny-test")), actor="test")
+    store.append("rtb-quality", [registered, evaluated(demo_repo, "v1", GOOD),
+                                 evaluated(demo_repo, "v1", FAIR)], 0)
     spec = demo_repo / "specialists" / "rtb-quality.yaml"
     spec.write_text(spec.read_text().replace("  shadow: null", "  shadow: v1"))
     result = CliRunner().invoke(cli, ["-C", str(demo_repo), "plan"])
     assert result.exit_code == 0, result.output
     assert "  ! reject shadow: - -> v1" in result.output
-    assert ("FAIL composite: 2 evaluation(s) [0.95, 0.88] of the 3 needed at >= 0.9"
+    assert ("FAIL composite: 2 evaluation(s) [0.9543, 0.9104] of the 3 needed at >= 0.9"
             in result.output)
     assert result.output.rstrip().endswith(
         "Plan: 0 promote, 0 demote, 0 rollback, 1 reject, 0 evaluate.")
     agents = json.loads(CliRunner().invoke(cli, ["-C", str(demo_repo), "plan", "--json"]).output)
     (action,) = agents["actions"]
-    assert action["kind"] == "reject" and action["gates"][1]["numbers"]["lowest"] == 0.88
+    assert action["kind"] == "reject" and action["gates"][1]["numbers"]["lowest"] == 0.9104

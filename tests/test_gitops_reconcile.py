@@ -12,34 +12,29 @@ from datetime import UTC, datetime
 import pytest
 from click.testing import CliRunner
 
+from evaluations import GOOD, POOR, evaluated
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
     CandidateRegistered,
-    EvalCompleted,
     Event,
     Lineage,
     MetricsObserved,
     Promoted,
 )
-from modelsmith.specs import load_repository
 
 SPEC = "specialists/rtb-quality.yaml"
 
 
 @pytest.fixture
 def fork(demo_repo):
-    repo = load_repository(demo_repo)
-    suite_hash = repo.suite_for(repo.specialists["rtb-quality"]).suite_hash
     store = GitEventStore(demo_repo)
-    payloads = []
-    for version, scores in (("v1", (0.95, 0.96, 0.95)), ("v2", (0.95, 0.85, 0.97))):
-        payloads.append(CandidateRegistered(version=version,
-                                            lineage=Lineage(base_model="tiny-test")))
-        payloads += [EvalCompleted(version=version, model=version, suite="rtb-quality",
-                                   suite_hash=suite_hash, run_id=f"{version}-{i}",
-                                   composite=score) for i, score in enumerate(scores)]
-    store.append("rtb-quality", [Event.new(p, actor="test") for p in payloads], 0)
+    events = []
+    for version, runs in (("v1", (GOOD, GOOD, GOOD)), ("v2", (GOOD, POOR, GOOD))):
+        events.append(Event.new(CandidateRegistered(
+            version=version, lineage=Lineage(base_model="tiny-test")), actor="test"))
+        events += [evaluated(demo_repo, version, n) for n in runs]
+    store.append("rtb-quality", events, 0)
     return demo_repo
 
 
@@ -80,8 +75,9 @@ def test_a_failing_version_is_rejected_once_with_its_numbers(fork):
     (rejected,) = [e for e in GitEventStore(fork).read("rtb-quality")
                    if e.type == "PromotionRejected"]
     assert rejected.data["gate"] == "composite"
-    assert rejected.data["reason"] == "last 3 evaluations [0.95, 0.85, 0.97] vs target 0.9"
-    assert rejected.data["numbers"]["lowest"] == 0.85
+    assert rejected.data["reason"] == ("last 3 evaluations [0.9543, 0.8136, 0.9543] vs "
+                                       "target 0.9")
+    assert rejected.data["numbers"]["lowest"] == 0.8136
 
 
 def test_a_metrics_breach_rolls_back_in_one_reconcile(fork):

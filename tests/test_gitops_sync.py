@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import git
+from evaluations import evaluated
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
-from modelsmith.events.types import CandidateRegistered, EvalCompleted, Event, Lineage
+from modelsmith.events.types import CandidateRegistered, Event, Lineage
 from modelsmith.gitops.sync import sync
-from modelsmith.specs import load_repository
 
 SPEC = "specialists/rtb-quality.yaml"
 
@@ -30,14 +30,10 @@ def origin(demo_repo, tmp_path):
     git(demo_repo, "checkout", "-q", "-b", "main")
     git(demo_repo, "add", "-A")
     git(demo_repo, "commit", "-q", "-m", "the fork, asking for v1 in shadow")
-    repo = load_repository(demo_repo)
-    suite_hash = repo.suite_for(repo.specialists["rtb-quality"]).suite_hash
-    payloads = [CandidateRegistered(version="v1", lineage=Lineage(base_model="tiny-test"))]
-    payloads += [EvalCompleted(version="v1", model="v1", suite="rtb-quality",
-                               suite_hash=suite_hash, run_id=f"r{i}", composite=0.95)
-                 for i in range(3)]
-    GitEventStore(demo_repo).append("rtb-quality",
-                                    [Event.new(p, actor="test") for p in payloads], 0)
+    registered = Event.new(CandidateRegistered(
+        version="v1", lineage=Lineage(base_model="tiny-test")), actor="test")
+    GitEventStore(demo_repo).append(
+        "rtb-quality", [registered, *(evaluated(demo_repo, "v1") for _ in range(3))], 0)
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
     git(demo_repo, "remote", "add", "origin", str(bare))

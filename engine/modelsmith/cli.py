@@ -295,14 +295,15 @@ def propose(ctx: click.Context, specialist: str, version: str, stage: str,
     """Ask for a release change: a branch (local forge) or pull request editing `release`,
     with the evidence -- lineage, evaluations, every gate and the event ids -- attached."""
     from modelsmith.evaluation.service import specialist_or_error
-    from modelsmith.gitops.plan import logged_heldout
+    from modelsmith.gitops.plan import logged_evidence, logged_heldout
     from modelsmith.gitops.propose import propose as make_proposal
 
     ws = _workspace(ctx)
     repo = ws.specs()
     specialist_or_error(repo, specialist)
     proposal, body, ready = make_proposal(repo, ws.fleet(), specialist, stage, version,
-                                          traffic=traffic, heldout=logged_heldout(ws.store))
+                                          traffic=traffic, heldout=logged_heldout(ws.store),
+                                          sound=logged_evidence(ws.store, repo))
     if as_json:
         _print_json({"forge": proposal.forge, "ref": proposal.ref, "commit": proposal.commit,
                      "title": proposal.title, "ready": ready, "body": body})
@@ -351,12 +352,12 @@ def rollback(ctx: click.Context, specialist: str, stage: str, to: str | None, re
 def plan_cmd(ctx: click.Context, as_json: bool) -> None:
     """What reconciling would do, per specialist and stage, with every gate and its
     numbers (from the event log's evidence only)."""
-    from modelsmith.gitops.plan import desired_state, logged_heldout, plan
+    from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout, plan
 
     ws = _workspace(ctx)
     repo = ws.specs()
     actions = plan(desired_state(repo), ws.fleet(), heldout=logged_heldout(ws.store),
-                   approval=_approvals(repo))
+                   approval=_approvals(repo), evidence=logged_evidence(ws.store, repo))
     if as_json:
         _print_json({"tip": ws.store.tip(), "actions": [a.to_dict() for a in actions]})
         return
@@ -402,7 +403,7 @@ def reconcile(ctx: click.Context, push: bool, watch: bool, remote: str, as_json:
 
 
 def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool) -> None:
-    from modelsmith.gitops.plan import desired_state, logged_heldout
+    from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout
     from modelsmith.gitops.reconcile import reconcile as apply_plan
 
     repo = ws.specs()
@@ -410,6 +411,7 @@ def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool) -> None:
     def apply(store: Any) -> Any:
         return apply_plan(store, desired_state(repo), cause=ws.head_commit(),
                           heldout=logged_heldout(store), approval=_approvals(repo),
+                          evidence=logged_evidence(store, repo),
                           cache=ws.cache_dir / "fleet.pickle")
 
     synced = None
@@ -911,12 +913,14 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
     def open_proposal(version: str, stage: str) -> str | None:
         """The loop's PromotionProposed goes through `propose`: a reviewable change."""
         from modelsmith.gitops.forge import ForgeError
-        from modelsmith.gitops.plan import logged_heldout
+        from modelsmith.gitops.plan import logged_evidence, logged_heldout
         from modelsmith.gitops.propose import propose as make_proposal
 
         try:
-            proposal, _body, _ready = make_proposal(ws.specs(), ws.fleet(), specialist, stage,
-                                                    version, heldout=logged_heldout(ws.store))
+            repo = ws.specs()
+            proposal, _body, _ready = make_proposal(repo, ws.fleet(), specialist, stage,
+                                                    version, heldout=logged_heldout(ws.store),
+                                                    sound=logged_evidence(ws.store, repo))
         except ForgeError as exc:
             click.echo(f"not proposed on a forge: {exc}", err=True)
             return None

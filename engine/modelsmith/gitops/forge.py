@@ -39,6 +39,7 @@ class Proposal:
     ref: str  # branch (local) or pull request URL (github)
     commit: str
     title: str
+    number: int | None = None  # the pull request's (github)
 
 
 def release_of(text: str, stage: str) -> str | None:
@@ -103,7 +104,10 @@ class LocalForge:
         except (KeyError, UnicodeDecodeError):
             return None
 
-    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+    def asking_merge(self, specialist: str, stage: str, version: str) -> Any | None:
+        """The merge commit on the checked-out branch that brought in the change making
+        ``release.<stage>`` name ``version``; None when that change was not merged (or
+        is not committed at all)."""
         path = self.sources.get(specialist)
         if path is None or self.repo.head_is_unborn:
             return None
@@ -115,12 +119,19 @@ class LocalForge:
             parent = commit.parents[0] if commit.parents else None
             before = self._text_at(parent, path) if parent is not None else None
             if before is None or release_of(before, stage) != version:
-                if len(commit.parents) < 2:
-                    return None  # committed straight onto the branch: not approved
-                return Approval("local", str(commit.id)[:12], commit.committer.name,
-                                tuple(TRAILER_RE.findall(commit.message)))
+                # Committed straight onto the branch is not a reviewed change.
+                return commit if len(commit.parents) >= 2 else None
             commit = parent
         return None
+
+    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+        commit = self.asking_merge(specialist, stage, version)
+        if commit is None:
+            return None
+        return Approval("local", str(commit.id)[:12], commit.committer.name,
+                        tuple(TRAILER_RE.findall(commit.message)),
+                        codeowners(self._text_at(commit, "CODEOWNERS") or self._text_at(
+                            commit, ".github/CODEOWNERS"), self.sources[specialist]))
 
     def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
                 body: str, traffic: float | None = None) -> Proposal:
@@ -149,6 +160,27 @@ class LocalForge:
                                          f"{title}\n\n{body}\n", tree, [head.id])
         self.repo.branches.local.create(branch, self.repo[commit], force=True)
         return Proposal("local", branch, str(commit), title)
+
+
+def codeowners(text: str | None, path: str) -> tuple[str, ...]:
+    """The owners a CODEOWNERS file names for ``path`` (the last matching line wins), as
+    logins without the ``@``."""
+    import fnmatch
+
+    owners: tuple[str, ...] = ()
+    for line in (text or "").splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) < 2:
+            continue
+        pattern = parts[0]
+        anchored = pattern.lstrip("/")
+        if anchored.endswith("/"):
+            anchored += "**"
+        if fnmatch.fnmatch(path, anchored) or fnmatch.fnmatch(path.rsplit("/", 1)[-1],
+                                                              anchored) \
+                or (anchored.endswith("**") and path.startswith(anchored[:-2])):
+            owners = tuple(o.lstrip("@") for o in parts[1:])
+    return owners
 
 
 def _replace_in_tree(repo: Any, tree: Any, parts: list[str], blob: Any) -> Any:

@@ -67,6 +67,7 @@ class Approval:
     ref: str  # PR number or merge commit
     merged_by: str | None
     approvers: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # CODEOWNERS of the file, when the policy names nobody
 
 
 @dataclass(frozen=True)
@@ -92,25 +93,29 @@ class Desired:
 
 HeldoutFn = Callable[[str, str, str], HeldoutResult | None]  # specialist, cand, baseline eval
 ApprovalFn = Callable[[str, str, str], Approval | None]  # specialist, stage, version
+#: (specialist, evaluation event id) -> why its evidence does not bear out its numbers.
+EvidenceFn = Callable[[str, str], str | None]
 
 
 def plan(desired: Mapping[str, Desired], actual: FleetState, *,
          heldout: HeldoutFn = lambda *_: None,
-         approval: ApprovalFn = lambda *_: None) -> list[Action]:
+         approval: ApprovalFn = lambda *_: None,
+         evidence: EvidenceFn = lambda *_: None) -> list[Action]:
     """The actions that make ``actual`` match ``desired`` (see the module docstring)."""
     actions: list[Action] = []
     for name in sorted(desired):
         want = desired[name]
         state = actual.specialists.get(name) or SpecialistState(name)
         for stage in want.policy.stages:
-            action = _plan_stage(name, want, state, stage, heldout, approval)
+            action = _plan_stage(name, want, state, stage, heldout, approval, evidence)
             if action is not None:
                 actions.append(action)
     return actions
 
 
 def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
-                heldout: HeldoutFn, approval: ApprovalFn) -> Action | None:
+                heldout: HeldoutFn, approval: ApprovalFn,
+                evidence: EvidenceFn = lambda *_: None) -> Action | None:
     target = want.release.get(stage.name)
     held = state.holder(stage.name)
     current = held.version if held else None
@@ -124,7 +129,7 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
                       f"release.{stage.name} is empty; {current} leaves {stage.name}")
     if _rollback_stands(state, stage.name, target):
         return None  # release still names what was rolled back: the rollback PR fixes it
-    gates = gates_for(name, want, state, stage, target, heldout, approval)
+    gates = gates_for(name, want, state, stage, target, heldout, approval, evidence)
     traffic = want.traffic.get(stage.name)
     failed = [g for g in gates if not g.passed]
     if not failed:
@@ -167,7 +172,8 @@ def _already_rejected(state: SpecialistState, version: str, stage: str, gate: Ga
 
 
 def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, version: str,
-              heldout: HeldoutFn, approval: ApprovalFn) -> list[Gate]:
+              heldout: HeldoutFn, approval: ApprovalFn,
+              evidence: EvidenceFn = lambda *_: None) -> list[Gate]:
     """Every gate of moving ``version`` into ``stage``, each with its numbers."""
     policy = want.policy
     candidate = state.candidates.get(version)
@@ -187,6 +193,16 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
     need = policy.gates.composite.sustained
     recent = counted[-need:]
     scores = [round(e.composite, 4) for e in recent]
+    unsound = next(((e, why) for e in recent if (why := evidence(name, e.event_id))), None)
+    if unsound is not None:
+        gates.append(Gate("composite", False, f"evaluation {unsound[0].event_id} is not "
+                                              f"borne out by its evidence: {unsound[1]}",
+                          {"needed": need, "target": want.target}))
+        gates.append(_heldout_gate(name, want, state, version, recent, heldout))
+        gates += _stage_order_gates(want, state, stage, version)
+        if stage.approval:
+            gates.append(_approval_gate(name, stage, version, approval))
+        return gates
     gates.append(Gate(
         "composite", len(recent) >= need and all(s >= want.target for s in scores),
         f"last {need} evaluations {scores} vs target {want.target}" if len(scores) >= need
@@ -264,14 +280,15 @@ def _approval_gate(name: str, stage: Any, version: str, approval: ApprovalFn) ->
         return Gate("approval", False, f"{stage.name} needs a merged, approved change asking "
                                        f"for {version}; none found")
     approvers = set(found.approvers)
-    if stage.approvers:
-        approvers &= set(stage.approvers)
+    allowed = list(stage.approvers) or list(found.required)  # the policy, else CODEOWNERS
+    if allowed:
+        approvers &= set(allowed)
     ok = len(approvers) >= stage.min_approvals
     who = ", ".join(sorted(approvers)) or "nobody"
     return Gate("approval", ok,
                 f"{found.forge} {found.ref} merged by {found.merged_by or '?'}, approved by "
                 f"{who} (needs {stage.min_approvals}"
-                + (f" of {', '.join(stage.approvers)}" if stage.approvers else "") + ")",
+                + (f" of {', '.join(allowed)}" if allowed else "") + ")",
                 {"approvals": len(approvers), "min_approvals": stage.min_approvals})
 
 
@@ -329,3 +346,39 @@ def logged_heldout(store: Any) -> HeldoutFn:
                              result.mean_b, result.mean_a)
 
     return compare_heldout
+
+
+def logged_evidence(store: Any, repo: Any) -> EvidenceFn:
+    """For :func:`plan`: an evaluation counts only when its evidence is intact (each blob
+    hashes to the digest its event recorded) and recomputes to the composite it claims."""
+    def check(specialist: str, event_id: str) -> str | None:
+        from modelsmith.evaluation.composite import compute_report
+        from modelsmith.evaluation.results import EvalError
+        from modelsmith.evaluation.service import load_runs
+        from modelsmith.events.types import git_blob_hash
+
+        event = store.get(event_id)
+        if event is None:
+            return "not in the event log"
+        try:
+            blobs = store.evidence(event_id)
+        except Exception as exc:  # a store that cannot produce it
+            return f"evidence unreadable ({exc})"
+        for name, digest in event.evidence.items():
+            if name not in blobs or git_blob_hash(blobs[name]) != digest:
+                return f"{name} does not match the digest its event recorded"
+        try:
+            runs = load_runs(store, event)
+        except (EvalError, ValueError) as exc:
+            return str(exc)
+        spec = repo.specialists.get(specialist)
+        if spec is None:
+            return None
+        report = compute_report(runs, repo.suite_for(spec).suite, n_resamples=200)
+        claimed = float(event.data.get("composite") or 0.0)
+        actual = float(report.to_dict()["composite"] or 0.0)
+        if abs(actual - claimed) > 1e-3:
+            return f"its results recompute to composite {actual:.4f}, not {claimed:.4f}"
+        return None
+
+    return check

@@ -11,19 +11,25 @@ from dataclasses import replace
 from typing import Any
 
 from .forge import LocalForge, Proposal
-from .plan import ApprovalFn, HeldoutFn, desired_state, gates_for
+from .plan import ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_for
 
 
 def forge_for(repo: Any) -> LocalForge:
-    """The repository's forge (local git; GitHub when configured)."""
+    """The repository's forge: GitHub when ``MODELSMITH_FORGE=github`` (see
+    :mod:`.github`), else local git."""
+    from . import github
+
     sources = {name: str(path.relative_to(repo.root))
                for (kind, name), path in repo.sources.items() if kind == "Specialist"}
+    if github.configured():
+        return github.GitHubForge(repo.root, sources)
     return LocalForge(repo.root, sources)
 
 
 def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
              heldout: HeldoutFn = lambda *_: None,
-             approval: ApprovalFn = lambda *_: None) -> tuple[str, bool]:
+             approval: ApprovalFn = lambda *_: None,
+             sound: EvidenceFn = lambda *_: None) -> tuple[str, bool]:
     """The proposal's description (Markdown) and whether every gate but the approval
     passes today."""
     want = desired_state(repo)[specialist]
@@ -34,7 +40,7 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
     candidate = state.candidates.get(version) if state else None
     if candidate is None:
         return "\n".join([*lines, f"{version} is not a registered candidate."]), False
-    gates = gates_for(specialist, want, state, policy_stage, version, heldout, approval)
+    gates = gates_for(specialist, want, state, policy_stage, version, heldout, approval, sound)
     lineage = candidate.lineage
     lines += ["### Lineage", f"- registered by event `{candidate.event_id}`"]
     lines += [f"- {key}: `{lineage[key]}`" for key in
@@ -54,6 +60,7 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
 
 def propose(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
             traffic: float | None = None, heldout: HeldoutFn = lambda *_: None,
+            sound: EvidenceFn = lambda *_: None,
             rolled_back: Any = None) -> tuple[Proposal, str, bool]:
     """Open the proposal; returns it, its description and whether the gates (approval
     aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change records a
@@ -68,7 +75,8 @@ def propose(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
         proposal = forge_for(repo).propose(specialist, stage, version, title=title,
                                            body=body, traffic=traffic)
         return proposal, body, True
-    body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout)
+    body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout,
+                           sound=sound)
     title = f"Promote {specialist} {version} to {stage}"
     proposal = forge_for(repo).propose(specialist, stage, version, title=title, body=body,
                                        traffic=traffic)

@@ -25,7 +25,7 @@ from modelsmith.events.store import ConcurrencyError, EventStore
 from modelsmith.events.types import Approval as LoggedApproval
 from modelsmith.events.types import Event, Promoted, PromotionRejected, RolledBack
 
-from .plan import Action, ApprovalFn, Desired, HeldoutFn, plan
+from .plan import Action, ApprovalFn, Desired, EvidenceFn, HeldoutFn, plan
 
 #: Re-plans after losing a race before giving up.
 ATTEMPTS = 20
@@ -70,15 +70,24 @@ def event_for(action: Action) -> Any:
     raise ValueError(f"{action.kind} is not recorded by reconcile")
 
 
+def _cause(action: Action, default: str | None) -> str | None:
+    """A promotion a human approved is caused by that change (``github:#12``, ``local:<merge
+    commit>``); everything else by the commit reconciled."""
+    if action.approval is not None:
+        return f"{action.approval.forge}:{action.approval.ref}"
+    return default
+
+
 def reconcile(store: EventStore, desired: dict[str, Desired], *, actor: str = "reconcile",
               cause: str | None = None, heldout: HeldoutFn = lambda *_: None,
-              approval: ApprovalFn = lambda *_: None, cache: Path | None = None,
+              approval: ApprovalFn = lambda *_: None,
+              evidence: EvidenceFn = lambda *_: None, cache: Path | None = None,
               on_race: Callable[[str], None] = lambda _stream: None) -> ReconcileResult:
     """Plan and append until the plan is empty or only evaluations remain."""
     result = ReconcileResult()
     for _ in range(ATTEMPTS):
         fleet = fold(store, cache)
-        actions = plan(desired, fleet, heldout=heldout, approval=approval)
+        actions = plan(desired, fleet, heldout=heldout, approval=approval, evidence=evidence)
         result.pending = [a for a in actions if a.kind == "evaluate"]
         todo = [a for a in actions if a.kind != "evaluate"]
         if not todo:
@@ -88,7 +97,8 @@ def reconcile(store: EventStore, desired: dict[str, Desired], *, actor: str = "r
             mine = [a for a in todo if a.specialist == stream]
             state = fleet.specialists.get(stream)
             expected = state.last_seq if state else 0
-            events = [Event.new(event_for(a), actor=actor, cause=cause) for a in mine]
+            events = [Event.new(event_for(a), actor=actor, cause=_cause(a, cause))
+                      for a in mine]
             try:
                 recorded = store.append(stream, events, expected)
             except ConcurrencyError:

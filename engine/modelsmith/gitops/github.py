@@ -1,0 +1,118 @@
+"""The ``github`` forge: proposals as pull requests, approvals from GitHub's reviews.
+
+Configured by the environment (what GitHub Actions provides, or set by hand):
+``MODELSMITH_FORGE=github``; the repository from ``MODELSMITH_GITHUB_REPO`` or
+``GITHUB_REPOSITORY`` (``owner/name``); the token from ``MODELSMITH_GITHUB_TOKEN`` or
+``GITHUB_TOKEN``; the API from ``MODELSMITH_GITHUB_API`` (default
+``https://api.github.com``; GitHub Enterprise or a test server on loopback otherwise).
+
+``propose`` makes the same one-commit branch as the local forge, pushes it to ``origin``
+and opens a pull request whose body is the evidence. ``approval`` finds the merge commit
+on the checked-out branch that brought the change in, reads its pull request number from
+GitHub's merge message, and believes it only when GitHub says that pull request was merged
+*as that commit*; the approvers are the reviewers whose latest review approves, who merged
+is GitHub's ``merged_by``, and the required approvers come from the policy or, when it
+names nobody, from CODEOWNERS. The pull request number goes into the promotion's event.
+github3.py does the talking.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .forge import ForgeError, LocalForge, Proposal, codeowners
+from .plan import Approval
+
+MERGE_RE = re.compile(r"^Merge pull request #(\d+) from ", re.MULTILINE)
+DEFAULT_API = "https://api.github.com"
+
+
+def configured() -> bool:
+    return os.environ.get("MODELSMITH_FORGE", "").lower() == "github"
+
+
+class GitHubForge(LocalForge):
+    name = "github"
+
+    def __init__(self, root: Path, sources: dict[str, str], *, repository: str | None = None,
+                 token: str | None = None, api: str | None = None,
+                 remote: str = "origin") -> None:
+        super().__init__(root, sources)
+        repository = repository or os.environ.get("MODELSMITH_GITHUB_REPO") \
+            or os.environ.get("GITHUB_REPOSITORY")
+        if not repository or "/" not in repository:
+            raise ForgeError("the github forge needs the repository: set "
+                             "MODELSMITH_GITHUB_REPO=owner/name")
+        self.owner, self.name_ = repository.split("/", 1)
+        self.token = token or os.environ.get("MODELSMITH_GITHUB_TOKEN") \
+            or os.environ.get("GITHUB_TOKEN")
+        self.api = (api or os.environ.get("MODELSMITH_GITHUB_API") or DEFAULT_API).rstrip("/")
+        self.remote = remote
+        self._gh: Any = None
+
+    def client(self) -> Any:
+        if self._gh is None:
+            import github3
+
+            gh = github3.GitHub(token=self.token) if self.token else github3.GitHub()
+            gh.session.base_url = self.api
+            self._gh = gh
+        return self._gh
+
+    def _repository(self) -> Any:
+        import github3
+
+        try:
+            return self.client().repository(self.owner, self.name_)
+        except github3.exceptions.GitHubException as exc:
+            raise ForgeError(f"GitHub {self.owner}/{self.name_}: {exc}") from None
+
+    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+        import github3
+
+        commit = self.asking_merge(specialist, stage, version)
+        match = MERGE_RE.search(commit.message) if commit is not None else None
+        if commit is None or match is None:
+            return None
+        number = int(match.group(1))
+        try:
+            pull = self.client().pull_request(self.owner, self.name_, number)
+            reviews = list(pull.reviews()) if pull is not None else []
+        except github3.exceptions.GitHubException:
+            return None
+        if pull is None or not pull.merged or pull.merge_commit_sha != str(commit.id):
+            return None  # a merge message that names a pull request GitHub did not merge
+        latest: dict[str, str] = {}
+        for review in reviews:  # oldest first: the last word of each reviewer counts
+            if review.user is not None and review.state in ("APPROVED", "CHANGES_REQUESTED",
+                                                            "DISMISSED"):
+                latest[review.user.login] = review.state
+        approvers = tuple(sorted(u for u, state in latest.items() if state == "APPROVED"))
+        merged_by = pull.merged_by.login if pull.merged_by is not None else None
+        owners = codeowners(self._text_at(commit, ".github/CODEOWNERS")
+                            or self._text_at(commit, "CODEOWNERS"), self.sources[specialist])
+        return Approval("github", f"#{number}", merged_by, approvers, owners)
+
+    def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
+                body: str, traffic: float | None = None) -> Proposal:
+        import github3
+
+        branch = super().propose(specialist, stage, version, title=title, body=body,
+                                 traffic=traffic)
+        pushed = subprocess.run(["git", "-C", str(self.root), "push", "--quiet", self.remote,
+                                 f"refs/heads/{branch.ref}:refs/heads/{branch.ref}"],
+                                capture_output=True, text=True)
+        if pushed.returncode != 0:
+            raise ForgeError(f"git push {self.remote} {branch.ref}: {pushed.stderr.strip()}")
+        base = self.repo.head.shorthand
+        try:
+            pull = self._repository().create_pull(title, base, branch.ref, body)
+        except github3.exceptions.GitHubException as exc:
+            raise ForgeError(f"GitHub refused the pull request: {exc}") from None
+        if pull is None:
+            raise ForgeError("GitHub refused the pull request")
+        return Proposal("github", pull.html_url, branch.commit, title, number=pull.number)

@@ -1,0 +1,193 @@
+"""A small fake of GitHub's REST API on 127.0.0.1, for github3.py: one repository backed by
+a real bare git repository. Pull requests are opened on pushed branches, reviewed, and
+merged for real: a ``--no-ff`` merge commit on the base branch with GitHub's message
+(``Merge pull request #N from owner/branch``). Each token is a user. Responses carry the
+keys github3.py reads (it refuses incomplete ones)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+NOW = "2026-11-26T12:00:00Z"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), "-c", "user.name=GitHub",
+                           "-c", "user.email=noreply@github.com", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+class FakeGitHub:
+    def __init__(self, bare: Path, full_name: str, tokens: dict[str, str]) -> None:
+        self.bare, self.full_name, self.tokens = bare, full_name, tokens
+        self.pulls: dict[int, dict[str, Any]] = {}
+        self.reviews: dict[int, list[dict[str, Any]]] = {}
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                token = (self.headers.get("Authorization") or "").split(" ")[-1]
+                user = fake.tokens.get(token)
+                base = f"http://{self.headers['Host']}"
+                with fake.lock:
+                    status, body = fake.route(method, self.path.split("?")[0], payload, user,
+                                              base)
+                self._reply(status, body)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_PUT(self) -> None:
+                self._handle("PUT")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- objects as GitHub writes them -----------------------------------------------------
+
+    def user(self, login: str, base: str) -> dict[str, Any]:
+        u = f"{base}/users/{login}"
+        return {"login": login, "id": abs(hash(login)) % 10**6, "type": "User",
+                "site_admin": False, "avatar_url": "", "gravatar_id": "", "url": u,
+                "html_url": f"https://github.example/{login}", "events_url": u + "/events",
+                "followers_url": u + "/followers", "following_url": u + "/following",
+                "gists_url": u + "/gists", "organizations_url": u + "/orgs",
+                "received_events_url": u + "/received_events", "repos_url": u + "/repos",
+                "starred_url": u + "/starred", "subscriptions_url": u + "/subscriptions"}
+
+    def repo(self, base: str) -> dict[str, Any]:
+        owner, name = self.full_name.split("/")
+        u = f"{base}/repos/{self.full_name}"
+        urls = {f"{k}_url": f"{u}/{k}" for k in (
+            "archive", "assignees", "blobs", "branches", "collaborators", "comments",
+            "commits", "compare", "contents", "contributors", "deployments", "downloads",
+            "events", "forks", "git_commits", "git_refs", "git_tags", "hooks",
+            "issue_comment", "issue_events", "issues", "keys", "labels", "languages",
+            "merges", "milestones", "notifications", "pulls", "releases", "stargazers",
+            "statuses", "subscribers", "subscription", "tags", "teams", "trees")}
+        return {**urls, "id": 1, "name": name, "full_name": self.full_name,
+                "owner": self.user(owner, base), "private": False, "fork": False,
+                "description": "", "url": u, "html_url": f"https://github.example/{owner}",
+                "archived": False, "clone_url": str(self.bare), "created_at": NOW,
+                "default_branch": "main", "forks_count": 0, "git_url": "", "has_downloads": 1,
+                "has_issues": True, "has_pages": False, "has_projects": False,
+                "has_wiki": False, "homepage": None, "language": None, "mirror_url": None,
+                "network_count": 0, "open_issues_count": 0, "pushed_at": NOW, "size": 1,
+                "ssh_url": "", "stargazers_count": 0, "subscribers_count": 0, "svn_url": "",
+                "updated_at": NOW, "watchers_count": 0}
+
+    def pull(self, number: int, base: str) -> dict[str, Any]:
+        p = self.pulls[number]
+        u = f"{base}/repos/{self.full_name}/pulls/{number}"
+        owner = self.full_name.split("/")[0]
+
+        def end(ref: str) -> dict[str, Any]:
+            sha = _git(self.bare, "rev-parse", f"refs/heads/{ref}")
+            return {"label": f"{owner}:{ref}", "ref": ref, "sha": sha,
+                    "user": self.user(owner, base), "repo": self.repo(base)}
+
+        links = {k: {"href": u} for k in ("self", "html", "issue", "comments",
+                                          "review_comments", "review_comment", "commits",
+                                          "statuses")}
+        return {"url": u, "id": number, "number": number, "state": p["state"],
+                "title": p["title"], "body": p["body"], "body_html": "", "body_text": "",
+                "user": self.user(p["user"], base), "head": end(p["head"]),
+                "base": end(p["base"]), "_links": links, "html_url":
+                f"https://github.example/{self.full_name}/pull/{number}",
+                "active_lock_reason": None, "assignee": None, "assignees": [],
+                "closed_at": None, "comments_url": u + "/comments", "commits_url": u,
+                "created_at": NOW, "diff_url": u, "issue_url": u, "locked": False,
+                "merge_commit_sha": p.get("merge_commit_sha"),
+                "merged_at": NOW if p["merged"] else None, "patch_url": u,
+                "review_comment_url": u, "review_comments_url": u, "statuses_url": u,
+                "updated_at": NOW, "additions": 1, "author_association": "MEMBER",
+                "comments": 0, "commits": 1, "deletions": 1, "draft": False,
+                "mergeable": not p["merged"], "mergeable_state": "clean",
+                "merged": p["merged"], "review_comments": 0, "requested_reviewers": [],
+                "requested_teams": [],
+                "merged_by": self.user(p["merged_by"], base) if p["merged_by"] else None}
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, body: dict, user: str | None,
+              base: str) -> tuple[int, Any]:
+        prefix = f"/repos/{self.full_name}"
+        if user is None:
+            return 401, {"message": "Bad credentials"}
+        if method == "GET" and path == prefix:
+            return 200, self.repo(base)
+        if method == "POST" and path == f"{prefix}/pulls":
+            number = len(self.pulls) + 1
+            self.pulls[number] = {"title": body["title"], "body": body.get("body", ""),
+                                  "head": body["head"], "base": body["base"],
+                                  "user": user, "state": "open", "merged": False,
+                                  "merged_by": None}
+            self.reviews[number] = []
+            return 201, self.pull(number, base)
+        m = re.fullmatch(rf"{re.escape(prefix)}/pulls/(\d+)(/reviews|/merge)?", path)
+        if not m or int(m.group(1)) not in self.pulls:
+            return 404, {"message": "Not Found"}
+        number, tail = int(m.group(1)), m.group(2)
+        if method == "GET" and tail is None:
+            return 200, self.pull(number, base)
+        if method == "GET" and tail == "/reviews":
+            return 200, self.reviews[number]
+        if method == "POST" and tail == "/reviews":
+            state = {"APPROVE": "APPROVED", "REQUEST_CHANGES": "CHANGES_REQUESTED"}.get(
+                body.get("event", ""), "COMMENTED")
+            review = {"id": len(self.reviews[number]) + 1, "user": self.user(user, base),
+                      "body": body.get("body", ""), "body_html": "", "body_text": "",
+                      "state": state, "html_url": "", "author_association": "MEMBER",
+                      "pull_request_url": f"{base}{prefix}/pulls/{number}",
+                      "commit_id": None, "submitted_at": NOW}
+            self.reviews[number].append(review)
+            return 200, review
+        if method == "PUT" and tail == "/merge":
+            return self.merge(number, user)
+        return 404, {"message": "Not Found"}
+
+    def merge(self, number: int, user: str) -> tuple[int, Any]:
+        p = self.pulls[number]
+        if p["merged"]:
+            return 405, {"message": "Pull Request is not mergeable"}
+        owner = self.full_name.split("/")[0]
+        with tempfile.TemporaryDirectory() as work:
+            tree = Path(work) / "tree"
+            subprocess.run(["git", "clone", "-q", "-b", p["base"], str(self.bare), str(tree)],
+                           check=True)
+            _git(tree, "fetch", "-q", "origin", f"refs/heads/{p['head']}:pr")
+            _git(tree, "merge", "--no-ff", "-q", "pr", "-m",
+                 f"Merge pull request #{number} from {owner}/{p['head']}\n\n{p['title']}")
+            _git(tree, "push", "-q", "origin", f"HEAD:refs/heads/{p['base']}")
+            sha = _git(tree, "rev-parse", "HEAD")
+        p.update(merged=True, merged_by=user, state="closed", merge_commit_sha=sha)
+        return 200, {"sha": sha, "merged": True, "message": "Pull Request successfully merged"}

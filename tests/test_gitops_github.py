@@ -1,0 +1,204 @@
+"""GitOps end to end through the github forge: real git (a bare origin, an agent's clone, a
+reconciler's clone), a fake of GitHub's REST API on 127.0.0.1 driven by the real
+github3.py. The canary step needs an approval here. An agent proposes -> a pull request
+with the evidence -> reviewed and merged -> reconcile records ``Promoted`` with the pull
+request; merged without an approval, or for a version whose evidence fails -> rejected
+with the numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import github3
+import pytest
+
+from conftest import git
+from evaluations import GOOD, POOR, evaluated
+from github_fake import FakeGitHub
+from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
+from modelsmith.events.types import (
+    CandidateRegistered,
+    EvalCompleted,
+    Event,
+    Lineage,
+    MetricsObserved,
+    Promoted,
+)
+
+TOKENS = {"bot-token": "modelsmith-bot", "alice-token": "alice", "mallory-token": "mallory"}
+
+
+@pytest.fixture
+def world(demo_repo, tmp_path, monkeypatch):
+    """origin (bare) + the fake GitHub over it; the log: v1 passes every gate and held
+    shadow with enough traffic, v2's evaluations fail the composite gate."""
+    policy = demo_repo / "policies" / "promotion.yaml"
+    policy.write_text(policy.read_text().replace(
+        "      traffic: 0.1\n      floors:\n        score_mean: 0.85\n      approval: false",
+        "      traffic: 0.1\n      floors:\n        score_mean: 0.85\n      approval: true"))
+    spec = demo_repo / "specialists" / "rtb-quality.yaml"
+    spec.write_text(spec.read_text().replace("  shadow: null", "  shadow: v1"))
+    git(demo_repo, "checkout", "-q", "-b", "main")
+    git(demo_repo, "add", "-A")
+    git(demo_repo, "commit", "-q", "-m", "the fork")
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    events = []
+    for version, runs in (("v1", (GOOD, GOOD, GOOD)), ("v2", (GOOD, POOR, GOOD))):
+        events.append(Event.new(CandidateRegistered(
+            version=version, lineage=Lineage(base_model="tiny-test")), actor="test"))
+        events += [evaluated(demo_repo, version, n) for n in runs]
+    payloads = []
+    for version in ("v1", "v2"):
+        payloads += [Promoted(version=version, stage="shadow"),
+                     MetricsObserved(version=version, stage="shadow", window_start=at,
+                                     window_end=at, requests=90,
+                                     metrics={"format_rate": 0.99})]
+    payloads.append(Promoted(version="v1", stage="shadow"))
+    GitEventStore(demo_repo).append(
+        "rtb-quality", [*events, *(Event.new(p, actor="test") for p in payloads)], 0)
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(demo_repo, "remote", "add", "origin", str(bare))
+    git(demo_repo, "push", "-q", "origin", "main", f"{EVENTS_REF}:{EVENTS_REF}")
+    fake = FakeGitHub(bare, "team/rtb", TOKENS)
+    monkeypatch.setenv("MODELSMITH_FORGE", "github")
+    monkeypatch.setenv("MODELSMITH_GITHUB_REPO", "team/rtb")
+    monkeypatch.setenv("MODELSMITH_GITHUB_API", fake.url)
+    monkeypatch.setenv("MODELSMITH_GITHUB_TOKEN", "bot-token")
+    clones = {}
+    for who in ("agent", "reconciler"):
+        path = tmp_path / who
+        subprocess.run(["git", "clone", "-q", "-b", "main", str(bare), str(path)], check=True)
+        git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+        clones[who] = path
+    yield fake, clones
+    fake.close()
+
+
+def modelsmith(repo, *args):
+    done = subprocess.run([sys.executable, "-m", "modelsmith", "-C", str(repo), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def as_user(fake, token):
+    gh = github3.GitHub(token=token)
+    gh.session.base_url = fake.url
+    return gh
+
+
+def propose(clones, version):
+    out = json.loads(modelsmith(clones["agent"], "propose", "rtb-quality", "--version",
+                                version, "--stage", "canary", "--traffic", "0.1", "--json"))
+    assert out["forge"] == "github" and out["ref"].endswith("/pull/1")
+    return out
+
+
+def reconcile(clones):
+    git(clones["reconciler"], "pull", "-q", "origin", "main")
+    out = json.loads(modelsmith(clones["reconciler"], "reconcile", "--push", "--json"))
+    return out["applied"]
+
+
+def test_an_approved_pull_request_is_promoted_with_its_number(world):
+    fake, clones = world
+    proposal = propose(clones, "v1")
+    pull = as_user(fake, "bot-token").pull_request("team", "rtb", 1)
+    assert pull.title == "Promote rtb-quality v1 to canary"
+    assert "✅ **composite**: last 3 evaluations [0.9543, 0.9543, 0.9543]" in pull.body
+    assert "❌ **approval**" in pull.body and proposal["ready"] is True
+    assert pull.head.ref == "modelsmith/propose/rtb-quality/canary-v1"
+    # Not merged yet: nothing to do.
+    assert reconcile(clones) == []
+    reviewer = as_user(fake, "alice-token").pull_request("team", "rtb", 1)
+    reviewer.create_review("the evidence holds", event="APPROVE")
+    assert reviewer.merge() is True
+    (applied,) = reconcile(clones)
+    assert (applied["type"], applied["version"], applied["stage"]) == (
+        "Promoted", "v1", "canary")
+    assert applied["approval"] == {"forge": "github", "ref": "#1", "merged_by": "alice",
+                                   "approvers": ["alice"], "required": []}
+    git(clones["agent"], "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    (promoted,) = [e for e in GitEventStore(clones["agent"]).read("rtb-quality")
+                   if e.type == "Promoted" and e.data["stage"] == "canary"]
+    assert promoted.cause == "github:#1" and promoted.data["traffic"] == 0.1
+    assert reconcile(clones) == []  # the second run appends nothing
+
+
+def test_a_pull_request_merged_without_approval_is_rejected(world):
+    fake, clones = world
+    propose(clones, "v1")
+    author = as_user(fake, "mallory-token").pull_request("team", "rtb", 1)
+    author.create_review("looks fine to me", event="COMMENT")
+    assert author.merge() is True
+    (applied,) = reconcile(clones)
+    assert (applied["type"], applied["gates"][-1]["name"]) == ("PromotionRejected", "approval")
+    assert "github #1 merged by mallory, approved by nobody" in applied["reason"]
+
+
+def test_a_version_whose_evidence_fails_is_rejected_with_numbers(world):
+    fake, clones = world
+    propose(clones, "v2")
+    reviewer = as_user(fake, "alice-token").pull_request("team", "rtb", 1)
+    reviewer.create_review("ok", event="APPROVE")
+    assert reviewer.merge() is True
+    (applied,) = reconcile(clones)
+    assert applied["type"] == "PromotionRejected"
+    composite = next(g for g in applied["gates"] if g["name"] == "composite")
+    assert composite["passed"] is False and composite["numbers"]["lowest"] == 0.8136
+    assert applied["reason"].endswith(
+        "last 3 evaluations [0.9543, 0.8136, 0.9543] vs target 0.9")
+
+
+def test_forged_or_edited_evidence_cannot_make_a_failing_version_pass(world):
+    """v2 fails. Whoever can write the log tries: three evaluations claiming 0.99 over
+    results that say otherwise; then three whose results blob was swapped after the event
+    recorded its digest. Both are rejected, with the reason."""
+    import pygit2
+
+    from modelsmith.events.gitstore import format_message
+
+    fake, clones = world
+    propose(clones, "v2")
+    reviewer = as_user(fake, "alice-token").pull_request("team", "rtb", 1)
+    reviewer.create_review("ok", event="APPROVE")
+    assert reviewer.merge() is True
+    git(clones["reconciler"], "pull", "-q", "origin", "main")
+    root = clones["reconciler"]
+    store = GitEventStore(root)
+
+    poor = evaluated(root, "v2", POOR)
+    claims = [Event.new(EvalCompleted(**{**poor.data, "composite": 0.99}), actor="forger",
+                        evidence=store_evidence(poor)) for _ in range(3)]
+    store.append("rtb-quality", claims, store.last_seq("rtb-quality"))
+    (applied,) = json.loads(modelsmith(root, "reconcile", "--json"))["applied"]
+    assert applied["type"] == "PromotionRejected"
+    assert ("is not borne out by its evidence: its results recompute to composite 0.8136, "
+            "not 0.9900") in applied["reason"]
+
+    # Swapped evidence: a good evaluation's event over a poor run's results.
+    repo = pygit2.Repository(str(root))
+    tip = repo.references[EVENTS_REF].target
+    seq = store.last_seq("rtb-quality")
+    for i in range(3):
+        good = evaluated(root, "v2", GOOD)
+        swapped = repo.TreeBuilder()
+        for name, data in store_evidence(poor).items():
+            swapped.insert(name, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
+        recorded = good.recorded("rtb-quality", seq + i + 1, 0)
+        sig = pygit2.Signature("forger", "forger@example.com")
+        tip = repo.create_commit(None, sig, sig, format_message(recorded, str(tip)),
+                                 swapped.write(), [tip])
+    repo.references[EVENTS_REF].set_target(tip)
+    (applied,) = json.loads(modelsmith(root, "reconcile", "--json"))["applied"]
+    assert applied["type"] == "PromotionRejected"
+    assert "does not match the digest its event recorded" in applied["reason"]
+    assert [e.type for e in GitEventStore(root).read("rtb-quality")].count("Promoted") == 3
+
+
+def store_evidence(event: Event) -> dict[str, bytes]:
+    return dict(event.blobs)

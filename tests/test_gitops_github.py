@@ -91,6 +91,13 @@ def as_user(fake, token):
     return gh
 
 
+def review_and_merge(fake, token, event="APPROVE"):
+    """A person with ``token`` reviews pull request #1 and merges it."""
+    pull = as_user(fake, token).pull_request("team", "rtb", 1)
+    pull.create_review("reviewed", event=event)
+    assert pull.merge() is True
+
+
 def propose(clones, version):
     out = json.loads(modelsmith(clones["agent"], "propose", "rtb-quality", "--version",
                                 version, "--stage", "canary", "--traffic", "0.1", "--json"))
@@ -114,9 +121,7 @@ def test_an_approved_pull_request_is_promoted_with_its_number(world):
     assert pull.head.ref == "modelsmith/propose/rtb-quality/canary-v1"
     # Not merged yet: nothing to do.
     assert reconcile(clones) == []
-    reviewer = as_user(fake, "alice-token").pull_request("team", "rtb", 1)
-    reviewer.create_review("the evidence holds", event="APPROVE")
-    assert reviewer.merge() is True
+    review_and_merge(fake, "alice-token")
     (applied,) = reconcile(clones)
     assert (applied["type"], applied["version"], applied["stage"]) == (
         "Promoted", "v1", "canary")
@@ -132,9 +137,7 @@ def test_an_approved_pull_request_is_promoted_with_its_number(world):
 def test_a_pull_request_merged_without_approval_is_rejected(world):
     fake, clones = world
     propose(clones, "v1")
-    author = as_user(fake, "mallory-token").pull_request("team", "rtb", 1)
-    author.create_review("looks fine to me", event="COMMENT")
-    assert author.merge() is True
+    review_and_merge(fake, "mallory-token", event="COMMENT")
     (applied,) = reconcile(clones)
     assert (applied["type"], applied["gates"][-1]["name"]) == ("PromotionRejected", "approval")
     assert "github #1 merged by mallory, approved by nobody" in applied["reason"]
@@ -143,9 +146,7 @@ def test_a_pull_request_merged_without_approval_is_rejected(world):
 def test_a_version_whose_evidence_fails_is_rejected_with_numbers(world):
     fake, clones = world
     propose(clones, "v2")
-    reviewer = as_user(fake, "alice-token").pull_request("team", "rtb", 1)
-    reviewer.create_review("ok", event="APPROVE")
-    assert reviewer.merge() is True
+    review_and_merge(fake, "alice-token")
     (applied,) = reconcile(clones)
     assert applied["type"] == "PromotionRejected"
     composite = next(g for g in applied["gates"] if g["name"] == "composite")
@@ -164,9 +165,7 @@ def test_forged_or_edited_evidence_cannot_make_a_failing_version_pass(world):
 
     fake, clones = world
     propose(clones, "v2")
-    reviewer = as_user(fake, "alice-token").pull_request("team", "rtb", 1)
-    reviewer.create_review("ok", event="APPROVE")
-    assert reviewer.merge() is True
+    review_and_merge(fake, "alice-token")
     git(clones["reconciler"], "pull", "-q", "origin", "main")
     root = clones["reconciler"]
     store = GitEventStore(root)

@@ -90,6 +90,7 @@ def test_a_metrics_breach_rolls_back_in_one_reconcile(fork):
     store.append("rtb-quality", [Event.new(p, actor="serve") for p in events],
                  store.last_seq("rtb-quality"))
     release(fork, production="v2")
+    before = datetime.now(UTC)
     output = run(fork, "reconcile")
     assert ("RolledBack rtb-quality production: v2 -> v1 (score_mean 0.610 < 0.8 over 400 "
             "requests of v2 in production)") in output
@@ -102,6 +103,8 @@ def test_a_metrics_breach_rolls_back_in_one_reconcile(fork):
     history = json.loads(run(fork, "history", "rtb-quality", "--json"))
     ended = [h for h in history["assignments"] if h["version"] == "v2"]
     assert ended[-1]["ended_by"] == "RolledBack"
+    then = json.loads(run(fork, "status", "--at", before.isoformat(), "--json"))
+    assert then["specialists"][0]["production"]["version"] == "v2"  # before the breach
 
 
 def test_racing_reconcilers_record_one_decision(fork):
@@ -142,3 +145,29 @@ def test_a_manual_rollback_goes_back_and_status_at_shows_before(fork):
     assert bad.exit_code == 1 and "neither a date/time" in bad.output
     again = CliRunner().invoke(cli, ["-C", str(fork), "rollback", "rtb-quality", "--to", "v9"])
     assert again.exit_code == 1 and "no candidate v9" in again.output
+
+
+def test_reconcile_watch_acts_again_when_the_release_changes(fork):
+    import os
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "modelsmith", "-C", str(fork), "reconcile",
+                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("nothing to do")
+        time.sleep(0.5)  # the watcher is up
+        release(fork, shadow="v1")
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lines.append(proc.stdout.readline())
+            if lines[-1].startswith("Promoted"):
+                break
+        assert any(line.startswith("-- changed: rtb-quality.yaml") for line in lines), lines
+        assert lines[-1].startswith("Promoted rtb-quality shadow: - -> v1")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert kinds(fork) == [("Promoted", "v1", "shadow")]

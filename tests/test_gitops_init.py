@@ -25,7 +25,10 @@ def test_init_scaffolds_a_repository_that_validates_and_plans(tmp_path, monkeypa
     assert validated.exit_code == 0 and validated.output.startswith("ok: 1 specialist")
     planned = CliRunner().invoke(cli, ["-C", str(dest), "plan"])
     assert planned.exit_code == 0 and "No changes" in planned.output
-    assert (dest / ".github/workflows/reconcile.yml").read_text() == \
-        (REPO_ROOT / ".github/workflows/reconcile.yml").read_text()
+    # The reconciler this repository runs, installing the package instead of this checkout.
+    ours = (REPO_ROOT / ".github/workflows/reconcile.yml").read_text()
+    assert (dest / ".github/workflows/reconcile.yml").read_text() == ours.replace(
+        "pip install -e .\n", "pip install modelsmith\n").replace(
+        "pip install -e '.[train]'", "pip install 'modelsmith[train]'")
     again = CliRunner().invoke(cli, ["init", str(dest)])
     assert again.exit_code == 1 and "not empty" in again.output

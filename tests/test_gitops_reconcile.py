@@ -17,11 +17,13 @@ from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
     CandidateRegistered,
+    EvalCompleted,
     Event,
     Lineage,
     MetricsObserved,
     Promoted,
 )
+from modelsmith.specs import load_repository
 
 SPEC = "specialists/rtb-quality.yaml"
 
@@ -171,3 +173,35 @@ def test_reconcile_watch_acts_again_when_the_release_changes(fork):
         proc.terminate()
         proc.wait(timeout=30)
     assert kinds(fork) == [("Promoted", "v1", "shadow")]
+
+
+def test_reconcile_evaluate_runs_the_evaluation_the_plan_waits_for(demo_repo, tmp_path,
+                                                                  monkeypatch):
+    """v1's evaluations ran on an older suite: the plan asks for one on the current suite;
+    `reconcile --evaluate` runs it (the tiny model stands in for v1's weights), then
+    decides on it."""
+    import shutil
+
+    from modelsmith.artifacts.models import resolve_model
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    repo = load_repository(demo_repo)
+    tiny = resolve_model("tiny-test", repo.clusters, progress=lambda _m: None).path
+    shutil.copytree(tiny, demo_repo / "models" / "rtb-quality" / "v1")
+    old = evaluated(demo_repo, "v1")
+    stale = Event.new(EvalCompleted(**{**old.data, "suite_hash": "an-older-suite"}),
+                      actor="test", evidence=dict(old.blobs))
+    registered = Event.new(CandidateRegistered(
+        version="v1", lineage=Lineage(base_model="tiny-test")), actor="test")
+    GitEventStore(demo_repo).append("rtb-quality", [registered, stale], 0)
+    release(demo_repo, shadow="v1")
+    assert "pending rtb-quality shadow: v1 has no evaluation on the current suite" in \
+        run(demo_repo, "reconcile")
+    output = run(demo_repo, "reconcile", "--evaluate")
+    assert "evaluating rtb-quality v1 on the current suite" in output
+    evals = [e for e in GitEventStore(demo_repo).read("rtb-quality")
+             if e.type == "EvalCompleted" and e.data["suite_hash"] == repo.suite_for(
+                 repo.specialists["rtb-quality"]).suite_hash]
+    assert len(evals) == 1 and evals[0].data["version"] == "v1"
+    # One evaluation of the three the gate needs: decided, and rejected with the numbers.
+    assert "PromotionRejected rtb-quality shadow: - -> v1" in output

@@ -385,24 +385,41 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--watch", is_flag=True,
               help="Keep reconciling: again whenever the declarative files change or a new "
                    "commit lands (Ctrl-C stops).")
+@click.option("--evaluate", "run_evals", is_flag=True,
+              help="Run the evaluations the plan asks for (a version with none on the "
+                   "current suite) before deciding; needs the train extra.")
 @click.option("--remote", default="origin", show_default=True)
 @json_option
 @click.pass_context
 @_guard
-def reconcile(ctx: click.Context, push: bool, watch: bool, remote: str, as_json: bool) -> None:
+def reconcile(ctx: click.Context, push: bool, watch: bool, run_evals: bool, remote: str,
+              as_json: bool) -> None:
     """Apply the plan: append Promoted, RolledBack and PromotionRejected events. Running it
     again with nothing new appends nothing."""
     ws = _workspace(ctx)
-    _reconcile_once(ws, push, remote, as_json)
+    _reconcile_once(ws, push, remote, as_json, run_evals)
     if watch:
         from modelsmith.gitops.watch import changes
 
         for why in changes(ws.root):
             click.echo(f"-- {why}: reconciling", err=True)
-            _reconcile_once(ws, push, remote, as_json)
+            _reconcile_once(ws, push, remote, as_json, run_evals)
 
 
-def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool) -> None:
+def _evaluate_pending(ws: Any, pending: list[Any]) -> None:
+    """Evaluate each version the plan is waiting on (as `modelsmith eval` does)."""
+    for specialist, version in sorted({(a.specialist, a.version) for a in pending}):
+        click.echo(f"evaluating {specialist} {version} on the current suite", err=True)
+        try:
+            cli.main(args=["-C", str(ws.root), "eval", specialist, "--model", version],
+                     prog_name="modelsmith", standalone_mode=False)
+        except SystemExit as exit_:
+            if exit_.code not in (0, None, EXIT_BELOW_TARGET):
+                raise
+
+
+def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool,
+                    run_evals: bool = False) -> None:
     from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout
     from modelsmith.gitops.reconcile import reconcile as apply_plan
 
@@ -420,6 +437,11 @@ def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool) -> None:
 
         sync(ws.root, remote)  # decide on the shared log, not a stale copy
     result = apply(ws.store)
+    if run_evals and result.pending:
+        _evaluate_pending(ws, result.pending)
+        earlier = result.applied
+        result = apply(ws.store)
+        result.applied = earlier + result.applied
     if push:
         synced = sync(ws.root, remote, replan=apply)
     proposals = {event.id: _propose_rollback(ws, action.specialist, action.stage,

@@ -493,10 +493,11 @@ def log(ctx: click.Context, specialist: str | None, limit: int, types: tuple[str
     if not tail:
         click.echo("no events" + (f" for {specialist}" if specialist else ""))
         return
+    width = min(40, max(14, *(len(e.actor) for e in tail)))
     for e in tail:
         when = e.at.strftime("%Y-%m-%d %H:%M:%S")
         cause = f"  ({e.cause})" if e.cause else ""
-        click.echo(f"{e.position:>6}  {when}  {e.actor:<14} {e.summary()}{cause}")
+        click.echo(f"{e.position:>6}  {when}  {e.actor:<{width}} {e.summary()}{cause}")
 
 
 @cli.command()

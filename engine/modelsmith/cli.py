@@ -345,6 +345,49 @@ def rollback(ctx: click.Context, specialist: str, stage: str, to: str | None, re
         click.echo(f"proposed the matching release on the {where}")
 
 
+@cli.command()
+@click.argument("text")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE",
+              help="Request metadata (repeatable).")
+@click.option("--task", default=None, help="The caller's task label.")
+@click.option("--explain", is_flag=True, help="Say why each earlier rule did not match.")
+@json_option
+@click.pass_context
+@_guard
+def route(ctx: click.Context, text: str, meta: tuple[str, ...], task: str | None,
+          explain: bool, as_json: bool) -> None:
+    """Which specialist the router sends TEXT to, by which rule (policies/routing.yaml)."""
+    from modelsmith.serving.router import NoRoute, Request, Router
+
+    pairs = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+        pairs[key] = value
+    router = Router.from_table(_workspace(ctx).specs().routing)
+    request = Request(text, pairs, task)
+    try:
+        decision = router.route(request)
+        chosen: dict[str, Any] = {"specialist": decision.specialist, "rule": decision.rule}
+    except NoRoute as exc:
+        chosen = {"specialist": None, "rule": None, "error": str(exc)}
+    steps = router.explain(request) if explain else []
+    if as_json:
+        _print_json({**chosen, "explain": [{"rule": r, "route": to, "failed": why}
+                                           for r, to, why in steps]})
+    else:
+        for rule, to, why in steps:
+            click.echo(f"  {'->' if why is None else '  '} {rule} ({to}): "
+                       f"{'matched' if why is None else why}")
+        if chosen["specialist"] is None:
+            click.echo(f"rejected: {chosen['error']}")
+        else:
+            click.echo(f"{chosen['specialist']} (rule {chosen['rule'] or 'default'})")
+    if chosen["specialist"] is None:
+        sys.exit(EXIT_FAILED)
+
+
 @cli.command("plan")
 @json_option
 @click.pass_context

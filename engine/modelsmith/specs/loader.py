@@ -708,6 +708,14 @@ def _check_references(
                 "specialist",
                 "Specialist",
             )
+        from .routing import shadowed
+
+        for later, earlier in shadowed(table.spec.rules):
+            line, col = _position(routing.tree, "spec", "rules", later)
+            ctx.add(routing.file, line, col, f"spec.rules[{later}]",
+                    f"rule '{table.spec.rules[later].name}' can never match: rule "
+                    f"'{table.spec.rules[earlier].name}' before it matches every request "
+                    "it would")
         if table.spec.default is not None:
             _ref(
                 ctx,

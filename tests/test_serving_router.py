@@ -102,3 +102,20 @@ def test_modelsmith_route_explains(demo_repo):
     assert (agents["specialist"], agents["rule"]) == ("rtb-quality", "rtb-keywords")
     bad = CliRunner().invoke(cli, ["-C", str(demo_repo), "route", "x", "--meta", "novalue"])
     assert bad.exit_code == 2 and "is not KEY=VALUE" in bad.output
+
+
+@pytest.mark.parametrize(("pattern", "literal"), [
+    (r"\bref-5-\d+\b", "ref-5-"), (r"domain=\S+ ctr=", "domain="), (r"abc|abd", "ab"),
+    (r"a(bc)?de", "de"), (r"(?i)\bdomain=", None), (r"a|b", None), (r"\d+", None)])
+def test_a_regex_rule_is_prefiltered_by_the_text_it_requires(pattern, literal):
+    import re
+
+    from modelsmith.serving.router import required_literal
+
+    assert required_literal(re.compile(pattern)) == literal
+    rules = RoutingSpec.model_validate({"rules": [
+        {"name": "r", "when": {"regex": pattern}, "route": "x"}], "default": "d"}).rules
+    router = Router(rules, "d")
+    for text in ("ref-5-12", "domain=a ctr=1", "abd", "ade", "xyz", "DOMAIN=b", "42", "b"):
+        expected = "x" if re.search(pattern, text) else "d"
+        assert router.route(Request(text)).specialist == expected, text

@@ -78,6 +78,31 @@ class _Rule:
         return None
 
 
+def required_literal(pattern: re.Pattern[str]) -> str | None:
+    """The longest text every match of ``pattern`` contains, read from its top-level
+    sequence (None when there is none worth testing, or matching ignores case)."""
+    if pattern.flags & re.IGNORECASE:
+        return None
+    try:
+        from re import _constants as codes
+        from re import _parser as parser
+    except ImportError:  # pragma: no cover - older Pythons
+        return None
+    try:
+        parsed = parser.parse(pattern.pattern, pattern.flags)
+    except Exception:  # any parse trouble: no prefilter
+        return None
+    best, run = "", []
+    for op, arg in parsed:
+        if op is codes.LITERAL:
+            run.append(chr(arg))
+            continue
+        best = max(best, "".join(run), key=len)
+        run = []
+    best = max(best, "".join(run), key=len)
+    return best if len(best) >= 2 else None
+
+
 def _matcher(rule: _Rule) -> Any:
     """A predicate with only the rule's own conditions, cheapest first."""
     checks: list[Any] = []
@@ -94,7 +119,12 @@ def _matcher(rule: _Rule) -> Any:
     if rule.any_words:
         checks.append(lambda t, w, m, k, some=rule.any_words: not some.isdisjoint(w))
     if rule.regex is not None:
-        checks.append(lambda t, w, m, k, search=rule.regex.search: search(t) is not None)
+        literal = required_literal(rule.regex)
+        if literal:  # a substring test in C rules most texts out before the regex runs
+            checks.append(lambda t, w, m, k, lit=literal, search=rule.regex.search:
+                          lit in t and search(t) is not None)
+        else:
+            checks.append(lambda t, w, m, k, search=rule.regex.search: search(t) is not None)
     if len(checks) == 1:
         return checks[0]
     return lambda t, w, m, k: all(check(t, w, m, k) for check in checks)

@@ -1,0 +1,97 @@
+"""The traffic split: which version of a specialist answers a request, from the event log.
+
+Per specialist, from the folded log (never from the YAML: desired is not actual): the
+production version answers; the canary version answers the requests whose key hashes
+below its share (a stable hash -- the same key always lands on the same side, across
+processes and restarts); the shadow version gets a mirrored copy whose answer is scored
+and compared, never returned. The split follows the log: when its tip moves (a promotion,
+a rollback), the next lookup folds the new events -- no restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+#: Hash buckets: the canary share is resolved to 1/BUCKETS.
+BUCKETS = 10_000
+
+
+def bucket(key: str) -> int:
+    """A stable bucket in ``[0, BUCKETS)`` for a request key (SHA-256, not ``hash()``,
+    which changes per process)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+class NoVersion(LookupError):
+    """The specialist has nothing in production or canary to answer with."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """How one request is served."""
+
+    specialist: str
+    version: str  # answers
+    stage: str  # "production" | "canary"
+    shadow: str | None  # also runs, mirrored, never returned
+
+
+@dataclass(frozen=True)
+class Stages:
+    production: str | None
+    canary: str | None
+    traffic: float  # the canary's share
+    shadow: str | None
+
+    def assign(self, specialist: str, key: str) -> Assignment:
+        on_canary = self.canary is not None and bucket(key) < round(self.traffic * BUCKETS)
+        if on_canary or self.production is None:
+            if self.canary is None:
+                raise NoVersion(f"{specialist} has no version in production or canary")
+            return Assignment(specialist, self.canary, "canary", self.shadow)
+        return Assignment(specialist, self.production, "production", self.shadow)
+
+
+def stages_of(fleet: Any, specialist: str) -> Stages:
+    state = fleet.specialists.get(specialist)
+
+    def held(stage: str) -> Any:
+        return state.holder(stage) if state else None
+
+    production, canary, shadow = held("production"), held("canary"), held("shadow")
+    return Stages(production.version if production else None,
+                  canary.version if canary else None,
+                  (canary.traffic or 0.0) if canary else 0.0,
+                  shadow.version if shadow else None)
+
+
+class TrafficSplit:
+    """The split of every specialist, kept in step with the event log's tip."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._tip: str | None = None
+        self._fleet: Any = None
+        self.reloads = 0
+
+    def _current(self) -> Any:
+        from modelsmith.events.projection import fold
+
+        tip = self.store.tip()
+        with self._lock:
+            if self._fleet is None or tip != self._tip:
+                self._fleet = fold(self.store)
+                self._tip = tip
+                self.reloads += 1
+            return self._fleet
+
+    def stages(self, specialist: str) -> Stages:
+        return stages_of(self._current(), specialist)
+
+    def assign(self, specialist: str, key: str) -> Assignment:
+        return self.stages(specialist).assign(specialist, key)

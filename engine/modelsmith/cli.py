@@ -53,6 +53,7 @@ _USER_ERRORS = {
     "modelsmith.gitops.forge": ("ForgeError",),
     "modelsmith.gitops.reconcile": ("ReconcileError",),
     "modelsmith.gitops.sync": ("SyncError",),
+    "modelsmith.serving.package": ("PackageError",),
     "modelsmith.fleet.pool": ("NoHostError",),
 }
 
@@ -386,6 +387,28 @@ def route(ctx: click.Context, text: str, meta: tuple[str, ...], task: str | None
             click.echo(f"{chosen['specialist']} (rule {chosen['rule'] or 'default'})")
     if chosen["specialist"] is None:
         sys.exit(EXIT_FAILED)
+
+
+@cli.command("package")
+@click.argument("specialist")
+@click.argument("version")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+@_guard
+def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
+                as_json: bool) -> None:
+    """Write VERSION as a serving artifact in OUT: merged weights, tokenizer, and a manifest
+    with the prompt contract, lineage and the rollback contract."""
+    from modelsmith.serving.package import package
+
+    manifest = package(_workspace(ctx), specialist, version, out)
+    if as_json:
+        _print_json(manifest)
+        return
+    back = manifest["rollback"]
+    click.echo(f"packaged {specialist} {version} in {out} (artifact "
+               f"{manifest['artifact_hash'][:12]}); falls back to {back['version'] or '-'}")
 
 
 @cli.command("plan")

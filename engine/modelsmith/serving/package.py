@@ -1,0 +1,94 @@
+"""``modelsmith package``: a candidate as a serving artifact any host can load.
+
+The folder holds the merged weights and the tokenizer (a plain Hugging Face folder, as
+vLLM or an OpenAI-compatible server loads it) and ``modelsmith.json``: the specialist's
+prompt contract (template, system prompt, whether a chat template applies, the output
+kind and labels), the version's lineage, the artifact hash, and the rollback contract --
+the version to fall back to and its artifact hash. The weights are checked against the
+hash their lineage recorded before anything is written: a corrupt checkpoint is never
+packaged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "modelsmith.json"
+
+
+class PackageError(RuntimeError):
+    """The artifact cannot be made; the message says why."""
+
+
+def fallback(fleet: Any, specialist: str, version: str) -> str | None:
+    """The version to fall back to from ``version``: production now, when that is another
+    version; else the one that held production before it; else its parent."""
+    state = fleet.specialists.get(specialist)
+    if state is None:
+        return None
+    held = state.holder("production")
+    if held is not None and held.version != version:
+        return held.version
+    earlier = [a.version for a in state.history
+               if a.stage == "production" and a.version != version]
+    if earlier:
+        return earlier[-1]
+    candidate = state.candidates.get(version)
+    return candidate.lineage.get("parent") if candidate else None
+
+
+def package(ws: Any, specialist: str, version: str, out: Path) -> dict[str, Any]:
+    """Write the artifact for ``specialist`` ``version`` to ``out``; its manifest."""
+    from modelsmith.artifacts.dvc import ArtifactStore
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PackageError(f"{out} exists and is not empty; pick another folder")
+    repo = ws.specs()
+    spec = repo.specialists.get(specialist)
+    if spec is None:
+        raise PackageError(f"no specialist {specialist!r} (known: "
+                           f"{', '.join(sorted(repo.specialists)) or 'none'})")
+    fleet = ws.fleet()
+    state = fleet.specialists.get(specialist)
+    candidate = state.candidates.get(version) if state else None
+    if candidate is None:
+        known = ", ".join(state.candidates) if state else "none"
+        raise PackageError(f"{specialist} has no candidate {version} (registered: {known})")
+    model = ws.candidate(repo, specialist, version)
+    artifacts = ArtifactStore(ws.root)
+    digest = artifacts.content_hash(model.path)
+    expected = candidate.lineage.get("weights_hash")
+    if expected and digest != expected:
+        raise PackageError(f"{model.path} hashes to {digest}, not the {expected} its lineage "
+                           "recorded: restore it (`dvc checkout`) before packaging")
+    back_to = fallback(fleet, specialist, version)
+    back = state.candidates.get(back_to) if state and back_to else None
+    task = spec.spec.task
+    output = task.output
+    manifest = {
+        "specialist": specialist,
+        "version": version,
+        "artifact_hash": digest,
+        "created_at": datetime.now(UTC).isoformat(),
+        "prompt": {"template": task.prompt_template, "system": task.system_prompt,
+                   "chat_template": bool(model.base.chat_template),
+                   "output": output.model_dump(mode="json")},
+        "lineage": candidate.lineage,
+        "registered_event": candidate.event_id,
+        "rollback": {"version": back_to,
+                     "artifact_hash": back.lineage.get("weights_hash") if back else None},
+    }
+    staged = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(model.path, staged, ignore=shutil.ignore_patterns(".*"))
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                                   encoding="utf-8")
+    if out.exists():
+        out.rmdir()
+    staged.rename(out)
+    return manifest

@@ -411,6 +411,33 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
                f"{manifest['artifact_hash'][:12]}); falls back to {back['version'] or '-'}")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (loopback unless you mean it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--token-env", default="MODELSMITH_SERVE_TOKEN", show_default=True,
+              metavar="VAR", help="Environment variable holding the bearer token (unset: "
+                                  "no token required).")
+@click.pass_context
+@_guard
+def serve(ctx: click.Context, host: str, port: int, token_env: str) -> None:
+    """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
+    auto), GET /v1/models, POST /v1/route, GET /healthz. Versions follow the event log."""
+    from modelsmith.serving.server import Service, make_server
+
+    service = Service(_workspace(ctx))
+    server = make_server(service, host, port, token=os.environ.get(token_env) or None)
+    bound = server.server_address
+    click.echo(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        service.close()
+
+
 @cli.command("plan")
 @json_option
 @click.pass_context

@@ -1,0 +1,246 @@
+"""``modelsmith serve``: an OpenAI-compatible endpoint in front of the fleet.
+
+``POST /v1/chat/completions`` answers with a specialist (``model`` names it, or ``auto``
+lets the router pick from the last user message). Which *version* answers comes from the
+event log through the traffic split: production, or the canary for its share of request
+keys (the request's ``user`` field, else a fresh id); a shadow version gets a mirrored
+copy on a background thread and its answer is kept for comparison, never returned.
+``GET /v1/models`` lists the specialists, ``POST /v1/route`` shows the routing decision,
+``GET /healthz`` says it is up.
+
+Loopback by default; with a token every request needs ``Authorization: Bearer <token>``.
+Bodies over the size limit, malformed JSON, unknown models and bad fields get a 4xx with an
+OpenAI-style JSON error, and the server keeps serving. One model load per version, shared
+by all requests (a backend batches what it is given).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .router import NoRoute, Request, Router
+from .split import NoVersion, TrafficSplit
+
+#: Bodies larger than this are refused (413).
+MAX_BODY = 1 << 20
+#: Completion tokens when the request does not say, per output kind (as the eval uses).
+DEFAULT_MAX_TOKENS = {"label": 4, "json": 256, "text": 128}
+MAX_TOKENS = 1024
+
+
+class ServeError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.code}}
+
+
+class Service:
+    """What the HTTP handler calls: routing, the split, the backends."""
+
+    def __init__(self, ws: Any, *, backend_factory: Any = None) -> None:
+        self.ws = ws
+        self.repo = ws.specs()
+        self.router = Router.from_table(self.repo.routing)
+        self.split = TrafficSplit(ws.store)
+        self._backends: dict[tuple[str, str], Any] = {}
+        self._loading = threading.Lock()
+        self._make = backend_factory or self._load_backend
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self.shadow_log: deque[dict[str, Any]] = deque(maxlen=1000)
+
+    def _load_backend(self, specialist: str, version: str) -> Any:
+        from modelsmith.inference import make_backend
+
+        model = self.ws.candidate(self.repo, specialist, version)
+        return make_backend(str(model.path), self.repo.clusters, repo_root=self.ws.root,
+                            chat_template=model.base.chat_template)
+
+    def backend(self, specialist: str, version: str) -> Any:
+        key = (specialist, version)
+        with self._loading:  # one load per version, whoever asks first
+            if key not in self._backends:
+                self._backends[key] = self._make(specialist, version)
+            return self._backends[key]
+
+    def close(self) -> None:
+        self._shadow_pool.shutdown(wait=True)
+        for backend in self._backends.values():
+            backend.close()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "modelsmith"}
+            for name in sorted(self.repo.specialists)] + [
+            {"id": "auto", "object": "model", "created": 0, "owned_by": "modelsmith"}]}
+
+    def route(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = body.get("input")
+        if not isinstance(text, str):
+            raise ServeError(400, "'input' must be a string", code="invalid_input")
+        decision = self._route(text, body.get("metadata"), body.get("task"))
+        return {"specialist": decision[0], "rule": decision[1]}
+
+    def _route(self, text: str, meta: Any, task: Any) -> tuple[str, str | None]:
+        if meta is not None and not (isinstance(meta, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
+            raise ServeError(400, "'metadata' must map strings to strings")
+        try:
+            decision = self.router.route(Request(text, meta or {}, task))
+        except NoRoute as exc:
+            raise ServeError(422, str(exc), code="no_route") from None
+        return decision.specialist, decision.rule
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        model = body.get("model")
+        messages = body.get("messages")
+        if not isinstance(model, str) or not model:
+            raise ServeError(400, "'model' must be a specialist name or 'auto'",
+                             code="invalid_model")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            raise ServeError(400, "'messages' must be a non-empty list of {role, content}",
+                             code="invalid_messages")
+        users = [m["content"] for m in messages if m.get("role") == "user"]
+        if not users:
+            raise ServeError(400, "'messages' has no user message", code="invalid_messages")
+        text = users[-1]
+        rule = None
+        if model == "auto":
+            specialist, rule = self._route(text, body.get("metadata"), None)
+        elif model in self.repo.specialists:
+            specialist = model
+        else:
+            raise ServeError(404, f"the model '{model}' does not exist (specialists: "
+                             f"{', '.join(sorted(self.repo.specialists))}, or auto)",
+                             code="model_not_found")
+        user = body.get("user")
+        key = user if isinstance(user, str) and user else uuid.uuid4().hex
+        try:
+            assignment = self.split.assign(specialist, key)
+        except NoVersion as exc:
+            raise ServeError(503, str(exc), kind="server_error", code="no_version") from None
+        task = self.repo.specialists[specialist].spec.task
+        limit = body.get("max_tokens", DEFAULT_MAX_TOKENS.get(task.output.kind, 64))
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
+            raise ServeError(400, f"'max_tokens' must be an integer from 1 to {MAX_TOKENS}")
+        from modelsmith.inference.base import GenerationRequest
+
+        request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
+                                    max_new_tokens=limit)
+        backend = self.backend(specialist, assignment.version)
+        (generation,) = backend.generate([request])
+        if generation.error:
+            raise ServeError(502, f"{specialist} {assignment.version} failed: "
+                             f"{generation.error}", kind="server_error")
+        if assignment.shadow:
+            self._shadow_pool.submit(self._shadow, specialist, assignment, request,
+                                     generation.text)
+        prompt_tokens = backend.count_tokens(request.prompt)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": specialist,
+            "choices": [{"index": 0, "finish_reason": generation.finish_reason,
+                         "message": {"role": "assistant", "content": generation.text}}],
+            "usage": {"prompt_tokens": prompt_tokens,
+                      "completion_tokens": generation.completion_tokens,
+                      "total_tokens": prompt_tokens + generation.completion_tokens},
+            "modelsmith": {"version": assignment.version, "stage": assignment.stage,
+                           "rule": rule, "shadow": assignment.shadow},
+        }
+
+    def _shadow(self, specialist: str, assignment: Any, request: Any, answered: str) -> None:
+        """The shadow's answer to the same request, kept beside the one returned."""
+        try:
+            (shadow,) = self.backend(specialist, assignment.shadow).generate([request])
+            text, error = shadow.text, shadow.error
+        except Exception as exc:  # a shadow must never hurt the request it mirrors
+            text, error = None, str(exc)
+        self.shadow_log.append({"specialist": specialist, "version": assignment.version,
+                                "shadow": assignment.shadow, "answered": answered,
+                                "shadow_answer": text, "agree": text == answered,
+                                "error": error})
+
+
+def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
+                token: str | None = None, max_body: int = MAX_BODY) -> ThreadingHTTPServer:
+    """A threading HTTP server for ``service`` (``serve_forever`` runs it)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "modelsmith"
+
+        def log_message(self, *args: Any) -> None:  # quiet; metrics say what happened
+            pass
+
+        def _send(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            return token is None or self.headers.get("Authorization") == f"Bearer {token}"
+
+        def _body(self) -> dict[str, Any]:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise ServeError(400, "bad Content-Length") from None
+            if length > max_body:
+                self.close_connection = True
+                raise ServeError(413, f"the body has {length} bytes; the limit is {max_body}",
+                                 code="body_too_large")
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ServeError(400, f"the body is not JSON: {exc}", code="invalid_json") \
+                    from None
+            if not isinstance(body, dict):
+                raise ServeError(400, "the body must be a JSON object", code="invalid_json")
+            return body
+
+        def _handle(self, method: str) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            try:
+                if path == "/healthz" and method == "GET":
+                    self._send(200, {"ok": True})
+                    return
+                if not self._authorised():
+                    raise ServeError(401, "missing or wrong bearer token",
+                                     kind="authentication_error", code="invalid_api_key")
+                if path == "/v1/models" and method == "GET":
+                    self._send(200, service.models())
+                elif path == "/v1/chat/completions" and method == "POST":
+                    self._send(200, service.complete(self._body()))
+                elif path == "/v1/route" and method == "POST":
+                    self._send(200, service.route(self._body()))
+                else:
+                    raise ServeError(404, f"no endpoint {method} {path}", code="not_found")
+            except ServeError as exc:
+                self._send(exc.status, exc.body())
+            except Exception as exc:  # the server keeps serving
+                self._send(500, ServeError(500, f"{type(exc).__name__}: {exc}",
+                                           kind="server_error").body())
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+    return ThreadingHTTPServer((host, port), Handler)

@@ -1,0 +1,107 @@
+"""``modelsmith serve`` against the real ``openai`` client on 127.0.0.1: chat completions
+by specialist name and by the router, the version from the event log's split with the
+shadow mirrored and never returned, and clear 4xx errors (malformed JSON, oversized body,
+wrong token, unknown model) after which the server keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import time
+
+import pytest
+
+from modelsmith.artifacts.models import resolve_model
+from modelsmith.events.gitstore import GitEventStore
+from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promoted
+from modelsmith.serving.server import Service, make_server
+from modelsmith.specs import load_repository
+from modelsmith.workspace import Workspace
+
+openai = pytest.importorskip("openai")
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def server(demo_repo, tmp_path, monkeypatch):
+    """v1 in production and v2 in shadow (both the tiny model's weights)."""
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    repo = load_repository(demo_repo)
+    tiny = resolve_model("tiny-test", repo.clusters, progress=lambda _m: None).path
+    events = []
+    for version in ("v1", "v2"):
+        shutil.copytree(tiny, demo_repo / "models" / "rtb-quality" / version)
+        events.append(CandidateRegistered(version=version,
+                                          lineage=Lineage(base_model="tiny-test")))
+    events += [Promoted(version="v1", stage="production"), Promoted(version="v2",
+                                                                    stage="shadow")]
+    GitEventStore(demo_repo).append("rtb-quality",
+                                    [Event.new(p, actor="test") for p in events], 0)
+    service = Service(Workspace.find(demo_repo))
+    httpd = make_server(service, port=0, token=TOKEN, max_body=4096)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield service, httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+    service.close()
+
+
+def client(port, token=TOKEN):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+
+
+def raw(port, method, path, body=b"", headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {TOKEN}",
+                                                   **(headers or {})})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"null")
+
+
+def test_chat_completions_through_the_openai_client(server):
+    service, port = server
+    bid = "domain=news.example ctr=0.7% floor=$1.20 format=banner"
+    answer = client(port).chat.completions.create(
+        model="rtb-quality", messages=[{"role": "user", "content": bid}], user="alice")
+    assert answer.model == "rtb-quality" and answer.object == "chat.completion"
+    assert isinstance(answer.choices[0].message.content, str)
+    assert answer.model_extra["modelsmith"]["version"] == "v1"  # production answers
+    assert answer.usage.prompt_tokens > 0
+    routed = client(port).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": bid}])
+    assert routed.model_extra["modelsmith"]["rule"] == "rtb-bids"
+    assert [m.id for m in client(port).models.list()] == ["rtb-quality", "auto"]
+    # The shadow (v2) answered the same requests on the side; its answers were kept.
+    deadline = time.monotonic() + 30
+    while len(service.shadow_log) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [s["shadow"] for s in service.shadow_log] == ["v2", "v2"]
+    assert all(s["version"] == "v1" for s in service.shadow_log)
+    assert len(service._backends) == 2  # one load per version
+
+
+def test_bad_requests_get_clear_errors_and_the_server_goes_on(server):
+    _, port = server
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client(port).chat.completions.create(model="nope",
+                                             messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        client(port, token="wrong").models.list()
+    status, body = raw(port, "POST", "/v1/chat/completions", b"{not json",
+                       {"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = raw(port, "POST", "/v1/chat/completions", b"x" * 5000)
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+    status, body = raw(port, "POST", "/v1/chat/completions",
+                       json.dumps({"model": "rtb-quality", "messages": "hi"}).encode())
+    assert status == 400 and "'messages'" in body["error"]["message"]
+    status, body = raw(port, "POST", "/v1/route", json.dumps({"input": "an auction bid"})
+                       .encode())
+    assert status == 200 and body == {"specialist": "rtb-quality", "rule": "rtb-keywords"}
+    status, body = raw(port, "GET", "/healthz")
+    assert status == 200 and body == {"ok": True}
+    answer = client(port).chat.completions.create(
+        model="rtb-quality", messages=[{"role": "user", "content": "domain=a ctr=1%"}])
+    assert answer.choices[0].message.role == "assistant"

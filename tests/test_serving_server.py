@@ -105,3 +105,62 @@ def test_bad_requests_get_clear_errors_and_the_server_goes_on(server):
     answer = client(port).chat.completions.create(
         model="rtb-quality", messages=[{"role": "user", "content": "domain=a ctr=1%"}])
     assert answer.choices[0].message.role == "assistant"
+
+
+def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp_path,
+                                                                  monkeypatch):
+    """v2 replaced v1 in production. Its answers get poor feedback over the rollback
+    window; the window is recorded as MetricsObserved, reconcile rolls production back to
+    v1, and the running server answers with v1 -- no restart."""
+    from click.testing import CliRunner
+
+    from modelsmith.cli import cli
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    repo = load_repository(demo_repo)
+    tiny = resolve_model("tiny-test", repo.clusters, progress=lambda _m: None).path
+    events = []
+    for version in ("v1", "v2"):
+        shutil.copytree(tiny, demo_repo / "models" / "rtb-quality" / version)
+        events.append(CandidateRegistered(version=version,
+                                          lineage=Lineage(base_model="tiny-test")))
+    events += [Promoted(version="v1", stage="production"),
+               Promoted(version="v2", stage="production", previous="v1")]
+    GitEventStore(demo_repo).append("rtb-quality",
+                                    [Event.new(p, actor="test") for p in events], 0)
+    spec = demo_repo / "specialists" / "rtb-quality.yaml"
+    spec.write_text(spec.read_text().replace("  production: null", "  production: v2"))
+    service = Service(Workspace.find(demo_repo))
+    httpd = make_server(service, port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        ask = json.dumps({"model": "rtb-quality", "messages": [
+            {"role": "user", "content": "domain=news.example ctr=0.7%"}]}).encode()
+        for _ in range(200):  # the policy's rollback window
+            status, answer = raw(port, "POST", "/v1/chat/completions", ask)
+            assert status == 200 and answer["modelsmith"]["version"] == "v2"
+            status, _ = raw(port, "POST", "/v1/feedback",
+                            json.dumps({"id": answer["id"], "score": 0.2}).encode())
+            assert status == 200
+        status, unknown = raw(port, "POST", "/v1/feedback",
+                              json.dumps({"id": "chatcmpl-nope", "score": 1}).encode())
+        assert status == 404 and unknown["error"]["code"] == "unknown_response"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        assert ('modelsmith_requests_total{specialist="rtb-quality",version="v2",'
+                'stage="production"} 200') in text
+        (observed,) = service.flush()
+        assert observed.data["requests"] == 200
+        assert observed.data["metrics"]["score_mean"] == pytest.approx(0.2)
+        result = CliRunner().invoke(cli, ["-C", str(demo_repo), "reconcile"])
+        assert result.exit_code == 0, result.output
+        assert "RolledBack rtb-quality production: v2 -> v1 (score_mean 0.200 < 0.8" in \
+            result.output
+        status, answer = raw(port, "POST", "/v1/chat/completions", ask)
+        assert status == 200 and answer["modelsmith"]["version"] == "v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()

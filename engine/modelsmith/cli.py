@@ -418,14 +418,16 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
 @click.option("--token-env", default="MODELSMITH_SERVE_TOKEN", show_default=True,
               metavar="VAR", help="Environment variable holding the bearer token (unset: "
                                   "no token required).")
+@click.option("--window", "window_s", type=click.FloatRange(min=1), default=60.0,
+              show_default=True, help="Seconds per MetricsObserved window.")
 @click.pass_context
 @_guard
-def serve(ctx: click.Context, host: str, port: int, token_env: str) -> None:
+def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, GET /healthz. Versions follow the event log."""
     from modelsmith.serving.server import Service, make_server
 
-    service = Service(_workspace(ctx))
+    service = Service(_workspace(ctx), window_s=window_s)
     server = make_server(service, host, port, token=os.environ.get(token_env) or None)
     bound = server.server_address
     click.echo(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)

@@ -6,7 +6,10 @@ event log through the traffic split: production, or the canary for its share of 
 keys (the request's ``user`` field, else a fresh id); a shadow version gets a mirrored
 copy on a background thread and its answer is kept for comparison, never returned.
 ``GET /v1/models`` lists the specialists, ``POST /v1/route`` shows the routing decision,
-``GET /healthz`` says it is up.
+``POST /v1/feedback`` scores an earlier response (``{"id", "score"}``), ``GET /metrics``
+is Prometheus text, ``GET /healthz`` says it is up. Every ``window_s`` the live metrics
+become ``MetricsObserved`` events (:mod:`.metrics`) -- what rollback and the stage gates
+read.
 
 Loopback by default; with a token every request needs ``Authorization: Bearer <token>``.
 Bodies over the size limit, malformed JSON, unknown models and bad fields get a 4xx with an
@@ -48,8 +51,18 @@ class ServeError(Exception):
 class Service:
     """What the HTTP handler calls: routing, the split, the backends."""
 
-    def __init__(self, ws: Any, *, backend_factory: Any = None) -> None:
+    def __init__(self, ws: Any, *, backend_factory: Any = None,
+                 window_s: float | None = None) -> None:
+        from .metrics import LiveMetrics
+
         self.ws = ws
+        self.metrics = LiveMetrics()
+        self._stop = threading.Event()
+        self._flusher = None
+        if window_s:
+            self._flusher = threading.Thread(target=self._flush_every, args=(window_s,),
+                                             daemon=True, name="metrics-flush")
+            self._flusher.start()
         self.repo = ws.specs()
         self.router = Router.from_table(self.repo.routing)
         self.split = TrafficSplit(ws.store)
@@ -73,7 +86,32 @@ class Service:
                 self._backends[key] = self._make(specialist, version)
             return self._backends[key]
 
+    def _flush_every(self, window_s: float) -> None:
+        while not self._stop.wait(window_s):
+            self.flush()
+
+    def flush(self) -> list[Any]:
+        """Record the current window as ``MetricsObserved`` events."""
+        return self.metrics.flush(self.ws.store)
+
+    def feedback(self, body: dict[str, Any]) -> dict[str, Any]:
+        response_id, score = body.get("id"), body.get("score")
+        if not isinstance(response_id, str):
+            raise ServeError(400, "'id' must be the id of an earlier response")
+        if isinstance(score, bool) or not isinstance(score, int | float) \
+                or not 0.0 <= score <= 1.0:
+            raise ServeError(400, "'score' must be a number from 0 to 1")
+        key = self.metrics.feedback(response_id, float(score))
+        if key is None:
+            raise ServeError(404, f"no response {response_id} (or it is too old)",
+                             code="unknown_response")
+        return {"ok": True, "specialist": key[0], "version": key[1], "stage": key[2]}
+
     def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=30)
+            self.flush()
         self._shadow_pool.shutdown(wait=True)
         for backend in self._backends.values():
             backend.close()
@@ -141,7 +179,11 @@ class Service:
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
                                     max_new_tokens=limit)
         backend = self.backend(specialist, assignment.version)
+        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        started = time.perf_counter()
         (generation,) = backend.generate([request])
+        self.metrics.request(response_id, specialist, assignment.version, assignment.stage,
+                             (time.perf_counter() - started) * 1000, bool(generation.error))
         if generation.error:
             raise ServeError(502, f"{specialist} {assignment.version} failed: "
                              f"{generation.error}", kind="server_error")
@@ -150,7 +192,7 @@ class Service:
                                      generation.text)
         prompt_tokens = backend.count_tokens(request.prompt)
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "id": response_id, "object": "chat.completion",
             "created": int(time.time()), "model": specialist,
             "choices": [{"index": 0, "finish_reason": generation.finish_reason,
                          "message": {"role": "assistant", "content": generation.text}}],
@@ -223,8 +265,17 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
                 if not self._authorised():
                     raise ServeError(401, "missing or wrong bearer token",
                                      kind="authentication_error", code="invalid_api_key")
-                if path == "/v1/models" and method == "GET":
+                if path == "/metrics" and method == "GET":
+                    data = service.metrics.prometheus().encode("utf-8")
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif path == "/v1/models" and method == "GET":
                     self._send(200, service.models())
+                elif path == "/v1/feedback" and method == "POST":
+                    self._send(200, service.feedback(self._body()))
                 elif path == "/v1/chat/completions" and method == "POST":
                     self._send(200, service.complete(self._body()))
                 elif path == "/v1/route" and method == "POST":

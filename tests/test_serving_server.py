@@ -24,21 +24,25 @@ openai = pytest.importorskip("openai")
 TOKEN = "s3cret"
 
 
-@pytest.fixture
-def server(demo_repo, tmp_path, monkeypatch):
-    """v1 in production and v2 in shadow (both the tiny model's weights)."""
-    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
-    repo = load_repository(demo_repo)
+def fleet(root, promotions):
+    """Candidates v1 and v2 (the tiny model's weights) and ``promotions`` in the log."""
+    repo = load_repository(root)
     tiny = resolve_model("tiny-test", repo.clusters, progress=lambda _m: None).path
     events = []
     for version in ("v1", "v2"):
-        shutil.copytree(tiny, demo_repo / "models" / "rtb-quality" / version)
+        shutil.copytree(tiny, root / "models" / "rtb-quality" / version)
         events.append(CandidateRegistered(version=version,
                                           lineage=Lineage(base_model="tiny-test")))
-    events += [Promoted(version="v1", stage="production"), Promoted(version="v2",
-                                                                    stage="shadow")]
-    GitEventStore(demo_repo).append("rtb-quality",
-                                    [Event.new(p, actor="test") for p in events], 0)
+    GitEventStore(root).append("rtb-quality", [Event.new(p, actor="test")
+                                               for p in [*events, *promotions]], 0)
+
+
+@pytest.fixture
+def server(demo_repo, tmp_path, monkeypatch):
+    """v1 in production and v2 in shadow."""
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production"),
+                      Promoted(version="v2", stage="shadow")])
     service = Service(Workspace.find(demo_repo))
     httpd = make_server(service, port=0, token=TOKEN, max_body=4096)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -117,17 +121,8 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
     from modelsmith.cli import cli
 
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
-    repo = load_repository(demo_repo)
-    tiny = resolve_model("tiny-test", repo.clusters, progress=lambda _m: None).path
-    events = []
-    for version in ("v1", "v2"):
-        shutil.copytree(tiny, demo_repo / "models" / "rtb-quality" / version)
-        events.append(CandidateRegistered(version=version,
-                                          lineage=Lineage(base_model="tiny-test")))
-    events += [Promoted(version="v1", stage="production"),
-               Promoted(version="v2", stage="production", previous="v1")]
-    GitEventStore(demo_repo).append("rtb-quality",
-                                    [Event.new(p, actor="test") for p in events], 0)
+    fleet(demo_repo, [Promoted(version="v1", stage="production"),
+                      Promoted(version="v2", stage="production", previous="v1")])
     spec = demo_repo / "specialists" / "rtb-quality.yaml"
     spec.write_text(spec.read_text().replace("  production: null", "  production: v2"))
     service = Service(Workspace.find(demo_repo))

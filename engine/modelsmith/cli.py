@@ -440,6 +440,26 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
         service.close()
 
 
+@cli.command()
+@click.pass_context
+@_guard
+def mcp(ctx: click.Context) -> None:
+    """A stdio MCP server: one tool per specialist (structured answer, version, latency),
+    plus fleet_status and evaluation_summary."""
+    try:
+        from modelsmith.serving.mcp_server import build
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise click.ClickException(f"modelsmith mcp needs the mcp package: pip install "
+                                   f"'modelsmith[serve]' ({exc})") from None
+    from modelsmith.serving.server import Service
+
+    service = Service(_workspace(ctx))
+    try:
+        build(service).run("stdio")
+    finally:
+        service.close()
+
+
 @cli.command("plan")
 @json_option
 @click.pass_context

@@ -1,0 +1,94 @@
+"""``modelsmith mcp``: the fleet as MCP tools over stdio (the ``mcp`` package, version 2).
+
+One tool per specialist, named after it: the input is the task's text (``input``, with an
+optional ``user`` key for the canary split), the output is structured -- the answer, the
+version that gave it, its stage and the latency; for a label task the answer is one of the
+labels or the raw text, with ``valid`` saying which. Two read-only tools: ``fleet_status``
+(who holds which stage) and ``evaluation_summary`` (a specialist's latest evaluation). The
+answers go through the same service as ``modelsmith serve`` (split from the event log, one
+model load per version). ``mcp`` is imported only here: it costs 1-2 s.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Answer(BaseModel):
+    answer: str = Field(description="The specialist's answer.")
+    valid: bool = Field(description="Whether the answer fits the task's output contract.")
+    version: str = Field(description="The version that answered.")
+    stage: str = Field(description="production or canary.")
+    latency_ms: float
+
+
+def build(service: Any) -> Any:
+    """The MCP server for ``service`` (a :class:`~.server.Service`)."""
+    from mcp.server import MCPServer
+
+    mcp = MCPServer("modelsmith", instructions="Domain specialists of this Modelsmith "
+                    "repository, one tool each; the version answering follows the event log.")
+    for name, spec in sorted(service.repo.specialists.items()):
+        mcp.add_tool(_specialist_tool(service, name, spec), name=name,
+                     description=(spec.spec.description or name).strip(),
+                     structured_output=True)
+
+    def fleet_status() -> dict[str, Any]:
+        """Which version holds production, canary and shadow, per specialist."""
+        return service.ws.fleet_status()
+
+    def evaluation_summary(specialist: str) -> dict[str, Any]:
+        """The latest evaluation of ``specialist``: model, composite, held-out, event id."""
+        state = service.ws.fleet().specialists.get(specialist)
+        if specialist not in service.repo.specialists:
+            from mcp.server.mcpserver.exceptions import ToolError
+
+            raise ToolError(f"no specialist {specialist!r} (known: "
+                             f"{', '.join(sorted(service.repo.specialists))})")
+        records = [(c.version, e) for c in (state.candidates.values() if state else [])
+                   for e in c.evals] + [(None, e) for e in (state.model_evals if state else [])]
+        if not records:
+            return {"specialist": specialist, "evaluation": None}
+        version, latest = max(records, key=lambda r: r[1].at)
+        return {"specialist": specialist, "evaluation": {
+            "event": latest.event_id, "version": version, "model": latest.model,
+            "composite": latest.composite, "heldout": latest.heldout,
+            "at": latest.at.isoformat(), "suite_hash": latest.suite_hash}}
+
+    mcp.add_tool(fleet_status, name="fleet_status")
+    mcp.add_tool(evaluation_summary, name="evaluation_summary")
+    return mcp
+
+
+def _specialist_tool(service: Any, name: str, spec: Any) -> Any:
+    output = spec.spec.task.output
+    labels = list(getattr(output, "labels", None) or [])
+
+    def answer(input: str, user: str | None = None) -> Answer:
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        from .server import ServeError
+
+        if not input.strip():
+            raise ToolError("input is empty")
+        started = time.perf_counter()
+        try:
+            reply = service.complete({"model": name, "user": user or uuid.uuid4().hex,
+                                      "messages": [{"role": "user", "content": input}]})
+        except ServeError as exc:  # no version to answer with, a failed generation
+            raise ToolError(exc.message) from None
+        text = reply["choices"][0]["message"]["content"].strip()
+        first = text.split()[0] if text.split() else ""
+        valid = first in labels if labels else bool(text)
+        return Answer(answer=first if labels and valid else text, valid=valid,
+                      version=reply["modelsmith"]["version"],
+                      stage=reply["modelsmith"]["stage"],
+                      latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
+    answer.__doc__ = (f"Ask the {name} specialist. input: the text to decide on"
+                      + (f" (answers one of {', '.join(labels)})" if labels else "") + ".")
+    return answer

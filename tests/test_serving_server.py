@@ -84,6 +84,11 @@ def test_chat_completions_through_the_openai_client(server):
     assert [s["shadow"] for s in service.shadow_log] == ["v2", "v2"]
     assert all(s["version"] == "v1" for s in service.shadow_log)
     assert len(service._backends) == 2  # one load per version
+    # The comparison is recorded with the window: same weights, so the shadow agreed.
+    observed = {(e.data["version"], e.data["stage"]): e.data for e in service.flush()}
+    assert observed[("v2", "shadow")]["requests"] == 2
+    assert observed[("v2", "shadow")]["metrics"]["agreement_rate"] == 1.0
+    assert observed[("v1", "production")]["requests"] == 2
 
 
 def test_bad_requests_get_clear_errors_and_the_server_goes_on(server):

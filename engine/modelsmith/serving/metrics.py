@@ -1,7 +1,8 @@
 """Live metrics of the serving fleet, aggregated into ``MetricsObserved`` events per window
 (never one event per request): per specialist, version and stage, the requests, latency
 p50/p95, error rate and the mean feedback score (``score_mean``, what the rollback policy
-and the stage floors read). ``prometheus()`` renders the running totals as Prometheus text.
+and the stage floors read); for a shadow, how often its answer agreed with the one
+returned (``agreement_rate``). ``prometheus()`` renders the running totals as Prometheus text.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class _Window:
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    agreements: list[bool] = field(default_factory=list)  # shadow answers == live answers
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -60,6 +62,16 @@ class LiveMetrics:
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
 
+    def shadow(self, specialist: str, version: str, latency_ms: float, agree: bool,
+               error: bool = False) -> None:
+        """A shadow's answer to a mirrored request: whether it agreed with the live one."""
+        with self._lock:
+            window = self._window((specialist, version, "shadow"))
+            window.requests += 1
+            window.errors += int(error)
+            window.latencies_ms.append(latency_ms)
+            window.agreements.append(agree)
+
     def feedback(self, response_id: str, score: float) -> tuple[str, str, str] | None:
         """Record a score in [0, 1] for an earlier response; its key, or None if unknown."""
         with self._lock:
@@ -90,6 +102,8 @@ class LiveMetrics:
                 metrics["latency_p95_ms"] = _percentile(w.latencies_ms, 95)
             if w.scores:
                 metrics["score_mean"] = sum(w.scores) / len(w.scores)
+            if w.agreements:
+                metrics["agreement_rate"] = sum(w.agreements) / len(w.agreements)
             payload = MetricsObserved(version=version, stage=stage, window_start=w.started,
                                       window_end=now, requests=w.requests, metrics=metrics)
             recorded += append_observation(store, specialist, [Event.new(payload, actor=actor)])

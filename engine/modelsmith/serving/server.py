@@ -205,11 +205,15 @@ class Service:
 
     def _shadow(self, specialist: str, assignment: Any, request: Any, answered: str) -> None:
         """The shadow's answer to the same request, kept beside the one returned."""
+        started = time.perf_counter()
         try:
             (shadow,) = self.backend(specialist, assignment.shadow).generate([request])
             text, error = shadow.text, shadow.error
         except Exception as exc:  # a shadow must never hurt the request it mirrors
             text, error = None, str(exc)
+        self.metrics.shadow(specialist, assignment.shadow,
+                            (time.perf_counter() - started) * 1000, text == answered,
+                            error is not None)
         self.shadow_log.append({"specialist": specialist, "version": assignment.version,
                                 "shadow": assignment.shadow, "answered": answered,
                                 "shadow_answer": text, "agree": text == answered,

@@ -192,28 +192,28 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
     counted = current if policy.gates.suite_unchanged else candidate.evals
     need = policy.gates.composite.sustained
     recent = counted[-need:]
-    scores = [round(e.composite, 4) for e in recent]
     unsound = next(((e, why) for e in recent if (why := evidence(name, e.event_id))), None)
     if unsound is not None:
         gates.append(Gate("composite", False, f"evaluation {unsound[0].event_id} is not "
                                               f"borne out by its evidence: {unsound[1]}",
                           {"needed": need, "target": want.target}))
-        gates.append(_heldout_gate(name, want, state, version, recent, heldout))
-        gates += _stage_order_gates(want, state, stage, version)
-        if stage.approval:
-            gates.append(_approval_gate(name, stage, version, approval))
-        return gates
-    gates.append(Gate(
-        "composite", len(recent) >= need and all(s >= want.target for s in scores),
-        f"last {need} evaluations {scores} vs target {want.target}" if len(scores) >= need
-        else f"{len(scores)} evaluation(s) {scores} of the {need} needed at >= {want.target}",
-        {"needed": need, "evaluations": len(recent), "target": want.target,
-         "lowest": min(scores) if scores else None}))
+    else:
+        gates.append(_composite_gate(version, recent, need, want.target))
     gates.append(_heldout_gate(name, want, state, version, recent, heldout))
     gates += _stage_order_gates(want, state, stage, version)
     if stage.approval:
         gates.append(_approval_gate(name, stage, version, approval))
     return gates
+
+
+def _composite_gate(version: str, recent: list[Any], need: int, target: float) -> Gate:
+    scores = [round(e.composite, 4) for e in recent]
+    return Gate(
+        "composite", len(recent) >= need and all(s >= target for s in scores),
+        f"last {need} evaluations {scores} vs target {target}" if len(scores) >= need
+        else f"{len(scores)} evaluation(s) {scores} of the {need} needed at >= {target}",
+        {"needed": need, "evaluations": len(recent), "target": target,
+         "lowest": min(scores) if scores else None})
 
 
 def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str,
@@ -292,6 +292,13 @@ def _approval_gate(name: str, stage: Any, version: str, approval: ApprovalFn) ->
                 {"approvals": len(approvers), "min_approvals": stage.min_approvals})
 
 
+def previous_holder(state: SpecialistState, stage: str, held: Assignment) -> str | None:
+    """The version that held ``stage`` before ``held`` (what a rollback goes back to)."""
+    earlier = [a for a in state.history if a.stage == stage and a.version != held.version
+               and a.since < held.since]
+    return earlier[-1].version if earlier else None
+
+
 def _rollback(name: str, want: Desired, state: SpecialistState, stage: Any,
               held: Assignment) -> Action | None:
     rule = want.policy.rollback
@@ -304,9 +311,7 @@ def _rollback(name: str, want: Desired, state: SpecialistState, stage: Any,
     requests = int(observed.get("requests", 0))
     if value is None or requests < rule.window or value >= rule.threshold:
         return None
-    earlier = [a for a in state.history if a.stage == stage.name and a.version != held.version
-               and a.since < held.since]
-    back_to = earlier[-1].version if earlier else None
+    back_to = previous_holder(state, stage.name, held)
     return Action("rollback", name, stage.name, back_to, held.version,
                   f"{rule.metric} {value:.3f} < {rule.threshold} over {requests} requests of "
                   f"{held.version} in {stage.name}",
@@ -351,7 +356,14 @@ def logged_heldout(store: Any) -> HeldoutFn:
 def logged_evidence(store: Any, repo: Any) -> EvidenceFn:
     """For :func:`plan`: an evaluation counts only when its evidence is intact (each blob
     hashes to the digest its event recorded) and recomputes to the composite it claims."""
+    verdicts: dict[str, str | None] = {}  # an event's evidence never changes
+
     def check(specialist: str, event_id: str) -> str | None:
+        if event_id not in verdicts:
+            verdicts[event_id] = examine(specialist, event_id)
+        return verdicts[event_id]
+
+    def examine(specialist: str, event_id: str) -> str | None:
         from modelsmith.evaluation.composite import compute_report
         from modelsmith.evaluation.results import EvalError
         from modelsmith.evaluation.service import load_runs

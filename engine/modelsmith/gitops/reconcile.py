@@ -25,7 +25,15 @@ from modelsmith.events.store import ConcurrencyError, EventStore
 from modelsmith.events.types import Approval as LoggedApproval
 from modelsmith.events.types import Event, Promoted, PromotionRejected, RolledBack
 
-from .plan import Action, ApprovalFn, Desired, EvidenceFn, HeldoutFn, plan
+from .plan import (
+    Action,
+    ApprovalFn,
+    Desired,
+    EvidenceFn,
+    HeldoutFn,
+    plan,
+    previous_holder,
+)
 
 #: Re-plans after losing a race before giving up.
 ATTEMPTS = 20
@@ -120,12 +128,10 @@ def manual_rollback(store: EventStore, specialist: str, stage: str, *, to: str |
     if state is None or held is None:
         raise ReconcileError(f"{specialist} has nothing in {stage} to roll back")
     if to is None:
-        earlier = [a for a in state.history if a.stage == stage and a.version != held.version
-                   and a.since < held.since]
-        if not earlier:
+        to = previous_holder(state, stage, held)
+        if to is None:
             raise ReconcileError(f"no version held {stage} before {held.version}; name one "
                                  "with --to")
-        to = earlier[-1].version
     elif to not in state.candidates:
         known = ", ".join(state.candidates) or "none"
         raise ReconcileError(f"{specialist} has no candidate {to} (registered: {known})")

@@ -1,9 +1,13 @@
-"""Serving overhead: requests/s and p95 latency through ``modelsmith serve`` (HTTP on
-127.0.0.1, routing, the split from the event log, metrics) against calling the same
-backend directly, one request at a time, with ``tiny-test`` as the production version.
+"""Serving overhead and batching, with ``tiny-test`` as the production version.
+
+1. One client: requests/s and p95 latency through ``modelsmith serve`` (HTTP on 127.0.0.1,
+   routing, the split from the event log, metrics) against calling the same backend
+   directly, one request at a time (the overhead ratio).
+2. ``--clients`` concurrent clients through ``serve``: concurrent requests coalesced into
+   batched backend calls, against the same server with batching off (``max_batch=1``).
 
     python bench/serve.py
-    python bench/serve.py --requests 500 --model auto
+    python bench/serve.py --requests 500 --clients 16 --model auto
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from modelsmith.artifacts.models import resolve_model
 from modelsmith.demo import embedded_defaults, prepare_fork
@@ -38,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--model", default="rtb-quality", help="a specialist, or auto")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (part 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "fork"
@@ -48,46 +54,84 @@ def main() -> None:
         GitEventStore(root).append("rtb-quality", [Event.new(p, actor="bench") for p in (
             CandidateRegistered(version="v1", lineage=Lineage(base_model="tiny-test")),
             Promoted(version="v1", stage="production"))], 0)
-        service = Service(ws)
-        httpd = make_server(service, port=0)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1])
-
-        def through_serve(text: str) -> None:
-            body = json.dumps({"model": args.model,
-                               "messages": [{"role": "user", "content": text}]})
-            conn.request("POST", "/v1/chat/completions", body=body,
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            assert response.status == 200, response.status
-
-        backend = service.backend("rtb-quality", "v1")
         task = ws.specs().specialists["rtb-quality"].spec.task
+
+        def serving(max_batch: int | None) -> tuple[Service, Any, int]:
+            service = Service(ws, max_batch=max_batch)
+            httpd = make_server(service, port=0)
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            return service, httpd, httpd.server_address[1]
+
+        def caller(port: int) -> Any:
+            conn = http.client.HTTPConnection("127.0.0.1", port)
+
+            def through_serve(text: str) -> None:
+                body = json.dumps({"model": args.model,
+                                   "messages": [{"role": "user", "content": text}]})
+                conn.request("POST", "/v1/chat/completions", body=body,
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200, response.status
+            return through_serve
+
+        def run(calls: list[Any]) -> tuple[float, float]:
+            """Each call in its own thread, ``args.requests`` requests in all."""
+            for call in calls:
+                call(BIDS[0])  # warm
+            latencies: list[float] = []
+            share = args.requests // len(calls)
+
+            def loop(k: int) -> None:
+                call = calls[k]
+                for i in range(share):
+                    t0 = time.perf_counter()
+                    call(BIDS[(k * share + i) % len(BIDS)])
+                    latencies.append((time.perf_counter() - t0) * 1000)
+
+            threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(calls))]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return share * len(calls) / (time.perf_counter() - started), p95(latencies)
+
+        results = {}
+        service, httpd, port = serving(None)
+        backend = service.backend("rtb-quality", "v1")
 
         def direct(text: str) -> None:
             backend.generate([GenerationRequest(prompt=task.render(text), max_new_tokens=4)])
 
-        results = {}
-        for name, call in (("direct", direct), ("serve", through_serve)):
-            call(BIDS[0])  # warm
-            latencies = []
-            started = time.perf_counter()
-            for i in range(args.requests):
-                t0 = time.perf_counter()
-                call(BIDS[i % len(BIDS)])
-                latencies.append((time.perf_counter() - t0) * 1000)
-            elapsed = time.perf_counter() - started
-            results[name] = (args.requests / elapsed, p95(latencies))
-        httpd.shutdown()
-        httpd.server_close()
-        service.close()
-    print(f"{'path':>8} {'req/s':>8} {'p95 ms':>8}")
+        results["direct"] = run([direct])
+        results["serve"] = run([caller(port)])
+        results[f"serve x{args.clients} batched"] = run(
+            [caller(port) for _ in range(args.clients)])
+        sizes = dict(sorted(service.batcher("rtb-quality", "v1").sizes.items()))
+        stop(service, httpd)
+        service, httpd, port = serving(1)
+        results[f"serve x{args.clients} unbatched"] = run(
+            [caller(port) for _ in range(args.clients)])
+        stop(service, httpd)
+    width = max(len(name) for name in results)
+    print(f"{'path':>{width}} {'req/s':>8} {'p95 ms':>8}")
     for name, (rate, tail) in results.items():
-        print(f"{name:>8} {rate:>8.1f} {tail:>8.2f}")
+        print(f"{name:>{width}} {rate:>8.1f} {tail:>8.2f}")
     overhead = results["direct"][0] / results["serve"][0]
-    print(f"serve runs at {1 / overhead:.2f}x the direct rate ({overhead:.2f}x the time per "
-          "request)")
+    print(f"one client: serve runs at {1 / overhead:.2f}x the direct rate ({overhead:.2f}x the "
+          "time per request)")
+    batched = results[f"serve x{args.clients} batched"][0]
+    unbatched = results[f"serve x{args.clients} unbatched"][0]
+    print(f"{args.clients} clients: batching serves {batched / unbatched:.2f}x the requests/s "
+          f"of one request per backend call (batch sizes seen: {sizes})")
+
+
+def stop(service: Service, httpd: Any) -> None:
+    httpd.shutdown()
+    httpd.server_close()
+    service.close()
+
 
 
 if __name__ == "__main__":

@@ -164,3 +164,127 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
         httpd.shutdown()
         httpd.server_close()
         service.close()
+
+
+BIDS = [("domain=casino-ads.example ctr=2.1% floor=$1.50 format=video", "REJECT"),
+        ("domain=news.example ctr=0.7% floor=$1.20 format=banner", "ACCEPT"),
+        ("domain=sports.example ctr=0.3% floor=$0.40 format=native", "REJECT"),
+        ("domain=weather.example ctr=3.5% floor=$2.00 format=banner", "ACCEPT")]
+
+
+class Screener:
+    """A stand-in model with known answers, so that the live numbers are known: v1 follows
+    the screening policy except that it accepts casino-ads; v2 (the shadow) accepts
+    everything, in lower case (still a label: the contract is case-blind)."""
+
+    name, model_ref, batch_size = "screener", "screener", 8
+
+    def __init__(self, version):
+        self.version = version
+
+    def generate(self, requests, progress=None):
+        from modelsmith.inference.base import Generation
+
+        out = []
+        for r in requests:
+            if self.version == "v2":
+                text = " accept"
+            elif "ctr=0.3%" in r.prompt:
+                text = " REJECT"
+            elif "garbled" in r.prompt:
+                text = " ???"
+            else:
+                text = " ACCEPT"
+            out.append(Generation(text=text, completion_tokens=1, latency_ms=0.1))
+        return out
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def close(self):
+        pass
+
+
+def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_path,
+                                                                  monkeypatch):
+    """The live answer and the shadow's are scored with the eval's own scorer against the
+    request's reference; every answer is checked against the output contract; and the
+    plan's shadow-stage gates read those numbers from the window."""
+    from modelsmith.gitops.plan import desired_state, gates_for
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production"),
+                      Promoted(version="v2", stage="shadow")])
+    service = Service(Workspace.find(demo_repo),
+                      backend_factory=lambda _specialist, version: Screener(version))
+    httpd = make_server(service, port=0, token=TOKEN)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        for i in range(60):
+            bid, label = BIDS[i % len(BIDS)]
+            if i >= 48:  # the last 12 carry no reference, and 4 of them get no label
+                bid = "garbled" if i % 3 == 0 else bid
+                extra = {}
+            else:
+                extra = {"reference": label}
+            client(port).chat.completions.create(
+                model="rtb-quality", messages=[{"role": "user", "content": bid}],
+                user=f"u{i}", extra_body=extra)
+        service.settle()
+        observed = {(e.data["version"], e.data["stage"]): e.data for e in service.flush()}
+        live = observed[("v1", "production")]["metrics"]
+        # 48 referenced: v1 is right on news, sports, weather and wrong on casino (12).
+        assert live["rubric_score"] == pytest.approx(36 / 48)
+        assert live["pass_rate"] == pytest.approx(36 / 48)
+        assert live["format_rate"] == pytest.approx(56 / 60)
+        shadow = observed[("v2", "shadow")]
+        assert shadow["requests"] == 60
+        # v2 accepts all: right on the 24 ACCEPT references; agrees with v1 where v1 accepts.
+        assert shadow["metrics"]["rubric_score"] == pytest.approx(24 / 48)
+        assert shadow["metrics"]["format_rate"] == 1.0
+        # The same label is the same answer (" accept" and " ACCEPT"): 36 + 6 of 60 agree.
+        assert shadow["metrics"]["agreement_rate"] == pytest.approx(42 / 60)
+        # The shadow stage's traffic minimum and format floor now read live evidence.
+        state = service.ws.fleet().specialists["rtb-quality"]
+        want = desired_state(service.repo)["rtb-quality"]
+        canary = next(s for s in want.policy.stages if s.name == "canary")
+        gates = {g.name: g for g in gates_for("rtb-quality", want, state, canary, "v2",
+                                              heldout=lambda *_: None,
+                                              approval=lambda *_: None)}
+        assert gates["traffic"].passed, gates["traffic"].detail
+        assert gates["floors"].passed and gates["floors"].numbers["value"] == 1.0
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        response = conn.getresponse()
+        text = response.read().decode()
+        assert response.status == 200
+        assert ('modelsmith_rubric_pass_rate{specialist="rtb-quality",version="v1",'
+                'stage="production"} 0.75') in text
+        assert text.count("# TYPE modelsmith_requests_total counter") == 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()
+
+
+def test_concurrent_requests_are_batched_and_answer_as_alone(server):
+    """16 clients at once: fewer backend calls than requests, each client its own answer,
+    the same answer it gets alone."""
+    service, port = server
+    bids = [f"domain=site{i}.example ctr={i / 5:.1f}% floor=${i % 4}.00" for i in range(16)]
+
+    def one(bid):
+        return client(port).chat.completions.create(
+            model="rtb-quality", messages=[{"role": "user", "content": bid}],
+            user="same").choices[0].message.content
+
+    alone = [one(b) for b in bids]
+    batcher = service.batcher("rtb-quality", "v1")
+    before = batcher.batches
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(one, bids))
+    assert together == alone
+    assert batcher.batches - before < 16, batcher.sizes

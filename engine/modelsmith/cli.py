@@ -420,14 +420,22 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
                                   "no token required).")
 @click.option("--window", "window_s", type=click.FloatRange(min=1), default=60.0,
               show_default=True, help="Seconds per MetricsObserved window.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Concurrent requests to one version answered in one backend call "
+                   "[default: the backend's batch size; 1 turns batching off].")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=1000), default=0.0,
+              show_default=True, help="How long a batch waits for company before it starts.")
 @click.pass_context
 @_guard
-def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float) -> None:
+def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float,
+          max_batch: int | None, batch_wait_ms: float) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
-    auto), GET /v1/models, POST /v1/route, GET /healthz. Versions follow the event log."""
+    auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
+    Versions follow the event log; concurrent requests to a version are batched."""
     from modelsmith.serving.server import Service, make_server
 
-    service = Service(_workspace(ctx), window_s=window_s)
+    service = Service(_workspace(ctx), window_s=window_s, max_batch=max_batch,
+                      max_wait_ms=batch_wait_ms)
     server = make_server(service, host, port, token=os.environ.get(token_env) or None)
     bound = server.server_address
     click.echo(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)

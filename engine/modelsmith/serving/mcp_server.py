@@ -71,6 +71,8 @@ def _specialist_tool(service: Any, name: str, spec: Any) -> Any:
     def answer(input: str, user: str | None = None) -> Answer:
         from mcp.server.mcpserver.exceptions import ToolError
 
+        from modelsmith.evaluation.criteria import extract_label
+
         from .server import ServeError
 
         if not input.strip():
@@ -82,9 +84,11 @@ def _specialist_tool(service: Any, name: str, spec: Any) -> Any:
         except ServeError as exc:  # no version to answer with, a failed generation
             raise ToolError(exc.message) from None
         text = reply["choices"][0]["message"]["content"].strip()
-        first = text.split()[0] if text.split() else ""
-        valid = first in labels if labels else bool(text)
-        return Answer(answer=first if labels and valid else text, valid=valid,
+        valid = service.scorer(name).score(text).format_ok  # the eval's format check
+        if labels and valid:  # the label as the contract spells it
+            got = extract_label(text).casefold()
+            text = next(label for label in labels if label.casefold() == got)
+        return Answer(answer=text, valid=valid,
                       version=reply["modelsmith"]["version"],
                       stage=reply["modelsmith"]["stage"],
                       latency_ms=round((time.perf_counter() - started) * 1000, 1))

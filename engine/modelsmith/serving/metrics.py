@@ -1,8 +1,16 @@
 """Live metrics of the serving fleet, aggregated into ``MetricsObserved`` events per window
-(never one event per request): per specialist, version and stage, the requests, latency
-p50/p95, error rate and the mean feedback score (``score_mean``, what the rollback policy
-and the stage floors read); for a shadow, how often its answer agreed with the one
-returned (``agreement_rate``). ``prometheus()`` renders the running totals as Prometheus text.
+(never one event per request): per specialist, version and stage --
+
+- ``requests``, ``latency_p50_ms``, ``latency_p95_ms``, ``error_rate``;
+- ``format_rate``: answers that honour the task's output contract;
+- ``score_mean``: the mean feedback score (``POST /v1/feedback``);
+- ``rubric_score`` and ``pass_rate``: for requests that carried a reference, the mean rubric
+  score and the share that passed, by the eval's scorer;
+- for a shadow, ``agreement_rate``: how often its answer said the same as the one returned
+  (the same label for a label task, else the same text).
+
+``format_rate``, ``score_mean``, ``pass_rate`` and ``rubric_score`` are what the stage floors
+and the rollback policy can name. ``prometheus()`` renders the running totals as Prometheus text.
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ class _Window:
     requests: int = 0
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    agreements: list[bool] = field(default_factory=list)  # shadow answers == live answers
+    scores: list[float] = field(default_factory=list)  # feedback
+    formats: list[bool] = field(default_factory=list)  # answers honouring the contract
+    rubric: list[float] = field(default_factory=list)  # rubric scores against a reference
+    passes: list[bool] = field(default_factory=list)
+    agreements: list[bool] = field(default_factory=list)  # shadow said what live said
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -46,31 +57,60 @@ class LiveMetrics:
             window = self._windows[key] = _Window(datetime.now(UTC))
         return window
 
+    def _totals(self, key: tuple[str, str, str]) -> dict[str, float]:
+        return self.totals.setdefault(key, {"requests": 0, "errors": 0, "feedback": 0,
+                                            "score_sum": 0.0, "scored": 0,
+                                            "rubric_sum": 0.0, "passed": 0})
+
     def request(self, response_id: str, specialist: str, version: str, stage: str,
-                latency_ms: float, error: bool = False) -> None:
+                latency_ms: float, error: bool = False, format_ok: bool | None = None) -> None:
         key = (specialist, version, stage)
         with self._lock:
             window = self._window(key)
             window.requests += 1
             window.errors += int(error)
             window.latencies_ms.append(latency_ms)
-            totals = self.totals.setdefault(key, {"requests": 0, "errors": 0,
-                                                  "feedback": 0, "score_sum": 0.0})
+            if format_ok is not None:
+                window.formats.append(format_ok)
+            totals = self._totals(key)
             totals["requests"] += 1
             totals["errors"] += int(error)
             self._responses[response_id] = key
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
 
-    def shadow(self, specialist: str, version: str, latency_ms: float, agree: bool,
-               error: bool = False) -> None:
-        """A shadow's answer to a mirrored request: whether it agreed with the live one."""
+    def rubric(self, key: tuple[str, str, str], score: float | None,
+               passed: bool | None) -> None:
+        """The rubric score of an answer whose request carried a reference."""
+        if score is None:
+            return
         with self._lock:
-            window = self._window((specialist, version, "shadow"))
+            window = self._window(key)
+            window.rubric.append(score)
+            window.passes.append(bool(passed))
+            totals = self._totals(key)
+            totals["scored"] += 1
+            totals["rubric_sum"] += score
+            totals["passed"] += int(bool(passed))
+
+    def shadow(self, specialist: str, version: str, latency_ms: float, agree: bool,
+               error: bool = False, scored: Any = None) -> None:
+        """A shadow's answer to a mirrored request: whether it agreed with the live one, and
+        its :class:`~.live_scoring.LiveScore` when it answered."""
+        key = (specialist, version, "shadow")
+        with self._lock:
+            window = self._window(key)
             window.requests += 1
             window.errors += int(error)
             window.latencies_ms.append(latency_ms)
             window.agreements.append(agree)
+            if scored is not None:
+                window.formats.append(scored.format_ok)
+            totals = self._totals(key)
+            totals["requests"] += 1
+            totals["errors"] += int(error)
+        if scored is not None:
+            self.rubric(key, scored.score, scored.passed)
 
     def feedback(self, response_id: str, score: float) -> tuple[str, str, str] | None:
         """Record a score in [0, 1] for an earlier response; its key, or None if unknown."""
@@ -94,14 +134,19 @@ class LiveMetrics:
         now = datetime.now(UTC)
         recorded = []
         for (specialist, version, stage), w in sorted(windows.items()):
-            if not w.requests and not w.scores:
+            if not w.requests and not w.scores and not w.rubric:
                 continue
             metrics = {"error_rate": w.errors / w.requests if w.requests else 0.0}
             if w.latencies_ms:
                 metrics["latency_p50_ms"] = _percentile(w.latencies_ms, 50)
                 metrics["latency_p95_ms"] = _percentile(w.latencies_ms, 95)
+            if w.formats:
+                metrics["format_rate"] = sum(w.formats) / len(w.formats)
             if w.scores:
                 metrics["score_mean"] = sum(w.scores) / len(w.scores)
+            if w.rubric:
+                metrics["rubric_score"] = sum(w.rubric) / len(w.rubric)
+                metrics["pass_rate"] = sum(w.passes) / len(w.passes)
             if w.agreements:
                 metrics["agreement_rate"] = sum(w.agreements) / len(w.agreements)
             payload = MetricsObserved(version=version, stage=stage, window_start=w.started,
@@ -110,16 +155,30 @@ class LiveMetrics:
         return recorded
 
     def prometheus(self) -> str:
-        lines = ["# TYPE modelsmith_requests_total counter",
-                 "# TYPE modelsmith_errors_total counter",
-                 "# TYPE modelsmith_feedback_score_mean gauge"]
+        """The running totals in the Prometheus text format, one group per metric family."""
         with self._lock:
-            items = sorted(self.totals.items())
-        for (specialist, version, stage), t in items:
-            labels = f'specialist="{specialist}",version="{version}",stage="{stage}"'
-            lines.append(f"modelsmith_requests_total{{{labels}}} {t['requests']:g}")
-            lines.append(f"modelsmith_errors_total{{{labels}}} {t['errors']:g}")
-            if t["feedback"]:
-                lines.append(f"modelsmith_feedback_score_mean{{{labels}}} "
-                             f"{t['score_sum'] / t['feedback']:.6g}")
+            items = sorted((key, dict(t)) for key, t in self.totals.items())
+        families: list[tuple[str, str, str, Any]] = [
+            ("modelsmith_requests_total", "counter", "Answers given (shadow answers included).",
+             lambda t: t["requests"]),
+            ("modelsmith_errors_total", "counter", "Answers that failed.",
+             lambda t: t["errors"]),
+            ("modelsmith_feedback_score_mean", "gauge", "Mean feedback score.",
+             lambda t: t["score_sum"] / t["feedback"] if t["feedback"] else None),
+            ("modelsmith_rubric_score_mean", "gauge",
+             "Mean rubric score of answers to requests with a reference.",
+             lambda t: t["rubric_sum"] / t["scored"] if t["scored"] else None),
+            ("modelsmith_rubric_pass_rate", "gauge",
+             "Share of answers to requests with a reference that passed the rubric.",
+             lambda t: t["passed"] / t["scored"] if t["scored"] else None),
+        ]
+        lines = []
+        for name, kind, help_text, value in families:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            for (specialist, version, stage), totals in items:
+                got = value(totals)
+                if got is not None:
+                    labels = f'specialist="{specialist}",version="{version}",stage="{stage}"'
+                    shown = str(int(got)) if float(got).is_integer() else f"{got:.6g}"
+                    lines.append(f"{name}{{{labels}}} {shown}")
         return "\n".join(lines) + "\n"

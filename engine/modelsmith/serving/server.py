@@ -9,12 +9,16 @@ copy on a background thread and its answer is kept for comparison, never returne
 ``POST /v1/feedback`` scores an earlier response (``{"id", "score"}``), ``GET /metrics``
 is Prometheus text, ``GET /healthz`` says it is up. Every ``window_s`` the live metrics
 become ``MetricsObserved`` events (:mod:`.metrics`) -- what rollback and the stage gates
-read.
+read. Every answer is checked against the task's output contract (``format_rate``); a
+request that carries a ``reference`` (the expected answer, as a scenario's ``expected``) is
+also scored by the suite's rubric with the eval's own scorer (``rubric_score``,
+``pass_rate``) -- the live answer and the shadow's alike.
 
 Loopback by default; with a token every request needs ``Authorization: Bearer <token>``.
 Bodies over the size limit, malformed JSON, unknown models and bad fields get a 4xx with an
 OpenAI-style JSON error, and the server keeps serving. One model load per version, shared
-by all requests (a backend batches what it is given).
+by all requests; concurrent requests to a version are coalesced into batched backend calls
+(:mod:`.batching`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .batching import Batcher
+from .live_scoring import LiveScorer
 from .router import NoRoute, Request, Router
 from .split import NoVersion, TrafficSplit
 
@@ -52,7 +58,8 @@ class Service:
     """What the HTTP handler calls: routing, the split, the backends."""
 
     def __init__(self, ws: Any, *, backend_factory: Any = None,
-                 window_s: float | None = None) -> None:
+                 window_s: float | None = None, max_batch: int | None = None,
+                 max_wait_ms: float = 0.0) -> None:
         from .metrics import LiveMetrics
 
         self.ws = ws
@@ -66,11 +73,16 @@ class Service:
         self.repo = ws.specs()
         self.router = Router.from_table(self.repo.routing)
         self.split = TrafficSplit(ws.store)
-        self._backends: dict[tuple[str, str], Any] = {}
+        self._backends: dict[tuple[str, str], Batcher] = {}
         self._loading = threading.Lock()
         self._make = backend_factory or self._load_backend
-        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms}
+        # Shadows and rubric scoring run off the request's thread, in arrival order.
+        self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shadow")
         self.shadow_log: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._scorers: dict[str, LiveScorer] = {}
+        self._pending = 0
+        self._pending_lock = threading.Lock()
 
     def _load_backend(self, specialist: str, version: str) -> Any:
         from modelsmith.inference import make_backend
@@ -79,12 +91,37 @@ class Service:
         return make_backend(str(model.path), self.repo.clusters, repo_root=self.ws.root,
                             chat_template=model.base.chat_template)
 
-    def backend(self, specialist: str, version: str) -> Any:
+    def batcher(self, specialist: str, version: str) -> Batcher:
         key = (specialist, version)
         with self._loading:  # one load per version, whoever asks first
             if key not in self._backends:
-                self._backends[key] = self._make(specialist, version)
+                self._backends[key] = Batcher(self._make(specialist, version),
+                                              name=f"batch-{specialist}-{version}",
+                                              **self._batching)
             return self._backends[key]
+
+    def backend(self, specialist: str, version: str) -> Any:
+        """The loaded model behind ``version`` (unbatched: for comparisons)."""
+        return self.batcher(specialist, version).backend
+
+    def scorer(self, specialist: str) -> LiveScorer:
+        with self._loading:
+            if specialist not in self._scorers:
+                self._scorers[specialist] = LiveScorer(self.repo, specialist, self._judge)
+            return self._scorers[specialist]
+
+    def _judge(self) -> Any:
+        from modelsmith.evaluation.judge import BackendJudge
+        from modelsmith.inference import make_backend
+
+        return BackendJudge(lambda ref: make_backend(ref, self.repo.clusters,
+                                                     repo_root=self.ws.root))
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait for the shadows and scores of the requests answered so far."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _flush_every(self, window_s: float) -> None:
         while not self._stop.wait(window_s):
@@ -109,12 +146,14 @@ class Service:
 
     def close(self) -> None:
         self._stop.set()
+        self._side.shutdown(wait=True)  # the shadows and scores belong to the last window
         if self._flusher is not None:
             self._flusher.join(timeout=30)
             self.flush()
-        self._shadow_pool.shutdown(wait=True)
-        for backend in self._backends.values():
-            backend.close()
+        for batcher in self._backends.values():
+            batcher.close()
+        for scorer in self._scorers.values():
+            scorer.close()
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -178,19 +217,27 @@ class Service:
 
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
                                     max_new_tokens=limit)
-        backend = self.backend(specialist, assignment.version)
+        reference = body.get("reference")
+        batcher = self.batcher(specialist, assignment.version)
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
-        (generation,) = backend.generate([request])
+        generation = batcher.generate(request)
+        latency_ms = (time.perf_counter() - started) * 1000
+        scorer = self.scorer(specialist)
         self.metrics.request(response_id, specialist, assignment.version, assignment.stage,
-                             (time.perf_counter() - started) * 1000, bool(generation.error))
+                             latency_ms, bool(generation.error),
+                             format_ok=None if generation.error
+                             else scorer.score(generation.text).format_ok)
         if generation.error:
             raise ServeError(502, f"{specialist} {assignment.version} failed: "
                              f"{generation.error}", kind="server_error")
+        if reference is not None:
+            self._aside(self._score, (specialist, assignment.version, assignment.stage),
+                        batcher, generation.text, reference)
         if assignment.shadow:
-            self._shadow_pool.submit(self._shadow, specialist, assignment, request,
-                                     generation.text)
-        prompt_tokens = backend.count_tokens(request.prompt)
+            self._aside(self._shadow, specialist, assignment, request, generation.text,
+                        reference)
+        prompt_tokens = batcher.count_tokens(request.prompt)
         return {
             "id": response_id, "object": "chat.completion",
             "created": int(time.time()), "model": specialist,
@@ -203,21 +250,53 @@ class Service:
                            "rule": rule, "shadow": assignment.shadow},
         }
 
-    def _shadow(self, specialist: str, assignment: Any, request: Any, answered: str) -> None:
-        """The shadow's answer to the same request, kept beside the one returned."""
-        started = time.perf_counter()
+    # -- work beside the request: rubric scores and shadows -----------------------------------
+
+    def _aside(self, fn: Any, *args: Any) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        future = self._side.submit(fn, *args)
+        future.add_done_callback(self._done_aside)
+
+    def _done_aside(self, _future: Any) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    def _score(self, key: tuple[str, str, str], batcher: Batcher, text: str,
+               reference: Any) -> None:
+        """The rubric score of a live answer against the request's reference."""
         try:
-            (shadow,) = self.backend(specialist, assignment.shadow).generate([request])
+            scored = self.scorer(key[0]).score(text, reference, has_reference=True,
+                                               count_tokens=batcher.count_tokens)
+        except Exception:  # scoring never hurts serving; a failed score is not a score
+            return
+        self.metrics.rubric(key, scored.score, scored.passed)
+
+    def _shadow(self, specialist: str, assignment: Any, request: Any, answered: str,
+                reference: Any) -> None:
+        """The shadow's answer to the same request, kept beside the one returned and
+        scored as the live one is (format, and the rubric when there is a reference)."""
+        started = time.perf_counter()
+        scored = None
+        scorer = self.scorer(specialist)
+        try:
+            batcher = self.batcher(specialist, assignment.shadow)
+            shadow = batcher.generate(request)
             text, error = shadow.text, shadow.error
+            if error is None:
+                scored = scorer.score(text, reference, has_reference=reference is not None,
+                                      count_tokens=batcher.count_tokens)
         except Exception as exc:  # a shadow must never hurt the request it mirrors
             text, error = None, str(exc)
+        agree = error is None and scorer.same(text, answered)
         self.metrics.shadow(specialist, assignment.shadow,
-                            (time.perf_counter() - started) * 1000, text == answered,
-                            error is not None)
+                            (time.perf_counter() - started) * 1000, agree,
+                            error is not None, scored)
         self.shadow_log.append({"specialist": specialist, "version": assignment.version,
                                 "shadow": assignment.shadow, "answered": answered,
-                                "shadow_answer": text, "agree": text == answered,
-                                "error": error})
+                                "shadow_answer": text, "agree": agree,
+                                "error": error,
+                                "rubric_score": scored.score if scored else None})
 
 
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,

@@ -250,8 +250,10 @@ class Scenario(SpecModel):
 
 # --------------------------------------------------------------------------- PromotionPolicy
 
-#: Metrics observed on live traffic, usable as stage floors and rollback triggers.
-OBSERVED_METRICS: tuple[str, ...] = ("score_mean", "format_rate", "pass_rate")
+#: Metrics observed on live traffic (``modelsmith serve``'s windows), usable as stage floors
+#: and rollback triggers: mean feedback score, answers honouring the output contract, and for
+#: requests that carry a reference the rubric's pass rate and mean score (the eval's scorer).
+OBSERVED_METRICS: tuple[str, ...] = ("score_mean", "format_rate", "pass_rate", "rubric_score")
 STAGE_ORDER: tuple[str, ...] = ("shadow", "canary", "production")
 
 

@@ -1,0 +1,136 @@
+"""Concurrent requests to one version, coalesced into batched backend calls.
+
+Each loaded version gets one :class:`Batcher`: one worker thread that owns the backend, and
+a queue that the request threads put their :class:`GenerationRequest` on. The worker takes
+everything queued (up to ``max_batch``) and makes one ``backend.generate`` call of it; the
+requests that arrive while that call runs form the next batch. A lone request therefore
+waits for nothing, and under load the batch grows by itself -- the transformers backend pads
+a batch into one forward pass per token, vLLM schedules it, the OpenAI-compatible backend
+sends it concurrently. ``max_wait_ms`` adds a short wait for company before a batch starts
+(0 by default: no request is held back for a batch that may not come).
+
+One caller's failure stays its own: a backend error on a batch is every member's error, but
+a request the backend refuses alone (a bad ``max_new_tokens``) is retried singly first so
+that it does not fail the requests batched with it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from modelsmith.inference.base import Generation, GenerationRequest
+
+#: Requests per backend call when the backend does not say (``batch_size``).
+DEFAULT_MAX_BATCH = 16
+
+_STOP = object()
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed; its backend takes no more requests."""
+
+
+class Batcher:
+    """One backend behind a queue; ``generate(request)`` blocks until its answer is ready."""
+
+    def __init__(self, backend: Any, *, max_batch: int | None = None,
+                 max_wait_ms: float = 0.0, name: str = "batcher") -> None:
+        size = max_batch or getattr(backend, "batch_size", None) or DEFAULT_MAX_BATCH
+        if size < 1:
+            raise ValueError(f"max_batch must be at least 1 (got {size})")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative (got {max_wait_ms})")
+        self.backend = backend
+        self.max_batch = int(size)
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        #: Sizes of the batches run so far (``sizes[n]`` = batches of n requests).
+        self.sizes: dict[int, int] = {}
+        self._worker = threading.Thread(target=self._run, daemon=True, name=name)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ callers
+
+    def submit(self, request: GenerationRequest) -> Future[Generation]:
+        future: Future[Generation] = Future()
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("this version is no longer served")
+            self._queue.put((request, future))
+        return future
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        return self.submit(request).result()
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.backend.count_tokens(text))
+
+    def close(self) -> None:
+        """Answer what is queued, stop the worker, close the backend."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._worker.join()
+        self.backend.close()
+
+    @property
+    def batches(self) -> int:
+        return sum(self.sizes.values())
+
+    # ------------------------------------------------------------------ the worker
+
+    def _take(self) -> tuple[list[tuple[GenerationRequest, Future[Generation]]], bool]:
+        """The next batch (blocking for its first member), and whether to stop after it."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                wait = deadline - time.monotonic()
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch, stop = self._take()
+            if batch:
+                self._answer(batch)
+
+    def _answer(self, batch: Sequence[tuple[GenerationRequest, Future[Generation]]]) -> None:
+        live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+        if not live:
+            return
+        self.sizes[len(live)] = self.sizes.get(len(live), 0) + 1
+        try:
+            generations = self.backend.generate([r for r, _ in live])
+        except Exception as exc:
+            if len(live) == 1:
+                live[0][1].set_exception(exc)
+                return
+            for request, future in live:  # find whose request it was; the rest are answered
+                try:
+                    (generation,) = self.backend.generate([request])
+                except Exception as alone:
+                    future.set_exception(alone)
+                else:
+                    future.set_result(generation)
+            return
+        for (_, future), generation in zip(live, generations, strict=True):
+            future.set_result(generation)

@@ -98,7 +98,8 @@ def test_a_frozen_training_job_is_killed_and_resumes_from_its_checkpoint(fork):
                          progress=tap).run()
     assert frozen and result.reason == "budget" and result.candidate == "v1"
     # The second attempt skipped SFT and resumed GRPO from a checkpoint of the first.
-    assert any(line.startswith("resuming from the finished SFT warm start") for line in lines)
+    assert any(line.startswith("resuming from the finished SFT warm start")
+               for line in lines), lines
     assert any(line.startswith("resuming grpo from ") for line in lines), lines
     failed, registered = failures_and_candidates(fork)
     assert failed == [("hang", "resume", "local")]

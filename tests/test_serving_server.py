@@ -288,3 +288,40 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(server):
         together = list(pool.map(one, bids))
     assert together == alone
     assert batcher.batches - before < 16, batcher.sizes
+
+
+def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(demo_repo,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    from click.testing import CliRunner
+
+    from modelsmith.cli import cli
+    from modelsmith.inference.base import InferenceError
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production")])
+
+    def broken(_specialist, version):
+        raise InferenceError(f"weights of {version} are gone")
+
+    service = Service(Workspace.find(demo_repo), backend_factory=broken)
+    httpd = make_server(service, port=0, token=TOKEN)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(openai.InternalServerError, match="weights of v1 are gone"):
+            client(httpd.server_address[1]).chat.completions.create(
+                model="rtb-quality", messages=[{"role": "user", "content": "a bid"}])
+        status, body = raw(httpd.server_address[1], "GET", "/v1/models")
+        assert status == 200 and body["data"][0]["id"] == "rtb-quality"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()
+    import torch
+
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(cli, ["-C", str(demo_repo), "serve", "--device", "cuda",
+                                          "--port", "0"])
+        assert result.exit_code == 1
+        assert "--device cuda: no such device here" in result.output
+        assert "Traceback" not in result.output

@@ -425,17 +425,31 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
                    "[default: the backend's batch size; 1 turns batching off].")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=1000), default=0.0,
               show_default=True, help="How long a batch waits for company before it starts.")
+@click.option("--backend", "engine", type=click.Choice(["transformers", "vllm"]),
+              default="transformers", show_default=True,
+              help="What runs the models (vllm: pip install 'modelsmith[gpu]', CUDA).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the transformers backend runs: cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              default="float32", show_default=True, help="Weights' type (transformers).")
 @click.pass_context
 @_guard
 def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float,
-          max_batch: int | None, batch_wait_ms: float) -> None:
+          max_batch: int | None, batch_wait_ms: float, engine: str, device: str,
+          dtype: str) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
     Versions follow the event log; concurrent requests to a version are batched."""
     from modelsmith.serving.server import Service, make_server
 
+    if engine == "transformers" and device != "cpu":
+        import torch
+
+        if not device.startswith("cuda") or not torch.cuda.is_available():
+            raise click.ClickException(f"--device {device}: no such device here (cpu, or "
+                                       "cuda[:N] on a machine with a CUDA GPU)")
     service = Service(_workspace(ctx), window_s=window_s, max_batch=max_batch,
-                      max_wait_ms=batch_wait_ms)
+                      max_wait_ms=batch_wait_ms, backend=engine, device=device, dtype=dtype)
     server = make_server(service, host, port, token=os.environ.get(token_env) or None)
     bound = server.server_address
     click.echo(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)

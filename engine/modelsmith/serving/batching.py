@@ -72,15 +72,17 @@ class Batcher:
     def count_tokens(self, text: str) -> int:
         return int(self.backend.count_tokens(text))
 
-    def close(self) -> None:
-        """Answer what is queued, stop the worker, close the backend."""
+    def close(self, *, backend: bool = True) -> None:
+        """Answer what is queued, stop the worker, and close the backend (unless
+        ``backend=False``: another batcher shares it)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._queue.put(_STOP)
         self._worker.join()
-        self.backend.close()
+        if backend:
+            self.backend.close()
 
     @property
     def batches(self) -> int:

@@ -59,7 +59,8 @@ class Service:
 
     def __init__(self, ws: Any, *, backend_factory: Any = None,
                  window_s: float | None = None, max_batch: int | None = None,
-                 max_wait_ms: float = 0.0) -> None:
+                 max_wait_ms: float = 0.0, backend: str | None = None,
+                 device: str = "cpu", dtype: str = "float32") -> None:
         from .metrics import LiveMetrics
 
         self.ws = ws
@@ -76,6 +77,7 @@ class Service:
         self._backends: dict[tuple[str, str], Batcher] = {}
         self._loading = threading.Lock()
         self._make = backend_factory or self._load_backend
+        self._engine = {"backend": backend, "device": device, "dtype": dtype}
         self._batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms}
         # Shadows and rubric scoring run off the request's thread, in arrival order.
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shadow")
@@ -88,15 +90,25 @@ class Service:
         from modelsmith.inference import make_backend
 
         model = self.ws.candidate(self.repo, specialist, version)
+        engine = dict(self._engine)
+        if engine["backend"] == "vllm":  # vLLM places and types the model itself
+            engine = {"backend": "vllm"}
         return make_backend(str(model.path), self.repo.clusters, repo_root=self.ws.root,
-                            chat_template=model.base.chat_template)
+                            chat_template=model.base.chat_template,
+                            batch_size=self._batching["max_batch"] or 16, **engine)
 
     def batcher(self, specialist: str, version: str) -> Batcher:
         key = (specialist, version)
         with self._loading:  # one load per version, whoever asks first
             if key not in self._backends:
-                self._backends[key] = Batcher(self._make(specialist, version),
-                                              name=f"batch-{specialist}-{version}",
+                from modelsmith.inference.base import InferenceError
+
+                try:
+                    loaded = self._make(specialist, version)
+                except InferenceError as exc:
+                    raise ServeError(503, f"cannot load {specialist} {version}: {exc}",
+                                     kind="server_error", code="model_unavailable") from None
+                self._backends[key] = Batcher(loaded, name=f"batch-{specialist}-{version}",
                                               **self._batching)
             return self._backends[key]
 

@@ -325,3 +325,43 @@ def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(d
         assert result.exit_code == 1
         assert "--device cuda: no such device here" in result.output
         assert "Traceback" not in result.output
+
+
+def test_modelsmith_serve_as_a_process(demo_repo, tmp_path, monkeypatch):
+    """The command itself: it binds, asks for the token from the environment, batches,
+    records a window on its timer and the last one when interrupted, and exits 0."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production")])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelsmith", "-C", str(demo_repo), "serve", "--port", "0",
+         "--window", "1", "--max-batch", "4"],
+        env={**os.environ, "MODELSMITH_SERVE_TOKEN": TOKEN}, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        line = process.stderr.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", line).group(1))
+        with pytest.raises(openai.AuthenticationError):
+            client(port, token="wrong").models.list()
+        for bid, label in BIDS:
+            client(port).chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": bid}],
+                extra_body={"reference": label})
+        time.sleep(1.5)  # a window passes
+        client(port).chat.completions.create(
+            model="rtb-quality", messages=[{"role": "user", "content": BIDS[0][0]}])
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    windows = [e.data for e in GitEventStore(demo_repo).read("rtb-quality")
+               if e.type == "MetricsObserved"]
+    assert sum(w["requests"] for w in windows) == 5 and len(windows) >= 2
+    assert all(w["version"] == "v1" and w["stage"] == "production" for w in windows)
+    assert any("rubric_score" in w["metrics"] for w in windows)

@@ -365,3 +365,51 @@ def test_modelsmith_serve_as_a_process(demo_repo, tmp_path, monkeypatch):
     assert sum(w["requests"] for w in windows) == 5 and len(windows) >= 2
     assert all(w["version"] == "v1" and w["stage"] == "production" for w in windows)
     assert any("rubric_score" in w["metrics"] for w in windows)
+
+
+def test_versions_the_split_no_longer_needs_are_unloaded(demo_repo, tmp_path, monkeypatch):
+    """Production moves v1 -> v2 -> v3: the fallback (the version before) stays loaded, the
+    one before that is closed, and a version that comes back is loaded again."""
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production")])
+    store = GitEventStore(demo_repo)
+
+    def log(payload):
+        store.append("rtb-quality", [Event.new(payload, actor="test")],
+                     store.last_seq("rtb-quality"))
+
+    log(CandidateRegistered(version="v3", lineage=Lineage(base_model="tiny-test")))
+    made = []
+
+    def screener(_specialist, version):
+        made.append(Screener(version))
+        made[-1].closed = False
+        made[-1].close = lambda m=made[-1]: setattr(m, "closed", True)
+        return made[-1]
+
+    service = Service(Workspace.find(demo_repo), backend_factory=screener)
+
+    def ask():
+        return service.complete({"model": "rtb-quality",
+                                 "messages": [{"role": "user", "content": "a bid"}]})
+
+    def loaded():
+        return sorted(v for _, v in service._backends)
+
+    try:
+        assert ask()["modelsmith"]["version"] == "v1" and loaded() == ["v1"]
+        log(Promoted(version="v2", stage="production", previous="v1"))
+        assert ask()["modelsmith"]["version"] == "v2" and loaded() == ["v1", "v2"]
+        log(Promoted(version="v3", stage="production", previous="v2"))
+        assert ask()["modelsmith"]["version"] == "v3" and loaded() == ["v2", "v3"]
+        assert service.retired == [("rtb-quality", "v1")]
+        deadline = time.monotonic() + 10
+        while not made[0].closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert made[0].closed and not made[1].closed
+        log(Promoted(version="v1", stage="shadow"))
+        ask()
+        service.settle()
+        assert loaded() == ["v1", "v2", "v3"] and len(made) == 4  # v1 loaded anew
+    finally:
+        service.close()

@@ -101,6 +101,16 @@ class SpecialistState:
     def holder(self, stage: str) -> Assignment | None:
         return self.stages.get(stage)
 
+    def previous_holder(self, stage: str, held: Assignment | None = None) -> str | None:
+        """The version that held ``stage`` before ``held`` (default: its holder now) --
+        what a rollback of that stage goes back to."""
+        held = held if held is not None else self.holder(stage)
+        if held is None:
+            return None
+        earlier = [a for a in self.history if a.stage == stage and a.version != held.version
+                   and a.since < held.since]
+        return earlier[-1].version if earlier else None
+
     def to_dict(self) -> dict[str, Any]:
         def current(stage: str) -> dict[str, Any] | None:
             a = self.stages.get(stage)

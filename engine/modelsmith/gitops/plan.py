@@ -294,9 +294,7 @@ def _approval_gate(name: str, stage: Any, version: str, approval: ApprovalFn) ->
 
 def previous_holder(state: SpecialistState, stage: str, held: Assignment) -> str | None:
     """The version that held ``stage`` before ``held`` (what a rollback goes back to)."""
-    earlier = [a for a in state.history if a.stage == stage and a.version != held.version
-               and a.since < held.since]
-    return earlier[-1].version if earlier else None
+    return state.previous_holder(stage, held)
 
 
 def _rollback(name: str, want: Desired, state: SpecialistState, stage: Any,

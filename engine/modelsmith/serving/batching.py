@@ -70,7 +70,14 @@ class Batcher:
         return self.submit(request).result()
 
     def count_tokens(self, text: str) -> int:
-        return int(self.backend.count_tokens(text))
+        """Tokens of ``text`` under the model; whitespace words once the version was retired
+        and its model closed (a count for usage, never worth failing a request over)."""
+        try:
+            return int(self.backend.count_tokens(text))
+        except Exception:
+            if not self._closed:
+                raise
+            return len(text.split())
 
     def close(self, *, backend: bool = True) -> None:
         """Answer what is queued, stop the worker, and close the backend (unless

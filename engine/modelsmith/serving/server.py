@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .batching import Batcher
+from .batching import Batcher, BatcherClosed
 from .live_scoring import LiveScorer
 from .router import NoRoute, Request, Router
 from .split import NoVersion, TrafficSplit
@@ -79,12 +79,17 @@ class Service:
         self._make = backend_factory or self._load_backend
         self._engine = {"backend": backend, "device": device, "dtype": dtype}
         self._batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms}
-        # Shadows and rubric scoring run off the request's thread, in arrival order.
+        # Shadows and rubric scores are worked out beside the request, never in its way.
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shadow")
         self.shadow_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._scorers: dict[str, LiveScorer] = {}
+        self._scoring = threading.Lock()
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._slots: dict[tuple[str, str], threading.Lock] = {}
+        self._seen_reloads = -1
+        #: (specialist, version) unloaded because the split stopped needing them.
+        self.retired: list[tuple[str, str]] = []
 
     def _load_backend(self, specialist: str, version: str) -> Any:
         from modelsmith.inference import make_backend
@@ -98,26 +103,52 @@ class Service:
                             batch_size=self._batching["max_batch"] or 16, **engine)
 
     def batcher(self, specialist: str, version: str) -> Batcher:
+        """The loaded ``version``, loading it on first use: one load per version, whoever
+        asks first; the versions already loaded go on answering meanwhile."""
         key = (specialist, version)
-        with self._loading:  # one load per version, whoever asks first
-            if key not in self._backends:
-                from modelsmith.inference.base import InferenceError
+        with self._loading:
+            found = self._backends.get(key)
+            if found is not None:
+                return found
+            slot = self._slots.setdefault(key, threading.Lock())
+        with slot:
+            with self._loading:
+                found = self._backends.get(key)
+                if found is not None:
+                    return found
+            from modelsmith.inference.base import InferenceError
 
-                try:
-                    loaded = self._make(specialist, version)
-                except InferenceError as exc:
-                    raise ServeError(503, f"cannot load {specialist} {version}: {exc}",
-                                     kind="server_error", code="model_unavailable") from None
-                self._backends[key] = Batcher(loaded, name=f"batch-{specialist}-{version}",
-                                              **self._batching)
-            return self._backends[key]
+            try:
+                loaded = self._make(specialist, version)
+            except InferenceError as exc:
+                raise ServeError(503, f"cannot load {specialist} {version}: {exc}",
+                                 kind="server_error", code="model_unavailable") from None
+            made = Batcher(loaded, name=f"batch-{specialist}-{version}", **self._batching)
+            with self._loading:
+                self._backends[key] = made
+            return made
+
+    def _retire(self) -> None:
+        """After the log moved (a promotion, a rollback): unload the versions the split no
+        longer needs. Production's fallback stays loaded. A retired version answers what
+        it was already asked, then closes."""
+        with self._loading:
+            if self.split.reloads == self._seen_reloads:
+                return
+            self._seen_reloads = self.split.reloads
+            stale = [k for k in self._backends
+                     if k[1] not in self.split.stages(k[0]).versions]
+            retired = [self._backends.pop(k) for k in stale]
+            self.retired += stale
+        for batcher in retired:
+            threading.Thread(target=batcher.close, daemon=True, name="retire").start()
 
     def backend(self, specialist: str, version: str) -> Any:
         """The loaded model behind ``version`` (unbatched: for comparisons)."""
         return self.batcher(specialist, version).backend
 
     def scorer(self, specialist: str) -> LiveScorer:
-        with self._loading:
+        with self._scoring:
             if specialist not in self._scorers:
                 self._scorers[specialist] = LiveScorer(self.repo, specialist, self._judge)
             return self._scorers[specialist]
@@ -217,10 +248,6 @@ class Service:
                              code="model_not_found")
         user = body.get("user")
         key = user if isinstance(user, str) and user else uuid.uuid4().hex
-        try:
-            assignment = self.split.assign(specialist, key)
-        except NoVersion as exc:
-            raise ServeError(503, str(exc), kind="server_error", code="no_version") from None
         task = self.repo.specialists[specialist].spec.task
         limit = body.get("max_tokens", DEFAULT_MAX_TOKENS.get(task.output.kind, 64))
         if not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
@@ -230,10 +257,9 @@ class Service:
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
                                     max_new_tokens=limit)
         reference = body.get("reference")
-        batcher = self.batcher(specialist, assignment.version)
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
-        generation = batcher.generate(request)
+        assignment, batcher, generation = self._generate(specialist, key, request)
         latency_ms = (time.perf_counter() - started) * 1000
         scorer = self.scorer(specialist)
         self.metrics.request(response_id, specialist, assignment.version, assignment.stage,
@@ -261,6 +287,24 @@ class Service:
             "modelsmith": {"version": assignment.version, "stage": assignment.stage,
                            "rule": rule, "shadow": assignment.shadow},
         }
+
+    def _generate(self, specialist: str, key: str, request: Any) -> tuple[Any, Batcher, Any]:
+        """The split's version for ``key`` answers ``request``. A version retired between
+        the lookup and the call (the log moved) sends the request to the split again."""
+        for _ in range(3):
+            try:
+                assignment = self.split.assign(specialist, key)
+            except NoVersion as exc:
+                raise ServeError(503, str(exc), kind="server_error",
+                                 code="no_version") from None
+            self._retire()
+            batcher = self.batcher(specialist, assignment.version)
+            try:
+                return assignment, batcher, batcher.generate(request)
+            except BatcherClosed:
+                continue
+        raise ServeError(503, f"{specialist}: the versions kept changing while this request "
+                              "waited; try again", kind="server_error", code="no_version")
 
     # -- work beside the request: rubric scores and shadows -----------------------------------
 
@@ -298,6 +342,8 @@ class Service:
             if error is None:
                 scored = scorer.score(text, reference, has_reference=reference is not None,
                                       count_tokens=batcher.count_tokens)
+        except BatcherClosed:  # no longer the shadow: nothing to compare
+            return
         except Exception as exc:  # a shadow must never hurt the request it mirrors
             text, error = None, str(exc)
         agree = error is None and scorer.same(text, answered)

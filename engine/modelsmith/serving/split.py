@@ -46,6 +46,13 @@ class Stages:
     canary: str | None
     traffic: float  # the canary's share
     shadow: str | None
+    fallback: str | None = None  # what a rollback of production goes back to
+
+    @property
+    def versions(self) -> set[str]:
+        """The versions this split may need: those serving, and production's fallback
+        (kept loaded, so that a rollback answers at once)."""
+        return {v for v in (self.production, self.canary, self.shadow, self.fallback) if v}
 
     def assign(self, specialist: str, key: str) -> Assignment:
         on_canary = self.canary is not None and bucket(key) < round(self.traffic * BUCKETS)
@@ -66,7 +73,8 @@ def stages_of(fleet: Any, specialist: str) -> Stages:
     return Stages(production.version if production else None,
                   canary.version if canary else None,
                   (canary.traffic or 0.0) if canary else 0.0,
-                  shadow.version if shadow else None)
+                  shadow.version if shadow else None,
+                  state.previous_holder("production") if state else None)
 
 
 class TrafficSplit:

@@ -413,3 +413,38 @@ def test_versions_the_split_no_longer_needs_are_unloaded(demo_repo, tmp_path, mo
         assert loaded() == ["v1", "v2", "v3"] and len(made) == 4  # v1 loaded anew
     finally:
         service.close()
+
+
+def test_streaming_and_sampling_settings(server):
+    """``stream: true`` answers as server-sent chunks the openai client reads; sampling
+    settings reach the backend (a seed repeats its answer); settings a specialist cannot
+    honour are 400s that name the field."""
+    _, port = server
+    bid = "domain=news.example ctr=0.7% floor=$1.20 format=banner"
+    whole = client(port).chat.completions.create(
+        model="rtb-quality", messages=[{"role": "user", "content": bid}])
+    parts = list(client(port).chat.completions.create(
+        model="rtb-quality", messages=[{"role": "user", "content": bid}], stream=True))
+    assert all(p.object == "chat.completion.chunk" for p in parts)
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == \
+        whole.choices[0].message.content
+    assert parts[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert parts[0].model_extra["modelsmith"]["version"] == "v1"
+    sampled = [client(port).chat.completions.create(
+        model="rtb-quality", messages=[{"role": "user", "content": bid}], temperature=1.5,
+        seed=7, max_tokens=12).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    assert len(sampled[0]) >= 6, sampled
+    cut = sampled[0][4:6]  # stop at text from the middle of that answer
+    stopped = client(port).chat.completions.create(
+        model="rtb-quality", messages=[{"role": "user", "content": bid}], max_tokens=12,
+        temperature=1.5, seed=7, stop=[cut])
+    assert stopped.choices[0].message.content == sampled[0][:sampled[0].index(cut)]
+    for bad, field in (({"n": 2}, "'n'"), ({"temperature": 5}, "'temperature'"),
+                       ({"top_p": 0}, "'top_p'"), ({"seed": "x"}, "'seed'"),
+                       ({"stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
+                       ({"stream": "yes"}, "'stream'"), ({"max_tokens": True}, "'max_tokens'")):
+        status, body = raw(port, "POST", "/v1/chat/completions", json.dumps(
+            {"model": "rtb-quality", "messages": [{"role": "user", "content": bid}], **bad})
+            .encode())
+        assert status == 400 and field in body["error"]["message"], (bad, body)

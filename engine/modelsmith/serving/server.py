@@ -249,13 +249,10 @@ class Service:
         user = body.get("user")
         key = user if isinstance(user, str) and user else uuid.uuid4().hex
         task = self.repo.specialists[specialist].spec.task
-        limit = body.get("max_tokens", DEFAULT_MAX_TOKENS.get(task.output.kind, 64))
-        if not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
-            raise ServeError(400, f"'max_tokens' must be an integer from 1 to {MAX_TOKENS}")
         from modelsmith.inference.base import GenerationRequest
 
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
-                                    max_new_tokens=limit)
+                                    **sampling(body, task.output.kind))
         reference = body.get("reference")
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
@@ -357,6 +354,61 @@ class Service:
                                 "rubric_score": scored.score if scored else None})
 
 
+def sampling(body: dict[str, Any], output_kind: str) -> dict[str, Any]:
+    """The generation settings a chat completion body asks for, checked. Greedy unless
+    ``temperature`` says otherwise (a specialist answers as it was evaluated)."""
+    if body.get("n", 1) != 1:
+        raise ServeError(400, "'n' must be 1: a specialist gives one answer per request",
+                         code="invalid_n")
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is None:
+        limit = DEFAULT_MAX_TOKENS.get(output_kind, 64)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
+        raise ServeError(400, f"'max_tokens' must be an integer from 1 to {MAX_TOKENS}")
+    settings: dict[str, Any] = {"max_new_tokens": limit}
+    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not low <= value <= high or (name == "top_p" and value == 0):
+            raise ServeError(400, f"'{name}' must be a number in {'(' if name == 'top_p' else '['}"
+                                  f"{low:g}, {high:g}]", code=f"invalid_{name}")
+        settings[name] = float(value)
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ServeError(400, "'seed' must be an integer", code="invalid_seed")
+        settings["seed"] = seed
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not 1 <= len(stops) <= 4 or not all(
+                isinstance(x, str) and x for x in stops):
+            raise ServeError(400, "'stop' must be a string or a list of 1 to 4 strings",
+                             code="invalid_stop")
+        settings["stop"] = tuple(stops)
+    return settings
+
+
+def chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished completion as the ``chat.completion.chunk`` events of a stream: the
+    role, the content, then the finish reason (and usage, as OpenAI sends it last)."""
+    choice = response["choices"][0]
+    head = {"id": response["id"], "object": "chat.completion.chunk",
+            "created": response["created"], "model": response["model"]}
+    return [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                              "finish_reason": None}],
+         "modelsmith": response["modelsmith"]},
+        {**head, "choices": [{"index": 0, "delta": {"content": choice["message"]["content"]},
+                              "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {},
+                              "finish_reason": choice["finish_reason"]}],
+         "usage": response["usage"]},
+    ]
+
+
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
                 token: str | None = None, max_body: int = MAX_BODY) -> ThreadingHTTPServer:
     """A threading HTTP server for ``service`` (``serve_forever`` runs it)."""
@@ -374,6 +426,18 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _stream(self, events: list[dict[str, Any]]) -> None:
+            """Server-sent events, as OpenAI streams; the answer is whole before the first
+            event (a specialist's answers are a few tokens), then the connection closes."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            for event in events:
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
 
         def _authorised(self) -> bool:
             return token is None or self.headers.get("Authorization") == f"Bearer {token}"
@@ -418,7 +482,16 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
                 elif path == "/v1/feedback" and method == "POST":
                     self._send(200, service.feedback(self._body()))
                 elif path == "/v1/chat/completions" and method == "POST":
-                    self._send(200, service.complete(self._body()))
+                    body = self._body()
+                    stream = body.get("stream", False)
+                    if not isinstance(stream, bool):
+                        raise ServeError(400, "'stream' must be true or false",
+                                         code="invalid_stream")
+                    answer = service.complete(body)
+                    if stream:
+                        self._stream(chunks(answer))
+                    else:
+                        self._send(200, answer)
                 elif path == "/v1/route" and method == "POST":
                     self._send(200, service.route(self._body()))
                 else:

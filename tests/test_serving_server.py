@@ -448,3 +448,35 @@ def test_streaming_and_sampling_settings(server):
             {"model": "rtb-quality", "messages": [{"role": "user", "content": bid}], **bad})
             .encode())
         assert status == 400 and field in body["error"]["message"], (bad, body)
+
+
+def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production")])
+    release = threading.Event()
+
+    class Stuck(Screener):
+        def generate(self, requests, progress=None):
+            release.wait(30)
+            return super().generate(requests, progress)
+
+    service = Service(Workspace.find(demo_repo), backend_factory=lambda _s, v: Stuck(v),
+                      request_timeout_s=0.5)
+    httpd = make_server(service, port=0, token=TOKEN)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        ask = json.dumps({"model": "rtb-quality", "messages": [
+            {"role": "user", "content": "domain=a.example ctr=1%"}]}).encode()
+        status, body = raw(port, "POST", "/v1/chat/completions", ask)
+        assert status == 504 and body["error"]["code"] == "timeout"
+        assert "no answer within 0.5 s" in body["error"]["message"]
+        release.set()
+        status, body = raw(port, "POST", "/v1/chat/completions", ask)
+        assert status == 200 and body["choices"][0]["message"]["content"] == " ACCEPT"
+        (window,) = service.flush()
+        assert window.data["requests"] == 2 and window.data["metrics"]["error_rate"] == 0.5
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()

@@ -432,11 +432,14 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
               help="Where the transformers backend runs: cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               default="float32", show_default=True, help="Weights' type (transformers).")
+@click.option("--request-timeout", "request_timeout_s", type=click.FloatRange(min=0.1),
+              default=120.0, show_default=True,
+              help="Seconds a request waits for its answer before a 504.")
 @click.pass_context
 @_guard
 def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float,
           max_batch: int | None, batch_wait_ms: float, engine: str, device: str,
-          dtype: str) -> None:
+          dtype: str, request_timeout_s: float) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
     Versions follow the event log; concurrent requests to a version are batched."""
@@ -449,7 +452,8 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
             raise click.ClickException(f"--device {device}: no such device here (cpu, or "
                                        "cuda[:N] on a machine with a CUDA GPU)")
     service = Service(_workspace(ctx), window_s=window_s, max_batch=max_batch,
-                      max_wait_ms=batch_wait_ms, backend=engine, device=device, dtype=dtype)
+                      max_wait_ms=batch_wait_ms, backend=engine, device=device, dtype=dtype,
+                      request_timeout_s=request_timeout_s)
     server = make_server(service, host, port, token=os.environ.get(token_env) or None)
     bound = server.server_address
     click.echo(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)

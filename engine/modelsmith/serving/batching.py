@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from modelsmith.inference.base import Generation, GenerationRequest
@@ -66,8 +67,15 @@ class Batcher:
             self._queue.put((request, future))
         return future
 
-    def generate(self, request: GenerationRequest) -> Generation:
-        return self.submit(request).result()
+    def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation:
+        """The answer to ``request``; ``TimeoutError`` after ``timeout`` seconds (the request
+        is then dropped if it has not started, or its answer discarded)."""
+        future = self.submit(request)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout:g} s") from None
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` under the model; whitespace words once the version was retired

@@ -60,7 +60,8 @@ class Service:
     def __init__(self, ws: Any, *, backend_factory: Any = None,
                  window_s: float | None = None, max_batch: int | None = None,
                  max_wait_ms: float = 0.0, backend: str | None = None,
-                 device: str = "cpu", dtype: str = "float32") -> None:
+                 device: str = "cpu", dtype: str = "float32",
+                 request_timeout_s: float | None = 120.0) -> None:
         from .metrics import LiveMetrics
 
         self.ws = ws
@@ -79,6 +80,7 @@ class Service:
         self._make = backend_factory or self._load_backend
         self._engine = {"backend": backend, "device": device, "dtype": dtype}
         self._batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms}
+        self.request_timeout_s = request_timeout_s
         # Shadows and rubric scores are worked out beside the request, never in its way.
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shadow")
         self.shadow_log: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -297,9 +299,15 @@ class Service:
             self._retire()
             batcher = self.batcher(specialist, assignment.version)
             try:
-                return assignment, batcher, batcher.generate(request)
+                return assignment, batcher, batcher.generate(request, self.request_timeout_s)
             except BatcherClosed:
                 continue
+            except TimeoutError as exc:
+                self.metrics.request(f"timeout-{uuid.uuid4().hex}", specialist,
+                                     assignment.version, assignment.stage,
+                                     (self.request_timeout_s or 0) * 1000, error=True)
+                raise ServeError(504, f"{specialist} {assignment.version}: {exc}",
+                                 kind="server_error", code="timeout") from None
         raise ServeError(503, f"{specialist}: the versions kept changing while this request "
                               "waited; try again", kind="server_error", code="no_version")
 
@@ -334,7 +342,7 @@ class Service:
         scorer = self.scorer(specialist)
         try:
             batcher = self.batcher(specialist, assignment.shadow)
-            shadow = batcher.generate(request)
+            shadow = batcher.generate(request, self.request_timeout_s)
             text, error = shadow.text, shadow.error
             if error is None:
                 scored = scorer.score(text, reference, has_reference=reference is not None,

@@ -17,13 +17,22 @@ from modelsmith.workspace import WorkspaceError
 DEMO_PARTS = ("specialists", "evals", "policies", "config", "dvc.yaml", "params.yaml")
 
 
+def _holds_defaults(folder: Path) -> bool:
+    return (folder / "specialists").is_dir() and (folder / "config" / "clusters.json").is_file()
+
+
 def embedded_defaults(start: Path) -> Path:
-    """The repository holding the embedded defaults: ``start`` or one of its parents."""
+    """The declarative files to fork: the Modelsmith repository at or above ``start``, else
+    the copy installed with the package (``modelsmith/defaults``)."""
     for folder in (start, *start.parents):
-        if (folder / "specialists").is_dir() and (folder / "config" / "clusters.json").is_file():
+        if _holds_defaults(folder):
             return folder
+    packaged = Path(__file__).resolve().parent / "defaults"
+    if _holds_defaults(packaged):
+        return packaged
     raise WorkspaceError(
-        f"no Modelsmith repository (specialists/ and config/clusters.json) at or above {start}"
+        f"no Modelsmith repository (specialists/ and config/clusters.json) at or above {start}, "
+        "and this installation carries no defaults (reinstall modelsmith)"
     )
 
 
@@ -35,7 +44,8 @@ def prepare_fork(source: Path, dest: Path) -> pygit2.Repository:
     for part in DEMO_PARTS:
         src = source / part
         if src.is_dir():
-            shutil.copytree(src, dest / part)
+            shutil.copytree(src, dest / part,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.is_file():
             shutil.copy2(src, dest / part)
     repo = pygit2.init_repository(str(dest), initial_head="main")

@@ -585,12 +585,19 @@ def _reconcile_once(ws: Any, push: bool, remote: str, as_json: bool,
         result.applied = earlier + result.applied
     if push:
         synced = sync(ws.root, remote, replan=apply)
+        if synced.dropped:  # what stands: the decisions kept, and those made again
+            gone = set(synced.dropped)
+            result.applied = [(a, e) for a, e in result.applied if e.id not in gone]
+            for again in synced.replans:
+                result.applied += [(a, e) for a, e in again.applied if e.id not in gone]
+            if synced.replans:
+                result.pending = synced.replans[-1].pending
     proposals = {event.id: _propose_rollback(ws, action.specialist, action.stage,
                                              action.version, event)
                  for action, event in result.applied if action.kind == "rollback"}
     if as_json:
         _print_json({**result.to_dict(), "proposals": proposals,
-                     "sync": None if synced is None else vars(synced)})
+                     "sync": None if synced is None else synced.to_dict()})
         return
     for action, event in result.applied:
         click.echo(f"{event.type} {action.specialist} {action.stage}: "

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.store import ConcurrencyError, append_observation
@@ -43,6 +44,13 @@ class SyncResult:
     replayed: list[str] = field(default_factory=list)  # event ids
     dropped: list[str] = field(default_factory=list)  # decisions that no longer held
     attempts: int = 0
+    #: What ``replan`` returned each time it ran on the merged log (not part of to_dict).
+    replans: list[Any] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pushed": self.pushed, "fast_forwarded": self.fast_forwarded,
+                "replayed": self.replayed, "dropped": self.dropped,
+                "attempts": self.attempts}
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -57,9 +65,10 @@ def _fresh(store: GitEventStore, event: Event) -> Event:
 
 
 def sync(root: Path, remote: str = "origin",
-         replan: Callable[[GitEventStore], None] = lambda _store: None) -> SyncResult:
+         replan: Callable[[GitEventStore], Any] = lambda _store: None) -> SyncResult:
     """Fetch, replay what is only local on the remote tip, push (see the module docstring).
-    ``replan`` runs on the merged log when a decision was dropped (reconcile again)."""
+    ``replan`` runs on the merged log when a decision was dropped (reconcile again); what it
+    returns is kept in ``replans``."""
     result = SyncResult()
     for attempt in range(1, ATTEMPTS + 1):
         result.attempts = attempt
@@ -129,4 +138,4 @@ def _replay(store: GitEventStore, local: str, theirs: str, result: SyncResult,
             append_observation(store, stream, [event])
         result.replayed.append(event.id)
     if result.dropped:
-        replan(store)
+        result.replans.append(replan(store))

@@ -25,8 +25,10 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 class FakeGitHub:
-    def __init__(self, bare: Path, full_name: str, tokens: dict[str, str]) -> None:
+    def __init__(self, bare: Path, full_name: str, tokens: dict[str, str],
+                 teams: dict[str, list[str]] | None = None) -> None:
         self.bare, self.full_name, self.tokens = bare, full_name, tokens
+        self.teams = teams or {}  # "org/slug" -> member logins
         self.pulls: dict[int, dict[str, Any]] = {}
         self.reviews: dict[int, list[dict[str, Any]]] = {}
         self.lock = threading.Lock()
@@ -136,6 +138,24 @@ class FakeGitHub:
                 "requested_teams": [],
                 "merged_by": self.user(p["merged_by"], base) if p["merged_by"] else None}
 
+    def org(self, login: str, base: str) -> dict[str, Any]:
+        u = f"{base}/orgs/{login}"
+        return {"login": login, "id": abs(hash(login)) % 10**6, "url": u, "avatar_url": "",
+                "description": "", "events_url": u + "/events", "hooks_url": u + "/hooks",
+                "issues_url": u + "/issues", "members_url": u + "/members{/member}",
+                "public_members_url": u + "/public_members{/member}",
+                "repos_url": u + "/repos", "created_at": NOW, "followers": 0,
+                "following": 0, "html_url": f"https://github.example/{login}",
+                "public_repos": 1, "type": "Organization"}
+
+    def team(self, org: str, slug: str, base: str) -> dict[str, Any]:
+        u = f"{base}/orgs/{org}/teams/{slug}"
+        return {"id": abs(hash(slug)) % 10**6, "name": slug, "slug": slug, "url": u,
+                "members_url": u + "/members{/member}", "permission": "push",
+                "repositories_url": u + "/repos", "created_at": NOW, "updated_at": NOW,
+                "members_count": len(self.teams[f"{org}/{slug}"]), "repos_count": 1,
+                "organization": self.org(org, base)}
+
     # -- the API -----------------------------------------------------------------------------
 
     def route(self, method: str, path: str, body: dict, user: str | None,
@@ -145,6 +165,17 @@ class FakeGitHub:
             return 401, {"message": "Bad credentials"}
         if method == "GET" and path == prefix:
             return 200, self.repo(base)
+        m = re.fullmatch(r"/orgs/([^/]+)(?:/teams/([^/]+)(/members)?)?", path)
+        if method == "GET" and m:
+            org, slug, members = m.groups()
+            if slug is None:
+                known = any(t.startswith(f"{org}/") for t in self.teams)
+                return (200, self.org(org, base)) if known else (404, {"message": "Not Found"})
+            if f"{org}/{slug}" not in self.teams:
+                return 404, {"message": "Not Found"}
+            if members:
+                return 200, [self.user(login, base) for login in self.teams[f"{org}/{slug}"]]
+            return 200, self.team(org, slug, base)
         if method == "POST" and path == f"{prefix}/pulls":
             number = len(self.pulls) + 1
             self.pulls[number] = {"title": body["title"], "body": body.get("body", ""),

@@ -201,3 +201,37 @@ def test_forged_or_edited_evidence_cannot_make_a_failing_version_pass(world):
 
 def store_evidence(event: Event) -> dict[str, bytes]:
     return dict(event.blobs)
+
+
+def test_a_codeowners_team_is_satisfied_by_a_members_approval(world):
+    """CODEOWNERS names a team: a member's approval counts for it, another's does not."""
+    fake, clones = world
+    fake.teams["team/ml-reviewers"] = ["alice"]
+    agent = clones["agent"]
+    (agent / ".github").mkdir()
+    (agent / ".github" / "CODEOWNERS").write_text(
+        "* @team/release-admins\nspecialists/ @team/ml-reviewers\n")
+    git(agent, "add", "-A")
+    git(agent, "commit", "-q", "-m", "CODEOWNERS")
+    git(agent, "push", "-q", "origin", "main")
+    propose(clones, "v1")
+    review_and_merge(fake, "alice-token")
+    (applied,) = reconcile(clones)
+    assert applied["type"] == "Promoted", applied
+    assert applied["approval"]["required"] == ["alice"]
+
+
+def test_a_codeowners_team_is_not_satisfied_by_an_outsider(world):
+    fake, clones = world
+    fake.teams["team/ml-reviewers"] = ["alice"]
+    agent = clones["agent"]
+    (agent / ".github").mkdir()
+    (agent / ".github" / "CODEOWNERS").write_text("specialists/ @team/ml-reviewers\n")
+    git(agent, "add", "-A")
+    git(agent, "commit", "-q", "-m", "CODEOWNERS")
+    git(agent, "push", "-q", "origin", "main")
+    propose(clones, "v1")
+    review_and_merge(fake, "mallory-token")
+    (applied,) = reconcile(clones)
+    assert (applied["type"], applied["gates"][-1]["name"]) == ("PromotionRejected", "approval")
+    assert "alice" in applied["reason"], applied["reason"]

@@ -12,7 +12,8 @@ on the checked-out branch that brought the change in, reads its pull request num
 GitHub's merge message, and believes it only when GitHub says that pull request was merged
 *as that commit*; the approvers are the reviewers whose latest review approves, who merged
 is GitHub's ``merged_by``, and the required approvers come from the policy or, when it
-names nobody, from CODEOWNERS. The pull request number goes into the promotion's event.
+names nobody, from CODEOWNERS (a team owner stands for its members). The pull request
+number goes into the promotion's event.
 github3.py does the talking.
 """
 
@@ -95,7 +96,28 @@ class GitHubForge(LocalForge):
         merged_by = pull.merged_by.login if pull.merged_by is not None else None
         owners = codeowners(self._text_at(commit, ".github/CODEOWNERS")
                             or self._text_at(commit, "CODEOWNERS"), self.sources[specialist])
-        return Approval("github", f"#{number}", merged_by, approvers, owners)
+        return Approval("github", f"#{number}", merged_by, approvers, self._members(owners))
+
+    def _members(self, owners: tuple[str, ...]) -> tuple[str, ...]:
+        """CODEOWNERS names with each team (``org/team``) replaced by its members, as GitHub
+        lets any member's review count for a team owner. A team the token cannot read stays
+        as its name, which no reviewer matches: the approval gate then names it."""
+        import github3
+
+        found: list[str] = []
+        for owner in owners:
+            if "/" not in owner:
+                found.append(owner)
+                continue
+            org, slug = owner.split("/", 1)
+            try:
+                organization = self.client().organization(org)
+                team = organization.team_by_name(slug) if organization is not None else None
+                members = [m.login for m in team.members()] if team is not None else []
+            except github3.exceptions.GitHubException:
+                members = []
+            found += members or [owner]
+        return tuple(dict.fromkeys(found))
 
     def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
                 body: str, traffic: float | None = None) -> Proposal:

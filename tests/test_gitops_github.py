@@ -203,17 +203,21 @@ def store_evidence(event: Event) -> dict[str, bytes]:
     return dict(event.blobs)
 
 
-def test_a_codeowners_team_is_satisfied_by_a_members_approval(world):
-    """CODEOWNERS names a team: a member's approval counts for it, another's does not."""
-    fake, clones = world
+def with_codeowners(fake, clones, text):
+    """CODEOWNERS on main (pushed by the agent), and the team ml-reviewers = alice."""
     fake.teams["team/ml-reviewers"] = ["alice"]
     agent = clones["agent"]
     (agent / ".github").mkdir()
-    (agent / ".github" / "CODEOWNERS").write_text(
-        "* @team/release-admins\nspecialists/ @team/ml-reviewers\n")
+    (agent / ".github" / "CODEOWNERS").write_text(text)
     git(agent, "add", "-A")
     git(agent, "commit", "-q", "-m", "CODEOWNERS")
     git(agent, "push", "-q", "origin", "main")
+
+
+def test_a_codeowners_team_is_satisfied_by_a_members_approval(world):
+    """CODEOWNERS names a team: a member's approval counts for it, another's does not."""
+    fake, clones = world
+    with_codeowners(fake, clones, "* @team/release-admins\nspecialists/ @team/ml-reviewers\n")
     propose(clones, "v1")
     review_and_merge(fake, "alice-token")
     (applied,) = reconcile(clones)
@@ -223,13 +227,7 @@ def test_a_codeowners_team_is_satisfied_by_a_members_approval(world):
 
 def test_a_codeowners_team_is_not_satisfied_by_an_outsider(world):
     fake, clones = world
-    fake.teams["team/ml-reviewers"] = ["alice"]
-    agent = clones["agent"]
-    (agent / ".github").mkdir()
-    (agent / ".github" / "CODEOWNERS").write_text("specialists/ @team/ml-reviewers\n")
-    git(agent, "add", "-A")
-    git(agent, "commit", "-q", "-m", "CODEOWNERS")
-    git(agent, "push", "-q", "origin", "main")
+    with_codeowners(fake, clones, "specialists/ @team/ml-reviewers\n")
     propose(clones, "v1")
     review_and_merge(fake, "mallory-token")
     (applied,) = reconcile(clones)

@@ -99,7 +99,7 @@ def test_jobs_on_a_local_ray_cluster(cluster, tmp_path):
     left = client.submit_job(entrypoint=remote_script(Job(py("""
         import time
         time.sleep(300)
-    """), cwd=tmp_path)))
+    """), cwd=tmp_path), watch_stdin=False))
     while client.get_job_status(left) != JobStatus.RUNNING:
         time.sleep(0.2)
     result = executor.run(Job(py("print('again')"), cwd=tmp_path))

@@ -102,3 +102,39 @@ def test_a_memory_limit_applies_on_the_remote_side(server, tmp_path):
     result = SshExecutor("remote", server.alias).run(job)
     assert classify(JobEnd(result.returncode, result.log_tail, via_ssh=True)
                     ).failure_class == "oom", result.log_tail
+
+
+def test_a_remote_job_dies_with_the_process_that_started_it(server, tmp_path):
+    """The loop is killed with SIGKILL mid-job: its ssh client dies with it, the remote
+    watcher sees the connection's input end, and the remote job's process group goes."""
+    import os
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "job.pid"
+    starter = tmp_path / "starter.py"
+    starter.write_text(textwrap.dedent(f"""
+        import sys
+        from modelsmith.fleet.executors import Job, SshExecutor
+        job = Job([sys.executable, "-c", "import os, time; "
+                   "open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"],
+                  cwd={str(tmp_path)!r})
+        SshExecutor("remote", {server.alias!r}).run(job)
+    """))
+    loop = subprocess.Popen([sys.executable, str(starter)], env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    remote = int(pid_file.read_text())
+    os.kill(loop.pid, signal.SIGKILL)
+    loop.wait()
+    assert_gone(remote, 20, "the remote job outlived the process that started it")
+
+
+def test_a_remote_job_killed_by_a_signal_is_not_an_unreachable_host(server, tmp_path):
+    job = Job(py("import os, signal; print('about to die', flush=True); "
+                 "os.kill(os.getpid(), signal.SIGKILL)"), cwd=tmp_path)
+    result = SshExecutor("remote", server.alias).run(job)
+    assert result.returncode == -9, result
+    diagnosis = classify(JobEnd(result.returncode, result.log_tail, via_ssh=True))
+    assert diagnosis.failure_class == "oom", diagnosis

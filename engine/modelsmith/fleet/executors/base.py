@@ -27,6 +27,10 @@ class Job:
     heartbeat_timeout_s: float = 300.0
     memory_limit_mb: int | None = None  # address-space limit of the job (RLIMIT_AS)
     name: str = "job"
+    # Give the job a stdin pipe that stays open while this process lives, and never write
+    # to it: its end tells the job (an ssh session's remote side) that we are gone.
+    # Otherwise the job's stdin is /dev/null.
+    hold_stdin: bool = False
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class LocalExecutor:
         try:
             process = subprocess.Popen(
                 job.argv, cwd=job.cwd, env={**os.environ, **job.env},
+                stdin=subprocess.PIPE if job.hold_stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                 start_new_session=True, preexec_fn=_child_setup(job.memory_limit_mb),
             )
@@ -108,5 +109,7 @@ class LocalExecutor:
                 break
         process.wait()
         reader.join(timeout=5)
+        if process.stdin is not None:
+            process.stdin.close()
         return JobResult(process.returncode, "\n".join(tail), stalled,
                          time.monotonic() - started, self.name)

@@ -69,7 +69,7 @@ class RayExecutor:
             client = JobSubmissionClient(self.address)
             leftovers = self._stop_leftovers(client, job, JobStatus)
             job_id = client.submit_job(
-                entrypoint=remote_script(job),
+                entrypoint=remote_script(job, watch_stdin=False),
                 submission_id=f"modelsmith-{job.name}-{uuid.uuid4().hex[:8]}",
             )
         except Exception as exc:  # connection errors come in many types

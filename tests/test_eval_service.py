@@ -13,6 +13,7 @@ from modelsmith.evaluation.composite import compute_report
 from modelsmith.evaluation.results import EvalError
 from modelsmith.evaluation.runner import EvalSettings, plan_items, runs_from_jsonl
 from modelsmith.evaluation.service import compare, evaluate, find_evaluation
+from modelsmith.evaluation.stats import percentile
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.inference.base import Backend, Generation
 from modelsmith.specs import load_repository
@@ -74,7 +75,9 @@ def test_a_perfect_model_scores_one_and_the_evaluation_is_recorded(repo, store):
     r = outcome.report
     assert r.core == 1.0 and r.robustness == 1.0 and r.heldout == 1.0
     assert r.composite == pytest.approx(1.0) and r.failed_ids == []
-    assert seen and seen[-1] == sum(backend.calls)
+    # One batched call for every input; then the latency probe: a warm-up and 16 core
+    # inputs, one request per call.
+    assert seen and seen[-1] == backend.calls[0] and backend.calls[1:] == [1] * 17
     events = list(store.read("rtb-quality"))
     assert [e.type for e in events] == ["EvalStarted", "EvalCompleted"]
     done = events[1]
@@ -87,6 +90,12 @@ def test_a_perfect_model_scores_one_and_the_evaluation_is_recorded(repo, store):
     assert len(runs) == len(items) == len(outcome.runs)
     assert all(r.outputs and r.criteria and r.criteria[0].reason for r in runs)
     assert json.loads(blobs["report.json"])["n_heldout"] == 40
+    probed = [r for r in runs if r.alone_ms is not None]
+    assert len(probed) == 16 and all(r.split == "core" and r.variant is None for r in probed)
+    latency = json.loads(blobs["report.json"])["micro_parts"]["latency_p95"]
+    # The latency benchmark reads the probe, not the batched call's wall time.
+    assert latency["value"] == pytest.approx(percentile([r.alone_ms for r in probed], 95),
+                                             abs=1e-6)  # the report keeps 6 decimals
 
 
 def test_mistakes_lower_the_score_and_name_the_failures(repo):

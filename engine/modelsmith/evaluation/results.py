@@ -46,9 +46,12 @@ class ScenarioRun:
     score: float  # after the repeat reducer
     passed: bool
     format_ok: bool
-    latency_ms: float
+    latency_ms: float  # wall time of the batched call that answered it
     completion_tokens: int
     criteria: list[CriterionResult] = field(default_factory=list)  # of the first repeat
+    # Wall time of this input answered alone, one request per call: what a request served
+    # alone waits. Measured on a sample of core inputs (the latency probe); None elsewhere.
+    alone_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

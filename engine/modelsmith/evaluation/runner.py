@@ -32,6 +32,9 @@ class EvalSettings:
     max_new_tokens: int | None = None
     seed: int = 0
     include_heldout: bool = True
+    # Core inputs answered again one at a time, for the suite's latency benchmark: a batched
+    # call's wall time is what the whole batch waited, not what one request waits.
+    latency_probes: int = 16
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,27 @@ def run_suite(
             completion_tokens=sum(g.completion_tokens for g in gens),
             criteria=list(scored[0].criteria),
         ))
+    if any(b.kind == "latency" for b in suite.suite.spec.micro) and settings.latency_probes > 0:
+        probe_latency(runs, requests[::repeats], backend, settings.latency_probes)
     return runs
+
+
+def probe_latency(runs: list[ScenarioRun], requests: Sequence[GenerationRequest],
+                  backend: Backend, probes: int) -> None:
+    """Answer the first ``probes`` core inputs (their own, not variants) again, each alone,
+    and record each one's wall time as its ``alone_ms`` (the latency benchmark reads it)."""
+    import dataclasses
+    import time
+
+    chosen = [i for i, run in enumerate(runs)
+              if run.split == "core" and run.variant is None][:probes]
+    if not chosen:
+        return
+    backend.generate([requests[chosen[0]]])  # warm: the first call pays for lazy set-up
+    for i in chosen:
+        started = time.perf_counter()
+        backend.generate([requests[i]])
+        runs[i] = dataclasses.replace(runs[i], alone_ms=(time.perf_counter() - started) * 1000)
 
 
 def runs_from_jsonl(data: bytes) -> list[ScenarioRun]:

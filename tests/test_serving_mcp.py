@@ -41,6 +41,9 @@ def test_the_fleet_as_mcp_tools(demo_repo, tmp_path, monkeypatch):
     assert set(tools) == {"rtb-quality", "fleet_status", "evaluation_summary"}
     schema = tools["rtb-quality"].input_schema
     assert schema["required"] == ["input"] and schema["properties"]["input"]["type"] == "string"
+    described = schema["properties"]["input"]
+    assert described["minLength"] == 1 and "'Bid: {input}\\nVerdict:'" in \
+        described["description"] and "one of ACCEPT, REJECT" in described["description"]
     assert not answer.is_error
     result = answer.structured_content
     assert (result["version"], result["stage"]) == ("v1", "production")

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
+
+#: Longest input a tool takes (the HTTP endpoint's body limit is 1 MiB).
+MAX_INPUT_CHARS = 100_000
 
 
 class Answer(BaseModel):
@@ -95,4 +98,18 @@ def _specialist_tool(service: Any, name: str, spec: Any) -> Any:
 
     answer.__doc__ = (f"Ask the {name} specialist. input: the text to decide on"
                       + (f" (answers one of {', '.join(labels)})" if labels else "") + ".")
+    # The input schema is the task's: what the input fills in the prompt, what comes back.
+    template = spec.spec.task.prompt_template
+    returns = (f"one of {', '.join(labels)}" if labels else
+               "a JSON document" if output.kind == "json" else "free text")
+    answer.__annotations__ = {
+        "input": Annotated[str, Field(
+            min_length=1, max_length=MAX_INPUT_CHARS,
+            description=f"The text the task is about; it fills {{input}} in the prompt "
+                        f"{template!r}. The answer is {returns}.")],
+        "user": Annotated[str | None, Field(
+            description="A stable key of the caller: the canary answers a fixed share of "
+                        "keys.")],
+        "return": Answer,
+    }
     return answer

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from modelsmith.evaluation.stats import percentile
 from modelsmith.inference.base import GenerationRequest
 from modelsmith.serving.batching import Batcher
 
@@ -41,11 +42,6 @@ def load(ref: str, device: str, dtype: str, batch_size: int):
         model = resolve_model(ref, load_clusters(root / "config" / "clusters.json"),
                               progress=lambda _m: None)
     return TransformersBackend(model, batch_size=batch_size, device=device, dtype=dtype)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def run(batcher: Batcher, clients: int, total: int, tokens: int) -> dict[str, object]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from modelsmith.artifacts.models import resolve_model
 from modelsmith.demo import embedded_defaults, prepare_fork
+from modelsmith.evaluation.stats import percentile
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promoted
 from modelsmith.inference.base import GenerationRequest
@@ -32,11 +33,6 @@ from modelsmith.workspace import Workspace
 
 BIDS = [f"domain=site{i}.example ctr={i % 17 / 10:.1f}% floor=${i % 5}.00 format=banner"
         for i in range(64)]
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def main() -> None:
@@ -95,7 +91,7 @@ def main() -> None:
                 thread.start()
             for thread in threads:
                 thread.join()
-            return share * len(calls) / (time.perf_counter() - started), p95(latencies)
+            return share * len(calls) / (time.perf_counter() - started), percentile(latencies, 95)
 
         results = {}
         service, httpd, port = serving(None)

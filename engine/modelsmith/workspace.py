@@ -150,17 +150,14 @@ class Workspace:
 
         from modelsmith.events.gitstore import EVENTS_REF
 
-        found = pygit2.discover_repository(str(self.root))
-        repo = pygit2.Repository(found) if found else None
+        repo = self.store.repo  # the work tree's repository, which holds the log
         try:
-            commit = repo.revparse_single(when).peel(pygit2.Commit) if repo else None
+            commit = repo.revparse_single(when).peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError):
-            commit = None
-        if commit is None:
             raise WorkspaceError(f"--at {when!r} is neither a date/time (2026-11-20 or "
-                                 "2026-11-20T14:05:00) nor a git revision here")
+                                 "2026-11-20T14:05:00) nor a git revision here") from None
         moment = datetime.fromtimestamp(commit.commit_time, UTC)
-        log = repo.references.get(EVENTS_REF) if repo else None
+        log = repo.references.get(EVENTS_REF)
         if log is not None and (log.target == commit.id
                                 or repo.descendant_of(log.target, commit.id)):
             position = sum(1 for _ in repo.walk(commit.id, pygit2.GIT_SORT_TOPOLOGICAL))

@@ -49,10 +49,12 @@ class LiveScorer:
                 self._judge = self._make_judge()
             return self._judge
 
-    def score(self, text: str, reference: Any = None, *, has_reference: bool = False,
+    def score(self, text: str, reference: Any = None, *,
               count_tokens: Callable[[str], int] | None = None) -> LiveScore:
+        """The format check, and the rubric's score when there is a ``reference`` (a JSON
+        ``null`` is no reference: the server never passes one)."""
         ok = format_ok(text, self.contract)
-        if not has_reference:
+        if reference is None:
             return LiveScore(ok)
         ctx = ScoringContext(expected=reference, labels=self.labels,
                              count_tokens=count_tokens, judge=self.judge())

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from modelsmith.evaluation.stats import percentile
+
 #: Response ids remembered for feedback (oldest forgotten first).
 REMEMBERED = 100_000
 
@@ -36,12 +38,6 @@ class _Window:
     rubric: list[float] = field(default_factory=list)  # rubric scores against a reference
     passes: list[bool] = field(default_factory=list)
     agreements: list[bool] = field(default_factory=list)  # shadow said what live said
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class LiveMetrics:
@@ -62,19 +58,25 @@ class LiveMetrics:
                                             "score_sum": 0.0, "scored": 0,
                                             "rubric_sum": 0.0, "passed": 0})
 
+    def _answered(self, key: tuple[str, str, str], latency_ms: float, error: bool,
+                  format_ok: bool | None) -> _Window:
+        """Count one answer (live or shadow) in its window and totals; under the lock."""
+        window = self._window(key)
+        window.requests += 1
+        window.errors += int(error)
+        window.latencies_ms.append(latency_ms)
+        if format_ok is not None:
+            window.formats.append(format_ok)
+        totals = self._totals(key)
+        totals["requests"] += 1
+        totals["errors"] += int(error)
+        return window
+
     def request(self, response_id: str, specialist: str, version: str, stage: str,
                 latency_ms: float, error: bool = False, format_ok: bool | None = None) -> None:
         key = (specialist, version, stage)
         with self._lock:
-            window = self._window(key)
-            window.requests += 1
-            window.errors += int(error)
-            window.latencies_ms.append(latency_ms)
-            if format_ok is not None:
-                window.formats.append(format_ok)
-            totals = self._totals(key)
-            totals["requests"] += 1
-            totals["errors"] += int(error)
+            self._answered(key, latency_ms, error, format_ok)
             self._responses[response_id] = key
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
@@ -99,16 +101,9 @@ class LiveMetrics:
         its :class:`~.live_scoring.LiveScore` when it answered."""
         key = (specialist, version, "shadow")
         with self._lock:
-            window = self._window(key)
-            window.requests += 1
-            window.errors += int(error)
-            window.latencies_ms.append(latency_ms)
+            window = self._answered(key, latency_ms, error,
+                                    scored.format_ok if scored is not None else None)
             window.agreements.append(agree)
-            if scored is not None:
-                window.formats.append(scored.format_ok)
-            totals = self._totals(key)
-            totals["requests"] += 1
-            totals["errors"] += int(error)
         if scored is not None:
             self.rubric(key, scored.score, scored.passed)
 
@@ -125,21 +120,22 @@ class LiveMetrics:
             return key
 
     def flush(self, store: Any, actor: str = "serve") -> list[Any]:
-        """Append one ``MetricsObserved`` per key with traffic since the last flush."""
+        """Append one ``MetricsObserved`` per key with traffic since the last flush, in one
+        append (one commit) per specialist."""
         from modelsmith.events.store import append_observation
         from modelsmith.events.types import Event, MetricsObserved
 
         with self._lock:
             windows, self._windows = self._windows, {}
         now = datetime.now(UTC)
-        recorded = []
+        events: dict[str, list[Any]] = {}
         for (specialist, version, stage), w in sorted(windows.items()):
             if not w.requests and not w.scores and not w.rubric:
                 continue
             metrics = {"error_rate": w.errors / w.requests if w.requests else 0.0}
             if w.latencies_ms:
-                metrics["latency_p50_ms"] = _percentile(w.latencies_ms, 50)
-                metrics["latency_p95_ms"] = _percentile(w.latencies_ms, 95)
+                metrics["latency_p50_ms"] = percentile(w.latencies_ms, 50)
+                metrics["latency_p95_ms"] = percentile(w.latencies_ms, 95)
             if w.formats:
                 metrics["format_rate"] = sum(w.formats) / len(w.formats)
             if w.scores:
@@ -151,8 +147,9 @@ class LiveMetrics:
                 metrics["agreement_rate"] = sum(w.agreements) / len(w.agreements)
             payload = MetricsObserved(version=version, stage=stage, window_start=w.started,
                                       window_end=now, requests=w.requests, metrics=metrics)
-            recorded += append_observation(store, specialist, [Event.new(payload, actor=actor)])
-        return recorded
+            events.setdefault(specialist, []).append(Event.new(payload, actor=actor))
+        return [recorded for specialist, batch in events.items()
+                for recorded in append_observation(store, specialist, batch)]
 
     def prometheus(self) -> str:
         """The running totals in the Prometheus text format, one group per metric family."""

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -86,8 +86,8 @@ class Service:
         self.shadow_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._scorers: dict[str, LiveScorer] = {}
         self._scoring = threading.Lock()
-        self._pending = 0
-        self._pending_lock = threading.Lock()
+        self._aside_running: set[Future[Any]] = set()
+        self._aside_lock = threading.Lock()
         self._slots: dict[tuple[str, str], threading.Lock] = {}
         self._seen_reloads = -1
         #: (specialist, version) unloaded because the split stopped needing them.
@@ -97,12 +97,9 @@ class Service:
         from modelsmith.inference import make_backend
 
         model = self.ws.candidate(self.repo, specialist, version)
-        engine = dict(self._engine)
-        if engine["backend"] == "vllm":  # vLLM places and types the model itself
-            engine = {"backend": "vllm"}
         return make_backend(str(model.path), self.repo.clusters, repo_root=self.ws.root,
                             chat_template=model.base.chat_template,
-                            batch_size=self._batching["max_batch"] or 16, **engine)
+                            batch_size=self._batching["max_batch"] or 16, **self._engine)
 
     def batcher(self, specialist: str, version: str) -> Batcher:
         """The loaded ``version``, loading it on first use: one load per version, whoever
@@ -164,9 +161,9 @@ class Service:
 
     def settle(self, timeout: float = 60.0) -> None:
         """Wait for the shadows and scores of the requests answered so far."""
-        deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with self._aside_lock:
+            running = list(self._aside_running)
+        wait(running, timeout=timeout)
 
     def _flush_every(self, window_s: float) -> None:
         while not self._stop.wait(window_s):
@@ -314,20 +311,20 @@ class Service:
     # -- work beside the request: rubric scores and shadows -----------------------------------
 
     def _aside(self, fn: Any, *args: Any) -> None:
-        with self._pending_lock:
-            self._pending += 1
         future = self._side.submit(fn, *args)
-        future.add_done_callback(self._done_aside)
+        with self._aside_lock:
+            self._aside_running.add(future)
+        future.add_done_callback(self._aside_done)
 
-    def _done_aside(self, _future: Any) -> None:
-        with self._pending_lock:
-            self._pending -= 1
+    def _aside_done(self, future: Future[Any]) -> None:
+        with self._aside_lock:
+            self._aside_running.discard(future)
 
     def _score(self, key: tuple[str, str, str], batcher: Batcher, text: str,
                reference: Any) -> None:
         """The rubric score of a live answer against the request's reference."""
         try:
-            scored = self.scorer(key[0]).score(text, reference, has_reference=True,
+            scored = self.scorer(key[0]).score(text, reference,
                                                count_tokens=batcher.count_tokens)
         except Exception:  # scoring never hurts serving; a failed score is not a score
             return
@@ -345,8 +342,7 @@ class Service:
             shadow = batcher.generate(request, self.request_timeout_s)
             text, error = shadow.text, shadow.error
             if error is None:
-                scored = scorer.score(text, reference, has_reference=reference is not None,
-                                      count_tokens=batcher.count_tokens)
+                scored = scorer.score(text, reference, count_tokens=batcher.count_tokens)
         except BatcherClosed:  # no longer the shadow: nothing to compare
             return
         except Exception as exc:  # a shadow must never hurt the request it mirrors

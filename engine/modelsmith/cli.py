@@ -18,11 +18,13 @@ from typing import Any
 import click
 
 from modelsmith import __version__
-
-EXIT_FAILED = 1  # the command ran and found a problem (verify)
-EXIT_INVALID = 2  # the input is invalid (specs, arguments)
-EXIT_BELOW_TARGET = 3  # an evaluation ran and its composite is below the target
-EXIT_INTERNAL = 70
+from modelsmith.errors import (
+    EXIT_BELOW_TARGET,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INVALID,
+    ModelsmithError,
+)
 
 
 def _print_json(data: Any) -> None:
@@ -33,42 +35,6 @@ def _console():
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=False)
-
-
-# Errors a user can act on, by module: only a module that was imported can have raised
-# one, so classifying needs no import (the CLI's start-up stays light).
-_USER_ERRORS = {
-    "modelsmith.workspace": ("WorkspaceError",),
-    "modelsmith.events.store": ("EventStoreError",),
-    "modelsmith.events.types": ("InvalidEventError",),
-    "modelsmith.evaluation.results": ("EvalError",),
-    "modelsmith.inference.base": ("InferenceError",),
-    "modelsmith.artifacts.dvc": ("ArtifactError",),
-    "modelsmith.training.data": ("DataError",),
-    "modelsmith.training.trainers": ("TrainingError",),
-    "modelsmith.training.job": ("JobSpecError",),
-    "modelsmith.iterate.state": ("StateError",),
-    "modelsmith.iterate.heal": ("TrainingAbandoned", "CheckpointDiscarded"),
-    "modelsmith.iterate.loop": ("LoopError",),
-    "modelsmith.gitops.forge": ("ForgeError",),
-    "modelsmith.gitops.reconcile": ("ReconcileError",),
-    "modelsmith.gitops.sync": ("SyncError",),
-    "modelsmith.serving.package": ("PackageError",),
-    "modelsmith.fleet.pool": ("NoHostError",),
-}
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    for module, names in _USER_ERRORS.items():
-        loaded = sys.modules.get(module)
-        if loaded is not None and isinstance(exc, tuple(getattr(loaded, n) for n in names)):
-            return True
-    return False
-
-
-def _is_spec_error(exc: BaseException) -> bool:
-    errors = sys.modules.get("modelsmith.specs.errors")
-    return errors is not None and isinstance(exc, errors.SpecError)
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,14 +51,10 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.close()
             sys.exit(0)
         except Exception as exc:
-            if _is_spec_error(exc):
-                click.echo(str(exc), err=True)
-                click.echo("the repository's specs are invalid (see `modelsmith validate`)",
-                           err=True)
-                sys.exit(EXIT_INVALID)
-            if _is_user_error(exc):
-                click.echo(f"error: {exc}", err=True)
-                sys.exit(EXIT_FAILED)
+            if isinstance(exc, ModelsmithError):
+                for line in exc.user_lines():
+                    click.echo(line, err=True)
+                sys.exit(exc.exit_code)
             if os.environ.get("MODELSMITH_DEBUG"):
                 raise
             click.echo(

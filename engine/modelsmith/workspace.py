@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelsmith.errors import WorkspaceError as WorkspaceError
+
 if TYPE_CHECKING:
     from modelsmith.events.gitstore import GitEventStore
     from modelsmith.events.projection import FleetState
@@ -17,10 +19,6 @@ _EMPTY_ROW: dict[str, Any] = {
     "production": None, "canary": None, "shadow": None, "candidates": 0,
     "latest_candidate": None, "events": 0,
 }
-
-
-class WorkspaceError(Exception):
-    """The folder cannot serve as a Modelsmith repository (with a hint how to fix it)."""
 
 
 @dataclass

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelsmith.errors import ModelsmithError
+
 from .models import cache_root
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 
-class ArtifactError(Exception):
+class ArtifactError(ModelsmithError):
     """A DVC operation could not be done; the message says what to do about it."""
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..inference.base import InferenceError
+from modelsmith.errors import InferenceError
 
 if TYPE_CHECKING:
     from ..specs.clusters import ClustersConfig, ModelProfile

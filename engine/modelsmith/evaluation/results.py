@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from modelsmith.errors import ModelsmithError
+
 Split = Literal["core", "heldout"]
 
 
-class EvalError(Exception):
+class EvalError(ModelsmithError):
     """An evaluation cannot run or cannot be found (the message says what to do)."""
 
 

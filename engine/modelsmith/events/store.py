@@ -7,11 +7,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.events.types import Event, InvalidEventError, validate_stream
 from modelsmith.events.verify import VerifyReport, verify_events
 
 
-class EventStoreError(Exception):
+class EventStoreError(ModelsmithError):
     """Base of every error the event log raises."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from modelsmith.errors import ModelsmithError
+
 STREAM_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 EVIDENCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -28,7 +30,7 @@ STAGES: tuple[Stage, ...] = ("shadow", "canary", "production")
 FailureClass = Literal["oom", "host_unreachable", "hang", "corrupt_checkpoint", "unknown"]
 
 
-class InvalidEventError(ValueError):
+class InvalidEventError(ModelsmithError, ValueError):
     """An event (or its payload) does not match its type's schema."""
 
 

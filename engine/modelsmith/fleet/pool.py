@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.specs.clusters import ClustersConfig, Host
 
 from .executors import Executor, LocalExecutor, RayExecutor, SshExecutor
 from .probe import ProbeResult, probe_all, rank
 
 
-class NoHostError(RuntimeError):
+class NoHostError(ModelsmithError, RuntimeError):
     """Every host in the pool is down or excluded; the message lists why, host by host."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
+
 from .plan import Approval
 
 TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
@@ -29,7 +31,7 @@ TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
 SEARCH_DEPTH = 500
 
 
-class ForgeError(RuntimeError):
+class ForgeError(ModelsmithError, RuntimeError):
     """A proposal that cannot be made; the message says why."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.events.projection import fold
 from modelsmith.events.store import ConcurrencyError, EventStore
 from modelsmith.events.types import Approval as LoggedApproval
@@ -39,7 +40,7 @@ from .plan import (
 ATTEMPTS = 20
 
 
-class ReconcileError(RuntimeError):
+class ReconcileError(ModelsmithError, RuntimeError):
     """The log kept moving under the reconciler."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.store import ConcurrencyError, append_observation
 from modelsmith.events.types import Event
@@ -33,7 +34,7 @@ REMOTE_REF = "refs/remotes/origin/modelsmith/events"
 ATTEMPTS = 20
 
 
-class SyncError(RuntimeError):
+class SyncError(ModelsmithError, RuntimeError):
     """The log cannot be shared without a person: the message says why."""
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from modelsmith.errors import InferenceError as InferenceError  # raised by artifacts too
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -34,10 +36,6 @@ class Generation:
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     error: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
-
-
-class InferenceError(Exception):
-    """A backend could not be built or could not answer (with a message a user can act on)."""
 
 
 ProgressFn = Callable[[int, int], None]  # (done, total)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.fleet.executors import Job, JobResult
 from modelsmith.fleet.failures import Diagnosis, JobEnd, Recovery, classify, recovery
 from modelsmith.fleet.pool import Pool
@@ -38,7 +39,7 @@ from modelsmith.training.job import TrainJobSpec, result_path
 JOB_COMMAND: tuple[str, ...] = (sys.executable, "-m", "modelsmith", "job", "train")
 
 
-class TrainingAbandoned(RuntimeError):
+class TrainingAbandoned(ModelsmithError, RuntimeError):
     """Recovery ran out: the attempts say what happened."""
 
     def __init__(self, message: str, attempts: list[Attempt]) -> None:
@@ -46,7 +47,7 @@ class TrainingAbandoned(RuntimeError):
         self.attempts = attempts
 
 
-class CheckpointDiscarded(RuntimeError):
+class CheckpointDiscarded(ModelsmithError, RuntimeError):
     """The base checkpoint is corrupt: the caller goes back one."""
 
     def __init__(self, checkpoint: str, attempts: list[Attempt]) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.events.store import Recorder
 from modelsmith.events.types import Event, TrainingFailed
 from modelsmith.workspace import Workspace
@@ -511,7 +512,7 @@ def rehearsed(rows: list[Any], previous: list[Any]) -> list[Any]:
     return out
 
 
-class LoopError(Exception):
+class LoopError(ModelsmithError):
     """The loop cannot go on without a person: the message says what to do."""
 
 

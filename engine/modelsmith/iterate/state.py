@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelsmith.errors import ModelsmithError
+
 #: The phases of one iteration, in order.
 PHASES: tuple[str, ...] = ("eval", "extract", "generate", "validate", "train", "reeval",
                            "decide")
@@ -41,7 +43,7 @@ SCHEMA_VERSION = 1
 MAX_STATE_BYTES = 4 * 1024 * 1024
 
 
-class StateError(Exception):
+class StateError(ModelsmithError):
     """A state file that cannot be used, or a loop that is already running."""
 
 

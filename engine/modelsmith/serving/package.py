@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
+
 MANIFEST = "modelsmith.json"
 
 
-class PackageError(RuntimeError):
+class PackageError(ModelsmithError, RuntimeError):
     """The artifact cannot be made; the message says why."""
 
 

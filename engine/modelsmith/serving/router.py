@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.specs.routing import shadowed  # noqa: F401  (the router's own check)
 
 #: Punctuation splits words, as ``\w+`` would (``_`` stays a word character).
 _SEPARATORS = str.maketrans({c: " " for c in string.punctuation if c != "_"})
 
 
-class NoRoute(LookupError):
+class NoRoute(ModelsmithError, LookupError):
     """No rule matched and the table has no default."""
 
 

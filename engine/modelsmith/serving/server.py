@@ -32,6 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
+
 from .batching import Batcher, BatcherClosed
 from .live_scoring import LiveScorer
 from .router import NoRoute, Request, Router
@@ -44,7 +46,7 @@ DEFAULT_MAX_TOKENS = {"label": 4, "json": 256, "text": 128}
 MAX_TOKENS = 1024
 
 
-class ServeError(Exception):
+class ServeError(ModelsmithError):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
                  code: str | None = None) -> None:
         super().__init__(message)

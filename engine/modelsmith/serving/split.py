@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
+
 #: Hash buckets: the canary share is resolved to 1/BUCKETS.
 BUCKETS = 10_000
 
@@ -26,7 +28,7 @@ def bucket(key: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
-class NoVersion(LookupError):
+class NoVersion(ModelsmithError, LookupError):
     """The specialist has nothing in production or canary to answer with."""
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from modelsmith.errors import EXIT_INVALID, ModelsmithError
+
 
 @dataclass(frozen=True)
 class SpecIssue:
@@ -41,12 +43,17 @@ class SpecIssue:
         return (self.file, self.line or 0, self.column or 0)
 
 
-class SpecError(Exception):
+class SpecError(ModelsmithError):
     """Raised by the loaders; carries every issue found, not just the first."""
 
     def __init__(self, issues: Iterable[SpecIssue]) -> None:
         self.issues: list[SpecIssue] = list(issues)
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
+    exit_code = EXIT_INVALID
+
     def __str__(self) -> str:
         return "\n".join(str(issue) for issue in self.issues)
+
+    def user_lines(self) -> list[str]:
+        return [str(self), "the repository's specs are invalid (see `modelsmith validate`)"]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.specs.clusters import HyperParams
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ CHECKPOINTS_KEPT = 2
 DEFAULT_THREADS = 1
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(ModelsmithError, ValueError):
     """A training method or profile that cannot be run as asked."""
 
 

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.evaluation.criteria import FLOAT_EPS, Judge, ScoringContext
 from modelsmith.evaluation.results import ScenarioRun
 from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
@@ -82,7 +83,7 @@ Teacher = Callable[[str, int], list[str]]
 """``(text, n) -> up to n rephrasings of text`` (the label is kept)."""
 
 
-class DataError(Exception):
+class DataError(ModelsmithError):
     """Training data cannot be built (the message names the file or scenario at fault)."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.specs import HyperParams, LoadedSuite, Specialist
 
 RESULT_SUFFIX = ".result.json"
@@ -29,7 +30,7 @@ def result_path(out: Path) -> Path:
     return out.with_name(out.name + RESULT_SUFFIX)
 
 
-class JobSpecError(ValueError):
+class JobSpecError(ModelsmithError, ValueError):
     """A job spec that cannot be run; the message names the file and the field."""
 
 

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.evaluation.criteria import Judge, ScoringContext
 from modelsmith.evaluation.results import ScenarioScore
 from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
@@ -32,7 +33,7 @@ SCENARIO_ID = "scenario_id"
 REWARD_NAME = "rubric"
 
 
-class RewardInputError(ValueError):
+class RewardInputError(ModelsmithError, ValueError):
     """The reward function was called without what it needs to score (a column missing)."""
 
 

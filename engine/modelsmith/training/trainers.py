@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modelsmith.errors import ModelsmithError
 from modelsmith.specs.clusters import HyperParams
 
 from .checkpoints import SFT_MODEL, intact_model, seal
@@ -37,7 +38,7 @@ TRAINER_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datas
 REWARD_WINDOW = 0.25
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ModelsmithError, RuntimeError):
     """A training run that could not start or finish; the message says what to change."""
 
 

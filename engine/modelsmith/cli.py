@@ -666,13 +666,13 @@ def lineage(ctx: click.Context, specialist: str, version: str, as_json: bool) ->
     stages = [a.to_dict() for a in state.history if a.version == version]
     data = {"specialist": specialist, "version": version,
             "registered_at": cand.registered_at.isoformat(), "event_id": cand.event_id,
-            "lineage": cand.lineage, "evaluations": evals, "stages": stages}
+            "lineage": cand.lineage.model_dump(), "evaluations": evals, "stages": stages}
     if as_json:
         _print_json(data)
         return
     click.echo(f"{specialist} {version} · registered {data['registered_at']} "
                f"(event {cand.event_id})")
-    for key, value in cand.lineage.items():
+    for key, value in data["lineage"].items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"  {key:<17} {value if value is not None else '-'}")
@@ -739,16 +739,17 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
 
     Exit 0 when the composite meets the target, 3 when it does not.
     """
+    from modelsmith.artifacts.registry import is_version
     from modelsmith.evaluation.judge import BackendJudge
     from modelsmith.evaluation.runner import EvalSettings
-    from modelsmith.evaluation.service import VERSION_RE, evaluate, specialist_or_error
+    from modelsmith.evaluation.service import evaluate, specialist_or_error
     from modelsmith.inference import make_backend
 
     ws = _workspace(ctx)
     repo = ws.specs()
     spec = specialist_or_error(repo, specialist)
     ref = model_ref or spec.spec.base
-    version = ref if VERSION_RE.match(ref) else None
+    version = ref if is_version(ref) else None
     candidate = _candidate(ws, repo, specialist, version) if version else None
     load = str(candidate.path) if candidate else ref
     chat = candidate.base.chat_template if candidate else None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from modelsmith.errors import WorkspaceError as WorkspaceError
 
 if TYPE_CHECKING:
+    from modelsmith.artifacts.registry import CandidateModel, ModelRegistry
     from modelsmith.events.gitstore import GitEventStore
     from modelsmith.events.projection import FleetState
     from modelsmith.specs import Repository
@@ -67,35 +68,32 @@ class Workspace:
 
         return fold(self.store, self.cache_dir / "fleet.pickle")
 
-    def candidate(self, repo: Repository, specialist: str, version: str,
-                  say: Any = lambda _m: None) -> Any:
-        """A registered candidate's weights, pulled from the DVC remote when the work tree
-        lacks them, and the base profile it is prompted as (a ``CandidateModel``)."""
-        from modelsmith.training.service import candidate_model
+    def registry(self, repo: Repository, say: Any = lambda _m: None) -> ModelRegistry:
+        """The team's models: base profiles and the log's candidates (weights pulled from
+        the DVC remote when the work tree lacks them)."""
+        from modelsmith.artifacts.registry import ModelRegistry
 
         def pull(path: Path) -> None:
             from modelsmith.artifacts.dvc import ArtifactStore
 
-            say(f"pulling {version}'s weights from the DVC remote ...")
+            say(f"pulling {path.name}'s weights from the DVC remote ...")
             ArtifactStore(self.root).pull([path])
 
-        state = self.fleet().specialists.get(specialist)
-        return candidate_model(repo, specialist, version, state.candidates if state else {},
-                               pull)
+        def candidates(specialist: str) -> dict[str, Any]:
+            state = self.fleet().specialists.get(specialist)
+            return state.candidates if state else {}
+
+        return ModelRegistry(self.root, repo.clusters, candidates, pull)
+
+    def candidate(self, repo: Repository, specialist: str, version: str,
+                  say: Any = lambda _m: None) -> CandidateModel:
+        """A registered candidate's weights and the base profile it is prompted as."""
+        return self.registry(repo, say).candidate(specialist, version)
 
     def weights_path(self, repo: Repository, specialist: str, ref: str,
                      say: Any = lambda _m: None) -> Path:
-        """The local weights folder of ``ref``: a candidate version, a model profile or a
-        folder (training needs one; a hub id has none)."""
-        from modelsmith.artifacts import resolve_model
-        from modelsmith.evaluation.service import VERSION_RE
-
-        if VERSION_RE.match(ref):
-            return self.candidate(repo, specialist, ref, say).path
-        path = resolve_model(ref, repo.clusters, repo_root=self.root).path
-        if path is None:
-            raise WorkspaceError(f"{ref} is a hub id; training needs a local folder")
-        return path
+        """The local weights folder of ``ref`` (a version, a profile or a folder)."""
+        return self.registry(repo, say).weights_path(specialist, ref)
 
     def fleet_status(self) -> dict[str, Any]:
         """One row per specialist with events: what `status` shows."""

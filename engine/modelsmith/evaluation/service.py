@@ -9,7 +9,6 @@ A comparison reads that evidence back, so it needs nothing but the log.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,7 +30,6 @@ from modelsmith.specs import Repository
 
 RESULTS = "results.jsonl"
 REPORT = "report.json"
-VERSION_RE = re.compile(r"^v[1-9][0-9]*$")
 
 
 @dataclass

@@ -24,13 +24,14 @@ from modelsmith.events.types import (
     EvalCompleted,
     Event,
     InvalidEventError,
+    Lineage,
     MetricsObserved,
     Promoted,
     PromotionRejected,
     RolledBack,
 )
 
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 
 @dataclass(slots=True)
@@ -77,7 +78,7 @@ class Candidate:
     version: str
     registered_at: datetime
     event_id: str
-    lineage: dict[str, Any]
+    lineage: Lineage
     evals: list[EvalRecord] = field(default_factory=list)
 
     def latest(self) -> EvalRecord | None:
@@ -169,7 +170,7 @@ class FleetState:
         match payload:
             case CandidateRegistered():
                 s.candidates[payload.version] = Candidate(
-                    payload.version, event.at, event.id, payload.lineage.model_dump()
+                    payload.version, event.at, event.id, payload.lineage
                 )
             case EvalCompleted():
                 rec = EvalRecord(event.id, event.at, payload.model, payload.suite_hash,

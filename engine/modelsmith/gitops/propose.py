@@ -41,7 +41,7 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
     if candidate is None:
         return "\n".join([*lines, f"{version} is not a registered candidate."]), False
     gates = gates_for(specialist, want, state, policy_stage, version, heldout, approval, sound)
-    lineage = candidate.lineage
+    lineage = candidate.lineage.model_dump()
     lines += ["### Lineage", f"- registered by event `{candidate.event_id}`"]
     lines += [f"- {key}: `{lineage[key]}`" for key in
               ("base_model", "parent", "dataset_hash", "weights_hash", "run_id",

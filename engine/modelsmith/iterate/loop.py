@@ -150,8 +150,9 @@ class IterateLoop:
 
     def _evaluate(self, state: IterateState, phase: str, model_ref: str) -> Event:
         """Evaluate ``model_ref`` (a profile or a candidate version) once, replay-safe."""
+        from modelsmith.artifacts.registry import is_version
         from modelsmith.evaluation.runner import EvalSettings
-        from modelsmith.evaluation.service import VERSION_RE, evaluate
+        from modelsmith.evaluation.service import evaluate
         from modelsmith.inference import make_backend
 
         recorder = self._recorder(state, phase)
@@ -160,7 +161,7 @@ class IterateLoop:
             self.say(f"  {phase}: reusing evaluation {found.id[:12]} from the log")
             return found
         repo = self.repo
-        version = model_ref if VERSION_RE.match(model_ref) else None
+        version = model_ref if is_version(model_ref) else None
         load, chat = model_ref, None
         if version:
             cand = self.ws.candidate(repo, self.specialist, version, say=self.say)
@@ -290,13 +291,13 @@ class IterateLoop:
     def _corrupt(self, model: str, path: Path, artifacts: Any) -> str | None:
         """Why ``model``'s weights cannot be trained from (a candidate whose files no longer
         hash to what its lineage recorded), or None."""
-        from modelsmith.evaluation.service import VERSION_RE
+        from modelsmith.artifacts.registry import is_version
 
-        if not VERSION_RE.match(model):
+        if not is_version(model):
             return None
         fleet = self.ws.fleet().specialists.get(self.specialist)
         candidate = fleet.candidates.get(model) if fleet else None
-        expected = candidate.lineage.get("weights_hash") if candidate else None
+        expected = candidate.lineage.weights_hash if candidate else None
         if not expected:
             return None
         actual = artifacts.content_hash(path)

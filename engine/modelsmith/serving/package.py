@@ -40,7 +40,7 @@ def fallback(fleet: Any, specialist: str, version: str) -> str | None:
     if earlier:
         return earlier[-1]
     candidate = state.candidates.get(version)
-    return candidate.lineage.get("parent") if candidate else None
+    return candidate.lineage.parent if candidate else None
 
 
 def package(ws: Any, specialist: str, version: str, out: Path) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def package(ws: Any, specialist: str, version: str, out: Path) -> dict[str, Any]
     model = ws.candidate(repo, specialist, version)
     artifacts = ArtifactStore(ws.root)
     digest = artifacts.content_hash(model.path)
-    expected = candidate.lineage.get("weights_hash")
+    expected = candidate.lineage.weights_hash
     if expected and digest != expected:
         raise PackageError(f"{model.path} hashes to {digest}, not the {expected} its lineage "
                            "recorded: restore it (`dvc checkout`) before packaging")
@@ -80,10 +80,10 @@ def package(ws: Any, specialist: str, version: str, out: Path) -> dict[str, Any]
         "prompt": {"template": task.prompt_template, "system": task.system_prompt,
                    "chat_template": bool(model.base.chat_template),
                    "output": output.model_dump(mode="json")},
-        "lineage": candidate.lineage,
+        "lineage": candidate.lineage.model_dump(),
         "registered_event": candidate.event_id,
         "rollback": {"version": back_to,
-                     "artifact_hash": back.lineage.get("weights_hash") if back else None},
+                     "artifact_hash": back.lineage.weights_hash if back else None},
     }
     staged = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)

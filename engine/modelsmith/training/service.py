@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelsmith.artifacts.registry import next_version, version_weights
 from modelsmith.evaluation.results import EvalError
 from modelsmith.evaluation.service import find_evaluation, load_runs, specialist_or_error
 from modelsmith.events.store import EventStore, Recorder
@@ -28,10 +29,9 @@ from modelsmith.events.types import (
     TrainingCompleted,
     TrainingStarted,
 )
-from modelsmith.specs import HyperParams, ModelProfile, Repository
+from modelsmith.specs import HyperParams, Repository
 
 DATA_DIR = "data"
-MODELS_DIR = "models"
 #: Generated and teacher rows per failed scenario.
 PER_FAILURE = 4
 #: TrainingCompleted's evidence: one JSON line per logged step (phase, step, metrics).
@@ -65,51 +65,6 @@ class TrainOutcome:
     metrics: dict[str, float]
     duration_s: float
     events: list[Event]
-
-
-def next_version(store: EventStore, specialist: str) -> str:
-    taken = [int(e.data["version"][1:]) for e in store.read(specialist)
-             if e.type == "CandidateRegistered"]
-    return f"v{max(taken, default=0) + 1}"
-
-
-def version_weights(root: Path, specialist: str, version: str) -> Path:
-    """Where a candidate's weights live in the work tree (DVC-tracked)."""
-    return root / MODELS_DIR / specialist / version
-
-
-@dataclass
-class CandidateModel:
-    path: Path  # the weights folder, present in the work tree
-    base: ModelProfile  # the profile it descends from: how it is prompted
-
-
-def candidate_model(
-    repo: Repository,
-    specialist: str,
-    version: str,
-    candidates: dict[str, Any],
-    pull: Callable[[Path], None],
-) -> CandidateModel:
-    """A registered candidate's weights (``pull`` fetches them when missing) and the model
-    profile it descends from through its parents: it is prompted as that profile was
-    trained (plain text or chat template), whatever its saved tokenizer could do."""
-    if version not in candidates:
-        known = ", ".join(candidates) or "none"
-        raise EvalError(f"{specialist} has no candidate {version} (candidates: {known}); "
-                        f"train one with `modelsmith train {specialist}`")
-    seen, ref = set(), version
-    while ref in candidates and ref not in seen:
-        seen.add(ref)
-        ref = candidates[ref].lineage.get("base_model") or ""
-    base = repo.clusters.models.get(ref)
-    if base is None:
-        raise EvalError(f"{specialist} {version} descends from {ref!r}, which is not a model "
-                        "profile in config/clusters.json")
-    path = version_weights(repo.root, specialist, version)
-    if not (path / "config.json").is_file():
-        pull(path)
-    return CandidateModel(path, base)
 
 
 def generate_rows(
@@ -257,7 +212,8 @@ def train_on(
     spec = specialist_or_error(repo, specialist)
     suite = repo.suite_for(spec)
     evaluation = plan.evaluation
-    version = next_version(store, specialist)
+    version = next_version(e.data["version"] for e in store.read(specialist)
+                           if e.type == "CandidateRegistered")
     parent = evaluation.data.get("version")
     started_before = recorder.recorded("TrainingStarted")
     run_id = str(started_before.data["run_id"]) if started_before else uuid.uuid4().hex[:12]

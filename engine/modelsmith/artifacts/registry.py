@@ -1,0 +1,155 @@
+"""Model references and the model registry.
+
+A :class:`ModelRef` is what a user names a model by (``--model``): a registered candidate
+version (``v3``), a model profile of config/clusters.json, a local folder, a hub id, or a
+model on an OpenAI-compatible endpoint (``openai:NAME``). It is parsed here and nowhere
+else. The :class:`ModelRegistry` turns a reference into weights: a candidate's folder in the
+work tree (pulled from the DVC remote when missing) with the base profile it is prompted as,
+or a base model resolved by :func:`~modelsmith.artifacts.models.resolve_model`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from modelsmith.errors import InferenceError, ModelsmithError
+
+from .models import HUB_ID_PATTERN, resolve_model
+
+#: A registered candidate version: ``v`` and a number from 1.
+VERSION_RE = re.compile(r"^v[1-9][0-9]*$")
+#: Where candidates' weights live in a team's work tree (DVC-tracked), per specialist.
+MODELS_DIR = "models"
+#: The prefix of a model served by an OpenAI-compatible endpoint.
+ENDPOINT_PREFIX = "openai:"
+
+RefKind = Literal["version", "endpoint", "profile", "folder", "hub", "unknown"]
+
+
+class UnknownCandidate(ModelsmithError):
+    """A version the event log never registered, or one whose ancestry names no profile."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model reference as written, and what kind of thing it names."""
+
+    text: str
+    kind: RefKind
+
+    @classmethod
+    def parse(cls, text: str, profiles: Collection[str] = ()) -> ModelRef:
+        """What ``text`` names. ``profiles`` are the model profiles' names: a profile wins
+        over a folder of the same name, a folder over a hub id (as the resolver does)."""
+        text = text.strip()
+        if not text:
+            raise InferenceError("empty model reference: name a model profile, a folder or "
+                                 "a hub id")
+        if VERSION_RE.match(text):
+            return cls(text, "version")
+        if text.startswith(ENDPOINT_PREFIX):
+            return cls(text, "endpoint")
+        if text in profiles:
+            return cls(text, "profile")
+        if Path(text).expanduser().is_dir():
+            return cls(text, "folder")
+        if not text.startswith(("/", "./", "../", "~")) and HUB_ID_PATTERN.fullmatch(text):
+            return cls(text, "hub")
+        return cls(text, "unknown")
+
+    @property
+    def version(self) -> str | None:
+        """The candidate version this names, if it names one."""
+        return self.text if self.kind == "version" else None
+
+
+def is_version(text: str) -> bool:
+    """Whether ``text`` names a registered candidate version (``vN``)."""
+    return VERSION_RE.match(text) is not None
+
+
+def next_version(taken: Iterable[str]) -> str:
+    """The version after every one in ``taken``: v1 for none."""
+    return f"v{max((int(v[1:]) for v in taken), default=0) + 1}"
+
+
+def version_weights(root: Path, specialist: str, version: str) -> Path:
+    """Where a candidate's weights live in the work tree (DVC-tracked)."""
+    return root / MODELS_DIR / specialist / version
+
+
+@dataclass
+class CandidateModel:
+    path: Path  # the weights folder, present in the work tree
+    base: Any  # the ModelProfile it descends from: how it is prompted
+
+
+def candidate_model(
+    models: Mapping[str, Any],
+    root: Path,
+    specialist: str,
+    version: str,
+    candidates: Mapping[str, Any],
+    pull: Callable[[Path], None],
+) -> CandidateModel:
+    """A registered candidate's weights (``pull`` fetches them when missing) and the model
+    profile (of ``models``) it descends from through its parents: it is prompted as that
+    profile was trained (plain text or chat template), whatever its saved tokenizer could
+    do. ``candidates`` are the folded log's candidates of ``specialist``."""
+    if version not in candidates:
+        known = ", ".join(candidates) or "none"
+        raise UnknownCandidate(f"{specialist} has no candidate {version} (candidates: "
+                               f"{known}); train one with `modelsmith train {specialist}`")
+    seen, ref = set(), version
+    while ref in candidates and ref not in seen:
+        seen.add(ref)
+        ref = candidates[ref].lineage.base_model or ""
+    base = models.get(ref)
+    if base is None:
+        raise UnknownCandidate(f"{specialist} {version} descends from {ref!r}, which is not "
+                               "a model profile in config/clusters.json")
+    path = version_weights(root, specialist, version)
+    if not (path / "config.json").is_file():
+        pull(path)
+    return CandidateModel(path, base)
+
+
+class ModelRegistry:
+    """A team's models: its base profiles and the candidates its event log registered.
+
+    ``candidates(specialist)`` reads the folded log's candidates (a mapping version ->
+    candidate with its lineage); ``pull(path)`` fetches weights from the DVC remote.
+    """
+
+    def __init__(self, root: Path, clusters: Any,
+                 candidates: Callable[[str], Mapping[str, Any]],
+                 pull: Callable[[Path], None]) -> None:
+        self.root = root
+        self.clusters = clusters
+        self._candidates = candidates
+        self._pull = pull
+
+    def parse(self, text: str) -> ModelRef:
+        return ModelRef.parse(text, self.clusters.models if self.clusters else ())
+
+    def next_version(self, specialist: str) -> str:
+        return next_version(self._candidates(specialist))
+
+    def candidate(self, specialist: str, version: str) -> CandidateModel:
+        """A registered version's weights (pulled when missing) and base profile."""
+        return candidate_model(self.clusters.models, self.root, specialist, version,
+                               self._candidates(specialist), self._pull)
+
+    def weights_path(self, specialist: str, ref: str) -> Path:
+        """The local weights folder of ``ref``: a candidate version, a model profile or a
+        folder (training needs one; a hub id has none)."""
+        if is_version(ref):
+            return self.candidate(specialist, ref).path
+        path = resolve_model(ref, self.clusters, repo_root=self.root).path
+        if path is None:
+            raise InferenceError(f"{ref} is a hub id; training needs a local folder")
+        return path

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelsmith.app import Modelsmith
 from modelsmith.artifacts.models import resolve_model
 from modelsmith.demo import embedded_defaults, prepare_fork
 from modelsmith.evaluation.stats import percentile
@@ -29,7 +30,6 @@ from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promoted
 from modelsmith.inference.base import GenerationRequest
 from modelsmith.serving.server import Service, make_server
-from modelsmith.workspace import Workspace
 
 BIDS = [f"domain=site{i}.example ctr={i % 17 / 10:.1f}% floor=${i % 5}.00 format=banner"
         for i in range(64)]
@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "fork"
         prepare_fork(embedded_defaults(Path(__file__).resolve().parent), root)
-        ws = Workspace.find(root)
+        ws = Modelsmith.open(root)
         tiny = resolve_model("tiny-test", ws.specs().clusters, progress=lambda _m: None).path
         shutil.copytree(tiny, root / "models" / "rtb-quality" / "v1")
         GitEventStore(root).append("rtb-quality", [Event.new(p, actor="bench") for p in (

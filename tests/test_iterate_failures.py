@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import sshd
+from modelsmith.app import Modelsmith
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.iterate.loop import IterateLoop, LoopOptions
 from modelsmith.iterate.progress import LoopProgress
-from modelsmith.workspace import Workspace
 
 OPTIONS = {"model": "tiny-test", "profile": "cpu-tiny", "target": 0.99}
 
@@ -92,7 +92,7 @@ def test_a_frozen_training_job_is_killed_and_resumes_from_its_checkpoint(fork):
 
     tap = Tap(freeze)
     tap.job_line = lambda line: (lines.append(line), Tap.job_line(tap, line))
-    result = IterateLoop(Workspace.find(fork), "rtb-quality",
+    result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality",
                          LoopOptions(**{**OPTIONS, "profile": "cpu-tiny-resumable"},
                                      max_iterations=1),
                          progress=tap).run()
@@ -138,7 +138,7 @@ def test_an_ssh_host_that_goes_down_mid_run_hands_the_run_to_the_next(fork, tmp_
                 busy.stop()
 
         started = time.monotonic()
-        result = IterateLoop(Workspace.find(fork), "rtb-quality",
+        result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality",
                              LoopOptions(**OPTIONS, max_iterations=1),
                              progress=Tap(stop_the_busy_host)).run()
         assert result.candidate == "v1" and stopped
@@ -157,7 +157,7 @@ def test_a_truncated_checkpoint_is_discarded_and_the_loop_goes_back_one(fork):
             with weights.open("r+b") as handle:
                 handle.truncate(weights.stat().st_size // 2)
 
-    result = IterateLoop(Workspace.find(fork), "rtb-quality",
+    result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality",
                          LoopOptions(**OPTIONS, max_iterations=3),
                          fail_after=truncate_v1).run()
     assert result.reason == "budget"

@@ -9,11 +9,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from modelsmith.app import Modelsmith
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.iterate.loop import IterateLoop, LoopOptions
 from modelsmith.iterate.state import LoopLock, StateError, StateFile
-from modelsmith.workspace import Workspace
 
 OPTIONS = {"model": "tiny-test", "profile": "cpu-tiny", "max_iterations": 2, "target": 0.99}
 
@@ -73,7 +73,7 @@ class Crash(Exception):
 @pytest.mark.parametrize("crash_at", [("eval", 1), ("train", 1), ("reeval", 1),
                                       ("decide", 1), ("train", 2)])
 def test_a_crash_after_any_phase_resumes_without_duplicates(fork, crash_at):
-    ws = Workspace.find(fork)
+    ws = Modelsmith.open(fork)
     options = LoopOptions(**OPTIONS)
 
     def crash(phase, iteration):
@@ -81,11 +81,12 @@ def test_a_crash_after_any_phase_resumes_without_duplicates(fork, crash_at):
             raise Crash(f"after {phase} {iteration}")
 
     with pytest.raises(Crash):
-        IterateLoop(ws, "rtb-quality", options, fail_after=crash).run()
+        IterateLoop(ws.loop_parts(), "rtb-quality", options, fail_after=crash).run()
     saved = StateFile(fork, "rtb-quality").load()
     assert (saved.phase, saved.iteration, saved.done) == (*crash_at, True)
     said: list[str] = []
-    result = IterateLoop(Workspace.find(fork), "rtb-quality", options, say=said.append).run()
+    result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options,
+                         say=said.append).run()
     assert said[0].startswith(f"resuming loop {saved.loop_id}")
     assert result.reason == "budget" and result.candidate == "v2"
     kinds = [t for t, _, _ in events(fork)]
@@ -95,12 +96,12 @@ def test_a_crash_after_any_phase_resumes_without_duplicates(fork, crash_at):
 
 def test_one_loop_per_specialist(fork):
     with LoopLock(fork, "rtb-quality"), pytest.raises(StateError, match="another iterate loop"):
-        IterateLoop(Workspace.find(fork), "rtb-quality", LoopOptions(**OPTIONS)).run()
+        IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", LoopOptions(**OPTIONS)).run()
 
 
 def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     options = LoopOptions(**{**OPTIONS, "target": 0.0, "sustained": 1})
-    result = IterateLoop(Workspace.find(fork), "rtb-quality", options).run()
+    result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options).run()
     assert result.reason == "target" and result.candidate == "v1"
     assert "held-out" in result.message and "vs the base model" in result.message
     assert result.message.endswith("proposed v1 for shadow")
@@ -112,7 +113,7 @@ def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     assert proposed[0].data["evidence"] == [evals[1], evals[0]]  # candidate, then base
     # A second run starts a new loop (the first ended) rather than re-proposing.
     said: list[str] = []
-    IterateLoop(Workspace.find(fork), "rtb-quality", options, say=said.append).run()
+    IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options, say=said.append).run()
     assert "ended (target); starting a new one" in said[0]
 
 

@@ -19,6 +19,7 @@ from modelsmith.iterate.state import (
     IterateState,
     IterationRecord,
     LoopLock,
+    PhaseOutputs,
     StateError,
     StateFile,
 )
@@ -41,7 +42,7 @@ def test_state_round_trips_and_tracks_completed_phases(tmp_path):
     assert back.advanced("extract", done=True).completed("extract")
     following = back.next_iteration(IterationRecord(iteration=1, composite=0.5))
     assert (following.iteration, following.phase, following.done) == (2, "eval", False)
-    assert following.outputs == {} and following.history[0].composite == 0.5
+    assert following.outputs == PhaseOutputs() and following.history[0].composite == 0.5
     with pytest.raises(ValueError, match="unknown phase"):
         state.advanced("deploy", done=True)
     assert PHASES[0] == "eval" and PHASES[-1] == "decide"

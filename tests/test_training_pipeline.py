@@ -65,14 +65,14 @@ def test_train_registers_a_candidate_with_hashed_lineage(env):
 
     # A candidate is prompted as its base profile was trained (plain text for tiny-test),
     # even though its saved tokenizer carries a chat template.
+    from modelsmith.app import Modelsmith
     from modelsmith.artifacts.models import resolve_model
     from modelsmith.artifacts.registry import candidate_model
     from modelsmith.specs import load_repository
-    from modelsmith.workspace import Workspace
 
     weights = env / "models/rtb-quality/v1"
     assert resolve_model(str(weights), None).chat_template is True
-    candidates = Workspace.find(env).fleet().specialists["rtb-quality"].candidates
+    candidates = Modelsmith.open(env).fleet().specialists["rtb-quality"].candidates
     models = load_repository(env).clusters.models
     model = candidate_model(models, env, "rtb-quality", "v1", candidates, print)
     profile = model.base

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pygit2
 
-from modelsmith.workspace import WorkspaceError
+from modelsmith.errors import WorkspaceError
 
 DEMO_PARTS = ("specialists", "evals", "policies", "config", "dvc.yaml", "params.yaml")
 

@@ -19,14 +19,15 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from modelsmith.errors import ModelsmithError
+from modelsmith.stages import STAGES as STAGES  # re-exported: events.STAGES
+from modelsmith.stages import StageName
 
 STREAM_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 EVIDENCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FLEET_STREAM = "fleet"
 
-Stage = Literal["shadow", "canary", "production"]
-STAGES: tuple[Stage, ...] = ("shadow", "canary", "production")
+Stage = StageName
 FailureClass = Literal["oom", "host_unreachable", "hang", "corrupt_checkpoint", "unknown"]
 
 

@@ -38,15 +38,28 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelsmith.errors import ModelsmithError
 from modelsmith.events.store import Recorder
 from modelsmith.events.types import Event, TrainingFailed
-from modelsmith.workspace import Workspace
 
 from .progress import LoopProgress
-from .state import IterateState, IterationRecord, LoopLock, StateFile, write_atomically
+from .state import (
+    IterateState,
+    IterationRecord,
+    LoopLock,
+    PhaseOutputs,
+    StateFile,
+    write_atomically,
+)
+
+if TYPE_CHECKING:
+    from modelsmith.artifacts.dvc import ArtifactStore
+    from modelsmith.artifacts.registry import ModelRegistry
+    from modelsmith.events.projection import FleetState
+    from modelsmith.events.store import EventStore
+    from modelsmith.specs import Repository
 
 
 @dataclass
@@ -82,13 +95,28 @@ class LoopResult:
 Emit = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class LoopParts:
+    """What the loop works with: the work tree (``.iterate/`` state, datasets), the specs
+    (loaded once per run), the event log and its fold, the model registry, the DVC store,
+    and the commit recorded as its events' cause."""
+
+    root: Path
+    repo: Repository
+    store: EventStore
+    fleet: Callable[[], FleetState]
+    registry: ModelRegistry
+    artifacts: ArtifactStore
+    cause: str | None = None
+
+
 class IterateLoop:
-    def __init__(self, ws: Workspace, specialist: str, options: LoopOptions, *,
+    def __init__(self, parts: LoopParts, specialist: str, options: LoopOptions, *,
                  emit: Emit = lambda _e: None, say: Callable[[str], None] = lambda _m: None,
                  progress: LoopProgress | None = None,
                  fail_after: Callable[[str, int], None] | None = None,
                  on_proposed: Callable[[str, str], str | None] | None = None) -> None:
-        self.ws = ws
+        self.parts = parts
         self.specialist = specialist
         self.options = options
         self.emit = emit
@@ -99,8 +127,8 @@ class IterateLoop:
         self.fail_after = fail_after or (lambda _phase, _iteration: None)
         # Opens the change asking for (version, stage) on the forge; returns where it is.
         self.on_proposed = on_proposed
-        self.state_file = StateFile(ws.root, specialist)
-        self.repo: Any = None  # the specs, loaded once when the loop runs
+        self.state_file = StateFile(parts.root, specialist)
+        self.repo = parts.repo
         self._shown: tuple[int, str] | None = None  # the phase the progress display shows
 
     # -- helpers --------------------------------------------------------------------------
@@ -114,13 +142,13 @@ class IterateLoop:
 
     def _recorder(self, state: IterateState, phase: str) -> Recorder:
         tag = self._tag(state, phase)
-        return Recorder(self.ws.store, self.specialist, actor=tag,
-                        cause=self.ws.head_commit(), scope=tag)
+        return Recorder(self.parts.store, self.specialist, actor=tag,
+                        cause=self.parts.cause, scope=tag)
 
     def _save(self, state: IterateState) -> IterateState:
         self.state_file.save(state)
         self.emit({"event": "phase", "iteration": state.iteration, "phase": state.phase,
-                   "done": state.done, "outputs": state.outputs})
+                   "done": state.done, "outputs": state.outputs.to_dict()})
         if state.done:
             self.fail_after(state.phase, state.iteration)
         elif self._shown != (state.iteration, state.phase):
@@ -131,20 +159,20 @@ class IterateLoop:
     def _plan(self, state: IterateState) -> Any:
         from modelsmith.training.service import plan_training
 
-        return plan_training(self.repo, self.specialist, self.ws.store,
-                             base_ref=state.outputs["model"],
-                             from_eval=state.outputs["eval_event"],
+        return plan_training(self.repo, self.specialist, self.parts.store,
+                             base_ref=state.outputs.model,
+                             from_eval=state.outputs.eval_event,
                              method=self.options.method, profile_name=self.options.profile)
 
     def _runs(self, state: IterateState) -> list[Any]:
         from modelsmith.evaluation.service import load_runs
 
-        event = self.ws.store.get(state.outputs["eval_event"])
+        event = self.parts.store.get(state.outputs.eval_event or "")
         if event is None:  # state.json names an evaluation the log does not hold
-            raise LoopError(f"evaluation {state.outputs['eval_event']} named in "
+            raise LoopError(f"evaluation {state.outputs.eval_event} named in "
                             f"{self.state_file.path} is not in the event log; remove the "
                             "state file to start afresh")
-        return load_runs(self.ws.store, event)
+        return load_runs(self.parts.store, event)
 
     # -- phases -----------------------------------------------------------------------------
 
@@ -164,14 +192,14 @@ class IterateLoop:
         version = model_ref if is_version(model_ref) else None
         load, chat = model_ref, None
         if version:
-            cand = self.ws.candidate(repo, self.specialist, version, say=self.say)
+            cand = self.parts.registry.candidate(self.specialist, version)
             load, chat = str(cand.path), cand.base.chat_template
         backend = make_backend(load, repo.clusters, threads=self.options.eval_threads,
                                batch_size=self.options.eval_batch_size,
-                               repo_root=self.ws.root, chat_template=chat)
+                               repo_root=self.parts.root, chat_template=chat)
         try:
             outcome = evaluate(repo, self.specialist, backend, model_ref=model_ref,
-                               version=version, store=self.ws.store, settings=EvalSettings(),
+                               version=version, store=self.parts.store, settings=EvalSettings(),
                                actor=recorder.actor, commit=recorder.cause,
                                scope=recorder.scope,
                                progress=lambda done, total: self.progress.steps(
@@ -202,7 +230,7 @@ class IterateLoop:
         rows = generate_rows(self.repo, self.specialist, runs, extract_failures(runs),
                              seed=self._plan(state).profile.seed)
         new = len(rows)
-        if self.options.rehearse and state.outputs.get("previous_dataset"):
+        if self.options.rehearse and state.outputs.previous_dataset:
             rows = rehearsed(rows, self._previous_rows(state))
         write_atomically(self._rows_file(state), dataset_jsonl(rows))
         self.say(f"  generate: {new} rows for the failures" + (
@@ -212,12 +240,11 @@ class IterateLoop:
 
     def _previous_rows(self, state: IterateState) -> list[Any]:
         """The previous iteration's dataset (pulled from the DVC remote when missing)."""
-        from modelsmith.artifacts.dvc import ArtifactStore
         from modelsmith.training.data import read_dataset
 
-        path = self.ws.root / state.outputs["previous_dataset"]
+        path = self.parts.root / (state.outputs.previous_dataset or "")
         if not path.is_file():
-            ArtifactStore(self.ws.root).pull([path])
+            self.parts.artifacts.pull([path])
         return read_dataset(path)
 
     def _generated_rows(self, state: IterateState) -> list[Any]:
@@ -228,7 +255,7 @@ class IterateLoop:
         path = self._rows_file(state)
         try:
             rows = read_dataset(path)
-            if dataset_hash(rows) == state.outputs.get("rows_hash"):
+            if dataset_hash(rows) == state.outputs.rows_hash:
                 return rows
         except (OSError, DataError):
             pass
@@ -237,21 +264,19 @@ class IterateLoop:
         return read_dataset(path)
 
     def _validate(self, state: IterateState) -> dict[str, Any]:
-        from modelsmith.artifacts.dvc import ArtifactStore
         from modelsmith.training.service import record_dataset, validate
 
         report = validate(self.repo, self.specialist, self._generated_rows(state))
         dataset = record_dataset(self.repo, self._plan(state), report,
-                                 artifacts=ArtifactStore(self.ws.root),
+                                 artifacts=self.parts.artifacts,
                                  recorder=self._recorder(state, "validate"))
         self.say(f"  validate: kept {len(report.kept)} of {report.total} rows "
                  f"(removed {report.removed}); dataset {dataset.hash[:12]}")
         return {"dataset_hash": dataset.hash, "dataset": str(dataset.path.relative_to(
-            self.ws.root)), "dataset_rows": len(report.kept)}
+            self.parts.root)), "dataset_rows": len(report.kept)}
 
     def _train(self, state: IterateState) -> dict[str, Any]:
         """Train a candidate on the validated dataset; its version, run and host."""
-        from modelsmith.artifacts.dvc import ArtifactStore
         from modelsmith.fleet.pool import Pool
         from modelsmith.training.data import dataset_hash, read_dataset
         from modelsmith.training.service import Dataset, train_on
@@ -262,16 +287,16 @@ class IterateLoop:
             self.say(f"  train: reusing candidate {found.data['version']} from the log")
             return _trained(found)
         repo = self.repo
-        path = self.ws.root / state.outputs["dataset"]
+        path = self.parts.root / (state.outputs.dataset or "")
         rows = read_dataset(path)
-        if dataset_hash(rows) != state.outputs["dataset_hash"]:
-            raise LoopError(f"{path} does not hash to {state.outputs['dataset_hash']} "
+        if dataset_hash(rows) != state.outputs.dataset_hash:
+            raise LoopError(f"{path} does not hash to {state.outputs.dataset_hash} "
                             "(changed since the validate phase); restore it with `dvc "
                             "checkout`")
-        dataset = Dataset(state.outputs["dataset_hash"], path, rows)
-        model = state.outputs["model"]
-        artifacts = ArtifactStore(self.ws.root)
-        base_path = self.ws.weights_path(repo, self.specialist, model, say=self.say)
+        dataset = Dataset(state.outputs.dataset_hash, path, rows)
+        model = state.outputs.model or ""
+        artifacts = self.parts.artifacts
+        base_path = self.parts.registry.weights_path(self.specialist, model)
         corrupt = self._corrupt(model, base_path, artifacts)
         if corrupt:
             from .heal import CheckpointDiscarded
@@ -280,10 +305,10 @@ class IterateLoop:
                                  corrupt)
             raise CheckpointDiscarded(model, [])
         pool = Pool.from_config(repo.clusters, self.options.hosts)
-        trainer = _pool_trainer(self.ws, self.specialist, pool, recorder.actor,
+        trainer = _pool_trainer(self.parts, self.specialist, pool, recorder.actor,
                                 repo.clusters.thresholds.heartbeat_timeout_s, self.say,
                                 self.progress.job_line)
-        outcome = train_on(repo, self._plan(state), dataset, store=self.ws.store,
+        outcome = train_on(repo, self._plan(state), dataset, store=self.parts.store,
                            artifacts=artifacts, base_path=base_path, recorder=recorder,
                            trainer=trainer, host="pool")
         return _trained(outcome.events[-1])
@@ -295,7 +320,7 @@ class IterateLoop:
 
         if not is_version(model):
             return None
-        fleet = self.ws.fleet().specialists.get(self.specialist)
+        fleet = self.parts.fleet().specialists.get(self.specialist)
         candidate = fleet.candidates.get(model) if fleet else None
         expected = candidate.lineage.weights_hash if candidate else None
         if not expected:
@@ -314,8 +339,8 @@ class IterateLoop:
                                  failure_class=failure_class, action=action, attempt=1,
                                  log_tail=evidence[-4000:])
         tag = self._tag(state, "train")
-        append_observation(self.ws.store, self.specialist,
-                           [Event.new(payload, actor=tag, cause=self.ws.head_commit())])
+        append_observation(self.parts.store, self.specialist,
+                           [Event.new(payload, actor=tag, cause=self.parts.cause)])
 
     def _gate(self, state: IterateState, candidate: str, candidate_eval: str,
               why: str) -> tuple[str, str]:
@@ -327,9 +352,9 @@ class IterateLoop:
 
         repo = self.repo
         policy = repo.policy_for(repo.specialists[self.specialist]).spec
-        fleet = self.ws.fleet().specialists.get(self.specialist)
+        fleet = self.parts.fleet().specialists.get(self.specialist)
         production = fleet.holder("production") if fleet else None
-        baseline, against = state.outputs.get("base_eval"), "the base model"
+        baseline, against = state.outputs.base_eval, "the base model"
         if production is not None:
             held = fleet.candidates.get(production.version) if fleet else None
             latest = held.latest() if held else None
@@ -337,7 +362,7 @@ class IterateLoop:
                 baseline, against = latest.event_id, f"production {production.version}"
         if baseline is None:
             return "target", f"{why}; no baseline evaluation for the held-out gate"
-        result = compare(self.ws.store, self.specialist, baseline, candidate_eval,
+        result = compare(self.parts.store, self.specialist, baseline, candidate_eval,
                          split="heldout").result
         allowed = policy.gates.heldout.max_regression
         numbers = (f"held-out {result.mean_b:.3f} vs {against} {result.mean_a:.3f} "
@@ -360,7 +385,7 @@ class IterateLoop:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> LoopResult:
-        with LoopLock(self.ws.root, self.specialist):
+        with LoopLock(self.parts.root, self.specialist):
             return self._run()
 
     def _phase(self, state: IterateState, phase: str,
@@ -374,21 +399,22 @@ class IterateLoop:
     def _run(self) -> LoopResult:
         from .heal import CheckpointDiscarded
 
-        repo = self.repo = self.ws.specs()  # loaded once per run
+        repo = self.repo
         spec = repo.specialists[self.specialist]
         target = self.options.target if self.options.target is not None \
             else spec.spec.target.composite
         sustained = self.options.sustained or spec.spec.target.sustained
         state = self.state_file.load()
         if state is not None and state.phase == "decide" and state.done \
-                and state.outputs.get("decision") not in (None, "continue"):
-            self.say(f"loop {state.loop_id} ended ({state.outputs['decision']}); "
+                and state.outputs.decision not in (None, "continue"):
+            self.say(f"loop {state.loop_id} ended ({state.outputs.decision}); "
                      "starting a new one")
             state = None
         if state is None:
             state = IterateState(specialist=self.specialist, loop_id=uuid.uuid4().hex[:12],
                                  options=dict(vars(self.options)),
-                                 outputs={"model": self.options.model or spec.spec.base})
+                                 outputs=PhaseOutputs(
+                                     model=self.options.model or spec.spec.base))
             state = self._save(state)
         else:
             self.say(f"resuming loop {state.loop_id} at iteration {state.iteration}, "
@@ -396,16 +422,16 @@ class IterateLoop:
         while True:
             started = time.perf_counter()
             self.progress.start_iteration(state.iteration, state.history)
-            model = state.outputs["model"]
+            model = state.outputs.model or ""
 
             def evaluate_current(state: IterateState, model: str = model) -> dict[str, Any]:
-                if "eval_event" in state.outputs:  # the previous re-evaluation, reused
-                    event_id = state.outputs["eval_event"]
+                if state.outputs.eval_event:  # the previous re-evaluation, reused
+                    event_id = state.outputs.eval_event
                 else:
                     self.say(f"iteration {state.iteration}: evaluating {model}")
                     event_id = self._evaluate(state, "eval", model).id
                 return {"eval_event": event_id,
-                        "base_eval": state.outputs.get("base_eval", event_id)}
+                        "base_eval": state.outputs.base_eval or event_id}
 
             state = self._phase(state, "eval", evaluate_current)
             state = self._phase(state, "extract", self._extract)
@@ -418,7 +444,7 @@ class IterateLoop:
             except CheckpointDiscarded as discarded:
                 state = self._go_back(state, discarded, started)
                 continue
-            candidate = state.outputs["candidate"]
+            candidate = state.outputs.candidate or ""
 
             def reevaluate(state: IterateState, candidate: str = candidate) -> dict[str, Any]:
                 self.say(f"iteration {state.iteration}: evaluating {candidate}")
@@ -428,9 +454,9 @@ class IterateLoop:
 
             state = self._phase(state, "reeval", reevaluate)
             record = IterationRecord(iteration=state.iteration, candidate=candidate,
-                                     composite=state.outputs.get("composite"),
-                                     heldout=state.outputs.get("heldout"),
-                                     eval_event=state.outputs["reeval_event"],
+                                     composite=state.outputs.composite,
+                                     heldout=state.outputs.heldout,
+                                     eval_event=state.outputs.reeval_event,
                                      duration_s=round(time.perf_counter() - started, 2))
             history = [*state.history, record]
             self.progress.finished_iteration(record.composite, record.duration_s or 0.0)
@@ -447,23 +473,22 @@ class IterateLoop:
                                    .model_copy(update={"history": history}))
                 return LoopResult(self.specialist, reason, message, history, candidate, target)
             state = self._save(state.advanced("decide", done=True, decision="continue"))
-            base_eval = state.outputs.get("base_eval")  # the base model's, for the gate
-            dataset = state.outputs.get("dataset")  # rehearsed in the next iteration
+            carried = PhaseOutputs(  # the base model's evaluation stays the gate's baseline
+                model=candidate, eval_event=record.eval_event,
+                base_eval=state.outputs.base_eval, previous_dataset=state.outputs.dataset)
             state = state.next_iteration(record)
-            state = self._save(state.model_copy(update={"outputs": {
-                "model": candidate, "eval_event": record.eval_event, "base_eval": base_eval,
-                "previous_dataset": dataset}}))
+            state = self._save(state.model_copy(update={"outputs": carried}))
 
     def _go_back(self, state: IterateState, discarded: Exception,
                  started: float) -> IterateState:
         """The model this iteration trains from is corrupt: the iteration ends without a
         candidate and the next one trains from the model before it."""
-        model = state.outputs["model"]
+        model = state.outputs.model
         earlier = [r for r in state.history if r.candidate and r.candidate != model]
         previous = earlier[-1] if earlier else None
         back_to = previous.candidate if previous else state.options.get("model") \
             or self.repo.specialists[self.specialist].spec.base
-        back_eval = previous.eval_event if previous else state.outputs.get("base_eval")
+        back_eval = previous.eval_event if previous else state.outputs.base_eval
         self.say(f"iteration {state.iteration}: {discarded}; discarded, going back to "
                  f"{back_to}")
         record = IterationRecord(iteration=state.iteration, candidate=None,
@@ -471,9 +496,8 @@ class IterateLoop:
                                  duration_s=round(time.perf_counter() - started, 2))
         self.emit({"event": "iteration", **record.model_dump(mode="json")})
         state = self._save(state.advanced("decide", done=True, decision="continue"))
-        outputs = {"model": back_to, "base_eval": state.outputs.get("base_eval")}
-        if back_eval:
-            outputs["eval_event"] = back_eval
+        outputs = PhaseOutputs(model=back_to, base_eval=state.outputs.base_eval,
+                               eval_event=back_eval)
         state = state.next_iteration(record)
         return self._save(state.model_copy(update={"outputs": outputs}))
 
@@ -551,7 +575,7 @@ def _decide(history: list[IterationRecord], target: float, sustained: int,
     return None
 
 
-def _pool_trainer(ws: Workspace, specialist: str, pool: Any, tag: str,
+def _pool_trainer(parts: LoopParts, specialist: str, pool: Any, tag: str,
                   heartbeat_timeout_s: float, say: Callable[[str], None],
                   on_line: Callable[[str], None]) -> Callable:
     """A ``trainer`` for :func:`~modelsmith.training.service.train_candidate`: the run as
@@ -565,12 +589,12 @@ def _pool_trainer(ws: Workspace, specialist: str, pool: Any, tag: str,
     from .heal import run_training
 
     def trainer(request: Any) -> TrainerOutput:
-        folder = ws.root / ".iterate" / specialist / "jobs" / request.run_id
+        folder = parts.root / ".iterate" / specialist / "jobs" / request.run_id
         spec = TrainJobSpec(specialist=specialist, method=request.method,
                             base=str(request.base_path), dataset=str(request.dataset_path),
                             out=str(request.out_dir),
                             hyperparams=request.profile.model_dump(mode="json"),
-                            repo=str(ws.root), heartbeat=str(folder / "heartbeat"),
+                            repo=str(parts.root), heartbeat=str(folder / "heartbeat"),
                             checkpoints=str(folder / "checkpoints"))
 
         def failed(attempt: Any) -> None:
@@ -580,7 +604,7 @@ def _pool_trainer(ws: Workspace, specialist: str, pool: Any, tag: str,
                                      failure_class=attempt.diagnosis.failure_class,
                                      action=attempt.recovery.action, attempt=attempt.number,
                                      log_tail=attempt.result.log_tail[-4000:])
-            append_observation(ws.store, specialist, [Event.new(payload, actor=tag)])
+            append_observation(parts.store, specialist, [Event.new(payload, actor=tag)])
 
         healed = run_training(spec, folder / "spec.json", pool,
                               heartbeat_timeout_s=heartbeat_timeout_s, on_failure=failed,

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from modelsmith.errors import ModelsmithError
 
@@ -64,6 +64,34 @@ class IterationRecord(BaseModel):
     discarded: str | None = None  # the model it could not train from (corrupt checkpoint)
 
 
+class PhaseOutputs(BaseModel):
+    """What the phases of the current iteration produced so far (each set by its phase)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None  # the model this iteration evaluates and trains from
+    eval_event: str | None = None  # eval: its EvalCompleted (or the previous re-evaluation)
+    base_eval: str | None = None  # the base model's evaluation: the held-out gate's baseline
+    previous_dataset: str | None = None  # the last iteration's dataset, rehearsed
+    failures: int | None = None  # extract
+    failed_scenarios: int | None = None
+    rows_generated: int | None = None  # generate
+    rows_hash: str | None = None
+    dataset_hash: str | None = None  # validate
+    dataset: str | None = None  # its path, relative to the work tree
+    dataset_rows: int | None = None
+    candidate: str | None = None  # train
+    run_id: str | None = None
+    host: str | None = None
+    reeval_event: str | None = None  # reeval
+    composite: float | None = None
+    heldout: float | None = None
+    decision: str | None = None  # decide: continue, target, budget, no-gain, gate-failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outputs set so far (state.json and the loop's --json lines hold these)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 class IterateState(BaseModel):
     """Where a loop stands. ``phase`` is the current phase of ``iteration``; ``done`` says
     whether it finished (its outputs are in ``outputs``)."""
@@ -75,7 +103,7 @@ class IterateState(BaseModel):
     iteration: int = Field(1, ge=1)
     phase: Phase = "eval"
     done: bool = False
-    outputs: dict[str, Any] = Field(default_factory=dict)  # this iteration's phase outputs
+    outputs: PhaseOutputs = Field(default_factory=PhaseOutputs)  # this iteration's so far
     history: list[IterationRecord] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)  # what the loop was started with
     host: str | None = None
@@ -87,15 +115,20 @@ class IterateState(BaseModel):
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r} (phases: {', '.join(PHASES)})")
         return self.model_copy(update={"phase": phase, "done": done,
-                                       "outputs": {**self.outputs, **outputs},
+                                       "outputs": PhaseOutputs.model_validate(
+                                           {**self.outputs.to_dict(), **outputs}),
                                        "updated_at": _now()})
 
     def next_iteration(self, record: IterationRecord) -> IterateState:
         """A copy at the start of the next iteration, ``record`` appended to the history."""
         return self.model_copy(update={"iteration": self.iteration + 1, "phase": PHASES[0],
-                                       "done": False, "outputs": {},
+                                       "done": False, "outputs": PhaseOutputs(),
                                        "history": [*self.history, record],
                                        "updated_at": _now()})
+
+    @field_serializer("outputs")
+    def _outputs_set(self, outputs: PhaseOutputs) -> dict[str, Any]:
+        return outputs.to_dict()
 
     def completed(self, phase: str) -> bool:
         """Whether ``phase`` of the current iteration finished."""

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from modelsmith.stages import STAGES, StageName
+
 from .base import (
     GENERATOR_PATTERN,
     Document,
@@ -254,7 +256,7 @@ class Scenario(SpecModel):
 #: and rollback triggers: mean feedback score, answers honouring the output contract, and for
 #: requests that carry a reference the rubric's pass rate and mean score (the eval's scorer).
 OBSERVED_METRICS: tuple[str, ...] = ("score_mean", "format_rate", "pass_rate", "rubric_score")
-STAGE_ORDER: tuple[str, ...] = ("shadow", "canary", "production")
+STAGE_ORDER: tuple[str, ...] = STAGES
 
 
 class CompositeGate(SpecModel):
@@ -287,7 +289,7 @@ def _check_metrics(floors: dict[str, float]) -> dict[str, float]:
 
 
 class Stage(SpecModel):
-    name: Literal["shadow", "canary", "production"]
+    name: StageName
     min_requests: NonNegativeInt = Field(0, description="Requests observed before moving on.")
     traffic: float | None = Field(None, gt=0, lt=1, description="Canary share of traffic.")
     floors: dict[str, Fraction] = Field(

@@ -1,0 +1,794 @@
+"""The application façade: one object per team repository, one method per use case.
+
+``Modelsmith.open(path)`` wires the embedded defaults around a team's repository: the
+specs in its files, the event log on its branch ``modelsmith/events``, DVC for data and
+weights, the model registry, the forge its proposals go to, the inference backends and the
+host pool. The CLI parses, calls one method here and renders; a team scripts against the
+same methods::
+
+    from modelsmith import Modelsmith
+
+    app = Modelsmith.open(".")
+    run = app.evaluate("rtb-quality", model="tiny-test", limit=8, record=False)
+    print(run.report.composite, app.status()["specialists"])
+
+Nothing below this module receives it: services get the parts they use (a store, a
+registry, a backend factory...), typed. Imports of heavy parts happen inside the methods
+that need them, so opening a repository and reading its status stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelsmith.errors import ModelsmithError, WorkspaceError
+
+if TYPE_CHECKING:
+    from modelsmith.artifacts.dvc import ArtifactStore
+    from modelsmith.artifacts.registry import CandidateModel, ModelRegistry
+    from modelsmith.evaluation.service import Comparison, EvalOutcome
+    from modelsmith.events.gitstore import GitEventStore
+    from modelsmith.events.projection import Assignment, FleetState
+    from modelsmith.events.types import Event
+    from modelsmith.events.verify import VerifyReport
+    from modelsmith.gitops.plan import Action
+    from modelsmith.gitops.reconcile import ReconcileResult
+    from modelsmith.gitops.sync import SyncResult
+    from modelsmith.inference.base import Backend
+    from modelsmith.iterate.loop import LoopOptions, LoopParts, LoopResult
+    from modelsmith.iterate.state import IterateState
+    from modelsmith.specs import Repository
+    from modelsmith.training.service import TrainOutcome
+
+Say = Callable[[str], None]
+BackendFactory = Callable[..., "Backend"]
+
+_EMPTY_ROW: dict[str, Any] = {
+    "production": None, "canary": None, "shadow": None, "candidates": 0,
+    "latest_candidate": None, "events": 0,
+}
+
+
+def _quiet(_message: str) -> None:
+    """The default ``say``: progress messages go nowhere."""
+
+
+class UnknownCandidateVersion(ModelsmithError):
+    """``lineage`` of a version the specialist never registered."""
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` measured: the outcome (report, event, warnings), the model as named,
+    and the target it is held to."""
+
+    outcome: EvalOutcome
+    model: str
+    target: float
+
+    @property
+    def report(self) -> Any:
+        return self.outcome.report
+
+    @property
+    def meets(self) -> bool:
+        return self.report.meets(self.target)
+
+
+@dataclass
+class Rollback:
+    event: Event
+    proposal: str | None  # where the matching release change was proposed
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reconciliation:
+    """One reconcile: the decisions that stand, what waits, the rollback proposals, the
+    sync with the remote (``push``) and anything the user should read."""
+
+    result: ReconcileResult
+    proposals: dict[str, str | None]
+    synced: SyncResult | None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.result.to_dict(), "proposals": self.proposals,
+                "sync": None if self.synced is None else self.synced.to_dict()}
+
+
+@dataclass
+class Training:
+    outcome: TrainOutcome
+    teacher: str | None = None  # what the teacher's rewrites came to, when one was asked
+
+
+class Modelsmith:
+    """A team's repository as the engine sees it: desired state in files, actual state in
+    the event log, and the parts every use case is wired from.
+
+    ``store``, ``artifacts`` and ``backends`` may be given (tests, other deployments);
+    otherwise the embedded defaults are built on first use: the git event store of
+    ``root``, DVC in ``root``, and the inference factory.
+    """
+
+    def __init__(self, root: Path, *, store: GitEventStore | None = None,
+                 artifacts: ArtifactStore | None = None,
+                 backends: BackendFactory | None = None) -> None:
+        self.root = Path(root)
+        self._store = store
+        self._artifacts = artifacts
+        self._backends = backends
+
+    # -- wiring -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path = ".") -> Modelsmith:
+        """The repository containing ``path`` (its work tree root), or ``path`` itself."""
+        import pygit2
+
+        start = Path(path).resolve()
+        if not start.exists():
+            raise WorkspaceError(f"{start} does not exist")
+        found = pygit2.discover_repository(str(start))
+        if found is None:
+            return cls(start)
+        repo = pygit2.Repository(found)
+        return cls(Path(repo.workdir).resolve() if repo.workdir else start)
+
+    def __enter__(self) -> Modelsmith:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def store(self) -> GitEventStore:
+        """The event log: the branch ``modelsmith/events`` of the repository."""
+        if self._store is None:
+            import pygit2
+
+            from modelsmith.events.gitstore import GitEventStore
+
+            if pygit2.discover_repository(str(self.root)) is None:
+                raise WorkspaceError(
+                    f"{self.root} is not a git repository: the event log lives on its "
+                    "branch modelsmith/events (run `git init` first)"
+                )
+            self._store = GitEventStore(self.root)
+        return self._store
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """DVC in the work tree: datasets and weights."""
+        if self._artifacts is None:
+            from modelsmith.artifacts.dvc import ArtifactStore
+
+            self._artifacts = ArtifactStore(self.root)
+        return self._artifacts
+
+    @property
+    def backends(self) -> BackendFactory:
+        """Builds an inference backend from a model reference (``make_backend``)."""
+        if self._backends is None:
+            from modelsmith.inference import make_backend
+
+            self._backends = make_backend
+        return self._backends
+
+    @property
+    def cache_dir(self) -> Path:
+        """Projection caches: under the git directory, per events ref, never committed."""
+        store = self.store
+        return store.cache_dir / "projections" / store.ref.replace("/", "_")
+
+    @property
+    def fold_cache(self) -> Path:
+        return self.cache_dir / "fleet.pickle"
+
+    def specs(self) -> Repository:
+        """The declarative files, loaded and validated (raises ``SpecError``)."""
+        from modelsmith.specs import load_repository
+
+        return load_repository(self.root)
+
+    def fleet(self) -> FleetState:
+        """The log folded to fleet state, cached by tip."""
+        from modelsmith.events.projection import fold
+
+        return fold(self.store, self.fold_cache)
+
+    def registry(self, repo: Repository | None = None, say: Say = _quiet) -> ModelRegistry:
+        """The team's models: base profiles and the log's candidates (weights pulled from
+        the DVC remote when the work tree lacks them)."""
+        from modelsmith.artifacts.registry import ModelRegistry
+
+        def pull(path: Path) -> None:
+            say(f"pulling {path.name}'s weights from the DVC remote ...")
+            self.artifacts.pull([path])
+
+        def candidates(specialist: str) -> dict[str, Any]:
+            state = self.fleet().specialists.get(specialist)
+            return state.candidates if state else {}
+
+        clusters = (repo or self.specs()).clusters
+        return ModelRegistry(self.root, clusters, candidates, pull)
+
+    def candidate(self, repo: Repository, specialist: str, version: str,
+                  say: Say = _quiet) -> CandidateModel:
+        """A registered candidate's weights and the base profile it is prompted as."""
+        return self.registry(repo, say).candidate(specialist, version)
+
+    def head_commit(self) -> str | None:
+        """The commit the work tree is at (recorded as an event's cause), if any."""
+        import pygit2
+
+        found = pygit2.discover_repository(str(self.root))
+        if found is None:
+            return None
+        repo = pygit2.Repository(found)
+        return None if repo.head_is_unborn else str(repo.head.target)
+
+    def _approvals(self, repo: Repository) -> Any:
+        """The approvals of the repository's forge (none outside a git repository)."""
+        from modelsmith.gitops.forge import ForgeError
+        from modelsmith.gitops.propose import forge_for
+
+        try:
+            return forge_for(repo).approval
+        except ForgeError:
+            return lambda *_: None
+
+    def _specialist(self, repo: Repository, name: str) -> Any:
+        from modelsmith.evaluation.service import specialist_or_error
+
+        return specialist_or_error(repo, name)
+
+    # -- specs ------------------------------------------------------------------------
+
+    @staticmethod
+    def validate(root: Path) -> dict[str, int]:
+        """Load every declarative file under ``root``; what it holds, by kind (raises
+        ``SpecError`` listing every problem)."""
+        from modelsmith.specs import load_repository
+
+        repo = load_repository(root)
+        return {
+            "specialists": len(repo.specialists),
+            "suites": len(repo.suites),
+            "scenarios": sum(len(s.scenarios) for s in repo.suites.values()),
+            "policies": len(repo.policies),
+            "routing_rules": len(repo.routing.spec.rules) if repo.routing else 0,
+            "hosts": len(repo.clusters.hosts),
+            "models": len(repo.clusters.models),
+        }
+
+    @staticmethod
+    def schemas(out: Path | None = None) -> Any:
+        """JSON Schema of every declarative kind, or the files written into ``out``."""
+        from modelsmith.specs import json_schemas, write_schemas
+
+        return json_schemas() if out is None else write_schemas(out)
+
+    @staticmethod
+    def init(dest: Path) -> None:
+        """Scaffold a new Modelsmith repository in ``dest`` from the embedded defaults."""
+        from modelsmith.demo import embedded_defaults, scaffold
+
+        scaffold(embedded_defaults(Path(__file__).resolve().parent), dest)
+
+    @staticmethod
+    def defaults(start: Path) -> Path:
+        """The declarative files to fork: the Modelsmith repository at or above ``start``,
+        else the copy installed with the package."""
+        from modelsmith.demo import embedded_defaults
+
+        return embedded_defaults(start)
+
+    @staticmethod
+    def fork(source: Path, dest: Path) -> Modelsmith:
+        """A scratch fork of ``source``'s declarative files in ``dest``, committed."""
+        from modelsmith.demo import prepare_fork
+
+        prepare_fork(source, dest)
+        return Modelsmith(dest)
+
+    # -- the log ----------------------------------------------------------------------
+
+    def status(self, at: str | None = None) -> dict[str, Any]:
+        """Each specialist's actual stages (from the log) beside the desired ``release``
+        (from its YAML, when the specs load cleanly); with ``at``, the fleet as it was then."""
+        if at is not None:
+            return self._status_at(at)
+        from modelsmith.events.projection import fleet_status
+
+        fleet = fleet_status(self.store, self.cache_dir)
+        desired, note = self._desired_releases()
+        actual = {row["name"]: row for row in fleet["specialists"]}
+        rows = []
+        for name in sorted(set(actual) | set(desired)):
+            row = dict(actual.get(name) or _EMPTY_ROW, name=name)
+            row["desired"] = desired.get(name)
+            rows.append(row)
+        return {"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
+                "specs_error": note}
+
+    def fleet_status(self) -> dict[str, Any]:
+        """One row per specialist with events, folded from the log."""
+        from modelsmith.events.projection import fleet_status
+
+        return fleet_status(self.store, self.cache_dir)
+
+    def _status_at(self, when: str) -> dict[str, Any]:
+        """The fleet at ``when``: an ISO date or time (UTC when no zone is given), or a git
+        revision (a commit of the work tree or of the event log) whose commit time is
+        taken. Only events recorded by then are folded."""
+        from modelsmith.events.projection import FleetState
+
+        cutoff, position = self._instant(when)
+        state = FleetState()
+        for event in self.store.read():
+            if (event.position or 0) <= position if position is not None \
+                    else event.at <= cutoff:
+                state.apply(event)
+        summary = state.to_dict()
+        return {"at": cutoff.isoformat(), "events": summary["events"],
+                "specialists": summary["specialists"]}
+
+    def _instant(self, when: str) -> tuple[Any, int | None]:
+        """(time, log position): a commit of the event log is a position in it; any other
+        revision counts up to the end of its commit's second."""
+        from datetime import UTC, datetime, timedelta
+
+        try:
+            moment = datetime.fromisoformat(when)
+        except ValueError:
+            moment = None
+        if moment is not None:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
+        import pygit2
+
+        from modelsmith.events.gitstore import EVENTS_REF
+
+        repo = self.store.repo  # the work tree's repository, which holds the log
+        try:
+            commit = repo.revparse_single(when).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            raise WorkspaceError(f"--at {when!r} is neither a date/time (2026-11-20 or "
+                                 "2026-11-20T14:05:00) nor a git revision here") from None
+        moment = datetime.fromtimestamp(commit.commit_time, UTC)
+        log = repo.references.get(EVENTS_REF)
+        if log is not None and (log.target == commit.id
+                                or repo.descendant_of(log.target, commit.id)):
+            position = sum(1 for _ in repo.walk(commit.id, pygit2.GIT_SORT_TOPOLOGICAL))
+            return moment, position
+        return moment + timedelta(seconds=1), None
+
+    def _desired_releases(self) -> tuple[dict[str, dict[str, str | None]], str | None]:
+        if not (self.root / "specialists").is_dir():
+            return {}, None
+        from modelsmith.specs import SpecError
+
+        try:
+            repo = self.specs()
+        except SpecError as exc:
+            return {}, (f"specs have {len(exc.issues)} errors (run `modelsmith validate`); "
+                        "desired releases not shown")
+        out = {}
+        for name, spec in repo.specialists.items():
+            rel = spec.release
+            out[name] = {
+                "production": rel.production,
+                "canary": rel.canary.version if rel.canary else None,
+                "shadow": rel.shadow,
+            }
+        return out, None
+
+    def log(self, specialist: str | None = None, *, limit: int = 50,
+            types: Iterable[str] = ()) -> list[Event]:
+        """The last ``limit`` events, oldest first (all streams, or one specialist's)."""
+        from collections import deque
+
+        wanted = set(types)
+        events = self.store.read(specialist) if specialist else self.store.read()
+        if wanted:
+            events = (e for e in events if e.type in wanted)
+        return list(deque(events, maxlen=limit))
+
+    def history(self, specialist: str) -> list[Assignment]:
+        """Who held each stage of ``specialist``, and when."""
+        state = self.fleet().specialists.get(specialist)
+        return state.history if state else []
+
+    def lineage(self, specialist: str, version: str) -> dict[str, Any]:
+        """Where a candidate version came from: every input by hash, its evaluations and
+        the stages it held."""
+        state = self.fleet().specialists.get(specialist)
+        cand = state.candidates.get(version) if state else None
+        if state is None or cand is None:
+            known = ", ".join(state.candidates) if state and state.candidates else "none"
+            raise UnknownCandidateVersion(f"{specialist} has no candidate {version} "
+                                          f"(candidates: {known})")
+        evals = [{"event_id": r.event_id, "at": r.at.isoformat(), "model": r.model,
+                  "suite_hash": r.suite_hash, "composite": r.composite, "heldout": r.heldout}
+                 for r in cand.evals]
+        stages = [a.to_dict() for a in state.history if a.version == version]
+        return {"specialist": specialist, "version": version,
+                "registered_at": cand.registered_at.isoformat(), "event_id": cand.event_id,
+                "lineage": cand.lineage.model_dump(), "evaluations": evals,
+                "stages": stages}
+
+    def verify(self) -> VerifyReport:
+        """Walk the event log: linear, seqs contiguous, ids unique, every event valid."""
+        return self.store.verify()
+
+    # -- evaluation -------------------------------------------------------------------
+
+    def base_model(self, specialist: str) -> str:
+        """The model profile ``specialist`` starts from."""
+        return self._specialist(self.specs(), specialist).spec.base
+
+    def evaluate(self, specialist: str, model: str | None = None, *,
+                 backend: str | None = None, limit: int | None = None, repeats: int = 1,
+                 reducer: str = "mean", temperature: float = 0.0,
+                 threads: int | None = None, batch_size: int = 16, dtype: str = "float32",
+                 min_composite: float | None = None, record: bool = True,
+                 progress: Callable[[int, int], None] | None = None,
+                 say: Say = _quiet) -> Evaluation:
+        """Evaluate ``model`` (default: the specialist's base) on its suite; with
+        ``record``, append EvalStarted/EvalCompleted. The target is ``min_composite`` or
+        the specialist's."""
+        from modelsmith.artifacts.registry import is_version
+        from modelsmith.evaluation.judge import BackendJudge
+        from modelsmith.evaluation.runner import EvalSettings
+        from modelsmith.evaluation.service import evaluate
+
+        repo = self.specs()
+        spec = self._specialist(repo, specialist)
+        ref = model or spec.spec.base
+        version = ref if is_version(ref) else None
+        candidate = self.candidate(repo, specialist, version, say) if version else None
+        settings = EvalSettings(limit=limit, repeats=repeats, reducer=reducer,
+                                temperature=temperature)
+        say(f"loading {ref} ...")
+        loaded = self.backends(str(candidate.path) if candidate else ref, repo.clusters,
+                               backend=backend, threads=threads, batch_size=batch_size,
+                               repo_root=self.root, dtype=dtype,
+                               chat_template=candidate.base.chat_template if candidate
+                               else None)
+        checks = []
+        if version and record:
+            from modelsmith.training.watch import reward_hacking_check
+
+            watch = reward_hacking_check(self.store, specialist, version)
+            checks = [watch] if watch else []
+        # Judge criteria grade with another model, built only if a rubric asks for one.
+        judge = BackendJudge(lambda judge_ref: self.backends(judge_ref, repo.clusters,
+                                                             repo_root=self.root))
+        try:
+            outcome = evaluate(repo, specialist, loaded, model_ref=ref, version=version,
+                               store=self.store if record else None, settings=settings,
+                               commit=self.head_commit(), progress=progress, judge=judge,
+                               checks=checks)
+        finally:
+            loaded.close()
+            judge.close()
+        target = min_composite if min_composite is not None else spec.spec.target.composite
+        return Evaluation(outcome, ref, target)
+
+    def compare(self, specialist: str, baseline: str, candidate: str, *,
+                split: str = "core", resamples: int = 2000) -> Comparison:
+        """Paired comparison of two recorded evaluations (event ids or model refs)."""
+        from modelsmith.evaluation.service import compare
+
+        return compare(self.store, specialist, baseline, candidate, split=split,
+                       n_resamples=resamples)
+
+    # -- training ---------------------------------------------------------------------
+
+    def train(self, specialist: str, *, from_eval: str | None = None,
+              method: str | None = None, profile: str | None = None,
+              model: str | None = None, steps: int | None = None,
+              sft_steps: int | None = None, teacher: str | None = None,
+              progress: Callable[[dict], None] | None = None,
+              say: Say = _quiet) -> Training:
+        """Train a candidate on an evaluation's failures and register it with its lineage."""
+        from modelsmith.training.service import train_candidate
+
+        repo = self.specs()
+        spec = self._specialist(repo, specialist)
+        ref = model or spec.spec.base
+        base_path = self.registry(repo, say).weights_path(specialist, ref)
+        overrides = {key: value for key, value in (("max_steps", steps),
+                                                   ("sft_steps", sft_steps))
+                     if value is not None}
+        rewriter = None
+        if teacher:
+            from modelsmith.training.teacher import BackendTeacher
+
+            say(f"loading teacher {teacher} ...")
+            rewriter = BackendTeacher(self.backends(teacher, repo.clusters,
+                                                    repo_root=self.root))
+        try:
+            outcome = train_candidate(repo, specialist, store=self.store,
+                                      artifacts=self.artifacts, base_path=base_path,
+                                      base_ref=ref, from_eval=from_eval, method=method,
+                                      profile_name=profile, overrides=overrides,
+                                      teacher=rewriter, teacher_ref=teacher,
+                                      cause=self.head_commit(), progress=progress, say=say)
+        finally:
+            if rewriter is not None:
+                rewriter.backend.close()
+        kept = None
+        if rewriter is not None:
+            kept = (f"teacher {teacher}: {rewriter.asked - rewriter.dropped} of "
+                    f"{rewriter.asked} rewrites kept ({rewriter.dropped} changed a value, "
+                    "repeated the input or were missing)")
+        return Training(outcome, kept)
+
+    def loop_parts(self, repo: Repository | None = None, say: Say = _quiet) -> LoopParts:
+        """What the iterate loop works with, wired from this repository."""
+        from modelsmith.iterate.loop import LoopParts
+
+        repo = repo or self.specs()
+        return LoopParts(root=self.root, repo=repo, store=self.store, fleet=self.fleet,
+                         registry=self.registry(repo, say), artifacts=self.artifacts,
+                         cause=self.head_commit())
+
+    def iterate(self, specialist: str, options: LoopOptions, *,
+                emit: Callable[[dict[str, Any]], None] = lambda _e: None,
+                progress: Any = None, say: Say = _quiet,
+                fail_after: Callable[[str, int], None] | None = None) -> LoopResult:
+        """Evaluate -> train on the failures -> re-evaluate until the target holds, the
+        budget ends or gains stop; at the target, propose the promotion on the forge. The
+        score history plot is written beside the loop's state (``plot_path``)."""
+        from modelsmith.iterate.loop import IterateLoop
+        from modelsmith.iterate.report import score_svg
+
+        repo = self.specs()
+        self._specialist(repo, specialist)
+
+        def open_proposal(version: str, stage: str) -> str | None:
+            """The loop's PromotionProposed goes through `propose`: a reviewable change."""
+            from modelsmith.gitops.forge import ForgeError
+
+            try:
+                proposal, _body, _ready = self.propose(specialist, version, stage)
+            except ForgeError as exc:
+                say(f"not proposed on a forge: {exc}")
+                return None
+            return f"{proposal.forge} forge: {proposal.ref}"
+
+        result = IterateLoop(self.loop_parts(repo, say), specialist, options, emit=emit,
+                             progress=progress, say=say, fail_after=fail_after,
+                             on_proposed=open_proposal).run()
+        plot = self.plot_path(specialist)
+        plot.write_text(score_svg(result.iterations, result.target,
+                                  f"{specialist} · iterate"), encoding="utf-8")
+        return result
+
+    def plot_path(self, specialist: str) -> Path:
+        from modelsmith.iterate.state import StateFile
+
+        return StateFile(self.root, specialist).folder / "scores.svg"
+
+    def iterate_state(self, specialist: str) -> IterateState | None:
+        """Where the loop of ``specialist`` stands (its state.json), or None."""
+        from modelsmith.iterate.state import StateFile
+
+        self._specialist(self.specs(), specialist)
+        return StateFile(self.root, specialist).load()
+
+    @staticmethod
+    def run_job(spec_file: Path, say: Say) -> tuple[Any, dict[str, Any]]:
+        """Run a training job spec (what an executor hands a host); its summary."""
+        from modelsmith.training.job import TrainJobSpec, run_train_job
+
+        spec = TrainJobSpec.load(spec_file)
+        return spec, run_train_job(spec, say=say)
+
+    def repro_data(self, specialist: str, version: str, out: Path, say: Say = _quiet) -> Any:
+        """Rebuild the dataset ``version`` trained on; fail unless its hash is recorded."""
+        from modelsmith.training.repro import rebuild_dataset
+
+        def fetch(path: Path) -> None:
+            say(f"pulling {path.name} from the DVC remote ...")
+            self.artifacts.pull([path])
+
+        return rebuild_dataset(self.specs(), self.store, specialist, version, out,
+                               fetch=fetch)
+
+    def repro_train(self, specialist: str, version: str, dataset: Path, out: Path, *,
+                    progress: Callable[[dict], None] | None = None,
+                    say: Say = _quiet) -> Any:
+        """Train again as ``version`` was trained; compare the weights' hash."""
+        import shutil
+
+        from modelsmith.training.repro import retrain
+
+        repo = self.specs()
+        registry = self.registry(repo, say)
+        if out.exists():
+            shutil.rmtree(out)  # DVC removes stage outputs before running; a manual run may not
+        return retrain(repo, self.store, specialist, version, dataset, out,
+                       base_path=lambda ref: registry.weights_path(specialist, ref),
+                       hash_of=self.artifacts.content_hash, progress=progress)
+
+    def repro_eval(self, specialist: str, version: str, model_dir: Path, out: Path, *,
+                   threads: int | None = None, batch_size: int = 16,
+                   progress: Callable[[int, int], None] | None = None,
+                   say: Say = _quiet) -> EvalOutcome:
+        """Evaluate rebuilt weights as ``version`` is prompted; write the report's numbers
+        as DVC metrics in ``out``."""
+        from modelsmith.evaluation.service import evaluate
+        from modelsmith.training.repro import write_json
+
+        repo = self.specs()
+        candidate = self.candidate(repo, specialist, version, say)
+        model = self.backends(str(model_dir), repo.clusters, threads=threads,
+                              batch_size=batch_size, repo_root=self.root,
+                              chat_template=candidate.base.chat_template)
+        try:
+            outcome = evaluate(repo, specialist, model, model_ref=str(model_dir), store=None,
+                               progress=progress)
+        finally:
+            model.close()
+        report = outcome.report.to_dict()
+        # DVC metrics: numbers only, so `dvc metrics diff` compares them.
+        low, high = report.get("heldout_ci") or (None, None)
+        write_json(out, {key: report.get(key) for key in
+                         ("composite", "core", "robustness", "micro", "heldout", "pass_rate")}
+                   | {"heldout_ci_low": low, "heldout_ci_high": high})
+        return outcome
+
+    # -- gitops -----------------------------------------------------------------------
+
+    def plan(self) -> list[Action]:
+        """What reconciling would do, per specialist and stage, with every gate (from the
+        event log's evidence only)."""
+        from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout, plan
+
+        repo = self.specs()
+        return plan(desired_state(repo), self.fleet(), heldout=logged_heldout(self.store),
+                    approval=self._approvals(repo),
+                    evidence=logged_evidence(self.store, repo))
+
+    def propose(self, specialist: str, version: str, stage: str, *,
+                traffic: float | None = None) -> tuple[Any, str, bool]:
+        """Open the release change on the forge with its evidence: (proposal, body, whether
+        every gate but the approval passes today)."""
+        from modelsmith.gitops.plan import logged_evidence, logged_heldout
+        from modelsmith.gitops.propose import propose
+
+        repo = self.specs()
+        self._specialist(repo, specialist)
+        return propose(repo, self.fleet(), specialist, stage, version, traffic=traffic,
+                       heldout=logged_heldout(self.store),
+                       sound=logged_evidence(self.store, repo))
+
+    def _propose_rollback(self, specialist: str, stage: str, version: str | None,
+                          event: Event, warnings: list[str]) -> str | None:
+        """Propose the release change that records a rollback; where it is, or None."""
+        from modelsmith.gitops.forge import ForgeError
+        from modelsmith.gitops.propose import propose
+
+        if version is None:
+            return None
+        try:
+            proposal, _body, _ready = propose(self.specs(), self.fleet(), specialist, stage,
+                                              version, rolled_back=event)
+        except ForgeError as exc:
+            warnings.append(f"release not proposed: {exc}")
+            return None
+        return f"{proposal.forge} forge: {proposal.ref}"
+
+    def rollback(self, specialist: str, stage: str = "production", *, to: str | None = None,
+                 reason: str = "by hand") -> Rollback:
+        """Roll a stage back now (RolledBack) and propose the change that makes
+        ``release`` match."""
+        from modelsmith.gitops.reconcile import manual_rollback
+
+        event = manual_rollback(self.store, specialist, stage, to=to, reason=reason,
+                                cause=self.head_commit(), cache=self.fold_cache)
+        warnings: list[str] = []
+        where = self._propose_rollback(specialist, stage, event.data["to_version"], event,
+                                       warnings)
+        return Rollback(event, where, warnings)
+
+    def reconcile(self, *, push: bool = False, remote: str = "origin",
+                  evaluate: bool = False,
+                  on_evaluate: Callable[[str, str], None] | None = None) -> Reconciliation:
+        """Apply the plan: append Promoted, RolledBack and PromotionRejected events. With
+        ``evaluate``, the evaluations the plan waits for run first (``on_evaluate(specialist,
+        version)`` runs each; default :meth:`evaluate`); with ``push``, decide on the
+        shared log and push it."""
+        from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout
+        from modelsmith.gitops.reconcile import reconcile
+
+        repo = self.specs()
+
+        def apply(store: Any) -> ReconcileResult:
+            return reconcile(store, desired_state(repo), cause=self.head_commit(),
+                             heldout=logged_heldout(store), approval=self._approvals(repo),
+                             evidence=logged_evidence(store, repo), cache=self.fold_cache)
+
+        if push:
+            from modelsmith.gitops.sync import sync
+
+            sync(self.root, remote)  # decide on the shared log, not a stale copy
+        result = apply(self.store)
+        if evaluate and result.pending:
+            run = on_evaluate or (lambda name, version: self.evaluate(name, version))
+            for specialist, version in sorted({(a.specialist, a.version)
+                                               for a in result.pending}):
+                run(specialist, version)
+            earlier = result.applied
+            result = apply(self.store)
+            result.applied = earlier + result.applied
+        synced = sync(self.root, remote, replan=apply) if push else None
+        if synced is not None:
+            _keep_what_stands(result, synced)
+        warnings: list[str] = []
+        proposals = {event.id: self._propose_rollback(action.specialist, action.stage,
+                                                      action.version, event, warnings)
+                     for action, event in result.applied if action.kind == "rollback"}
+        return Reconciliation(result, proposals, synced, warnings)
+
+    def watch(self) -> Iterator[str]:
+        """Why to reconcile again: the declarative files changed or a commit landed."""
+        from modelsmith.gitops.watch import changes
+
+        return changes(self.root)
+
+    # -- serving ----------------------------------------------------------------------
+
+    def router(self) -> Any:
+        """The deterministic router compiled from policies/routing.yaml."""
+        from modelsmith.serving.router import Router
+
+        return Router.from_table(self.specs().routing)
+
+    def package(self, specialist: str, version: str, out: Path) -> dict[str, Any]:
+        """Write ``version`` as a serving artifact in ``out``; its manifest."""
+        from modelsmith.serving.package import package
+
+        return package(self, specialist, version, out)
+
+    def service(self, **options: Any) -> Any:
+        """The serving service (versions from the log's split, batching, metrics)."""
+        from modelsmith.serving.server import Service
+
+        return Service(self, **options)
+
+    # -- onboarding -------------------------------------------------------------------
+
+    def doctor(self, *, model: str | None = None, with_model: bool = True,
+               specialist: str | None = None) -> Iterator[Any]:
+        """Onboarding checks, one at a time as they finish."""
+        from modelsmith.doctor import run_checks
+
+        return run_checks(self.root, model=model, with_model=with_model,
+                          specialist=specialist)
+
+
+def _keep_what_stands(result: ReconcileResult, synced: SyncResult) -> None:
+    """After a sync: the decisions kept on the shared log, and those made again."""
+    if not synced.dropped:
+        return
+    gone = set(synced.dropped)
+    result.applied = [(a, e) for a, e in result.applied if e.id not in gone]
+    for again in synced.replans:
+        result.applied += [(a, e) for a, e in again.applied if e.id not in gone]
+    if synced.replans:
+        result.pending = synced.replans[-1].pending
+
+
+__all__ = ["Evaluation", "Modelsmith", "Reconciliation", "Rollback",
+           "Training"]

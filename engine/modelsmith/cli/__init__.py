@@ -1,0 +1,53 @@
+"""The `modelsmith` command: a click group and one module per command group.
+
+Each command parses its arguments, calls one method of the application façade
+(:class:`modelsmith.app.Modelsmith`) and renders the result; errors are mapped by class
+(:mod:`modelsmith.errors`). Importing this package imports no torch, dvc or mcp.
+"""
+
+from __future__ import annotations
+
+import click
+
+from modelsmith import __version__
+
+from .demo import demo
+from .doctor import doctor
+from .evaluation import compare, eval_cmd
+from .fleet import history, lineage, log, status, verify
+from .gitops import plan_cmd, propose, reconcile, rollback
+from .iterate import iterate
+from .serving import mcp, package_cmd, route, serve
+from .specs import init, schema, validate
+from .training import job, repro, train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C", "--repo", default=".", metavar="PATH", show_default=True,
+    help="The Modelsmith repository (any folder inside it).",
+)
+@click.version_option(__version__, prog_name="modelsmith")
+@click.pass_context
+def cli(ctx: click.Context, repo: str) -> None:
+    """Modelsmith: evaluate, train and govern small domain-specialist models.
+
+    Desired state is YAML in git (specialists/, evals/, policies/, config/); actual state
+    is the event log on the branch modelsmith/events.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["repo"] = repo
+
+
+for command in (validate, schema, init, status, log, history, lineage, verify, propose,
+                rollback, plan_cmd, reconcile, route, package_cmd, serve, mcp, eval_cmd,
+                compare, train, job, repro, iterate, doctor, demo):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script's entry point."""
+    cli.main(args=argv, prog_name="modelsmith")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,158 @@
+"""``plan``, ``reconcile``, ``propose`` and ``rollback``: desired state against the log."""
+
+from __future__ import annotations
+
+import click
+
+from modelsmith.errors import EXIT_BELOW_TARGET
+from modelsmith.stages import STAGES
+
+from ._base import app, guard, json_option, print_json, say
+
+
+@click.command()
+@click.argument("specialist")
+@click.option("--version", "version", required=True, help="The candidate version (vN).")
+@click.option("--stage", type=click.Choice(STAGES), required=True)
+@click.option("--traffic", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Canary share of traffic (canary only).")
+@json_option
+@click.pass_context
+@guard
+def propose(ctx: click.Context, specialist: str, version: str, stage: str,
+            traffic: float | None, as_json: bool) -> None:
+    """Ask for a release change: a branch (local forge) or pull request editing `release`,
+    with the evidence -- lineage, evaluations, every gate and the event ids -- attached."""
+    proposal, body, ready = app(ctx).propose(specialist, version, stage, traffic=traffic)
+    if as_json:
+        print_json({"forge": proposal.forge, "ref": proposal.ref, "commit": proposal.commit,
+                    "title": proposal.title, "ready": ready, "body": body})
+        return
+    click.echo(f"proposed on the {proposal.forge} forge: {proposal.ref} ({proposal.commit[:12]})")
+    click.echo(body)
+    if not ready:
+        click.echo("\nnote: some gates fail today; reconcile will reject the change until "
+                   "they pass", err=True)
+
+
+@click.command()
+@click.argument("specialist")
+@click.option("--stage", type=click.Choice(STAGES), default="production", show_default=True)
+@click.option("--to", "to", default=None, metavar="VERSION",
+              help="The version to go back to (default: the one that held the stage before).")
+@click.option("--reason", default="by hand", show_default=True)
+@json_option
+@click.pass_context
+@guard
+def rollback(ctx: click.Context, specialist: str, stage: str, to: str | None, reason: str,
+             as_json: bool) -> None:
+    """Roll a stage back now (RolledBack), and propose the change that makes `release`
+    match."""
+    done = app(ctx).rollback(specialist, stage, to=to, reason=reason)
+    for warning in done.warnings:
+        say(warning)
+    event = done.event
+    if as_json:
+        print_json({"event": event.id, "stage": stage, "from": event.data["from_version"],
+                    "to": event.data["to_version"], "proposal": done.proposal})
+        return
+    click.echo(f"RolledBack {specialist} {stage}: {event.data['from_version']} -> "
+               f"{event.data['to_version']}")
+    if done.proposal:
+        click.echo(f"proposed the matching release on the {done.proposal}")
+
+
+MARKS = {"promote": "+", "demote": "-", "rollback": "<", "reject": "!", "evaluate": "?"}
+
+
+@click.command("plan")
+@json_option
+@click.pass_context
+@guard
+def plan_cmd(ctx: click.Context, as_json: bool) -> None:
+    """What reconciling would do, per specialist and stage, with every gate and its
+    numbers (from the event log's evidence only)."""
+    repo = app(ctx)
+    actions = repo.plan()
+    if as_json:
+        print_json({"tip": repo.store.tip(), "actions": [a.to_dict() for a in actions]})
+        return
+    current = None
+    for action in actions:
+        if action.specialist != current:
+            current = action.specialist
+            click.echo(current)
+        moving = f"{action.previous or '-'} -> {action.version or '-'}"
+        click.echo(f"  {MARKS[action.kind]} {action.kind} {action.stage}: {moving}")
+        click.echo(f"      {action.reason}")
+        for gate in action.gates:
+            click.echo(f"      {'ok  ' if gate.passed else 'FAIL'} {gate.name}: {gate.detail}")
+    counts = {kind: sum(a.kind == kind for a in actions) for kind in MARKS}
+    if not actions:
+        click.echo("No changes: the event log matches every specialist's release.")
+    click.echo("Plan: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ".")
+
+
+@click.command()
+@click.option("--push", is_flag=True,
+              help="Share the event log with origin: fetch first, then replay what is only "
+                   "local on the remote tip and push (never a force-push).")
+@click.option("--watch", is_flag=True,
+              help="Keep reconciling: again whenever the declarative files change or a new "
+                   "commit lands (Ctrl-C stops).")
+@click.option("--evaluate", "run_evals", is_flag=True,
+              help="Run the evaluations the plan asks for (a version with none on the "
+                   "current suite) before deciding; needs the train extra.")
+@click.option("--remote", default="origin", show_default=True)
+@json_option
+@click.pass_context
+@guard
+def reconcile(ctx: click.Context, push: bool, watch: bool, run_evals: bool, remote: str,
+              as_json: bool) -> None:
+    """Apply the plan: append Promoted, RolledBack and PromotionRejected events. Running it
+    again with nothing new appends nothing."""
+    repo = app(ctx)
+
+    def evaluate(specialist: str, version: str) -> None:
+        """As `modelsmith eval SPECIALIST --model VERSION` does, report included."""
+        from .evaluation import eval_cmd
+
+        say(f"evaluating {specialist} {version} on the current suite")
+        try:
+            ctx.invoke(eval_cmd, specialist=specialist, model_ref=version)
+        except SystemExit as exit_:
+            if exit_.code not in (0, None, EXIT_BELOW_TARGET):
+                raise
+
+    def once() -> None:
+        _render(repo.reconcile(push=push, remote=remote, evaluate=run_evals,
+                               on_evaluate=evaluate), remote, as_json)
+
+    once()
+    if watch:
+        for why in repo.watch():
+            say(f"-- {why}: reconciling")
+            once()
+
+
+def _render(done, remote: str, as_json: bool) -> None:
+    for warning in done.warnings:
+        say(warning)
+    result, synced = done.result, done.synced
+    if as_json:
+        print_json(done.to_dict())
+        return
+    for action, event in result.applied:
+        click.echo(f"{event.type} {action.specialist} {action.stage}: "
+                   f"{action.previous or '-'} -> {action.version or '-'} ({action.reason})")
+        if done.proposals.get(event.id):
+            click.echo(f"  proposed the matching release on the {done.proposals[event.id]}")
+    for action in result.pending:
+        click.echo(f"pending {action.specialist} {action.stage}: {action.reason}")
+    if not result.applied and not result.pending:
+        click.echo("nothing to do: the event log matches every specialist's release")
+    if synced is not None:
+        if synced.dropped:
+            click.echo(f"{len(synced.dropped)} decision(s) no longer held on {remote}'s log "
+                       "and were decided again")
+        click.echo(f"event log {'pushed to' if synced.pushed else 'in step with'} {remote}")

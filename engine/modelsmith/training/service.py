@@ -119,7 +119,9 @@ def generate_rows(
     """Training rows (not yet validated) for an evaluation's failures, plus replay rows of
     its passing core scenarios: deterministic for the runs, the suite (with its generator)
     and ``seed`` -- unless a ``teacher`` rephrases the failed inputs too (:mod:`.teacher`)."""
-    from modelsmith.training.data import augment, failed_scenario_ids, load_generator
+    from modelsmith.training.augment import augment
+    from modelsmith.training.extraction import failed_scenario_ids
+    from modelsmith.training.generator import load_generator
     from modelsmith.training.teacher import prefetch_for
 
     spec = specialist_or_error(repo, specialist)
@@ -135,7 +137,7 @@ def generate_rows(
 
 def validate(repo: Repository, specialist: str, rows: list[Any]) -> Any:
     """The rows that pass validation (a ``ValidationReport``); none left is an error."""
-    from modelsmith.training.data import validate_rows
+    from modelsmith.training.validation import validate_rows
 
     spec = specialist_or_error(repo, specialist)
     report = validate_rows(rows, repo.suite_for(spec), spec)
@@ -150,7 +152,7 @@ def build_dataset(
     teacher: Callable[[str, int], list[str]] | None = None,
 ) -> tuple[list[Any], Any]:
     """An evaluation's runs -> (its failures, the validated augmented rows)."""
-    from modelsmith.training.data import extract_failures
+    from modelsmith.training.extraction import extract_failures
 
     failures = extract_failures(runs)
     rows = generate_rows(repo, specialist, runs, failures, seed=seed, teacher=teacher)
@@ -220,7 +222,7 @@ class Dataset:
 def record_dataset(repo: Repository, plan: TrainingPlan, report: Any, *, artifacts: Any,
                    recorder: Recorder, teacher_ref: str | None = None) -> Dataset:
     """Write the validated rows, track and push them with DVC, record ``DatasetBuilt``."""
-    from modelsmith.training.data import dataset_hash, write_dataset
+    from modelsmith.training.dataset import dataset_hash, write_dataset
 
     digest = dataset_hash(report.kept)
     path = write_dataset(report.kept,
@@ -345,7 +347,7 @@ def train_candidate(
     ``trainer`` runs the training elsewhere; by default it runs in this process. The iterate
     loop runs the same steps one phase at a time (:mod:`modelsmith.iterate.loop`).
     """
-    from modelsmith.training.data import extract_failures
+    from modelsmith.training.extraction import extract_failures
 
     plan = plan_training(repo, specialist, store, base_ref=base_ref, from_eval=from_eval,
                          method=method, profile_name=profile_name, overrides=overrides)

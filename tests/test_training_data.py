@@ -18,22 +18,18 @@ from modelsmith.evaluation.runner import runs_from_jsonl, runs_to_jsonl
 from modelsmith.evaluation.service import evaluate
 from modelsmith.events.types import DatasetBuilt, FailuresExtracted
 from modelsmith.specs import Scenario, load_repository
-from modelsmith.training.data import (
-    REMOVAL_REASONS,
+from modelsmith.training.augment import augment
+from modelsmith.training.dataset import (
     DataError,
-    Failure,
     TrainingRow,
-    augment,
     dataset_hash,
-    extract_failures,
-    failed_scenario_ids,
-    load_generator,
-    normalise,
     read_dataset,
-    text_tokens,
-    validate_rows,
     write_dataset,
 )
+from modelsmith.training.extraction import Failure, extract_failures, failed_scenario_ids
+from modelsmith.training.generator import load_generator
+from modelsmith.training.similarity import normalise, text_tokens
+from modelsmith.training.validation import REMOVAL_REASONS, validate_rows
 from test_eval_service import PolicyBackend
 
 NAME = "rtb-quality"

@@ -15,7 +15,7 @@ from modelsmith.artifacts import resolve_model
 from modelsmith.fleet.executors import Job, LocalExecutor
 from modelsmith.fleet.failures import JobEnd, classify, recovery
 from modelsmith.specs import load_repository
-from modelsmith.training.data import TrainingRow, write_dataset
+from modelsmith.training.dataset import TrainingRow, write_dataset
 from modelsmith.training.job import TrainJobSpec, result_path
 
 MODELSMITH = [sys.executable, "-m", "modelsmith"]

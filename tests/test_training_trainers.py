@@ -12,11 +12,12 @@ from conftest import REPO_ROOT
 from modelsmith.specs import HyperParams, LoraConfig, load_repository
 from modelsmith.training.config import (
     TrainingConfigError,
-    TrainSettings,
     config_hash,
     grpo_arguments,
     grpo_config,
+    prompts_per_step,
     sft_config,
+    sft_steps,
 )
 
 pytest.importorskip("trl")
@@ -118,14 +119,13 @@ def test_a_gpu_profile_generates_with_colocated_vllm(demo, tmp_path):
 
 def test_settings_and_steps_per_method():
     p = profile(max_steps=40, sft_steps=None)
-    assert TrainSettings.from_profile("sft", p).sft_steps == 40
-    assert TrainSettings.from_profile("sft+grpo", p).sft_steps == 10  # default: a quarter
-    assert TrainSettings.from_profile("sft+grpo", profile(sft_steps=3)).sft_steps == 3
-    assert TrainSettings.from_profile("grpo", p).sft_steps == 0
-    assert TrainSettings.from_profile("grpo", profile(batch_size=16, num_generations=4)
-                                      ).prompts_per_step == 4
+    assert sft_steps("sft", p) == 40
+    assert sft_steps("sft+grpo", p) == 10  # default: a quarter
+    assert sft_steps("sft+grpo", profile(sft_steps=3)) == 3
+    assert sft_steps("grpo", p) == 0
+    assert prompts_per_step(profile(batch_size=16, num_generations=4)) == 4
     with pytest.raises(TrainingConfigError, match="unknown training method 'ppo'"):
-        TrainSettings.from_profile("ppo", p)
+        sft_steps("ppo", p)
 
 
 def test_config_hash_is_canonical_and_sensitive():

@@ -210,7 +210,7 @@ class IterateLoop:
         return outcome.event
 
     def _extract(self, state: IterateState) -> dict[str, Any]:
-        from modelsmith.training.data import extract_failures
+        from modelsmith.training.extraction import extract_failures
         from modelsmith.training.service import record_failures
 
         failures = extract_failures(self._runs(state))
@@ -223,7 +223,8 @@ class IterateLoop:
         return self.state_file.folder / str(state.iteration) / "rows.jsonl"
 
     def _generate(self, state: IterateState) -> dict[str, Any]:
-        from modelsmith.training.data import dataset_hash, dataset_jsonl, extract_failures
+        from modelsmith.training.dataset import dataset_hash, dataset_jsonl
+        from modelsmith.training.extraction import extract_failures
         from modelsmith.training.service import generate_rows
 
         runs = self._runs(state)
@@ -240,7 +241,7 @@ class IterateLoop:
 
     def _previous_rows(self, state: IterateState) -> list[Any]:
         """The previous iteration's dataset (pulled from the DVC remote when missing)."""
-        from modelsmith.training.data import read_dataset
+        from modelsmith.training.dataset import read_dataset
 
         path = self.parts.root / (state.outputs.previous_dataset or "")
         if not path.is_file():
@@ -250,7 +251,7 @@ class IterateLoop:
     def _generated_rows(self, state: IterateState) -> list[Any]:
         """The generate phase's rows; generated again when the file is gone or is not the
         one the phase wrote (generation is deterministic)."""
-        from modelsmith.training.data import DataError, dataset_hash, read_dataset
+        from modelsmith.training.dataset import DataError, dataset_hash, read_dataset
 
         path = self._rows_file(state)
         try:
@@ -278,7 +279,7 @@ class IterateLoop:
     def _train(self, state: IterateState) -> dict[str, Any]:
         """Train a candidate on the validated dataset; its version, run and host."""
         from modelsmith.fleet.pool import Pool
-        from modelsmith.training.data import dataset_hash, read_dataset
+        from modelsmith.training.dataset import dataset_hash, read_dataset
         from modelsmith.training.service import Dataset, train_on
 
         recorder = self._recorder(state, "train")

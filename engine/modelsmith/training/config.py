@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,70 +35,34 @@ class TrainingConfigError(ModelsmithError, ValueError):
     """A training method or profile that cannot be run as asked."""
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """What one training run uses, derived from a hyper-parameter profile and a method."""
-
-    method: str
-    device: str
-    threads: int
-    learning_rate: float
-    grpo_learning_rate: float
-    batch_size: int
-    grpo_batch_size: int
-    grad_accum: int
-    max_steps: int
-    sft_steps: int
-    num_generations: int
-    max_completion_length: int
-    beta: float
-    seed: int
-    lora: dict[str, Any] | None
-    use_vllm: bool
-
-    @classmethod
-    def from_profile(cls, method: str, profile: HyperParams) -> TrainSettings:
-        """Settings for ``method`` under ``profile``.
-
-        ``sft_steps`` is the SFT length: the profile's ``max_steps`` for ``sft``, its
-        ``sft_steps`` (default a quarter of ``max_steps``) for the warm start of ``sft+grpo``.
-        """
-        if method not in METHODS:
-            raise TrainingConfigError(
-                f"unknown training method '{method}' (choose one of: {', '.join(METHODS)})"
-            )
-        if method == "sft":
-            sft_steps = profile.max_steps
-        elif method == "sft+grpo":
-            sft_steps = profile.sft_steps or max(1, profile.max_steps // 4)
-        else:
-            sft_steps = 0
-        return cls(
-            method=method,
-            device=profile.device,
-            threads=profile.threads or DEFAULT_THREADS,
-            learning_rate=profile.learning_rate,
-            grpo_learning_rate=profile.grpo_learning_rate or profile.learning_rate,
-            batch_size=profile.batch_size,
-            grpo_batch_size=profile.grpo_batch,
-            grad_accum=profile.grad_accum,
-            max_steps=profile.max_steps,
-            sft_steps=sft_steps,
-            num_generations=profile.num_generations,
-            max_completion_length=profile.max_completion_length,
-            beta=profile.beta,
-            seed=profile.seed,
-            lora=profile.lora.model_dump(mode="json") if profile.lora is not None else None,
-            use_vllm=profile.use_vllm,
+def check_method(method: str) -> None:
+    """Raise :class:`TrainingConfigError` unless ``method`` is one of :data:`METHODS`."""
+    if method not in METHODS:
+        raise TrainingConfigError(
+            f"unknown training method '{method}' (choose one of: {', '.join(METHODS)})"
         )
 
-    @property
-    def prompts_per_step(self) -> int:
-        """GRPO prompts per optimiser step: each prompt brings ``num_generations`` completions."""
-        return self.grpo_batch_size * self.grad_accum // self.num_generations
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def sft_steps(method: str, profile: HyperParams) -> int:
+    """The SFT steps of ``method`` under ``profile``: the profile's ``max_steps`` for
+    ``sft``, its ``sft_steps`` (default a quarter of ``max_steps``) for the warm start of
+    ``sft+grpo``, none for ``grpo``."""
+    check_method(method)
+    if method == "sft":
+        return profile.max_steps
+    if method == "sft+grpo":
+        return profile.sft_steps or max(1, profile.max_steps // 4)
+    return 0
+
+
+def torch_threads(profile: HyperParams) -> int:
+    """The torch threads a run uses: the profile's, else :data:`DEFAULT_THREADS`."""
+    return profile.threads or DEFAULT_THREADS
+
+
+def prompts_per_step(profile: HyperParams) -> int:
+    """GRPO prompts per optimiser step: each prompt brings ``num_generations`` completions."""
+    return profile.grpo_batch * profile.grad_accum // profile.num_generations
 
 
 def _common(profile: HyperParams, out_dir: Path, max_steps: int) -> dict[str, Any]:
@@ -208,12 +171,26 @@ def grpo_config(
     return GRPOConfig(**_for_this_machine(arguments))
 
 
+def _hashed_settings(method: str, profile: HyperParams) -> dict[str, Any]:
+    """The profile as ``method`` runs it, every default resolved: what the config hash
+    covers. ``checkpoint_steps`` says when to save, not what is trained, so it stays out."""
+    return {
+        **profile.model_dump(exclude={"checkpoint_steps"}),
+        "method": method,
+        "threads": torch_threads(profile),
+        "grpo_learning_rate": profile.grpo_learning_rate or profile.learning_rate,
+        "grpo_batch_size": profile.grpo_batch,
+        "sft_steps": sft_steps(method, profile),
+        "lora": profile.lora.model_dump(mode="json") if profile.lora is not None else None,
+    }
+
+
 def config_hash(method: str, profile: HyperParams, extra: dict[str, Any] | None = None) -> str:
     """``sha256:<hex>`` of the canonical JSON of the method, the settings and ``extra``:
     equal configurations hash equally, whatever the key order."""
     document = {
         "method": method,
-        "settings": TrainSettings.from_profile(method, profile).to_dict(),
+        "settings": _hashed_settings(method, profile),
         "extra": extra or {},
     }
     canonical = json.dumps(

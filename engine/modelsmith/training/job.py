@@ -77,7 +77,7 @@ def run_train_job(spec: TrainJobSpec, say: Any = print) -> dict[str, Any]:
     from pydantic import ValidationError
 
     from modelsmith.specs import load_repository
-    from modelsmith.training.data import read_dataset
+    from modelsmith.training.dataset import read_dataset
     from modelsmith.training.reward import make_reward_fn
     from modelsmith.training.trainers import train
 

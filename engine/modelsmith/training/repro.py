@@ -100,7 +100,7 @@ def rebuild_dataset(
     file (``DatasetBuilt.path``, fetched from the DVC remote by ``fetch`` when missing) is
     copied instead, after the same hash check.
     """
-    from modelsmith.training.data import dataset_hash, read_dataset, write_dataset
+    from modelsmith.training.dataset import dataset_hash, read_dataset, write_dataset
     from modelsmith.training.service import build_dataset
 
     record = find_candidate(store, specialist, version)
@@ -148,7 +148,7 @@ def retrain(
     ``base_path`` resolves the recorded base reference to a folder; ``hash_of`` computes
     the weights' DVC hash, compared with the recorded ``weights_hash``.
     """
-    from modelsmith.training.data import dataset_hash, read_dataset
+    from modelsmith.training.dataset import dataset_hash, read_dataset
     from modelsmith.training.reward import make_reward_fn
     from modelsmith.training.trainers import train
 

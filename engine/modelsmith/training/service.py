@@ -74,7 +74,9 @@ def generate_rows(
     """Training rows (not yet validated) for an evaluation's failures, plus replay rows of
     its passing core scenarios: deterministic for the runs, the suite (with its generator)
     and ``seed`` -- unless a ``teacher`` rephrases the failed inputs too (:mod:`.teacher`)."""
-    from modelsmith.training.data import augment, failed_scenario_ids, load_generator
+    from modelsmith.training.augment import augment
+    from modelsmith.training.extraction import failed_scenario_ids
+    from modelsmith.training.generator import load_generator
     from modelsmith.training.teacher import prefetch_for
 
     spec = specialist_or_error(repo, specialist)
@@ -90,7 +92,7 @@ def generate_rows(
 
 def validate(repo: Repository, specialist: str, rows: list[Any]) -> Any:
     """The rows that pass validation (a ``ValidationReport``); none left is an error."""
-    from modelsmith.training.data import validate_rows
+    from modelsmith.training.validation import validate_rows
 
     spec = specialist_or_error(repo, specialist)
     report = validate_rows(rows, repo.suite_for(spec), spec)
@@ -105,7 +107,7 @@ def build_dataset(
     teacher: Callable[[str, int], list[str]] | None = None,
 ) -> tuple[list[Any], Any]:
     """An evaluation's runs -> (its failures, the validated augmented rows)."""
-    from modelsmith.training.data import extract_failures
+    from modelsmith.training.extraction import extract_failures
 
     failures = extract_failures(runs)
     rows = generate_rows(repo, specialist, runs, failures, seed=seed, teacher=teacher)
@@ -175,7 +177,7 @@ class Dataset:
 def record_dataset(repo: Repository, plan: TrainingPlan, report: Any, *, artifacts: Any,
                    recorder: Recorder, teacher_ref: str | None = None) -> Dataset:
     """Write the validated rows, track and push them with DVC, record ``DatasetBuilt``."""
-    from modelsmith.training.data import dataset_hash, write_dataset
+    from modelsmith.training.dataset import dataset_hash, write_dataset
 
     digest = dataset_hash(report.kept)
     path = write_dataset(report.kept,
@@ -203,73 +205,102 @@ def train_on(
     work tree still hash to its ``checkpoint_hash`` -- a half-written checkpoint is never
     used, the run trains again.
     """
-    from modelsmith.artifacts.models import model_fingerprint
-    from modelsmith.training.config import config_hash
     from modelsmith.training.reward import make_reward_fn
-    from modelsmith.training.trainers import TrainResult, train, trainer_versions
+    from modelsmith.training.trainers import train
 
-    specialist, method, profile = plan.specialist, plan.method, plan.profile
-    spec = specialist_or_error(repo, specialist)
+    spec = specialist_or_error(repo, plan.specialist)
     suite = repo.suite_for(spec)
-    evaluation = plan.evaluation
-    version = next_version(e.data["version"] for e in store.read(specialist)
+    version = next_version(e.data["version"] for e in store.read(plan.specialist)
                            if e.type == "CandidateRegistered")
-    parent = evaluation.data.get("version")
-    started_before = recorder.recorded("TrainingStarted")
-    run_id = str(started_before.data["run_id"]) if started_before else uuid.uuid4().hex[:12]
-    recorder.record(TrainingStarted(run_id=run_id, method=method, profile=plan.profile_name,
-                                    host=host, parent=parent, dataset_hash=dataset.hash,
-                                    base=plan.base_ref,
-                                    hyperparams=profile.model_dump(mode="json")))
-    out_dir = version_weights(repo.root, specialist, version)
+    run_id = _record_started(plan, dataset, recorder, host)
+    out_dir = version_weights(repo.root, plan.specialist, version)
     completed = recorder.recorded("TrainingCompleted")
     started = time.perf_counter()
-    if completed is not None and out_dir.is_dir() \
-            and artifacts.content_hash(out_dir) == completed.data["checkpoint_hash"]:
-        data = completed.data  # trained before the cut; the weights check out
-        host = data["host"]
-        result = TrainResult(out_dir=out_dir, method=method, steps=0,
-                             duration_s=data["duration_s"], metrics=data["metrics"],
-                             history=[], versions={})
-        started -= data["duration_s"]
+    ran = _reusable(completed, out_dir, artifacts, plan)
+    if ran is not None:
+        started -= ran.result.duration_s
     elif trainer is None:
-        result = train(method, base_path, [r.to_dict() for r in dataset.rows],
-                       make_reward_fn(spec, suite), profile, out_dir, progress=progress)
+        ran = TrainerOutput(train(plan.method, base_path, [r.to_dict() for r in dataset.rows],
+                                  make_reward_fn(spec, suite), plan.profile, out_dir,
+                                  progress=progress), host, plan.profile)
     else:
-        ran = trainer(TrainRequest(run_id=run_id, method=method, base_path=base_path,
-                                   dataset_path=dataset.path, profile=profile,
+        ran = trainer(TrainRequest(run_id=run_id, method=plan.method, base_path=base_path,
+                                   dataset_path=dataset.path, profile=plan.profile,
                                    out_dir=out_dir))
-        result, host, profile = ran.result, ran.host, ran.profile
     duration = time.perf_counter() - started
     weights = artifacts.track(out_dir)
     artifacts.push([out_dir])
+    done = _record_completed(run_id, plan.method, ran, duration, weights.md5, recorder)
+    lineage = _lineage(plan, dataset, suite.suite_hash, ran, done, run_id=run_id,
+                       base_path=base_path, weights_hash=weights.md5)
+    recorder.record(CandidateRegistered(version=version, lineage=lineage))
+    return TrainOutcome(version, out_dir, dataset.hash, ran.result.metrics,
+                        float(done.data["duration_s"]), recorder.events)
+
+
+def _record_started(plan: TrainingPlan, dataset: Dataset, recorder: Recorder,
+                    host: str) -> str:
+    """``TrainingStarted``; its run id is the one already recorded when replaying."""
+    started_before = recorder.recorded("TrainingStarted")
+    run_id = str(started_before.data["run_id"]) if started_before else uuid.uuid4().hex[:12]
+    recorder.record(TrainingStarted(run_id=run_id, method=plan.method,
+                                    profile=plan.profile_name, host=host,
+                                    parent=plan.evaluation.data.get("version"),
+                                    dataset_hash=dataset.hash, base=plan.base_ref,
+                                    hyperparams=plan.profile.model_dump(mode="json")))
+    return run_id
+
+
+def _reusable(completed: Event | None, out_dir: Path, artifacts: Any,
+              plan: TrainingPlan) -> TrainerOutput | None:
+    """What a run cut short after training made, when its weights still check out."""
+    from modelsmith.training.trainers import TrainResult
+
+    if completed is None or not out_dir.is_dir() \
+            or artifacts.content_hash(out_dir) != completed.data["checkpoint_hash"]:
+        return None
+    data = completed.data
+    result = TrainResult(out_dir=out_dir, method=plan.method, steps=0,
+                         duration_s=data["duration_s"], metrics=data["metrics"],
+                         history=[], versions={})
+    return TrainerOutput(result, data["host"], plan.profile)
+
+
+def _record_completed(run_id: str, method: str, ran: TrainerOutput, duration: float,
+                      weights_hash: str, recorder: Recorder) -> Event:
+    """``TrainingCompleted``, with the run's learning curve as its evidence."""
     # Every step's log (loss, reward, KL, entropy, ...) is the run's learning curve.
-    curve = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in result.history)
-    done = recorder.record(TrainingCompleted(run_id=run_id, method=method, host=host,
+    curve = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in ran.result.history)
+    return recorder.record(TrainingCompleted(run_id=run_id, method=method, host=ran.host,
                                              duration_s=round(duration, 2),
-                                             metrics=result.metrics,
-                                             checkpoint_hash=weights.md5),
+                                             metrics=ran.result.metrics,
+                                             checkpoint_hash=weights_hash),
                            evidence={TRAINING_LOG: curve.encode("utf-8")})
-    duration = float(done.data["duration_s"])
+
+
+def _lineage(plan: TrainingPlan, dataset: Dataset, suite_hash: str, ran: TrainerOutput,
+             done: Event, *, run_id: str, base_path: Path, weights_hash: str) -> Lineage:
+    """Every input of the candidate by hash; the config hash covers the profile as it ran."""
+    from modelsmith.artifacts.models import model_fingerprint
+    from modelsmith.training.config import config_hash
+    from modelsmith.training.trainers import trainer_versions
+
     # Weights reused from before a cut were made in this environment.
-    versions = result.versions or trainer_versions()
-    lineage = Lineage(
+    versions = ran.result.versions or trainer_versions()
+    return Lineage(
         base_model=plan.base_ref,
         base_hash=model_fingerprint(base_path),
-        parent=parent,
-        eval_event=evaluation.id,
+        parent=plan.evaluation.data.get("version"),
+        eval_event=plan.evaluation.id,
         dataset_hash=dataset.hash,
-        suite_hash=suite.suite_hash,
-        config_hash=config_hash(method, profile, {"base": plan.base_ref}),
+        suite_hash=suite_hash,
+        config_hash=config_hash(plan.method, ran.profile, {"base": plan.base_ref}),
         trainer_versions={**versions, "python": platform.python_version()},
         run_id=run_id,
         host=str(done.data["host"]),
-        duration_s=duration,
-        weights_hash=weights.md5,
+        duration_s=float(done.data["duration_s"]),
+        weights_hash=weights_hash,
     )
-    recorder.record(CandidateRegistered(version=version, lineage=lineage))
-    return TrainOutcome(version, out_dir, dataset.hash, result.metrics, duration,
-                        recorder.events)
 
 
 def train_candidate(
@@ -301,7 +332,7 @@ def train_candidate(
     ``trainer`` runs the training elsewhere; by default it runs in this process. The iterate
     loop runs the same steps one phase at a time (:mod:`modelsmith.iterate.loop`).
     """
-    from modelsmith.training.data import extract_failures
+    from modelsmith.training.extraction import extract_failures
 
     plan = plan_training(repo, specialist, store, base_ref=base_ref, from_eval=from_eval,
                          method=method, profile_name=profile_name, overrides=overrides)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from modelsmith.inference.base import Backend, GenerationRequest
 
-from .data import normalise, text_tokens
+from .similarity import normalise, text_tokens
 
 PROMPT = (
     "Rewrite the input below in {n} different ways. Keep every name, value and number "
@@ -65,7 +65,7 @@ def parse_rewrites(original: str, reply: str, n: int) -> list[str]:
 
 
 class BackendTeacher:
-    """A :data:`~modelsmith.training.data.Teacher` on a backend; ``prefetch`` asks for
+    """A :data:`~modelsmith.training.augment.Teacher` on a backend; ``prefetch`` asks for
     many inputs in one batch (the backend's own concurrency or batching applies)."""
 
     def __init__(self, backend: Backend, *, temperature: float = 0.7, seed: int = 0,

@@ -10,6 +10,7 @@ torch, transformers, trl and peft are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -26,7 +27,15 @@ from modelsmith.errors import ModelsmithError
 from modelsmith.specs.clusters import HyperParams
 
 from .checkpoints import SFT_MODEL, intact_model, seal
-from .config import TrainingConfigError, TrainSettings, grpo_config, sft_config
+from .config import (
+    TrainingConfigError,
+    check_method,
+    grpo_config,
+    prompts_per_step,
+    sft_config,
+    sft_steps,
+    torch_threads,
+)
 from .reward import EXPECTED, EXPECTED_JSON, SCENARIO_ID, encode_expected
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -91,18 +100,18 @@ def _check_rows(method: str, rows: Sequence[dict[str, Any]]) -> None:
             )
 
 
-def _lora_config(settings: TrainSettings) -> Any:
-    if settings.lora is None:
+def _lora_config(profile: HyperParams) -> Any:
+    lora = profile.lora
+    if lora is None:
         return None
     from peft import LoraConfig
 
-    lora = settings.lora
     return LoraConfig(
-        r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         # The profile may leave the choice to us: every linear layer, as measured on SmolLM2.
-        target_modules=lora["target_modules"] or "all-linear",
+        target_modules=list(lora.target_modules) if lora.target_modules else "all-linear",
         task_type="CAUSAL_LM",
     )
 
@@ -223,33 +232,41 @@ class Resume:
     say: Callable[[str], None]
 
 
-def _run_sft(
-    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], profile: HyperParams,
-    settings: TrainSettings, work: Path, history: list[dict[str, Any]],
-    progress: ProgressFn | None, resume: Resume | None = None,
-) -> tuple[Any, int]:
+@dataclass
+class _Run:
+    """One run's own values beside its profile: where it works and what it recorded."""
+
+    method: str
+    profile: HyperParams
+    work: Path  # the checkpoint folder of a resumable run, else a temporary one
+    resume: Resume | None
+    progress: ProgressFn | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0  # optimiser steps over all phases
+
+
+def _run_sft(run: _Run, model: Any, tokenizer: Any,
+             rows: Sequence[dict[str, Any]]) -> tuple[Any, int]:
     from datasets import Dataset
     from trl import SFTTrainer
 
+    steps = sft_steps(run.method, run.profile)
     dataset = Dataset.from_list(
         [{"prompt": row["prompt"], "completion": row["completion"]} for row in _sft_rows(rows)]
     )
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(profile, work / "sft", max_steps=settings.sft_steps),
+        args=sft_config(run.profile, run.work / "sft", max_steps=steps),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=_lora_config(settings),
-        callbacks=[_recorder("sft", settings.sft_steps, history, progress)],
+        peft_config=_lora_config(run.profile),
+        callbacks=[_recorder("sft", steps, run.history, run.progress)],
     )
-    return _fit(trainer, "sft", resume, history)
+    return _fit(trainer, "sft", run.resume, run.history)
 
 
-def _run_grpo(
-    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], reward_fn: RewardFn,
-    profile: HyperParams, settings: TrainSettings, work: Path,
-    history: list[dict[str, Any]], progress: ProgressFn | None, resume: Resume | None = None,
-) -> tuple[Any, int]:
+def _run_grpo(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
+              reward_fn: RewardFn) -> tuple[Any, int]:
     from datasets import Dataset
     from trl import GRPOTrainer
 
@@ -262,13 +279,13 @@ def _run_grpo(
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_fn,
-        args=grpo_config(profile, work / "grpo"),
+        args=grpo_config(run.profile, run.work / "grpo"),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=_lora_config(settings),
-        callbacks=[_recorder("grpo", settings.max_steps, history, progress)],
+        peft_config=_lora_config(run.profile),
+        callbacks=[_recorder("grpo", run.profile.max_steps, run.history, run.progress)],
     )
-    return _fit(trainer, "grpo", resume, history)
+    return _fit(trainer, "grpo", run.resume, run.history)
 
 
 def _summary(history: list[dict[str, Any]], last_phase: str) -> dict[str, float]:
@@ -317,6 +334,96 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _check_request(method: str, rows: Sequence[dict[str, Any]], reward_fn: RewardFn | None,
+                   profile: HyperParams) -> None:
+    """Refuse a run that cannot work before any library loads."""
+    try:
+        check_method(method)
+    except TrainingConfigError as exc:
+        raise TrainingError(str(exc)) from exc
+    _check_rows(method, rows)
+    if method != "sft" and reward_fn is None:
+        raise TrainingError(f"method {method} needs a reward function (make_reward_fn)")
+    if method != "sft" and prompts_per_step(profile) < 1:
+        raise TrainingError(
+            f"GRPO batch × grad_accum ({profile.grpo_batch * profile.grad_accum}) must "
+            f"be at least num_generations ({profile.num_generations})"
+        )
+
+
+def _import_training_stack() -> None:
+    """torch and transformers, imported before a run's clock starts: ``duration_s`` is the
+    training's, not the first import's."""
+    for name in ("torch", "transformers"):
+        importlib.import_module(name)
+
+
+def _start_run(method: str, profile: HyperParams, out_dir: Path, checkpoints: Path | None,
+               progress: ProgressFn | None, say: Callable[[str], None]) -> _Run:
+    """A resumable run (``checkpoints`` and ``profile.checkpoint_steps``) works in the
+    checkpoint folder; any other in a temporary sibling of ``out_dir``."""
+    resume = Resume(Path(checkpoints), say) if checkpoints and profile.checkpoint_steps \
+        else None
+    if resume is not None:
+        resume.root.mkdir(parents=True, exist_ok=True)
+        work = resume.root
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    return _Run(method, profile, work, resume, progress)
+
+
+def _load_base(model_path: Path) -> tuple[Any, Any]:
+    """The tokenizer and the model (float32) of ``model_path``."""
+    import torch
+    import transformers
+
+    # Left padding: GRPO generates from batches of prompts.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    return tokenizer, model
+
+
+def _resume_warm_start(run: _Run, warm: Path, say: Callable[[str], None]) -> Any:
+    """The finished SFT model of an ``sft+grpo`` run cut short; its logs and steps count."""
+    import torch
+    import transformers
+
+    say(f"resuming from the finished SFT warm start {warm}")
+    model = transformers.AutoModelForCausalLM.from_pretrained(warm, dtype=torch.float32)
+    saved = json.loads((warm / "history.json").read_text(encoding="utf-8"))
+    run.history.extend(saved["history"])
+    run.steps += saved["steps"]
+    return model
+
+
+def _train_phases(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
+                  reward_fn: RewardFn | None) -> Any:
+    """SFT and/or GRPO as the method says; the trained (merged) model."""
+    warm = run.work / SFT_MODEL
+    resume = run.resume
+    if run.method == "sft+grpo" and resume is not None and intact_model(warm, resume.say):
+        model = _resume_warm_start(run, warm, resume.say)
+    elif run.method in ("sft", "sft+grpo"):
+        model, done = _run_sft(run, model, tokenizer, rows)
+        run.steps += done
+        if run.method == "sft+grpo" and resume is not None:
+            _save_warm_start(model, tokenizer, warm, run.history, done)
+    if run.method in ("grpo", "sft+grpo"):
+        assert reward_fn is not None
+        model, done = _run_grpo(run, model, tokenizer, rows, reward_fn)
+        run.steps += done
+    return model
+
+
+def _save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)  # a run cut short while saving
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def train(
     method: str,
     model_path: Path,
@@ -351,88 +458,34 @@ def train(
     same folder resumes from the newest intact one (``say`` reports it); the folder is
     removed when the run completes.
     """
-    try:
-        settings = TrainSettings.from_profile(method, profile)
-    except TrainingConfigError as exc:
-        raise TrainingError(str(exc)) from exc
-    _check_rows(method, rows)
-    if method != "sft" and reward_fn is None:
-        raise TrainingError(f"method {method} needs a reward function (make_reward_fn)")
-    if method != "sft" and settings.prompts_per_step < 1:
-        raise TrainingError(
-            f"GRPO batch × grad_accum ({settings.grpo_batch_size * settings.grad_accum}) must "
-            f"be at least num_generations ({settings.num_generations})"
-        )
+    _check_request(method, rows, reward_fn, profile)
     model_path, out_dir = Path(model_path), Path(out_dir)
     if not (model_path / "config.json").is_file():
         raise TrainingError(f"'{model_path}' is not a Hugging Face model folder (no config.json)")
     _prepare_out_dir(out_dir)
-
-    import torch
-    import transformers
-
+    _import_training_stack()
     started = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    steps = 0
-    resume = Resume(Path(checkpoints), say) if checkpoints and profile.checkpoint_steps \
-        else None
-    if resume is not None:
-        resume.root.mkdir(parents=True, exist_ok=True)
-        work = resume.root
-    else:
-        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    run = _start_run(method, profile, out_dir, checkpoints, progress, say)
     try:
-        with _quiet_session(settings.threads):
-            # Left padding: GRPO generates from batches of prompts.
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                model_path, padding_side="left"
-            )
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=torch.float32
-            )
-            warm = work / SFT_MODEL
-            if method == "sft+grpo" and resume is not None and intact_model(warm, say):
-                say(f"resuming from the finished SFT warm start {warm}")
-                model = transformers.AutoModelForCausalLM.from_pretrained(
-                    warm, dtype=torch.float32)
-                saved = json.loads((warm / "history.json").read_text(encoding="utf-8"))
-                history.extend(saved["history"])
-                steps += saved["steps"]
-            elif method in ("sft", "sft+grpo"):
-                model, done = _run_sft(
-                    model, tokenizer, rows, profile, settings, work, history, progress, resume
-                )
-                steps += done
-                if method == "sft+grpo" and resume is not None:
-                    _save_warm_start(model, tokenizer, warm, history, done)
-            if method in ("grpo", "sft+grpo"):
-                assert reward_fn is not None
-                model, done = _run_grpo(
-                    model, tokenizer, rows, reward_fn, profile, settings, work, history,
-                    progress, resume,
-                )
-                steps += done
-            staged = work / "model"
-            if staged.exists():
-                shutil.rmtree(staged)  # a run cut short while saving
-            model.save_pretrained(staged)
-            tokenizer.save_pretrained(staged)
+        with _quiet_session(torch_threads(profile)):
+            tokenizer, model = _load_base(model_path)
+            model = _train_phases(run, model, tokenizer, rows, reward_fn)
+            staged = run.work / "model"
+            _save_model(model, tokenizer, staged)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staged, out_dir)
     finally:
-        if resume is None:
-            shutil.rmtree(work, ignore_errors=True)
-    if resume is not None:  # complete: its checkpoints are spent
-        shutil.rmtree(work, ignore_errors=True)
+        if run.resume is None:
+            shutil.rmtree(run.work, ignore_errors=True)
+    if run.resume is not None:  # complete: its checkpoints are spent
+        shutil.rmtree(run.work, ignore_errors=True)
     return TrainResult(
         out_dir=out_dir,
         method=method,
-        steps=steps,
+        steps=run.steps,
         duration_s=time.perf_counter() - started,
-        metrics=_summary(history, "grpo" if method != "sft" else "sft"),
-        history=history,
+        metrics=_summary(run.history, "grpo" if method != "sft" else "sft"),
+        history=run.history,
         versions=trainer_versions(),
     )

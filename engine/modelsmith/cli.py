@@ -362,9 +362,13 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
                 as_json: bool) -> None:
     """Write VERSION as a serving artifact in OUT: merged weights, tokenizer, and a manifest
     with the prompt contract, lineage and the rollback contract."""
+    from modelsmith.artifacts.dvc import ArtifactStore
     from modelsmith.serving.package import package
 
-    manifest = package(_workspace(ctx), specialist, version, out)
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    manifest = package(repo, ws.fleet, ws.registry(repo), ArtifactStore(ws.root), specialist,
+                       version, out)
     if as_json:
         _print_json(manifest)
         return
@@ -405,7 +409,8 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
     Versions follow the event log; concurrent requests to a version are batched."""
-    from modelsmith.serving.server import Service, make_server
+    from modelsmith.serving.http import make_server
+    from modelsmith.serving.service import Service
 
     if engine == "transformers" and device != "cpu":
         import torch
@@ -413,9 +418,11 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
         if not device.startswith("cuda") or not torch.cuda.is_available():
             raise click.ClickException(f"--device {device}: no such device here (cpu, or "
                                        "cuda[:N] on a machine with a CUDA GPU)")
-    service = Service(_workspace(ctx), window_s=window_s, max_batch=max_batch,
-                      max_wait_ms=batch_wait_ms, backend=engine, device=device, dtype=dtype,
-                      request_timeout_s=request_timeout_s)
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    service = Service(repo, ws.store, ws.registry(repo), window_s=window_s,
+                      max_batch=max_batch, max_wait_ms=batch_wait_ms, backend=engine,
+                      device=device, dtype=dtype, request_timeout_s=request_timeout_s)
     server = make_server(service, host, port, token=os.environ.get(token_env) or None)
     bound = server.server_address
     click.echo(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)
@@ -439,11 +446,13 @@ def mcp(ctx: click.Context) -> None:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise click.ClickException(f"modelsmith mcp needs the mcp package: pip install "
                                    f"'modelsmith[serve]' ({exc})") from None
-    from modelsmith.serving.server import Service
+    from modelsmith.serving.service import Service
 
-    service = Service(_workspace(ctx))
+    ws = _workspace(ctx)
+    repo = ws.specs()
+    service = Service(repo, ws.store, ws.registry(repo))
     try:
-        build(service).run("stdio")
+        build(service, ws.fleet).run("stdio")
     finally:
         service.close()
 

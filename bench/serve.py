@@ -29,7 +29,8 @@ from modelsmith.evaluation.stats import percentile
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promoted
 from modelsmith.inference.base import GenerationRequest
-from modelsmith.serving.server import Service, make_server
+from modelsmith.serving.http import make_server
+from modelsmith.serving.service import Service
 
 BIDS = [f"domain=site{i}.example ctr={i % 17 / 10:.1f}% floor=${i % 5}.00 format=banner"
         for i in range(64)]
@@ -53,7 +54,7 @@ def main() -> None:
         task = ws.specs().specialists["rtb-quality"].spec.task
 
         def serving(max_batch: int | None) -> tuple[Service, Any, int]:
-            service = Service(ws, max_batch=max_batch)
+            service = ws.service(max_batch=max_batch)
             httpd = make_server(service, port=0)
             threading.Thread(target=httpd.serve_forever, daemon=True).start()
             return service, httpd, httpd.server_address[1]

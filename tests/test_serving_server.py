@@ -13,11 +13,13 @@ import time
 
 import pytest
 
-from modelsmith.app import Modelsmith
 from modelsmith.artifacts.models import resolve_model
+from modelsmith.artifacts.registry import ModelRegistry
 from modelsmith.events.gitstore import GitEventStore
+from modelsmith.events.projection import fold
 from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promoted
-from modelsmith.serving.server import Service, make_server
+from modelsmith.serving.http import make_server
+from modelsmith.serving.service import Service
 from modelsmith.specs import load_repository
 
 openai = pytest.importorskip("openai")
@@ -37,13 +39,27 @@ def fleet(root, promotions):
                                                for p in [*events, *promotions]], 0)
 
 
+def service_of(root, **options):
+    """A service wired from the repository's own parts: its specs, its git event log, and
+    a registry of the log's candidates (their weights are in the work tree)."""
+    repo = load_repository(root)
+    store = GitEventStore(root)
+
+    def candidates(specialist):
+        state = fold(store).specialists.get(specialist)
+        return state.candidates if state else {}
+
+    registry = ModelRegistry(root, repo.clusters, candidates, pull=lambda _path: None)
+    return Service(repo, store, registry, **options)
+
+
 @pytest.fixture
 def server(demo_repo, tmp_path, monkeypatch):
     """v1 in production and v2 in shadow."""
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="production"),
                       Promoted(version="v2", stage="shadow")])
-    service = Service(Modelsmith.open(demo_repo))
+    service = service_of(demo_repo)
     httpd = make_server(service, port=0, token=TOKEN, max_body=4096)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield service, httpd.server_address[1]
@@ -130,7 +146,7 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
                       Promoted(version="v2", stage="production", previous="v1")])
     spec = demo_repo / "specialists" / "rtb-quality.yaml"
     spec.write_text(spec.read_text().replace("  production: null", "  production: v2"))
-    service = Service(Modelsmith.open(demo_repo))
+    service = service_of(demo_repo)
     httpd = make_server(service, port=0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     port = httpd.server_address[1]
@@ -215,8 +231,8 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="production"),
                       Promoted(version="v2", stage="shadow")])
-    service = Service(Modelsmith.open(demo_repo),
-                      backend_factory=lambda _specialist, version: Screener(version))
+    service = service_of(demo_repo,
+                         backend_factory=lambda _specialist, version: Screener(version))
     httpd = make_server(service, port=0, token=TOKEN)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     port = httpd.server_address[1]
@@ -246,7 +262,7 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
         # The same label is the same answer (" accept" and " ACCEPT"): 36 + 6 of 60 agree.
         assert shadow["metrics"]["agreement_rate"] == pytest.approx(42 / 60)
         # The shadow stage's traffic minimum and format floor now read live evidence.
-        state = service.ws.fleet().specialists["rtb-quality"]
+        state = fold(service.store).specialists["rtb-quality"]
         want = desired_state(service.repo)["rtb-quality"]
         canary = next(s for s in want.policy.stages if s.name == "canary")
         gates = {g.name: g for g in gates_for("rtb-quality", want, state, canary, "v2",
@@ -304,7 +320,7 @@ def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(d
     def broken(_specialist, version):
         raise InferenceError(f"weights of {version} are gone")
 
-    service = Service(Modelsmith.open(demo_repo), backend_factory=broken)
+    service = service_of(demo_repo, backend_factory=broken)
     httpd = make_server(service, port=0, token=TOKEN)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
@@ -387,7 +403,7 @@ def test_versions_the_split_no_longer_needs_are_unloaded(demo_repo, tmp_path, mo
         made[-1].close = lambda m=made[-1]: setattr(m, "closed", True)
         return made[-1]
 
-    service = Service(Modelsmith.open(demo_repo), backend_factory=screener)
+    service = service_of(demo_repo, backend_factory=screener)
 
     def ask():
         return service.complete({"model": "rtb-quality",
@@ -460,7 +476,7 @@ def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, mon
             release.wait(30)
             return super().generate(requests, progress)
 
-    service = Service(Modelsmith.open(demo_repo), backend_factory=lambda _s, v: Stuck(v),
+    service = service_of(demo_repo, backend_factory=lambda _s, v: Stuck(v),
                       request_timeout_s=0.5)
     httpd = make_server(service, port=0, token=TOKEN)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from modelsmith.inference.base import Backend
     from modelsmith.iterate.loop import LoopOptions, LoopParts, LoopResult
     from modelsmith.iterate.state import IterateState
+    from modelsmith.serving.service import Service
     from modelsmith.specs import Repository
     from modelsmith.training.service import TrainOutcome
 
@@ -759,13 +760,31 @@ class Modelsmith:
         """Write ``version`` as a serving artifact in ``out``; its manifest."""
         from modelsmith.serving.package import package
 
-        return package(self, specialist, version, out)
+        repo = self.specs()
+        return package(repo, self.fleet, self.registry(repo), self.artifacts, specialist,
+                       version, out)
 
-    def service(self, **options: Any) -> Any:
-        """The serving service (versions from the log's split, batching, metrics)."""
-        from modelsmith.serving.server import Service
+    def service(self, **options: Any) -> Service:
+        """The serving service (versions from the log's split, batching, metrics); the
+        options are :class:`~modelsmith.serving.service.Service`'s."""
+        from modelsmith.serving.service import Service
 
-        return Service(self, **options)
+        repo = self.specs()
+        return Service(repo, self.store, self.registry(repo), **options)
+
+    def server(self, host: str, port: int, *, token: str | None = None,
+               **options: Any) -> Any:
+        """The OpenAI-compatible HTTP server over :meth:`service` (not yet serving)."""
+        from modelsmith.serving.http import make_server
+
+        return make_server(self.service(**options), host, port, token=token)
+
+    def mcp_server(self) -> tuple[Any, Service]:
+        """The stdio MCP server over :meth:`service`, and the service to close after."""
+        from modelsmith.serving.mcp_server import build
+
+        service = self.service()
+        return build(service, self.fleet), service
 
     # -- onboarding -------------------------------------------------------------------
 

@@ -109,18 +109,16 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
     Versions follow the event log; concurrent requests to a version are batched."""
-    from modelsmith.serving.server import make_server
-
     if engine == "transformers" and device != "cpu":
         import torch
 
         if not device.startswith("cuda") or not torch.cuda.is_available():
             raise click.ClickException(f"--device {device}: no such device here (cpu, or "
                                        "cuda[:N] on a machine with a CUDA GPU)")
-    service = app(ctx).service(window_s=window_s, max_batch=max_batch,
-                               max_wait_ms=batch_wait_ms, backend=engine, device=device,
-                               dtype=dtype, request_timeout_s=request_timeout_s)
-    server = make_server(service, host, port, token=os.environ.get(token_env) or None)
+    server = app(ctx).server(host, port, token=os.environ.get(token_env) or None,
+                             window_s=window_s, max_batch=max_batch,
+                             max_wait_ms=batch_wait_ms, backend=engine, device=device,
+                             dtype=dtype, request_timeout_s=request_timeout_s)
     bound = server.server_address
     say(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)")
     try:
@@ -129,7 +127,7 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
         pass
     finally:
         server.server_close()
-        service.close()
+        server.service.close()
 
 
 @click.command()
@@ -139,12 +137,11 @@ def mcp(ctx: click.Context) -> None:
     """A stdio MCP server: one tool per specialist (structured answer, version, latency),
     plus fleet_status and evaluation_summary."""
     try:
-        from modelsmith.serving.mcp_server import build
+        server, service = app(ctx).mcp_server()
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise click.ClickException(f"modelsmith mcp needs the mcp package: pip install "
                                    f"'modelsmith[serve]' ({exc})") from None
-    service = app(ctx).service()
     try:
-        build(service).run("stdio")
+        server.run("stdio")
     finally:
         service.close()

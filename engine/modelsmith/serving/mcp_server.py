@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
+
+from .service import ServeError, Service
+
+if TYPE_CHECKING:
+    from mcp.server import MCPServer
+
+    from modelsmith.events.projection import FleetState
 
 #: Longest input a tool takes (the HTTP endpoint's body limit is 1 MiB).
 MAX_INPUT_CHARS = 100_000
@@ -29,8 +37,9 @@ class Answer(BaseModel):
     latency_ms: float
 
 
-def build(service: Any) -> Any:
-    """The MCP server for ``service`` (a :class:`~.server.Service`)."""
+def build(service: Service, fleet: Callable[[], FleetState]) -> MCPServer:
+    """The MCP server for ``service``; ``fleet`` folds the event log for the read-only
+    tools."""
     from mcp.server import MCPServer
 
     mcp = MCPServer("modelsmith", instructions="Domain specialists of this Modelsmith "
@@ -42,11 +51,11 @@ def build(service: Any) -> Any:
 
     def fleet_status() -> dict[str, Any]:
         """Which version holds production, canary and shadow, per specialist."""
-        return service.ws.fleet_status()
+        return fleet().to_dict()
 
     def evaluation_summary(specialist: str) -> dict[str, Any]:
         """The latest evaluation of ``specialist``: model, composite, held-out, event id."""
-        state = service.ws.fleet().specialists.get(specialist)
+        state = fleet().specialists.get(specialist)
         if specialist not in service.repo.specialists:
             from mcp.server.mcpserver.exceptions import ToolError
 
@@ -67,7 +76,7 @@ def build(service: Any) -> Any:
     return mcp
 
 
-def _specialist_tool(service: Any, name: str, spec: Any) -> Any:
+def _specialist_tool(service: Service, name: str, spec: Any) -> Callable[..., Answer]:
     output = spec.spec.task.output
     labels = list(getattr(output, "labels", None) or [])
 
@@ -75,8 +84,6 @@ def _specialist_tool(service: Any, name: str, spec: Any) -> Any:
         from mcp.server.mcpserver.exceptions import ToolError
 
         from modelsmith.evaluation.criteria import extract_label
-
-        from .server import ServeError
 
         if not input.strip():
             raise ToolError("input is empty")

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelsmith.errors import ModelsmithError
+
+if TYPE_CHECKING:
+    from modelsmith.artifacts.dvc import ArtifactStore
+    from modelsmith.artifacts.registry import ModelRegistry
+    from modelsmith.events.projection import FleetState
+    from modelsmith.specs import Repository
 
 MANIFEST = "modelsmith.json"
 
@@ -26,7 +33,7 @@ class PackageError(ModelsmithError, RuntimeError):
     """The artifact cannot be made; the message says why."""
 
 
-def fallback(fleet: Any, specialist: str, version: str) -> str | None:
+def fallback(fleet: FleetState, specialist: str, version: str) -> str | None:
     """The version to fall back to from ``version``: production now, when that is another
     version; else the one that held production before it; else its parent."""
     state = fleet.specialists.get(specialist)
@@ -43,32 +50,31 @@ def fallback(fleet: Any, specialist: str, version: str) -> str | None:
     return candidate.lineage.parent if candidate else None
 
 
-def package(ws: Any, specialist: str, version: str, out: Path) -> dict[str, Any]:
-    """Write the artifact for ``specialist`` ``version`` to ``out``; its manifest."""
-    from modelsmith.artifacts.dvc import ArtifactStore
-
+def package(repo: Repository, fleet: Callable[[], FleetState], registry: ModelRegistry,
+            artifacts: ArtifactStore, specialist: str, version: str,
+            out: Path) -> dict[str, Any]:
+    """Write the artifact for ``specialist`` ``version`` to ``out``; its manifest. ``fleet``
+    folds the event log (candidates, stages); ``artifacts`` hashes the weights."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PackageError(f"{out} exists and is not empty; pick another folder")
-    repo = ws.specs()
     spec = repo.specialists.get(specialist)
     if spec is None:
         raise PackageError(f"no specialist {specialist!r} (known: "
                            f"{', '.join(sorted(repo.specialists)) or 'none'})")
-    fleet = ws.fleet()
-    state = fleet.specialists.get(specialist)
+    folded = fleet()
+    state = folded.specialists.get(specialist)
     candidate = state.candidates.get(version) if state else None
     if candidate is None:
         known = ", ".join(state.candidates) if state else "none"
         raise PackageError(f"{specialist} has no candidate {version} (registered: {known})")
-    model = ws.candidate(repo, specialist, version)
-    artifacts = ArtifactStore(ws.root)
+    model = registry.candidate(specialist, version)
     digest = artifacts.content_hash(model.path)
     expected = candidate.lineage.weights_hash
     if expected and digest != expected:
         raise PackageError(f"{model.path} hashes to {digest}, not the {expected} its lineage "
                            "recorded: restore it (`dvc checkout`) before packaging")
-    back_to = fallback(fleet, specialist, version)
+    back_to = fallback(folded, specialist, version)
     back = state.candidates.get(back_to) if state and back_to else None
     task = spec.spec.task
     output = task.output
@@ -85,12 +91,18 @@ def package(ws: Any, specialist: str, version: str, out: Path) -> dict[str, Any]
         "rollback": {"version": back_to,
                      "artifact_hash": back.lineage.weights_hash if back else None},
     }
+    _write(model.path, manifest, out)
+    return manifest
+
+
+def _write(weights: Path, manifest: dict[str, Any], out: Path) -> None:
+    """The weights and the manifest into ``out``, staged beside it first: ``out`` holds a
+    whole artifact or nothing."""
     staged = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(model.path, staged, ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(weights, staged, ignore=shutil.ignore_patterns(".*"))
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                    encoding="utf-8")
     if out.exists():
         out.rmdir()
     staged.rename(out)
-    return manifest

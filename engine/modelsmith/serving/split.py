@@ -13,9 +13,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modelsmith.errors import ModelsmithError
+
+if TYPE_CHECKING:
+    from modelsmith.events.projection import Assignment as Held
+    from modelsmith.events.projection import FleetState
+    from modelsmith.events.store import EventStore
 
 #: Hash buckets: the canary share is resolved to 1/BUCKETS.
 BUCKETS = 10_000
@@ -65,10 +70,10 @@ class Stages:
         return Assignment(specialist, self.production, "production", self.shadow)
 
 
-def stages_of(fleet: Any, specialist: str) -> Stages:
+def stages_of(fleet: FleetState, specialist: str) -> Stages:
     state = fleet.specialists.get(specialist)
 
-    def held(stage: str) -> Any:
+    def held(stage: str) -> Held | None:
         return state.holder(stage) if state else None
 
     production, canary, shadow = held("production"), held("canary"), held("shadow")
@@ -82,14 +87,14 @@ def stages_of(fleet: Any, specialist: str) -> Stages:
 class TrafficSplit:
     """The split of every specialist, kept in step with the event log's tip."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._tip: str | None = None
-        self._fleet: Any = None
+        self._fleet: FleetState | None = None
         self.reloads = 0
 
-    def _current(self) -> Any:
+    def _current(self) -> FleetState:
         from modelsmith.events.projection import fold
 
         tip = self.store.tip()

@@ -1,49 +1,53 @@
-"""``modelsmith serve``: an OpenAI-compatible endpoint in front of the fleet.
+"""The serving service behind ``modelsmith serve`` and ``modelsmith mcp``.
 
-``POST /v1/chat/completions`` answers with a specialist (``model`` names it, or ``auto``
-lets the router pick from the last user message). Which *version* answers comes from the
-event log through the traffic split: production, or the canary for its share of request
-keys (the request's ``user`` field, else a fresh id); a shadow version gets a mirrored
-copy on a background thread and its answer is kept for comparison, never returned.
-``GET /v1/models`` lists the specialists, ``POST /v1/route`` shows the routing decision,
-``POST /v1/feedback`` scores an earlier response (``{"id", "score"}``), ``GET /metrics``
-is Prometheus text, ``GET /healthz`` says it is up. Every ``window_s`` the live metrics
-become ``MetricsObserved`` events (:mod:`.metrics`) -- what rollback and the stage gates
-read. Every answer is checked against the task's output contract (``format_rate``); a
-request that carries a ``reference`` (the expected answer, as a scenario's ``expected``) is
-also scored by the suite's rubric with the eval's own scorer (``rubric_score``,
-``pass_rate``) -- the live answer and the shadow's alike.
+A chat completion is answered by a specialist (``model`` names it, or ``auto`` lets the
+router pick from the last user message). Which *version* answers comes from the event log
+through the traffic split: production, or the canary for its share of request keys (the
+request's ``user`` field, else a fresh id); a shadow version gets a mirrored copy on a
+background thread and its answer is kept for comparison, never returned. Every
+``window_s`` the live metrics become ``MetricsObserved`` events (:mod:`.metrics`) -- what
+rollback and the stage gates read. Every answer is checked against the task's output
+contract (``format_rate``); a request that carries a ``reference`` (the expected answer, as
+a scenario's ``expected``) is also scored by the suite's rubric with the eval's own scorer
+(``rubric_score``, ``pass_rate``) -- the live answer and the shadow's alike.
 
-Loopback by default; with a token every request needs ``Authorization: Bearer <token>``.
-Bodies over the size limit, malformed JSON, unknown models and bad fields get a 4xx with an
-OpenAI-style JSON error, and the server keeps serving. One model load per version, shared
-by all requests; concurrent requests to a version are coalesced into batched backend calls
-(:mod:`.batching`).
+One model load per version, shared by all requests; concurrent requests to a version are
+coalesced into batched backend calls (:mod:`.batching`). A bad request is a
+:class:`ServeError` carrying the HTTP status and an OpenAI-style error body (:mod:`.http`
+sends it).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelsmith.errors import ModelsmithError
+from modelsmith.errors import InferenceError, ModelsmithError
+from modelsmith.inference.base import GenerationRequest
 
 from .batching import Batcher, BatcherClosed
 from .live_scoring import LiveScorer
+from .metrics import LiveMetrics
 from .router import NoRoute, Request, Router
-from .split import NoVersion, TrafficSplit
+from .split import Assignment, NoVersion, TrafficSplit
 
-#: Bodies larger than this are refused (413).
-MAX_BODY = 1 << 20
+if TYPE_CHECKING:
+    from modelsmith.artifacts.registry import ModelRegistry
+    from modelsmith.events.store import EventStore
+    from modelsmith.inference.base import Backend, Generation
+    from modelsmith.specs import Repository
+
 #: Completion tokens when the request does not say, per output kind (as the eval uses).
 DEFAULT_MAX_TOKENS = {"label": 4, "json": 256, "text": 128}
 MAX_TOKENS = 1024
+
+#: Loads a version: (specialist, version) -> its backend.
+BackendFactory = Callable[[str, str], "Backend"]
 
 
 class ServeError(ModelsmithError):
@@ -57,26 +61,27 @@ class ServeError(ModelsmithError):
 
 
 class Service:
-    """What the HTTP handler calls: routing, the split, the backends."""
+    """Routing, the traffic split, the loaded versions and the live metrics: what the HTTP
+    handler and the MCP tools call.
 
-    def __init__(self, ws: Any, *, backend_factory: Any = None,
+    ``repo`` is the loaded specs (specialists, routing, suites); ``store`` the event log the
+    split follows and the metrics windows are recorded to; ``registry`` turns a version
+    into weights (and builds a judge model for rubrics that have one). ``backend_factory``
+    replaces loading a version through the registry (tests pass fakes).
+    """
+
+    def __init__(self, repo: Repository, store: EventStore, registry: ModelRegistry, *,
+                 backend_factory: BackendFactory | None = None,
                  window_s: float | None = None, max_batch: int | None = None,
                  max_wait_ms: float = 0.0, backend: str | None = None,
                  device: str = "cpu", dtype: str = "float32",
                  request_timeout_s: float | None = 120.0) -> None:
-        from .metrics import LiveMetrics
-
-        self.ws = ws
+        self.repo = repo
+        self.store = store
+        self.registry = registry
         self.metrics = LiveMetrics()
-        self._stop = threading.Event()
-        self._flusher = None
-        if window_s:
-            self._flusher = threading.Thread(target=self._flush_every, args=(window_s,),
-                                             daemon=True, name="metrics-flush")
-            self._flusher.start()
-        self.repo = ws.specs()
-        self.router = Router.from_table(self.repo.routing)
-        self.split = TrafficSplit(ws.store)
+        self.router = Router.from_table(repo.routing)
+        self.split = TrafficSplit(store)
         self._backends: dict[tuple[str, str], Batcher] = {}
         self._loading = threading.Lock()
         self._make = backend_factory or self._load_backend
@@ -94,12 +99,19 @@ class Service:
         self._seen_reloads = -1
         #: (specialist, version) unloaded because the split stopped needing them.
         self.retired: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if window_s:
+            self._flusher = threading.Thread(target=self._flush_every, args=(window_s,),
+                                             daemon=True, name="metrics-flush")
+            self._flusher.start()
 
-    def _load_backend(self, specialist: str, version: str) -> Any:
+    def _load_backend(self, specialist: str, version: str) -> Backend:
         from modelsmith.inference import make_backend
 
-        model = self.ws.candidate(self.repo, specialist, version)
-        return make_backend(str(model.path), self.repo.clusters, repo_root=self.ws.root,
+        model = self.registry.candidate(specialist, version)
+        return make_backend(str(model.path), self.registry.clusters,
+                            repo_root=self.registry.root,
                             chat_template=model.base.chat_template,
                             batch_size=self._batching["max_batch"] or 16, **self._engine)
 
@@ -117,8 +129,6 @@ class Service:
                 found = self._backends.get(key)
                 if found is not None:
                     return found
-            from modelsmith.inference.base import InferenceError
-
             try:
                 loaded = self._make(specialist, version)
             except InferenceError as exc:
@@ -144,7 +154,7 @@ class Service:
         for batcher in retired:
             threading.Thread(target=batcher.close, daemon=True, name="retire").start()
 
-    def backend(self, specialist: str, version: str) -> Any:
+    def backend(self, specialist: str, version: str) -> Backend:
         """The loaded model behind ``version`` (unbatched: for comparisons)."""
         return self.batcher(specialist, version).backend
 
@@ -158,8 +168,8 @@ class Service:
         from modelsmith.evaluation.judge import BackendJudge
         from modelsmith.inference import make_backend
 
-        return BackendJudge(lambda ref: make_backend(ref, self.repo.clusters,
-                                                     repo_root=self.ws.root))
+        return BackendJudge(lambda ref: make_backend(ref, self.registry.clusters,
+                                                     repo_root=self.registry.root))
 
     def settle(self, timeout: float = 60.0) -> None:
         """Wait for the shadows and scores of the requests answered so far."""
@@ -173,7 +183,7 @@ class Service:
 
     def flush(self) -> list[Any]:
         """Record the current window as ``MetricsObserved`` events."""
-        return self.metrics.flush(self.ws.store)
+        return self.metrics.flush(self.store)
 
     def feedback(self, body: dict[str, Any]) -> dict[str, Any]:
         response_id, score = body.get("id"), body.get("score")
@@ -225,68 +235,61 @@ class Service:
         return decision.specialist, decision.rule
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        model = body.get("model")
-        messages = body.get("messages")
-        if not isinstance(model, str) or not model:
-            raise ServeError(400, "'model' must be a specialist name or 'auto'",
-                             code="invalid_model")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-            raise ServeError(400, "'messages' must be a non-empty list of {role, content}",
-                             code="invalid_messages")
-        users = [m["content"] for m in messages if m.get("role") == "user"]
-        if not users:
-            raise ServeError(400, "'messages' has no user message", code="invalid_messages")
-        text = users[-1]
-        rule = None
-        if model == "auto":
-            specialist, rule = self._route(text, body.get("metadata"), None)
-        elif model in self.repo.specialists:
-            specialist = model
-        else:
-            raise ServeError(404, f"the model '{model}' does not exist (specialists: "
-                             f"{', '.join(sorted(self.repo.specialists))}, or auto)",
-                             code="model_not_found")
-        user = body.get("user")
-        key = user if isinstance(user, str) and user else uuid.uuid4().hex
+        """Answer a chat completion ``body`` (OpenAI's request shape) with the specialist it
+        names or the router picks, at the version the split gives its request key."""
+        model, text = chat_input(body)
+        specialist, rule = self._specialist(model, text, body.get("metadata"))
         task = self.repo.specialists[specialist].spec.task
-        from modelsmith.inference.base import GenerationRequest
-
+        key = request_key(body)
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
                                     **sampling(body, task.output.kind))
         reference = body.get("reference")
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
         assignment, batcher, generation = self._generate(specialist, key, request)
-        latency_ms = (time.perf_counter() - started) * 1000
+        self._observe(response_id, assignment, generation,
+                      (time.perf_counter() - started) * 1000)
+        self._beside(assignment, batcher, request, generation.text, reference)
+        return completion(response_id, assignment, rule, generation,
+                          batcher.count_tokens(request.prompt))
+
+    def _specialist(self, model: str, text: str, meta: Any) -> tuple[str, str | None]:
+        """The specialist ``model`` names, or the router's pick for ``auto`` (and its
+        rule)."""
+        if model == "auto":
+            return self._route(text, meta, None)
+        if model in self.repo.specialists:
+            return model, None
+        raise ServeError(404, f"the model '{model}' does not exist (specialists: "
+                         f"{', '.join(sorted(self.repo.specialists))}, or auto)",
+                         code="model_not_found")
+
+    def _observe(self, response_id: str, assignment: Assignment, generation: Generation,
+                 latency_ms: float) -> None:
+        """Count the answer in the live metrics (with its format check); a failed
+        generation is then a 502."""
+        specialist, version = assignment.specialist, assignment.version
         scorer = self.scorer(specialist)
-        self.metrics.request(response_id, specialist, assignment.version, assignment.stage,
-                             latency_ms, bool(generation.error),
-                             format_ok=None if generation.error
-                             else scorer.score(generation.text).format_ok)
+        format_ok = None if generation.error else scorer.score(generation.text).format_ok
+        self.metrics.request(response_id, specialist, version, assignment.stage,
+                             latency_ms, bool(generation.error), format_ok=format_ok)
         if generation.error:
-            raise ServeError(502, f"{specialist} {assignment.version} failed: "
-                             f"{generation.error}", kind="server_error")
+            raise ServeError(502, f"{specialist} {version} failed: {generation.error}",
+                             kind="server_error")
+
+    def _beside(self, assignment: Assignment, batcher: Batcher, request: GenerationRequest,
+                answered: str, reference: Any) -> None:
+        """Start what is worked out beside the answer: its rubric score when the request
+        carried a reference, the shadow's answer when there is a shadow."""
+        specialist = assignment.specialist
         if reference is not None:
             self._aside(self._score, (specialist, assignment.version, assignment.stage),
-                        batcher, generation.text, reference)
+                        batcher, answered, reference)
         if assignment.shadow:
-            self._aside(self._shadow, specialist, assignment, request, generation.text,
-                        reference)
-        prompt_tokens = batcher.count_tokens(request.prompt)
-        return {
-            "id": response_id, "object": "chat.completion",
-            "created": int(time.time()), "model": specialist,
-            "choices": [{"index": 0, "finish_reason": generation.finish_reason,
-                         "message": {"role": "assistant", "content": generation.text}}],
-            "usage": {"prompt_tokens": prompt_tokens,
-                      "completion_tokens": generation.completion_tokens,
-                      "total_tokens": prompt_tokens + generation.completion_tokens},
-            "modelsmith": {"version": assignment.version, "stage": assignment.stage,
-                           "rule": rule, "shadow": assignment.shadow},
-        }
+            self._aside(self._shadow, specialist, assignment, request, answered, reference)
 
-    def _generate(self, specialist: str, key: str, request: Any) -> tuple[Any, Batcher, Any]:
+    def _generate(self, specialist: str, key: str,
+                  request: GenerationRequest) -> tuple[Assignment, Batcher, Generation]:
         """The split's version for ``key`` answers ``request``. A version retired between
         the lookup and the call (the log moved) sends the request to the split again."""
         for _ in range(3):
@@ -332,8 +335,8 @@ class Service:
             return
         self.metrics.rubric(key, scored.score, scored.passed)
 
-    def _shadow(self, specialist: str, assignment: Any, request: Any, answered: str,
-                reference: Any) -> None:
+    def _shadow(self, specialist: str, assignment: Assignment, request: GenerationRequest,
+                answered: str, reference: Any) -> None:
         """The shadow's answer to the same request, kept beside the one returned and
         scored as the live one is (format, and the rubric when there is a reference)."""
         started = time.perf_counter()
@@ -358,6 +361,29 @@ class Service:
                                 "shadow_answer": text, "agree": agree,
                                 "error": error,
                                 "rubric_score": scored.score if scored else None})
+
+
+def chat_input(body: dict[str, Any]) -> tuple[str, str]:
+    """The model a chat completion body names and its last user message, checked."""
+    model = body.get("model")
+    messages = body.get("messages")
+    if not isinstance(model, str) or not model:
+        raise ServeError(400, "'model' must be a specialist name or 'auto'",
+                         code="invalid_model")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        raise ServeError(400, "'messages' must be a non-empty list of {role, content}",
+                         code="invalid_messages")
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    if not users:
+        raise ServeError(400, "'messages' has no user message", code="invalid_messages")
+    return model, users[-1]
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """What the canary split hashes: the request's ``user``, else a fresh id."""
+    user = body.get("user")
+    return user if isinstance(user, str) and user else uuid.uuid4().hex
 
 
 def sampling(body: dict[str, Any], output_kind: str) -> dict[str, Any]:
@@ -397,121 +423,17 @@ def sampling(body: dict[str, Any], output_kind: str) -> dict[str, Any]:
     return settings
 
 
-def chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
-    """A finished completion as the ``chat.completion.chunk`` events of a stream: the
-    role, the content, then the finish reason (and usage, as OpenAI sends it last)."""
-    choice = response["choices"][0]
-    head = {"id": response["id"], "object": "chat.completion.chunk",
-            "created": response["created"], "model": response["model"]}
-    return [
-        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                              "finish_reason": None}],
-         "modelsmith": response["modelsmith"]},
-        {**head, "choices": [{"index": 0, "delta": {"content": choice["message"]["content"]},
-                              "finish_reason": None}]},
-        {**head, "choices": [{"index": 0, "delta": {},
-                              "finish_reason": choice["finish_reason"]}],
-         "usage": response["usage"]},
-    ]
-
-
-def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
-                token: str | None = None, max_body: int = MAX_BODY) -> ThreadingHTTPServer:
-    """A threading HTTP server for ``service`` (``serve_forever`` runs it)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "modelsmith"
-
-        def log_message(self, *args: Any) -> None:  # quiet; metrics say what happened
-            pass
-
-        def _send(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _stream(self, events: list[dict[str, Any]]) -> None:
-            """Server-sent events, as OpenAI streams; the answer is whole before the first
-            event (a specialist's answers are a few tokens), then the connection closes."""
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            for event in events:
-                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.close_connection = True
-
-        def _authorised(self) -> bool:
-            return token is None or self.headers.get("Authorization") == f"Bearer {token}"
-
-        def _body(self) -> dict[str, Any]:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                raise ServeError(400, "bad Content-Length") from None
-            if length > max_body:
-                self.close_connection = True
-                raise ServeError(413, f"the body has {length} bytes; the limit is {max_body}",
-                                 code="body_too_large")
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise ServeError(400, f"the body is not JSON: {exc}", code="invalid_json") \
-                    from None
-            if not isinstance(body, dict):
-                raise ServeError(400, "the body must be a JSON object", code="invalid_json")
-            return body
-
-        def _handle(self, method: str) -> None:
-            path = self.path.split("?", 1)[0].rstrip("/")
-            try:
-                if path == "/healthz" and method == "GET":
-                    self._send(200, {"ok": True})
-                    return
-                if not self._authorised():
-                    raise ServeError(401, "missing or wrong bearer token",
-                                     kind="authentication_error", code="invalid_api_key")
-                if path == "/metrics" and method == "GET":
-                    data = service.metrics.prometheus().encode("utf-8")
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain; version=0.0.4")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                elif path == "/v1/models" and method == "GET":
-                    self._send(200, service.models())
-                elif path == "/v1/feedback" and method == "POST":
-                    self._send(200, service.feedback(self._body()))
-                elif path == "/v1/chat/completions" and method == "POST":
-                    body = self._body()
-                    stream = body.get("stream", False)
-                    if not isinstance(stream, bool):
-                        raise ServeError(400, "'stream' must be true or false",
-                                         code="invalid_stream")
-                    answer = service.complete(body)
-                    if stream:
-                        self._stream(chunks(answer))
-                    else:
-                        self._send(200, answer)
-                elif path == "/v1/route" and method == "POST":
-                    self._send(200, service.route(self._body()))
-                else:
-                    raise ServeError(404, f"no endpoint {method} {path}", code="not_found")
-            except ServeError as exc:
-                self._send(exc.status, exc.body())
-            except Exception as exc:  # the server keeps serving
-                self._send(500, ServeError(500, f"{type(exc).__name__}: {exc}",
-                                           kind="server_error").body())
-
-        def do_GET(self) -> None:
-            self._handle("GET")
-
-        def do_POST(self) -> None:
-            self._handle("POST")
-
-    return ThreadingHTTPServer((host, port), Handler)
+def completion(response_id: str, assignment: Assignment, rule: str | None,
+               generation: Generation, prompt_tokens: int) -> dict[str, Any]:
+    """The ``chat.completion`` body of an answer, with what served it (``modelsmith``)."""
+    return {
+        "id": response_id, "object": "chat.completion",
+        "created": int(time.time()), "model": assignment.specialist,
+        "choices": [{"index": 0, "finish_reason": generation.finish_reason,
+                     "message": {"role": "assistant", "content": generation.text}}],
+        "usage": {"prompt_tokens": prompt_tokens,
+                  "completion_tokens": generation.completion_tokens,
+                  "total_tokens": prompt_tokens + generation.completion_tokens},
+        "modelsmith": {"version": assignment.version, "stage": assignment.stage,
+                       "rule": rule, "shadow": assignment.shadow},
+    }

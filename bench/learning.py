@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the scratch fork")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "engine"))
-    from modelsmith.demo import prepare_fork
+    from modelsmith.app.scaffold import prepare_fork
     from modelsmith.specs import load_repository
 
     fork = Path(tempfile.mkdtemp(prefix="modelsmith-learning-"))

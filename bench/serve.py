@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from modelsmith.app import Modelsmith
+from modelsmith.app.scaffold import embedded_defaults, prepare_fork
 from modelsmith.artifacts.models import resolve_model
-from modelsmith.demo import embedded_defaults, prepare_fork
 from modelsmith.evaluation.stats import percentile
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promoted

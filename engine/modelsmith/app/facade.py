@@ -281,22 +281,22 @@ class Modelsmith:
     @staticmethod
     def init(dest: Path) -> None:
         """Scaffold a new Modelsmith repository in ``dest`` from the embedded defaults."""
-        from modelsmith.demo import embedded_defaults, scaffold
+        from .scaffold import embedded_defaults, scaffold
 
-        scaffold(embedded_defaults(Path(__file__).resolve().parent), dest)
+        scaffold(embedded_defaults(Path(__file__).resolve().parents[1]), dest)
 
     @staticmethod
     def defaults(start: Path) -> Path:
         """The declarative files to fork: the Modelsmith repository at or above ``start``,
         else the copy installed with the package."""
-        from modelsmith.demo import embedded_defaults
+        from .scaffold import embedded_defaults
 
         return embedded_defaults(start)
 
     @staticmethod
     def fork(source: Path, dest: Path) -> Modelsmith:
         """A scratch fork of ``source``'s declarative files in ``dest``, committed."""
-        from modelsmith.demo import prepare_fork
+        from .scaffold import prepare_fork
 
         prepare_fork(source, dest)
         return Modelsmith(dest)
@@ -791,7 +791,7 @@ class Modelsmith:
     def doctor(self, *, model: str | None = None, with_model: bool = True,
                specialist: str | None = None) -> Iterator[Any]:
         """Onboarding checks, one at a time as they finish."""
-        from modelsmith.doctor import run_checks
+        from .doctor import run_checks
 
         return run_checks(self.root, model=model, with_model=with_model,
                           specialist=specialist)
@@ -809,5 +809,3 @@ def _keep_what_stands(result: ReconcileResult, synced: SyncResult) -> None:
         result.pending = synced.replans[-1].pending
 
 
-__all__ = ["Evaluation", "Modelsmith", "Reconciliation", "Rollback",
-           "Training"]

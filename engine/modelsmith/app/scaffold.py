@@ -27,7 +27,7 @@ def embedded_defaults(start: Path) -> Path:
     for folder in (start, *start.parents):
         if _holds_defaults(folder):
             return folder
-    packaged = Path(__file__).resolve().parent / "defaults"
+    packaged = Path(__file__).resolve().parents[1] / "defaults"
     if _holds_defaults(packaged):
         return packaged
     raise WorkspaceError(

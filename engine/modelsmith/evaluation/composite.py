@@ -275,81 +275,22 @@ def compute_report(
 
     Raises ``ValueError`` when two runs share split, scenario id and variant.
     """
-    seen: set[tuple[str, str, int | None]] = set()
-    for run in runs:
-        key = (run.split, run.id, run.variant)
-        if key in seen:
-            raise ValueError(
-                f"duplicate run: scenario '{run.id}' ({run.split}, variant {run.variant})"
-            )
-        seen.add(key)
-
+    _check_unique_runs(runs)
     core_runs = [run for run in runs if run.split == "core"]
     own = [run for run in core_runs if run.variant is None]
     variants = [run for run in core_runs if run.variant is not None]
     heldout_runs = [run for run in runs if run.split == "heldout" and run.variant is None]
 
-    # Per-scenario units for the bootstrap: (own sum, own count, variant sum, variant count).
-    units: dict[str, list[float]] = {}
-    for run in core_runs:
-        unit = units.setdefault(run.id, [0.0, 0, 0.0, 0])
-        offset = 0 if run.variant is None else 2
-        unit[offset] += run.score
-        unit[offset + 1] += 1
-
     core = mean([run.score for run in own]) if own else None
     robustness = mean([run.score for run in variants]) if variants else None
     micro, micro_parts = _micro(suite, core_runs)
-
-    declared = suite.spec.weights
     values = {"core": core, "robustness": robustness, "micro": micro}
-    weights = _redistribute(
-        {"core": declared.core, "robustness": declared.robustness, "micro": declared.micro},
-        {part: value is not None for part, value in values.items()},
+    weights = _weights(suite, values)
+    composite = _composite(weights, values)
+    core_ci, robustness_ci, composite_ci = _part_intervals(
+        core_runs, values, weights, composite, n_resamples=n_resamples, level=level, seed=seed
     )
-    if any(weights[part] > 0 for part in PARTS):
-        composite = math.fsum(weights[p] * values[p] for p in PARTS if weights[p] > 0)
-    else:
-        composite = math.nan
-
-    core_ci = robustness_ci = composite_ci = None
-    if units:
-        core_stats, rob_stats, comp_stats = _scenario_bootstrap(
-            list(units.values()), weights, micro, n_resamples=n_resamples, seed=seed
-        )
-        if core is not None:
-            core_ci = _ci_or_none(percentile_interval(core_stats, level))
-        if robustness is not None:
-            robustness_ci = _ci_or_none(percentile_interval(rob_stats, level))
-        if not math.isnan(composite):
-            composite_ci = _ci_or_none(percentile_interval(comp_stats, level))
-
-    own_by_id = {run.id: run for run in own}
-    variant_passes: dict[str, list[bool]] = {}
-    for run in variants:
-        variant_passes.setdefault(run.id, []).append(run.passed)
-    agreeing = [
-        all(passed == own_by_id[scenario].passed for passed in passes)
-        for scenario, passes in variant_passes.items()
-        if scenario in own_by_id
-    ]
-
-    by_tag: dict[str, list[float]] = {}
-    for run in own:
-        for tag in dict.fromkeys(run.tags):
-            by_tag.setdefault(tag, []).append(run.score)
-    slices = {
-        tag: {
-            "score": mean(scores),
-            "n": len(scores),
-            "ci": _ci_or_none(
-                bootstrap_ci(scores, n_resamples=n_resamples, level=level, seed=seed)
-            ),
-        }
-        for tag, scores in sorted(by_tag.items())
-    }
-
-    heldout_scores = [run.score for run in heldout_runs]
+    heldout, heldout_ci = _heldout(heldout_runs, n_resamples=n_resamples, level=level, seed=seed)
     return EvalReport(
         composite=composite,
         composite_ci=composite_ci,
@@ -359,15 +300,11 @@ def compute_report(
         robustness_ci=robustness_ci,
         micro=micro,
         micro_parts=micro_parts,
-        heldout=mean(heldout_scores) if heldout_scores else None,
-        heldout_ci=_ci_or_none(
-            bootstrap_ci(heldout_scores, n_resamples=n_resamples, level=level, seed=seed)
-        )
-        if heldout_scores
-        else None,
+        heldout=heldout,
+        heldout_ci=heldout_ci,
         pass_rate=mean([1.0 if run.passed else 0.0 for run in own]) if own else None,
-        consistency=mean([1.0 if ok else 0.0 for ok in agreeing]) if agreeing else None,
-        slices=slices,
+        consistency=_consistency(own, variants),
+        slices=_slices(own, n_resamples=n_resamples, level=level, seed=seed),
         n_core=len(own),
         n_variants=len(variants),
         n_heldout=len(heldout_runs),
@@ -378,6 +315,111 @@ def compute_report(
         seed=seed,
         pass_threshold=suite.spec.pass_threshold,
     )
+
+
+def _check_unique_runs(runs: Sequence[ScenarioRun]) -> None:
+    seen: set[tuple[str, str, int | None]] = set()
+    for run in runs:
+        key = (run.split, run.id, run.variant)
+        if key in seen:
+            raise ValueError(
+                f"duplicate run: scenario '{run.id}' ({run.split}, variant {run.variant})"
+            )
+        seen.add(key)
+
+
+def _weights(suite: EvalSuite, values: dict[str, float | None]) -> dict[str, float]:
+    """The suite's declared weights, redistributed over the parts that apply."""
+    declared = suite.spec.weights
+    return _redistribute(
+        {"core": declared.core, "robustness": declared.robustness, "micro": declared.micro},
+        {part: value is not None for part, value in values.items()},
+    )
+
+
+def _composite(weights: dict[str, float], values: dict[str, float | None]) -> float:
+    """The weighted sum of the parts; ``nan`` when no part weighs anything."""
+    if any(weights[part] > 0 for part in PARTS):
+        return math.fsum(weights[p] * values[p] for p in PARTS if weights[p] > 0)
+    return math.nan
+
+
+def _part_intervals(
+    core_runs: Sequence[ScenarioRun],
+    values: dict[str, float | None],
+    weights: dict[str, float],
+    composite: float,
+    *,
+    n_resamples: int,
+    level: float,
+    seed: int,
+) -> tuple[Interval | None, Interval | None, Interval | None]:
+    """Core, robustness and composite intervals from resampled core scenarios."""
+    # Per-scenario units for the bootstrap: (own sum, own count, variant sum, variant count).
+    units: dict[str, list[float]] = {}
+    for run in core_runs:
+        unit = units.setdefault(run.id, [0.0, 0, 0.0, 0])
+        offset = 0 if run.variant is None else 2
+        unit[offset] += run.score
+        unit[offset + 1] += 1
+    core_ci = robustness_ci = composite_ci = None
+    if units:
+        core_stats, rob_stats, comp_stats = _scenario_bootstrap(
+            list(units.values()), weights, values["micro"], n_resamples=n_resamples, seed=seed
+        )
+        if values["core"] is not None:
+            core_ci = _ci_or_none(percentile_interval(core_stats, level))
+        if values["robustness"] is not None:
+            robustness_ci = _ci_or_none(percentile_interval(rob_stats, level))
+        if not math.isnan(composite):
+            composite_ci = _ci_or_none(percentile_interval(comp_stats, level))
+    return core_ci, robustness_ci, composite_ci
+
+
+def _consistency(own: list[ScenarioRun], variants: list[ScenarioRun]) -> float | None:
+    """Share of scenarios with variants whose every variant passed or failed as its own input
+    did; ``None`` when no scenario has both."""
+    own_by_id = {run.id: run for run in own}
+    variant_passes: dict[str, list[bool]] = {}
+    for run in variants:
+        variant_passes.setdefault(run.id, []).append(run.passed)
+    agreeing = [
+        all(passed == own_by_id[scenario].passed for passed in passes)
+        for scenario, passes in variant_passes.items()
+        if scenario in own_by_id
+    ]
+    return mean([1.0 if ok else 0.0 for ok in agreeing]) if agreeing else None
+
+
+def _heldout(
+    heldout_runs: list[ScenarioRun], *, n_resamples: int, level: float, seed: int
+) -> tuple[float | None, Interval | None]:
+    """Mean held-out score and its interval over the runs; ``None`` for both without any."""
+    scores = [run.score for run in heldout_runs]
+    if not scores:
+        return None, None
+    ci = _ci_or_none(bootstrap_ci(scores, n_resamples=n_resamples, level=level, seed=seed))
+    return mean(scores), ci
+
+
+def _slices(
+    own: list[ScenarioRun], *, n_resamples: int, level: float, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Tag -> score, n and interval of the own-input core runs carrying that tag."""
+    by_tag: dict[str, list[float]] = {}
+    for run in own:
+        for tag in dict.fromkeys(run.tags):
+            by_tag.setdefault(tag, []).append(run.score)
+    return {
+        tag: {
+            "score": mean(scores),
+            "n": len(scores),
+            "ci": _ci_or_none(
+                bootstrap_ci(scores, n_resamples=n_resamples, level=level, seed=seed)
+            ),
+        }
+        for tag, scores in sorted(by_tag.items())
+    }
 
 
 def _scenario_bootstrap(

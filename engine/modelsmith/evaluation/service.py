@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from modelsmith.evaluation.composite import (
     EvalReport,
@@ -72,9 +73,7 @@ def evaluate(
     recorder = None
     if store is not None:
         recorder = Recorder(store, specialist, actor=actor, cause=commit, scope=scope)
-        earlier = recorder.recorded("EvalStarted")
-        if earlier is not None:  # this evaluation was started before and cut short
-            run_id = str(earlier.data["run_id"])
+        run_id = _started_run_id(recorder, run_id)
         recorder.record(EvalStarted(version=version, model=model_ref, suite=suite.name,
                                     suite_hash=suite.suite_hash, run_id=run_id,
                                     backend=backend.name))
@@ -86,36 +85,45 @@ def evaluate(
     event = None
     if recorder is not None:
         summary = report.to_dict()  # rounded, NaN as None: fit for the event
-        payload = EvalCompleted(
-            version=version,
-            model=model_ref,
-            suite=suite.name,
-            suite_hash=suite.suite_hash,
-            run_id=run_id,
-            composite=summary["composite"] or 0.0,
-            core=summary["core"],
-            robustness=summary["robustness"],
-            micro=summary["micro"],
-            heldout=summary["heldout"],
-            ci=_interval(summary["composite_ci"]),
-            heldout_ci=_interval(summary["heldout_ci"]),
-            pass_rate=summary["pass_rate"],
-            slices={tag: s["score"] for tag, s in summary["slices"].items()
-                    if s.get("score") is not None},
-            scenarios=report.n_core + report.n_heldout,
-            failed=len(report.failed_ids),
-            limit=settings.limit,
-            backend=backend.name,
-            commit=commit,
-            duration_s=round(duration, 3),
-            warnings=warnings,
-        )
-        evidence = {
-            RESULTS: runs_to_jsonl(runs),
-            REPORT: json.dumps(summary, indent=1, sort_keys=True).encode(),
-        }
-        event = recorder.record(payload, evidence=evidence)
+        payload = EvalCompleted(version=version, model=model_ref, suite=suite.name,
+                                suite_hash=suite.suite_hash, run_id=run_id,
+                                **_scores(summary, report), limit=settings.limit,
+                                backend=backend.name, commit=commit,
+                                duration_s=round(duration, 3), warnings=warnings)
+        event = recorder.record(payload, evidence=_evidence(runs, summary))
     return EvalOutcome(report, runs, event, model_ref, duration, warnings)
+
+
+def _started_run_id(recorder: Recorder, fresh: str) -> str:
+    """The run id of this evaluation when it was started before and cut short, else ``fresh``."""
+    earlier = recorder.recorded("EvalStarted")
+    return fresh if earlier is None else str(earlier.data["run_id"])
+
+
+def _scores(summary: dict[str, Any], report: EvalReport) -> dict[str, Any]:
+    """The scores an ``EvalCompleted`` carries, from the report's JSON-safe ``summary``."""
+    return {
+        "composite": summary["composite"] or 0.0,
+        "core": summary["core"],
+        "robustness": summary["robustness"],
+        "micro": summary["micro"],
+        "heldout": summary["heldout"],
+        "ci": _interval(summary["composite_ci"]),
+        "heldout_ci": _interval(summary["heldout_ci"]),
+        "pass_rate": summary["pass_rate"],
+        "slices": {tag: s["score"] for tag, s in summary["slices"].items()
+                   if s.get("score") is not None},
+        "scenarios": report.n_core + report.n_heldout,
+        "failed": len(report.failed_ids),
+    }
+
+
+def _evidence(runs: list[ScenarioRun], summary: dict[str, Any]) -> dict[str, bytes]:
+    """The files an ``EvalCompleted`` commit holds: every run, and the report."""
+    return {
+        RESULTS: runs_to_jsonl(runs),
+        REPORT: json.dumps(summary, indent=1, sort_keys=True).encode(),
+    }
 
 
 def specialist_or_error(repo: Repository, name: str):

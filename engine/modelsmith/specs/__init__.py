@@ -17,16 +17,7 @@ from .clusters import (
     TinySource,
 )
 from .errors import SpecError, SpecIssue
-from .loader import (
-    LoadedSuite,
-    Repository,
-    load_clusters,
-    load_policy_file,
-    load_repository,
-    load_specialist_file,
-    load_suite,
-    validate_repository,
-)
+from .loader import load_clusters, load_policy_file, load_specialist_file, load_suite
 from .models import (
     OBSERVED_METRICS,
     STAGE_ORDER,
@@ -58,6 +49,7 @@ from .models import (
     TextOutput,
     TrainingSpec,
 )
+from .repository import Repository, load_repository, validate_repository
 from .rubric import (
     CRITERION_KINDS,
     ContainsCriterion,
@@ -77,6 +69,7 @@ from .rubric import (
     parse_json_path,
 )
 from .schema import json_schemas, write_schemas
+from .suites import LoadedSuite
 
 __all__ = [
     "API_VERSION",

@@ -1,7 +1,7 @@
 """Pydantic models of the declarative YAML kinds and of scenario rows.
 
 The models check what one document can check on its own (ranges, formats, internal
-consistency); references between files are checked by :mod:`modelsmith.specs.loader`.
+consistency); references between files are checked by :mod:`modelsmith.specs.references`.
 """
 
 from __future__ import annotations

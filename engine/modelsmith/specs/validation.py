@@ -189,6 +189,32 @@ def short_value(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Comparison errors -> the operator a message shows ("must be <= 1").
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+# Errors whose message needs nothing from the error itself.
+_FIXED = {
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+}
+
+
 def _message(error: Any, parts: list[str | int]) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -208,40 +234,27 @@ def _message(error: Any, parts: list[str | int]) -> str:
     if kind == "union_tag_not_found":
         key = str(ctx.get("discriminator", "kind")).strip("'")
         return f"field '{key}' required"
-    bounds = {
-        "greater_than": ">",
-        "greater_than_equal": ">=",
-        "less_than": "<",
-        "less_than_equal": "<=",
-    }
-    if kind in bounds:
-        limit = next(iter(ctx.values()), "?")
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)  # "must be <= 1", not "<= 1.0"
-        return f"must be {bounds[kind]} {limit}"
+    if kind in _BOUNDS:
+        return _bound_message(kind, ctx)
     if kind == "string_too_short" and ctx.get("min_length") == 1:
         return "must not be empty"
     if kind == "too_short":
         count = ctx.get("min_length", 1)
         return f"must have at least {count} item{'s' if count != 1 else ''}"
-    fixed = {
-        "string_type": "must be a string",
-        "list_type": "must be a list",
-        "dict_type": "must be a mapping",
-        "model_type": "must be a mapping",
-        "model_attributes_type": "must be a mapping",
-        "int_type": "must be an integer",
-        "int_parsing": "must be an integer",
-        "int_from_float": "must be a whole number",
-        "float_type": "must be a number",
-        "float_parsing": "must be a number",
-        "finite_number": "must be a finite number",
-        "bool_type": "must be true or false",
-        "bool_parsing": "must be true or false",
-    }
-    if kind in fixed:
-        return fixed[kind]
-    message = str(error["msg"])
+    if kind in _FIXED:
+        return _FIXED[kind]
+    return _reworded(str(error["msg"]))
+
+
+def _bound_message(kind: str, ctx: dict[str, Any]) -> str:
+    limit = next(iter(ctx.values()), "?")
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)  # "must be <= 1", not "<= 1.0"
+    return f"must be {_BOUNDS[kind]} {limit}"
+
+
+def _reworded(message: str) -> str:
+    """Pydantic's own message, in the voice of ours."""
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     if message.startswith("Input should be "):

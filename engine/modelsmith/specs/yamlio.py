@@ -280,6 +280,22 @@ def item_line_col(seq: Any, index: int) -> tuple[int | None, int | None]:
     return node_line_col(seq)
 
 
+def path_line_col(tree: Any, *path: str | int) -> tuple[int | None, int | None]:
+    """1-based position of the value at ``path`` in a round-trip tree (deepest that exists)."""
+    line, col = node_line_col(tree)
+    node = tree
+    for part in path:
+        try:
+            if isinstance(part, int):
+                line, col = item_line_col(node, part)
+            else:
+                line, col = key_line_col(node, part)
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            break
+    return line, col
+
+
 # --------------------------------------------------------------------------- plain data
 
 

@@ -1,0 +1,248 @@
+"""Load one eval suite folder: ``suite.yaml``, its scenarios.jsonl files and a content hash.
+
+Scenario lines are parsed and validated one by one, so every bad line is reported; then the
+suite's scenarios are checked as a set (unique ids, at least one core, no held-out leakage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import MAX_ISSUES_PER_FILE, LoadContext
+from .documents import ParsedDocument, check_file_name, yaml_documents
+from .models import EvalSuite, Scenario, check_relative_path
+from .validation import validate_model
+from .yamlio import JSONL_MAX_BYTES, ParseFailure, decode_utf8, loads_json, path_line_col, to_plain
+
+SUITE_FILE = "suite.yaml"
+
+
+@dataclass
+class LoadedSuite:
+    """An eval suite with its scenarios and a hash that changes when any of its files do."""
+
+    suite: EvalSuite
+    scenarios: list[Scenario]
+    suite_hash: str
+    directory: Path
+    #: scenario id -> (file relative to the repository root, 1-based line)
+    scenario_sources: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.suite.name
+
+    @property
+    def core(self) -> list[Scenario]:
+        return [s for s in self.scenarios if s.split == "core"]
+
+    @property
+    def heldout(self) -> list[Scenario]:
+        return [s for s in self.scenarios if s.split == "heldout"]
+
+
+@dataclass
+class _Scenarios:
+    """A suite's scenarios in file order, each id once, with the line that defined it."""
+
+    scenarios: list[Scenario] = field(default_factory=list)
+    sources: dict[str, tuple[str, int]] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=dict)
+
+    def add(self, ctx: LoadContext, file: str, line: int, scenario: Scenario) -> None:
+        """Keep ``scenario`` unless its id is taken; a taken id is an issue."""
+        if scenario.id in self.sources:
+            first_file, first_line = self.sources[scenario.id]
+            if self.splits[scenario.id] != scenario.split:
+                message = (
+                    f"scenario id '{scenario.id}' is used by both a core and a held-out "
+                    f"scenario (also at {first_file}:{first_line}); held-out ids must be "
+                    "disjoint from core ids"
+                )
+            else:
+                message = (
+                    f"duplicate scenario id '{scenario.id}' "
+                    f"(first defined at {first_file}:{first_line})"
+                )
+            ctx.add(file, line, None, "id", message)
+            return
+        self.sources[scenario.id] = (file, line)
+        self.splits[scenario.id] = scenario.split
+        self.scenarios.append(scenario)
+
+
+def load_suite_dir(
+    ctx: LoadContext, directory: Path
+) -> tuple[ParsedDocument | None, LoadedSuite | None]:
+    """Load one suite folder; returns the document (for references) and, when every part is
+    valid, the loaded suite."""
+    suite_path = directory / SUITE_FILE
+    if not suite_path.exists() and not suite_path.is_symlink():
+        ctx.add(ctx.rel(directory), None, None, None, f"suite folder has no {SUITE_FILE}")
+        return None, None
+    before = ctx.total
+    found, suite_bytes = yaml_documents(
+        ctx, suite_path, ("EvalSuite",), single=True, folder="evals/<suite>"
+    )
+    if not found or suite_bytes is None or found[0].kind != "EvalSuite":
+        # The folder is named after its suite: let references to it resolve.
+        named = ParsedDocument(
+            ctx.rel(suite_path), suite_path, None, "EvalSuite", directory.name, None
+        )
+        return named, None
+    doc = found[0]
+    check_file_name(ctx, doc, "EvalSuite", directory.name, "folder")
+    suite = doc.model if isinstance(doc.model, EvalSuite) else None
+    # Scenario files are checked even when suite.yaml has errors, as long as their paths
+    # are readable: every issue is reported in one pass.
+    paths = suite.spec.scenarios if suite is not None else _raw_scenario_paths(doc.tree)
+
+    digest = hashlib.sha256()
+    _hash_part(digest, SUITE_FILE, suite_bytes)
+    collected = _Scenarios()
+    complete = True
+    for index, rel in enumerate(paths):
+        if not _read_scenario_file(ctx, doc, directory, index, rel, digest, collected):
+            complete = False
+
+    if suite is not None:
+        _check_generator(ctx, doc, suite, directory)
+    if complete and suite is not None:
+        _check_scenario_sets(ctx, doc, collected.scenarios, collected.sources)
+    if ctx.total != before or suite is None:
+        return doc, None
+    return doc, LoadedSuite(
+        suite, collected.scenarios, digest.hexdigest(), directory, collected.sources
+    )
+
+
+def _raw_scenario_paths(tree: Any) -> list[str]:
+    """spec.scenarios of a suite that failed validation, if every entry is a safe path."""
+    try:
+        paths = tree["spec"]["scenarios"]
+        if not isinstance(paths, list):
+            return []
+        return [check_relative_path(path) for path in paths if isinstance(path, str)]
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _hash_part(digest: Any, name: str, data: bytes) -> None:
+    # Length-prefixed so that moving bytes between files changes the hash.
+    encoded = name.encode("utf-8")
+    digest.update(len(encoded).to_bytes(8, "big") + encoded)
+    digest.update(len(data).to_bytes(8, "big") + data)
+
+
+def _read_scenario_file(
+    ctx: LoadContext,
+    doc: ParsedDocument,
+    directory: Path,
+    index: int,
+    rel: str,
+    digest: Any,
+    collected: _Scenarios,
+) -> bool:
+    """Hash and collect the scenarios of ``spec.scenarios[index]``; whether it could be read."""
+    path = directory / rel
+    if not path.exists() and not path.is_symlink():
+        line, col = path_line_col(doc.tree, "spec", "scenarios", index)
+        ctx.add(doc.file, line, col, f"spec.scenarios[{index}]", f"file not found: {rel}")
+        return False
+    raw = ctx.read(path, JSONL_MAX_BYTES, inside=directory)
+    if raw is None:
+        return False
+    _hash_part(digest, rel, raw)
+    file = ctx.rel(path)
+    rows = _parse_scenarios(ctx, file, raw)
+    if rows is None:
+        return False
+    for row_line, scenario in rows:
+        collected.add(ctx, file, row_line, scenario)
+    return True
+
+
+def _parse_scenarios(
+    ctx: LoadContext, file: str, raw: bytes
+) -> list[tuple[int, Scenario]] | None:
+    """Parse a JSONL file; bad lines are reported and skipped so every one is found."""
+    try:
+        text = decode_utf8(raw)
+    except ParseFailure as failure:
+        ctx.add(file, failure.line, failure.column, None, failure.message)
+        return None
+    rows: list[tuple[int, Scenario]] = []
+    # split("\n") rather than splitlines(): the latter also splits on \x0c, \u2028, ...
+    # which would make line numbers disagree with editors.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        if ctx.issue_count(file) > MAX_ISSUES_PER_FILE:
+            break
+        try:
+            row = to_plain(loads_json(line))
+        except ParseFailure as failure:
+            ctx.add(file, number, failure.column, None, failure.message)
+            continue
+        if not isinstance(row, dict):
+            got = "a list" if isinstance(row, list) else f"{type(row).__name__} {row!r}"[:40]
+            ctx.add(file, number, None, None, f"each line must be a JSON object; got {got}")
+            continue
+        scenario, issues = validate_model(Scenario, row, file=file, line=number)
+        ctx.extend(issues)
+        if scenario is not None:
+            rows.append((number, scenario))
+    return rows
+
+
+def _check_generator(
+    ctx: LoadContext, doc: ParsedDocument, suite: EvalSuite, directory: Path
+) -> None:
+    """spec.generator names a module of the suite folder, which must exist."""
+    if suite.spec.generator is None:
+        return
+    module = suite.spec.generator.rpartition(":")[0]
+    if not (directory / module).is_file():
+        line, col = path_line_col(doc.tree, "spec", "generator")
+        ctx.add(doc.file, line, col, "spec.generator", f"file not found: {module}")
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _check_scenario_sets(
+    ctx: LoadContext,
+    doc: ParsedDocument,
+    scenarios: list[Scenario],
+    sources: dict[str, tuple[str, int]],
+) -> None:
+    core = [s for s in scenarios if s.split == "core"]
+    if not core:
+        line, col = path_line_col(doc.tree, "spec", "scenarios")
+        ctx.add(doc.file, line, col, "spec.scenarios", "the suite needs at least one core scenario")
+    # Leakage: a held-out text the model may have seen (as a core input or variant) would
+    # make the held-out score meaningless.
+    seen: dict[str, str] = {}
+    for scenario in core:
+        for text in (scenario.input, *scenario.variants):
+            seen.setdefault(_normalise(text), scenario.id)
+    for scenario in scenarios:
+        if scenario.split != "heldout":
+            continue
+        file, line = sources[scenario.id]
+        for index, text in enumerate((scenario.input, *scenario.variants)):
+            core_id = seen.get(_normalise(text))
+            if core_id is not None:
+                where = "input" if index == 0 else f"variants[{index - 1}]"
+                ctx.add(
+                    file,
+                    line,
+                    None,
+                    where,
+                    f"held-out scenario '{scenario.id}' leaks: its {where} matches core "
+                    f"scenario '{core_id}' (ignoring case and whitespace)",
+                )

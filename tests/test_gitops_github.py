@@ -34,6 +34,15 @@ TOKENS = {"bot-token": "modelsmith-bot", "alice-token": "alice", "mallory-token"
           "bob-token": "bob", "carol-token": "carol"}
 
 
+def test_github3_is_imported_only_to_talk_to_github():
+    code = ("import sys, modelsmith.cli, modelsmith.gitops.forge, modelsmith.gitops.propose; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('github3', 'torch', 'dvc', 'mcp')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
 def bare_origin(repo, tmp_path, *refs):
     """A bare ``origin`` of ``repo`` holding its ``main`` (and ``refs``)."""
     bare = tmp_path / "origin.git"

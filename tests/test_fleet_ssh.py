@@ -1,6 +1,7 @@
-"""The ssh executor and probe against a real OpenSSH server on 127.0.0.1: a job runs there
-with its output streamed, a stalled job is stopped on the remote side, a host that goes
-down mid-run is classified unreachable and the pool fails over to the next host."""
+"""The ssh executor and probe against a real OpenSSH server on 127.0.0.1: the executor
+contract (a job runs there with its output streamed, a stalled job is stopped on the remote
+side, ...), a remote job dies with the process that started it, a host that goes down
+mid-run is classified unreachable and the pool fails over to the next host."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import time
 import pytest
 
 import sshd
+from executor_contract import ExecutorContract
 from modelsmith.fleet.executors import Job, LocalExecutor, SshExecutor
+from modelsmith.fleet.executors.local import KILL_GRACE_S
 from modelsmith.fleet.failures import JobEnd, classify, recovery
 from modelsmith.fleet.probe import probe_all, probe_host, rank
 from modelsmith.specs.clusters import Host
@@ -21,47 +24,43 @@ pytestmark = pytest.mark.skipif(not sshd.available(),
                                 reason="needs OpenSSH's sshd (apt-get install openssh-server)")
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the tests that leave it running."""
+    with sshd.LocalSshd(tmp_path_factory.mktemp("sshd")) as running, \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODELSMITH_SSH_CONFIG", str(running.config))
+        yield running
+
+
 @pytest.fixture
 def server(tmp_path, monkeypatch):
+    """A server of the test's own, which it may stop."""
     with sshd.LocalSshd(tmp_path / "sshd") as running:
         monkeypatch.setenv("MODELSMITH_SSH_CONFIG", str(running.config))
         yield running
+
+
+class TestSshExecutor(ExecutorContract):
+    stall_timeout_s = 2.0
+    # The remote watcher outlives a job that ended by its grace period, holding the session
+    # open that long.
+    end_grace_s = KILL_GRACE_S
+    via_ssh = True
+
+    @pytest.fixture
+    def executor(self, shared_server):
+        return SshExecutor("remote", shared_server.alias)
 
 
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
-def test_the_probe_reaches_the_host_over_ssh(server):
-    result = probe_host("remote", Host(kind="ssh", address=server.alias), 10)
+def test_the_probe_reaches_the_host_over_ssh(shared_server):
+    result = probe_host("remote", Host(kind="ssh", address=shared_server.alias), 10)
     assert result.up, result.reason
     assert result.cpus >= 1 and result.mem_free_mb > 0
-
-
-def test_a_job_runs_over_ssh_with_its_folder_environment_and_output(server, tmp_path):
-    lines: list[str] = []
-    job = Job(py("""
-        import os
-        print("hello from", os.getcwd(), os.environ["JOB_VAR"], flush=True)
-    """), cwd=tmp_path, env={"JOB_VAR": "over ssh"})
-    result = SshExecutor("remote", server.alias).run(job, on_line=lines.append)
-    assert result.ok, result.log_tail
-    assert lines == [f"hello from {tmp_path} over ssh"] and result.via_ssh
-    assert "[modelsmith-job-pid]" not in result.log_tail
-
-
-def test_a_stalled_remote_job_is_stopped_on_the_remote_side(server, tmp_path):
-    pid_file = tmp_path / "job.pid"
-    job = Job(py(f"""
-        import os, time
-        open({str(pid_file)!r}, "w").write(str(os.getpid()))
-        print("working", flush=True)
-        time.sleep(300)
-    """), cwd=tmp_path, heartbeat_timeout_s=2.0)
-    result = SshExecutor("remote", server.alias).run(job)
-    assert result.stalled and classify(JobEnd(result.returncode, result.log_tail,
-                                              stalled=True, via_ssh=True)).failure_class == "hang"
-    assert_gone(int(pid_file.read_text()), 20, "the remote job outlived the stall")
 
 
 def test_a_host_that_goes_down_mid_run_fails_over_to_the_next(server, tmp_path):
@@ -96,15 +95,7 @@ def test_a_host_that_goes_down_mid_run_fails_over_to_the_next(server, tmp_path):
     assert again.ok
 
 
-def test_a_memory_limit_applies_on_the_remote_side(server, tmp_path):
-    job = Job(py("blocks = [bytearray(64 * 1024 * 1024) for _ in range(64)]"), cwd=tmp_path,
-              memory_limit_mb=512)
-    result = SshExecutor("remote", server.alias).run(job)
-    assert classify(JobEnd(result.returncode, result.log_tail, via_ssh=True)
-                    ).failure_class == "oom", result.log_tail
-
-
-def test_a_remote_job_dies_with_the_process_that_started_it(server, tmp_path):
+def test_a_remote_job_dies_with_the_process_that_started_it(shared_server, tmp_path):
     """The loop is killed with SIGKILL mid-job: its ssh client dies with it, the remote
     watcher sees the connection's input end, and the remote job's process group goes."""
     import os
@@ -119,7 +110,7 @@ def test_a_remote_job_dies_with_the_process_that_started_it(server, tmp_path):
         job = Job([sys.executable, "-c", "import os, time; "
                    "open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"],
                   cwd={str(tmp_path)!r})
-        SshExecutor("remote", {server.alias!r}).run(job)
+        SshExecutor("remote", {shared_server.alias!r}).run(job)
     """))
     loop = subprocess.Popen([sys.executable, str(starter)], env=dict(os.environ))
     deadline = time.monotonic() + 60
@@ -129,12 +120,3 @@ def test_a_remote_job_dies_with_the_process_that_started_it(server, tmp_path):
     os.kill(loop.pid, signal.SIGKILL)
     loop.wait()
     assert_gone(remote, 20, "the remote job outlived the process that started it")
-
-
-def test_a_remote_job_killed_by_a_signal_is_not_an_unreachable_host(server, tmp_path):
-    job = Job(py("import os, signal; print('about to die', flush=True); "
-                 "os.kill(os.getpid(), signal.SIGKILL)"), cwd=tmp_path)
-    result = SshExecutor("remote", server.alias).run(job)
-    assert result.returncode == -9, result
-    diagnosis = classify(JobEnd(result.returncode, result.log_tail, via_ssh=True))
-    assert diagnosis.failure_class == "oom", diagnosis

@@ -1,6 +1,6 @@
-"""GitOps end to end through the github forge: real git (a bare origin, an agent's clone, a
-reconciler's clone), a fake of GitHub's REST API on 127.0.0.1 driven by the real
-github3.py. The canary step needs an approval here. An agent proposes -> a pull request
+"""The github forge: the forge contract, then GitOps end to end: real git (a bare origin,
+an agent's clone, a reconciler's clone), a fake of GitHub's REST API on 127.0.0.1 driven by
+the real github3.py. The canary step needs an approval here. An agent proposes -> a pull request
 with the evidence -> reviewed and merged -> reconcile records ``Promoted`` with the pull
 request; merged without an approval, or for a version whose evidence fails -> rejected
 with the numbers."""
@@ -17,6 +17,7 @@ import pytest
 
 from conftest import git
 from evaluations import GOOD, POOR, evaluated
+from forge_contract import SOURCES, ForgeContract
 from github_fake import FakeGitHub
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import (
@@ -27,8 +28,67 @@ from modelsmith.events.types import (
     MetricsObserved,
     Promoted,
 )
+from modelsmith.gitops.forge import GitHubForge
 
-TOKENS = {"bot-token": "modelsmith-bot", "alice-token": "alice", "mallory-token": "mallory"}
+TOKENS = {"bot-token": "modelsmith-bot", "alice-token": "alice", "mallory-token": "mallory",
+          "bob-token": "bob", "carol-token": "carol"}
+
+
+def test_github3_is_imported_only_to_talk_to_github():
+    code = ("import sys, modelsmith.cli, modelsmith.gitops.forge, modelsmith.gitops.propose; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('github3', 'torch', 'dvc', 'mcp')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def bare_origin(repo, tmp_path, *refs):
+    """A bare ``origin`` of ``repo`` holding its ``main`` (and ``refs``)."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main", *refs)
+    return bare
+
+
+class TestGitHubForge(ForgeContract):
+    """Approvers are the pull request's reviewers; the approval names the pull request."""
+
+    name = "github"
+
+    @pytest.fixture
+    def forge(self, team, tmp_path):
+        fake = FakeGitHub(bare_origin(team, tmp_path), "team/rtb", TOKENS)
+        yield GitHubForge(team, SOURCES, repository="team/rtb", token="bot-token",
+                          api=fake.url)
+        fake.close()
+
+    def merge(self, forge, proposal, *, approvers, merged_by):
+        for who in approvers:
+            pull = as_user(forge.api, f"{who}-token").pull_request("team", "rtb",
+                                                                   proposal.number)
+            pull.create_review("reviewed", event="APPROVE")
+        pull = as_user(forge.api, f"{merged_by}-token").pull_request("team", "rtb",
+                                                                     proposal.number)
+        assert pull.merge() is True
+        git(forge.root, "pull", "-q", "origin", "main")
+
+    def review(self, forge, proposal):
+        pull = as_user(forge.api, "bot-token").pull_request("team", "rtb", proposal.number)
+        return pull.title, pull.body, pull.head.ref
+
+    def merge_ref(self, forge, proposal):
+        return f"#{proposal.number}"
+
+    def test_a_proposal_is_a_pull_request_on_a_pushed_branch(self, forge, tmp_path):
+        proposal = forge.propose("rtb", "production", "v1", title="t", body="b")
+        assert proposal.number == 1
+        assert proposal.ref == "https://github.example/team/rtb/pull/1"
+        pushed = subprocess.run(["git", "-C", str(tmp_path / "origin.git"), "rev-parse",
+                                 "refs/heads/modelsmith/propose/rtb/production-v1"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        assert pushed == proposal.commit
 
 
 @pytest.fixture
@@ -59,10 +119,7 @@ def world(demo_repo, tmp_path, monkeypatch):
     payloads.append(Promoted(version="v1", stage="shadow"))
     GitEventStore(demo_repo).append(
         "rtb-quality", [*events, *(Event.new(p, actor="test") for p in payloads)], 0)
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    git(demo_repo, "remote", "add", "origin", str(bare))
-    git(demo_repo, "push", "-q", "origin", "main", f"{EVENTS_REF}:{EVENTS_REF}")
+    bare = bare_origin(demo_repo, tmp_path, f"{EVENTS_REF}:{EVENTS_REF}")
     fake = FakeGitHub(bare, "team/rtb", TOKENS)
     monkeypatch.setenv("MODELSMITH_FORGE", "github")
     monkeypatch.setenv("MODELSMITH_GITHUB_REPO", "team/rtb")
@@ -85,15 +142,15 @@ def modelsmith(repo, *args):
     return done.stdout
 
 
-def as_user(fake, token):
+def as_user(api, token):
     gh = github3.GitHub(token=token)
-    gh.session.base_url = fake.url
+    gh.session.base_url = api
     return gh
 
 
 def review_and_merge(fake, token, event="APPROVE"):
     """A person with ``token`` reviews pull request #1 and merges it."""
-    pull = as_user(fake, token).pull_request("team", "rtb", 1)
+    pull = as_user(fake.url, token).pull_request("team", "rtb", 1)
     pull.create_review("reviewed", event=event)
     assert pull.merge() is True
 
@@ -114,11 +171,10 @@ def reconcile(clones):
 def test_an_approved_pull_request_is_promoted_with_its_number(world):
     fake, clones = world
     proposal = propose(clones, "v1")
-    pull = as_user(fake, "bot-token").pull_request("team", "rtb", 1)
+    pull = as_user(fake.url, "bot-token").pull_request("team", "rtb", 1)
     assert pull.title == "Promote rtb-quality v1 to canary"
     assert "✅ **composite**: last 3 evaluations [0.9543, 0.9543, 0.9543]" in pull.body
     assert "❌ **approval**" in pull.body and proposal["ready"] is True
-    assert pull.head.ref == "modelsmith/propose/rtb-quality/canary-v1"
     # Not merged yet: nothing to do.
     assert reconcile(clones) == []
     review_and_merge(fake, "alice-token")

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1."""
+"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1: the backend
+contract, then the request it sends, retries, errors and concurrency."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from modelsmith.inference import Backend, GenerationRequest, InferenceError, make_backend
+from backend_contract import BackendContract
+from modelsmith.inference import GenerationRequest, InferenceError, make_backend
 from modelsmith.inference.openai_backend import OpenAIBackend, estimate_tokens
 from openai_fake import FakeOpenAI, Reply, completion
 
@@ -34,9 +36,30 @@ def req(prompt: str, **kw: Any) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, **kw)
 
 
+class TestOpenAIBackend(BackendContract):
+    """The fake answers ``echo:<prompt>``."""
+
+    name = "openai"
+
+    @pytest.fixture
+    def backend(self, fake):
+        return backend_for(fake)
+
+    @pytest.fixture
+    def fresh_backend(self, fake):
+        return backend_for(fake)
+
+    @pytest.fixture
+    def missing_backend(self, fake):
+        return lambda: OpenAIBackend("fake-model", base_url=fake.base_url.replace("/v1", "/v2"))
+
+    @pytest.fixture
+    def model_ref(self):
+        return "fake-model"
+
+
 def test_request_body_and_result(fake: FakeOpenAI) -> None:
     backend = backend_for(fake)
-    assert isinstance(backend, Backend) and backend.name == "openai"
     result = backend.generate([
         req("Bid: domain=a.example", system="Answer ACCEPT or REJECT.", max_new_tokens=5,
             temperature=0.7, top_p=0.9, seed=42, stop=("\n",))
@@ -181,7 +204,7 @@ def test_parallel_requests_keep_their_order(fake: FakeOpenAI) -> None:
     assert [r.text for r in results] == [f"echo:{p}" for p in prompts]
     assert fake.max_active >= 3  # the server saw requests in parallel
     assert fake.max_active <= 4  # and never more than the concurrency
-    assert calls[-1] == (10, 10) and len(calls) == 10
+    assert len(calls) == 10  # one call per request
 
 
 def test_client_side_stop_trim_and_missing_usage(fake: FakeOpenAI) -> None:
@@ -196,7 +219,6 @@ def test_client_side_stop_trim_and_missing_usage(fake: FakeOpenAI) -> None:
 
 def test_count_tokens_estimate() -> None:
     backend = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1")
-    assert backend.count_tokens("") == 0
     assert backend.count_tokens("abcdefgh") == 2
     assert backend.count_tokens("a b c d e") == 5  # at least the word count
     backend.close()

@@ -1,4 +1,6 @@
-"""The transformers backend on the tiny random model: batching, determinism, sampling, stops."""
+"""The transformers backend on the tiny random model: the backend contract (batching,
+determinism, stops, ...), then seeded sampling, token budgets, truncation, chat templates,
+settings and the factory."""
 
 from __future__ import annotations
 
@@ -9,14 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from backend_contract import BackendContract, greedy
 from modelsmith.artifacts import ResolvedModel, resolve_model
-from modelsmith.inference import (
-    Backend,
-    Generation,
-    GenerationRequest,
-    InferenceError,
-    make_backend,
-)
+from modelsmith.inference import Backend, GenerationRequest, InferenceError, make_backend
 from modelsmith.specs import load_clusters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,32 +45,26 @@ def backend(tiny: ResolvedModel) -> Iterator[Backend]:
     loaded.close()
 
 
-def greedy(prompt: str, n: int = 8, **kw: object) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, max_new_tokens=n, **kw)  # type: ignore[arg-type]
+class TestTransformersBackend(BackendContract):
+    name = "transformers"
+    prompts = PROMPTS  # of many lengths, more than a batch of 4
 
+    @pytest.fixture
+    def model_ref(self, tiny):
+        return str(tiny.path)
 
-def texts(generations: list[Generation]) -> list[str]:
-    return [g.text for g in generations]
+    @pytest.fixture
+    def fresh_backend(self, tiny):
+        from modelsmith.inference.transformers_backend import TransformersBackend
 
+        return TransformersBackend(tiny, threads=1)
 
-def test_is_a_backend(backend: Backend, tiny: ResolvedModel) -> None:
-    assert isinstance(backend, Backend)
-    assert backend.name == "transformers"
-    assert backend.model_ref == str(tiny.path)
+    @pytest.fixture
+    def missing_backend(self, tiny, tmp_path):
+        from modelsmith.inference.transformers_backend import TransformersBackend
 
-
-def test_batched_equals_one_at_a_time(backend: Backend) -> None:
-    requests = [greedy(p) for p in PROMPTS]
-    batched = backend.generate(requests)
-    single = [backend.generate([r])[0] for r in requests]
-    assert texts(batched) == texts(single)
-    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in single]
-    assert len(set(texts(batched))) > 1  # the prompts matter: padding did not swamp them
-
-
-def test_greedy_is_deterministic(backend: Backend) -> None:
-    requests = [greedy(p) for p in PROMPTS]
-    assert texts(backend.generate(requests)) == texts(backend.generate(requests))
+        return lambda: TransformersBackend(dataclasses.replace(tiny, path=tmp_path / "none"),
+                                           threads=1)
 
 
 def test_seeded_sampling_is_reproducible(backend: Backend) -> None:
@@ -103,38 +94,14 @@ def test_max_new_tokens_respected(backend: Backend) -> None:
         backend.generate([greedy(PROMPTS[0], 0)])
 
 
-def test_stop_strings_are_trimmed(backend: Backend) -> None:
-    full = backend.generate([greedy(PROMPTS[0], 12)])[0]
-    # a piece of the greedy text is the stop string: the output ends where it first occurs
-    stop = full.text.strip()[-1]
-    position = full.text.index(stop)
-    stopped = backend.generate([greedy(PROMPTS[0], 12, stop=(stop, "never-seen"))])[0]
-    assert stopped.text == full.text[:position]
-    assert stop not in stopped.text
-    assert stopped.finish_reason == "stop"
-    assert stopped.completion_tokens <= full.completion_tokens
-    # in a batch, a row that stops early does not cut its neighbours short
-    pair = backend.generate([greedy(PROMPTS[0], 12, stop=(stop,)), greedy(PROMPTS[0], 12)])
-    assert pair[0].text == stopped.text and pair[1].text == full.text
-
-
-def test_count_tokens(backend: Backend) -> None:
-    assert backend.count_tokens("Bid: domain=news.example ctr=1.2%") > 0
-    assert backend.count_tokens("") == 0
-
-
-def test_progress_and_meta(backend: Backend) -> None:
+def test_progress_per_batch_and_meta(backend: Backend) -> None:
     calls: list[tuple[int, int]] = []
     requests = [greedy(p, 2) for p in PROMPTS] + [greedy(PROMPTS[0], 3)] * 2
     results = backend.generate(requests, progress=lambda done, total: calls.append((done, total)))
-    assert len(results) == len(requests)
-    assert calls[-1] == (len(requests), len(requests))
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    assert len(calls) == 3  # 7 requests of 2 tokens in batches of 4 (2), then 2 of 3 (1)
+    # Progress comes per batch: 7 requests of 2 tokens in batches of 4 (2), then 2 of 3 (1).
+    assert [d for d, _ in calls] == [4, 7, 9]
     first_batch = [r for r in results[:len(PROMPTS)] if r.meta["batch_size"] == 4]
     assert len(first_batch) == 4 and len({r.latency_ms for r in first_batch}) == 1
-    assert all(r.latency_ms > 0 for r in results)
-    assert backend.generate([]) == []
 
 
 def test_long_prompt_is_truncated_from_the_left(backend: Backend, tiny: ResolvedModel) -> None:

@@ -10,20 +10,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .forge import LocalForge, Proposal
+from .forge import Proposal
+from .forge.factory import forge_for  # the CLI asks this module for the forge
 from .plan import ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_for
-
-
-def forge_for(repo: Any) -> LocalForge:
-    """The repository's forge: GitHub when ``MODELSMITH_FORGE=github`` (see
-    :mod:`.github`), else local git."""
-    from . import github
-
-    sources = {name: str(path.relative_to(repo.root))
-               for (kind, name), path in repo.sources.items() if kind == "Specialist"}
-    if github.configured():
-        return github.GitHubForge(repo.root, sources)
-    return LocalForge(repo.root, sources)
 
 
 def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,

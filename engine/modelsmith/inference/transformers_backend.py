@@ -62,6 +62,30 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
+def _load(model: ResolvedModel, dtype: str) -> tuple[Any, Any]:
+    """The tokenizer (padding on the left) and the causal LM of ``model``."""
+    where = f"folder {model.path}" if model.path is not None else f"hub id {model.hub_id}"
+    # Our own progress reporting covers loading; transformers' bars only add noise.
+    transformers.utils.logging.disable_progress_bar()
+    # Without a reachable hub, transformers retries for most of a minute; a hub id then
+    # loads only from the local Hugging Face cache.
+    local_only = model.path is None and not _hub_reachable()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            model.source, padding_side="left", local_files_only=local_only
+        )
+        lm = transformers.AutoModelForCausalLM.from_pretrained(
+            model.source, dtype=getattr(torch, dtype), local_files_only=local_only
+        )
+    except (OSError, ValueError) as exc:
+        hint = (
+            " (no network, or not a model on the hub? Download it on a connected machine "
+            "and pass its folder)" if model.path is None else ""
+        )
+        raise InferenceError(f"could not load the model from {where}: {exc}{hint}") from exc
+    return tokenizer, lm
+
+
 class _PerRowSampler(LogitsProcessor):
     """Samples sampled rows with their own generators; greedy decoding then picks that token.
 
@@ -147,30 +171,25 @@ class TransformersBackend:
         if self.threads < 1:
             raise InferenceError(f"threads must be at least 1 (got {self.threads})")
         torch.set_num_threads(self.threads)  # process-wide: torch has no per-model setting
-        where = f"folder {model.path}" if model.path is not None else f"hub id {model.hub_id}"
-        # Our own progress reporting covers loading; transformers' bars only add noise.
-        transformers.utils.logging.disable_progress_bar()
-        # Without a reachable hub, transformers retries for most of a minute; a hub id then
-        # loads only from the local Hugging Face cache.
-        local_only = model.path is None and not _hub_reachable()
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                model.source, padding_side="left", local_files_only=local_only
+        self.tokenizer, self.model = _load(model, dtype)
+        self._move_to(device)
+        self._take_special_tokens()
+        if model.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise InferenceError(
+                f"model '{model.ref}' is set to use a chat template (chat_template: true) but its "
+                "tokenizer has none; set chat_template: false for its profile"
             )
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                model.source, dtype=getattr(torch, dtype), local_files_only=local_only
-            )
-        except (OSError, ValueError) as exc:
-            hint = (
-                " (no network, or not a model on the hub? Download it on a connected machine "
-                "and pass its folder)" if model.path is None else ""
-            )
-            raise InferenceError(f"could not load the model from {where}: {exc}{hint}") from exc
+
+    def _move_to(self, device: str) -> None:
         try:
             self.model.to(device)
         except (RuntimeError, AssertionError) as exc:
             raise InferenceError(f"cannot move the model to device '{device}': {exc}") from exc
         self.model.eval()
+
+    def _take_special_tokens(self) -> None:
+        """Padding (EOS when the tokenizer has none) and end-of-sequence ids; the model's
+        generation config reduced to them."""
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         eos = self.model.generation_config.eos_token_id
@@ -186,11 +205,6 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
             bos_token_id=self.model.generation_config.bos_token_id,
         )
-        if model.chat_template and not getattr(self.tokenizer, "chat_template", None):
-            raise InferenceError(
-                f"model '{model.ref}' is set to use a chat template (chat_template: true) but its "
-                "tokenizer has none; set chat_template: false for its profile"
-            )
 
     # ------------------------------------------------------------------ helpers
 
@@ -263,12 +277,47 @@ class TransformersBackend:
         encoded: list[tuple[list[int], bool]],
         max_new_tokens: int,
     ) -> list[Generation]:
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(encoded):  # left padding
+        input_ids, attention = self._pad_left([ids for ids, _ in encoded])
+        width = input_ids.shape[1]
+        samplers = self._samplers(requests)
+        stops = _StopStrings(self.tokenizer, width, [tuple(r.stop) for r in requests])
+        output, latency_ms = self._run(input_ids, attention, samplers, stops, max_new_tokens)
+        new = output[:, width:].tolist()
+        generations = []
+        for row, request in enumerate(requests):
+            # A row ends at its first EOS or when a stop string ended it; generate() fills
+            # the rest of a finished row with padding.
+            end = len(new[row]) if stops.done_at[row] is None else stops.done_at[row]
+            text, tokens, finish = self._finish(new[row][:end], request, max_new_tokens)
+            generations.append(
+                Generation(
+                    text=text,
+                    completion_tokens=tokens,
+                    latency_ms=latency_ms,
+                    finish_reason=finish,
+                    meta={
+                        "batch_size": len(requests),
+                        "prompt_tokens": len(encoded[row][0]),
+                        "truncated": encoded[row][1],
+                    },
+                )
+            )
+        return generations
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's input ids, padded on the left to the longest row, and its mask."""
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
             input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids):] = 1
+        return input_ids, attention
+
+    def _samplers(
+        self, requests: list[GenerationRequest]
+    ) -> list[tuple[float, float, torch.Generator] | None]:
+        """Per row: None for greedy, else its temperature, top-p and seeded generator."""
         samplers: list[tuple[float, float, torch.Generator] | None] = []
         for request in requests:
             if request.temperature <= 0:
@@ -278,7 +327,13 @@ class TransformersBackend:
             seed = request.seed if request.seed is not None else secrets.randbits(63)
             generator.manual_seed(seed)
             samplers.append((request.temperature, request.top_p, generator))
-        stops = _StopStrings(self.tokenizer, width, [tuple(r.stop) for r in requests])
+        return samplers
+
+    def _run(self, input_ids: torch.Tensor, attention: torch.Tensor,
+             samplers: list[tuple[float, float, torch.Generator] | None],
+             stops: _StopStrings, max_new_tokens: int) -> tuple[torch.Tensor, float]:
+        """One ``generate()`` call over the batch: prompt and new tokens per row, and the
+        call's wall time in milliseconds."""
         config = transformers.GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -298,39 +353,24 @@ class TransformersBackend:
                 )
         except RuntimeError as exc:
             raise InferenceError(
-                f"generation failed on a batch of {len(requests)}: {exc} "
+                f"generation failed on a batch of {len(samplers)}: {exc} "
                 "(out of memory? lower the batch size)"
             ) from exc
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        new = output[:, width:].tolist()
-        generations = []
-        for row, request in enumerate(requests):
-            # A row ends at its first EOS or when a stop string ended it; generate() fills
-            # the rest of a finished row with padding.
-            end = len(new[row]) if stops.done_at[row] is None else stops.done_at[row]
-            tokens = new[row][:end]
-            hit_eos = False
-            for position, token in enumerate(tokens):
-                if token in self.eos_ids:
-                    tokens, hit_eos = tokens[:position + 1], True
-                    break
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            text, stopped = _trim(text, request.stop)
-            finish = "stop" if hit_eos or stopped or len(tokens) < max_new_tokens else "length"
-            generations.append(
-                Generation(
-                    text=text,
-                    completion_tokens=len(tokens),
-                    latency_ms=latency_ms,
-                    finish_reason=finish,
-                    meta={
-                        "batch_size": len(requests),
-                        "prompt_tokens": len(encoded[row][0]),
-                        "truncated": encoded[row][1],
-                    },
-                )
-            )
-        return generations
+        return output, (time.perf_counter() - started) * 1000.0
+
+    def _finish(self, tokens: list[int], request: GenerationRequest,
+                max_new_tokens: int) -> tuple[str, int, str]:
+        """A row's text (cut at its first EOS and its first stop string), its token count
+        and its finish reason."""
+        hit_eos = False
+        for position, token in enumerate(tokens):
+            if token in self.eos_ids:
+                tokens, hit_eos = tokens[:position + 1], True
+                break
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text, stopped = _trim(text, request.stop)
+        finish = "stop" if hit_eos or stopped or len(tokens) < max_new_tokens else "length"
+        return text, len(tokens), finish
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

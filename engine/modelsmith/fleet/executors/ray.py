@@ -19,6 +19,7 @@ import os
 import shlex
 import time
 import uuid
+from typing import Any
 
 from .base import LOG_TAIL_LINES, Job, JobResult, LineFn
 from .ssh import PID_MARK, remote_script
@@ -74,51 +75,86 @@ class RayExecutor:
             )
         except Exception as exc:  # connection errors come in many types
             return self._unreachable(started, exc)
+        lines: list[str] = [f"[executor] stopped {left}, a run of this job left behind by "
+                            "a process that died" for left in leftovers]
         finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-        seen = 0
-        lines: list[str] = [f"[executor] stopped {job_id}, a run of this job left behind by "
-                            "a process that died" for job_id in leftovers]
-        last_progress = time.time()
-        stalled = False
-        status = JobStatus.PENDING
-        while True:
-            try:
-                status = client.get_job_status(job_id)
-                logs = client.get_job_logs(job_id)
-            except Exception as exc:  # the cluster went away
-                return self._unreachable(started, exc)
-            fresh = logs[seen:]
-            complete = fresh[: fresh.rfind("\n") + 1] if status not in finished else fresh
-            seen += len(complete)
-            for line in complete.splitlines():
-                if line.startswith(PID_MARK):
-                    continue
-                lines.append(line)
-                last_progress = time.time()
-                if on_line is not None:
-                    on_line(line)
-            if status in finished:
-                break
-            beat = last_progress
-            if job.heartbeat is not None:
-                with contextlib.suppress(OSError):
-                    beat = max(beat, os.stat(job.heartbeat).st_mtime)
-            if not stalled and time.time() - beat > job.heartbeat_timeout_s:
-                stalled = True
-                lines.append(f"[executor] no progress for {job.heartbeat_timeout_s:g} s: "
-                             "stopping the job")
-                with contextlib.suppress(Exception):
-                    client.stop_job(job_id)
-            time.sleep(POLL_S)
-        if status == JobStatus.SUCCEEDED:
-            code: int | None = 0
-        elif status == JobStatus.STOPPED:
-            code = STOPPED
-        else:
-            info = client.get_job_info(job_id)
-            code = getattr(info, "driver_exit_code", None)
-            code = 1 if code in (None, 0) else code
-            if info.message:
-                lines.append(f"[ray] {info.message}")
+        try:
+            status, stalled = _follow(client, job_id, job, finished, lines, on_line)
+        except _ClusterGone as gone:
+            return self._unreachable(started, gone.cause)
+        code = _exit_code(client, job_id, status, JobStatus, lines)
         return JobResult(code, "\n".join(lines[-LOG_TAIL_LINES:]), stalled,
                          time.monotonic() - started, self.name)
+
+
+class _ClusterGone(Exception):
+    """The cluster stopped answering while a job ran."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _poll(client: Any, job_id: str) -> tuple[Any, str]:
+    """The job's status and its whole log so far."""
+    try:
+        return client.get_job_status(job_id), client.get_job_logs(job_id)
+    except Exception as exc:  # the cluster went away
+        raise _ClusterGone(exc) from exc
+
+
+def _follow(client: Any, job_id: str, job: Job, finished: set[Any], lines: list[str],
+            on_line: LineFn | None) -> tuple[Any, bool]:
+    """Watch the job to its end: each new complete log line goes to ``lines`` and
+    ``on_line`` and counts as progress; a job without progress for its heartbeat timeout is
+    stopped. Returns the final status and whether the job stalled."""
+    seen = 0
+    last_progress = time.time()
+    stalled = False
+    while True:
+        status, logs = _poll(client, job_id)
+        fresh = logs[seen:]
+        complete = fresh[: fresh.rfind("\n") + 1] if status not in finished else fresh
+        seen += len(complete)
+        for line in complete.splitlines():
+            if line.startswith(PID_MARK):
+                continue
+            lines.append(line)
+            last_progress = time.time()
+            if on_line is not None:
+                on_line(line)
+        if status in finished:
+            return status, stalled
+        if not stalled and time.time() - _last_beat(job, last_progress) > \
+                job.heartbeat_timeout_s:
+            stalled = True
+            lines.append(f"[executor] no progress for {job.heartbeat_timeout_s:g} s: "
+                         "stopping the job")
+            with contextlib.suppress(Exception):
+                client.stop_job(job_id)
+        time.sleep(POLL_S)
+
+
+def _last_beat(job: Job, last_output: float) -> float:
+    """When the job last showed progress: its last output line or its heartbeat file's
+    modification, whichever is later."""
+    beat = last_output
+    if job.heartbeat is not None:
+        with contextlib.suppress(OSError):
+            beat = max(beat, os.stat(job.heartbeat).st_mtime)
+    return beat
+
+
+def _exit_code(client: Any, job_id: str, status: Any, job_status: Any,
+               lines: list[str]) -> int | None:
+    """The job's exit status from how it finished; Ray's message for a failed job is
+    added to ``lines``."""
+    if status == job_status.SUCCEEDED:
+        return 0
+    if status == job_status.STOPPED:
+        return STOPPED
+    info = client.get_job_info(job_id)
+    code = getattr(info, "driver_exit_code", None)
+    if info.message:
+        lines.append(f"[ray] {info.message}")
+    return 1 if code in (None, 0) else code

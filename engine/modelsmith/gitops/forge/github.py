@@ -6,7 +6,8 @@ Configured by the environment (what GitHub Actions provides, or set by hand):
 ``GITHUB_TOKEN``; the API from ``MODELSMITH_GITHUB_API`` (default
 ``https://api.github.com``; GitHub Enterprise or a test server on loopback otherwise).
 
-``propose`` makes the same one-commit branch as the local forge, pushes it to ``origin``
+``propose`` makes the same one-commit branch as the local forge (the git work both share is
+:class:`~.repository.ForgeRepository`), pushes it to ``origin``
 and opens a pull request whose body is the evidence. ``approval`` finds the merge commit
 on the checked-out branch that brought the change in, reads its pull request number from
 GitHub's merge message, and believes it only when GitHub says that pull request was merged
@@ -25,30 +26,37 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .forge import ForgeError, LocalForge, Proposal, codeowners
-from .plan import Approval
+from .base import Approval, ForgeError, Proposal
+from .repository import ForgeRepository
 
 MERGE_RE = re.compile(r"^Merge pull request #(\d+) from ", re.MULTILINE)
 DEFAULT_API = "https://api.github.com"
+#: Where the github forge reads a commit's code owners, first found wins.
+CODEOWNERS_FILES = (".github/CODEOWNERS", "CODEOWNERS")
 
 
 def configured() -> bool:
+    """Whether the environment asks for the github forge (``MODELSMITH_FORGE=github``)."""
     return os.environ.get("MODELSMITH_FORGE", "").lower() == "github"
 
 
-class GitHubForge(LocalForge):
+class GitHubForge:
+    """Proposals as pull requests, approvals from their reviews (see the module docstring)."""
+
     name = "github"
 
     def __init__(self, root: Path, sources: dict[str, str], *, repository: str | None = None,
                  token: str | None = None, api: str | None = None,
                  remote: str = "origin") -> None:
-        super().__init__(root, sources)
+        self.git = ForgeRepository(root, sources)
+        self.root = self.git.root
+        self.sources = sources
         repository = repository or os.environ.get("MODELSMITH_GITHUB_REPO") \
             or os.environ.get("GITHUB_REPOSITORY")
         if not repository or "/" not in repository:
             raise ForgeError("the github forge needs the repository: set "
                              "MODELSMITH_GITHUB_REPO=owner/name")
-        self.owner, self.name_ = repository.split("/", 1)
+        self.owner, self.repo_name = repository.split("/", 1)
         self.token = token or os.environ.get("MODELSMITH_GITHUB_TOKEN") \
             or os.environ.get("GITHUB_TOKEN")
         self.api = (api or os.environ.get("MODELSMITH_GITHUB_API") or DEFAULT_API).rstrip("/")
@@ -68,20 +76,20 @@ class GitHubForge(LocalForge):
         import github3
 
         try:
-            return self.client().repository(self.owner, self.name_)
+            return self.client().repository(self.owner, self.repo_name)
         except github3.exceptions.GitHubException as exc:
-            raise ForgeError(f"GitHub {self.owner}/{self.name_}: {exc}") from None
+            raise ForgeError(f"GitHub {self.owner}/{self.repo_name}: {exc}") from None
 
     def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
         import github3
 
-        commit = self.asking_merge(specialist, stage, version)
+        commit = self.git.asking_merge(specialist, stage, version)
         match = MERGE_RE.search(commit.message) if commit is not None else None
         if commit is None or match is None:
             return None
         number = int(match.group(1))
         try:
-            pull = self.client().pull_request(self.owner, self.name_, number)
+            pull = self.client().pull_request(self.owner, self.repo_name, number)
             reviews = list(pull.reviews()) if pull is not None else []
         except github3.exceptions.GitHubException:
             return None
@@ -94,8 +102,7 @@ class GitHubForge(LocalForge):
                 latest[review.user.login] = review.state
         approvers = tuple(sorted(u for u, state in latest.items() if state == "APPROVED"))
         merged_by = pull.merged_by.login if pull.merged_by is not None else None
-        owners = codeowners(self._text_at(commit, ".github/CODEOWNERS")
-                            or self._text_at(commit, "CODEOWNERS"), self.sources[specialist])
+        owners = self.git.owners(commit, specialist, CODEOWNERS_FILES)
         return Approval("github", f"#{number}", merged_by, approvers, self._members(owners))
 
     def _members(self, owners: tuple[str, ...]) -> tuple[str, ...]:
@@ -123,18 +130,17 @@ class GitHubForge(LocalForge):
                 body: str, traffic: float | None = None) -> Proposal:
         import github3
 
-        branch = super().propose(specialist, stage, version, title=title, body=body,
-                                 traffic=traffic)
+        branch, commit = self.git.commit_proposal(specialist, stage, version, title=title,
+                                                  body=body, traffic=traffic)
         pushed = subprocess.run(["git", "-C", str(self.root), "push", "--quiet", self.remote,
-                                 f"refs/heads/{branch.ref}:refs/heads/{branch.ref}"],
+                                 f"refs/heads/{branch}:refs/heads/{branch}"],
                                 capture_output=True, text=True)
         if pushed.returncode != 0:
-            raise ForgeError(f"git push {self.remote} {branch.ref}: {pushed.stderr.strip()}")
-        base = self.repo.head.shorthand
+            raise ForgeError(f"git push {self.remote} {branch}: {pushed.stderr.strip()}")
         try:
-            pull = self._repository().create_pull(title, base, branch.ref, body)
+            pull = self._repository().create_pull(title, self.git.branch, branch, body)
         except github3.exceptions.GitHubException as exc:
             raise ForgeError(f"GitHub refused the pull request: {exc}") from None
         if pull is None:
             raise ForgeError("GitHub refused the pull request")
-        return Proposal("github", pull.html_url, branch.commit, title, number=pull.number)
+        return Proposal("github", pull.html_url, commit, title, number=pull.number)

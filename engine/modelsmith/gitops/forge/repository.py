@@ -1,47 +1,23 @@
-"""Forges: where a promotion is asked for and where a human approves it.
+"""The git work every forge shares: reading which merged change asked for a release, and
+committing a proposal as a branch.
 
-A forge answers two questions for the planner and does one thing for agents:
-
-- ``approval(specialist, stage, version)``: the merged change that made ``release`` ask for
-  ``version`` in ``stage``, who merged it and who approved it -- or None;
-- ``propose(...)``: a change that edits ``release`` (ruamel.yaml round-trip: comments and
-  key order kept) with the evidence in its description, for a human to review and merge.
-
-``local`` (this module) is git alone: a proposal is a branch with one commit; the approval
-is the merge commit on the main branch that brought the change in, with its approvers as
-``Approved-by:`` trailers of the merge message. A change committed straight onto the main
-branch is not a merge: it carries no approval. (GitHub pull requests and reviews are the
-``github`` forge.)
+A proposal is a branch with one commit on the checked-out branch's tip that edits the
+specialist file's ``release`` block. The change that asked for a release is found by
+walking the checked-out branch's first parents back to the commit that made
+``release.<stage>`` name the version: it counts only when that commit is a merge. A change
+committed straight onto the branch carries no approval, whichever forge reads it.
 """
 
 from __future__ import annotations
 
 import io
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelsmith.errors import ModelsmithError
+from .base import ForgeError
 
-from .plan import Approval
-
-TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
 #: First-parent commits searched for the change that asked for a release.
 SEARCH_DEPTH = 500
-
-
-class ForgeError(ModelsmithError, RuntimeError):
-    """A proposal that cannot be made; the message says why."""
-
-
-@dataclass(frozen=True)
-class Proposal:
-    forge: str
-    ref: str  # branch (local) or pull request URL (github)
-    commit: str
-    title: str
-    number: int | None = None  # the pull request's (github)
 
 
 def release_of(text: str, stage: str) -> str | None:
@@ -85,85 +61,6 @@ def set_release(text: str, stage: str, version: str | None,
     return out.getvalue()
 
 
-class LocalForge:
-    """Proposals as branches, approvals as merge commits (see the module docstring)."""
-
-    name = "local"
-
-    def __init__(self, root: Path, sources: dict[str, str]) -> None:
-        import pygit2
-
-        found = pygit2.discover_repository(str(root))
-        if found is None:
-            raise ForgeError(f"{root} is not in a git repository")
-        self.repo = pygit2.Repository(found)
-        self.root = Path(root)
-        self.sources = sources  # specialist -> its file, relative to the repository root
-
-    def _text_at(self, commit: Any, path: str) -> str | None:
-        try:
-            return commit.tree[path].data.decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
-            return None
-
-    def asking_merge(self, specialist: str, stage: str, version: str) -> Any | None:
-        """The merge commit on the checked-out branch that brought in the change making
-        ``release.<stage>`` name ``version``; None when that change was not merged (or
-        is not committed at all)."""
-        path = self.sources.get(specialist)
-        if path is None or self.repo.head_is_unborn:
-            return None
-        commit = self.repo.head.peel()
-        for _ in range(SEARCH_DEPTH):
-            text = self._text_at(commit, path)
-            if text is None or release_of(text, stage) != version:
-                return None  # the work tree's wish is not committed on this branch
-            parent = commit.parents[0] if commit.parents else None
-            before = self._text_at(parent, path) if parent is not None else None
-            if before is None or release_of(before, stage) != version:
-                # Committed straight onto the branch is not a reviewed change.
-                return commit if len(commit.parents) >= 2 else None
-            commit = parent
-        return None
-
-    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
-        commit = self.asking_merge(specialist, stage, version)
-        if commit is None:
-            return None
-        return Approval("local", str(commit.id)[:12], commit.committer.name,
-                        tuple(TRAILER_RE.findall(commit.message)),
-                        codeowners(self._text_at(commit, "CODEOWNERS") or self._text_at(
-                            commit, ".github/CODEOWNERS"), self.sources[specialist]))
-
-    def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
-                body: str, traffic: float | None = None) -> Proposal:
-        import pygit2
-
-        path = self.sources.get(specialist)
-        if path is None:
-            raise ForgeError(f"no specialist {specialist!r} in this repository")
-        if self.repo.head_is_unborn:
-            raise ForgeError("the repository has no commit to branch from")
-        head = self.repo.head.peel()
-        text = self._text_at(head, path)
-        if text is None:
-            raise ForgeError(f"{path} is not committed on {self.repo.head.shorthand}")
-        changed = set_release(text, stage, version, traffic)
-        for other in ("shadow", "canary", "production"):  # a version holds one stage
-            if version is not None and other != stage and release_of(changed, other) == version:
-                changed = set_release(changed, other, None)
-        if changed == text:
-            raise ForgeError(f"release.{stage} of {specialist} already names {version}")
-        branch = f"modelsmith/propose/{specialist}/{stage}-{version or 'none'}"
-        blob = self.repo.create_blob(changed.encode("utf-8"))
-        tree = _replace_in_tree(self.repo, head.tree, path.split("/"), blob)
-        signature = pygit2.Signature("modelsmith", "modelsmith@localhost")
-        commit = self.repo.create_commit(None, signature, signature,
-                                         f"{title}\n\n{body}\n", tree, [head.id])
-        self.repo.branches.local.create(branch, self.repo[commit], force=True)
-        return Proposal("local", branch, str(commit), title)
-
-
 def codeowners(text: str | None, path: str) -> tuple[str, ...]:
     """The owners a CODEOWNERS file names for ``path`` (the last matching line wins), as
     logins without the ``@``."""
@@ -183,6 +80,97 @@ def codeowners(text: str | None, path: str) -> tuple[str, ...]:
                 or (anchored.endswith("**") and path.startswith(anchored[:-2])):
             owners = tuple(o.lstrip("@") for o in parts[1:])
     return owners
+
+
+class ForgeRepository:
+    """The git repository a forge works in, with each specialist's file in it."""
+
+    def __init__(self, root: Path, sources: dict[str, str]) -> None:
+        import pygit2
+
+        found = pygit2.discover_repository(str(root))
+        if found is None:
+            raise ForgeError(f"{root} is not in a git repository")
+        self.repo = pygit2.Repository(found)
+        self.root = Path(root)
+        self.sources = sources  # specialist -> its file, relative to the repository root
+
+    @property
+    def branch(self) -> str:
+        """The checked-out branch's name."""
+        return self.repo.head.shorthand
+
+    def text_at(self, commit: Any, path: str) -> str | None:
+        """The file at ``path`` in ``commit`` (None when absent or not text)."""
+        try:
+            return commit.tree[path].data.decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return None
+
+    def owners(self, commit: Any, specialist: str, files: tuple[str, ...]) -> tuple[str, ...]:
+        """The CODEOWNERS of the specialist's file, read from the first of ``files`` that
+        ``commit`` has."""
+        texts = (self.text_at(commit, path) for path in files)
+        return codeowners(next((text for text in texts if text), None),
+                          self.sources[specialist])
+
+    def asking_merge(self, specialist: str, stage: str, version: str) -> Any | None:
+        """The merge commit on the checked-out branch that brought in the change making
+        ``release.<stage>`` name ``version``; None when that change was not merged (or
+        is not committed at all)."""
+        path = self.sources.get(specialist)
+        if path is None or self.repo.head_is_unborn:
+            return None
+        commit = self.repo.head.peel()
+        for _ in range(SEARCH_DEPTH):
+            text = self.text_at(commit, path)
+            if text is None or release_of(text, stage) != version:
+                return None  # the work tree's wish is not committed on this branch
+            parent = commit.parents[0] if commit.parents else None
+            before = self.text_at(parent, path) if parent is not None else None
+            if before is None or release_of(before, stage) != version:
+                # Committed straight onto the branch is not a reviewed change.
+                return commit if len(commit.parents) >= 2 else None
+            commit = parent
+        return None
+
+    def commit_proposal(self, specialist: str, stage: str, version: str | None, *,
+                        title: str, body: str, traffic: float | None = None) -> tuple[str, str]:
+        """Commit the release change onto a new branch off the checked-out tip (the work
+        tree is not touched); returns the branch's name and the commit's id."""
+        import pygit2
+
+        path = self.sources.get(specialist)
+        if path is None:
+            raise ForgeError(f"no specialist {specialist!r} in this repository")
+        if self.repo.head_is_unborn:
+            raise ForgeError("the repository has no commit to branch from")
+        head = self.repo.head.peel()
+        text = self.text_at(head, path)
+        if text is None:
+            raise ForgeError(f"{path} is not committed on {self.repo.head.shorthand}")
+        changed = _release_change(text, stage, version, traffic)
+        if changed == text:
+            raise ForgeError(f"release.{stage} of {specialist} already names {version}")
+        branch = f"modelsmith/propose/{specialist}/{stage}-{version or 'none'}"
+        blob = self.repo.create_blob(changed.encode("utf-8"))
+        tree = _replace_in_tree(self.repo, head.tree, path.split("/"), blob)
+        signature = pygit2.Signature("modelsmith", "modelsmith@localhost")
+        commit = self.repo.create_commit(None, signature, signature,
+                                         f"{title}\n\n{body}\n", tree, [head.id])
+        self.repo.branches.local.create(branch, self.repo[commit], force=True)
+        return branch, str(commit)
+
+
+def _release_change(text: str, stage: str, version: str | None,
+                    traffic: float | None) -> str:
+    """``text`` asking for ``version`` in ``stage`` and in no other stage (a version holds
+    one stage)."""
+    changed = set_release(text, stage, version, traffic)
+    for other in ("shadow", "canary", "production"):
+        if version is not None and other != stage and release_of(changed, other) == version:
+            changed = set_release(changed, other, None)
+    return changed
 
 
 def _replace_in_tree(repo: Any, tree: Any, parts: list[str], blob: Any) -> Any:

@@ -1,0 +1,56 @@
+"""What every forge does, and the records it hands back.
+
+A forge answers one question for the planner and does one thing for agents:
+
+- ``approval(specialist, stage, version)``: the merged change that made ``release`` ask for
+  ``version`` in ``stage``, who merged it and who approved it -- or None;
+- ``propose(...)``: a change that edits ``release`` (ruamel.yaml round-trip: comments and
+  key order kept) with the evidence in its description, for a human to review and merge.
+
+``local`` is git alone (:mod:`.local`), ``github`` pull requests and reviews
+(:mod:`.github`); :func:`.factory.forge_for` picks one for a repository.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from modelsmith.errors import ModelsmithError
+
+from ..plan import Approval
+
+__all__ = ["Approval", "Forge", "ForgeError", "Proposal"]
+
+
+class ForgeError(ModelsmithError, RuntimeError):
+    """A proposal that cannot be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    forge: str
+    ref: str  # branch (local) or pull request URL (github)
+    commit: str
+    title: str
+    number: int | None = None  # the pull request's (github)
+
+
+@runtime_checkable
+class Forge(Protocol):
+    """Where a release change is proposed and where a human approves it."""
+
+    name: str  # "local", "github": what proposals and approvals record as their forge
+
+    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+        """The approval of the merged change on the checked-out branch that made
+        ``release.<stage>`` of ``specialist`` name ``version``; None when no reviewed change
+        asked for it."""
+        ...
+
+    def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
+                body: str, traffic: float | None = None) -> Proposal:
+        """Ask for ``release.<stage> = version`` (``traffic``: the canary's share) as a
+        change titled ``title`` with ``body`` as its description; raises
+        :class:`ForgeError` when the change cannot be made."""
+        ...

@@ -1,0 +1,44 @@
+"""The ``local`` forge: git alone.
+
+A proposal is a branch with one commit; the approval is the merge commit on the main
+branch that brought the change in, with its approvers as ``Approved-by:`` trailers of the
+merge message. A change committed straight onto the main branch is not a merge: it carries
+no approval. (GitHub pull requests and reviews are the ``github`` forge.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .base import Approval, Proposal
+from .repository import ForgeRepository
+
+TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
+#: Where the local forge reads a commit's code owners, first found wins.
+CODEOWNERS_FILES = ("CODEOWNERS", ".github/CODEOWNERS")
+
+
+class LocalForge:
+    """Proposals as branches, approvals as merge commits (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, root: Path, sources: dict[str, str]) -> None:
+        self.git = ForgeRepository(root, sources)
+        self.root = self.git.root
+        self.sources = sources
+
+    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+        commit = self.git.asking_merge(specialist, stage, version)
+        if commit is None:
+            return None
+        return Approval("local", str(commit.id)[:12], commit.committer.name,
+                        tuple(TRAILER_RE.findall(commit.message)),
+                        self.git.owners(commit, specialist, CODEOWNERS_FILES))
+
+    def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
+                body: str, traffic: float | None = None) -> Proposal:
+        branch, commit = self.git.commit_proposal(specialist, stage, version, title=title,
+                                                  body=body, traffic=traffic)
+        return Proposal("local", branch, commit, title)

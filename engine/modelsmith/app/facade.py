@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from modelsmith.events.projection import Assignment, FleetState
     from modelsmith.events.types import Event
     from modelsmith.events.verify import VerifyReport
+    from modelsmith.gitops.forge import Forge
     from modelsmith.gitops.plan import Action
     from modelsmith.gitops.reconcile import ReconcileResult
     from modelsmith.gitops.sync import SyncResult
@@ -118,11 +119,13 @@ class Modelsmith:
 
     def __init__(self, root: Path, *, store: GitEventStore | None = None,
                  artifacts: ArtifactStore | None = None,
-                 backends: BackendFactory | None = None) -> None:
+                 backends: BackendFactory | None = None,
+                 forges: Callable[[Repository], Forge] | None = None) -> None:
         self.root = Path(root)
         self._store = store
         self._artifacts = artifacts
         self._backends = backends
+        self._forges = forges
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -237,13 +240,21 @@ class Modelsmith:
         repo = pygit2.Repository(found)
         return None if repo.head_is_unborn else str(repo.head.target)
 
+    def forge(self, repo: Repository) -> Forge:
+        """Where release changes are proposed and approvals read: GitHub when
+        ``MODELSMITH_FORGE=github``, else local git (``forge_for``)."""
+        if self._forges is None:
+            from modelsmith.gitops.forge import forge_for
+
+            self._forges = forge_for
+        return self._forges(repo)
+
     def _approvals(self, repo: Repository) -> Any:
         """The approvals of the repository's forge (none outside a git repository)."""
         from modelsmith.gitops.forge import ForgeError
-        from modelsmith.gitops.propose import forge_for
 
         try:
-            return forge_for(repo).approval
+            return self.forge(repo).approval
         except ForgeError:
             return lambda *_: None
 
@@ -670,7 +681,8 @@ class Modelsmith:
 
         repo = self.specs()
         self._specialist(repo, specialist)
-        return propose(repo, self.fleet(), specialist, stage, version, traffic=traffic,
+        return propose(self.forge(repo), repo, self.fleet(), specialist, stage, version,
+                       traffic=traffic,
                        heldout=logged_heldout(self.store),
                        sound=logged_evidence(self.store, repo))
 
@@ -683,8 +695,9 @@ class Modelsmith:
         if version is None:
             return None
         try:
-            proposal, _body, _ready = propose(self.specs(), self.fleet(), specialist, stage,
-                                              version, rolled_back=event)
+            repo = self.specs()
+            proposal, _body, _ready = propose(self.forge(repo), repo, self.fleet(), specialist,
+                                              stage, version, rolled_back=event)
         except ForgeError as exc:
             warnings.append(f"release not proposed: {exc}")
             return None

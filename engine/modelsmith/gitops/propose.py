@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .forge import Proposal
-from .forge.factory import forge_for  # the CLI asks this module for the forge
+from .forge import Forge, Proposal
 from .plan import ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_for
 
 
@@ -47,12 +46,12 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
     return "\n".join(lines), ready
 
 
-def propose(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
-            traffic: float | None = None, heldout: HeldoutFn = lambda *_: None,
+def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str, version: str,
+            *, traffic: float | None = None, heldout: HeldoutFn = lambda *_: None,
             sound: EvidenceFn = lambda *_: None,
             rolled_back: Any = None) -> tuple[Proposal, str, bool]:
-    """Open the proposal; returns it, its description and whether the gates (approval
-    aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change records a
+    """Open the proposal on ``forge``; returns it, its description and whether the gates
+    (approval aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change records a
     rollback that already happened: ``release`` is made to match the log."""
     if rolled_back is not None:
         data = rolled_back.data
@@ -61,12 +60,12 @@ def propose(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
                 f"(event `{rolled_back.id}`): {data['reason']}.\n\nThis change makes "
                 "`release` match the event log, so reconcile does not promote "
                 f"{data['from_version']} again.")
-        proposal = forge_for(repo).propose(specialist, stage, version, title=title,
+        proposal = forge.propose(specialist, stage, version, title=title,
                                            body=body, traffic=traffic)
         return proposal, body, True
     body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout,
                            sound=sound)
     title = f"Promote {specialist} {version} to {stage}"
-    proposal = forge_for(repo).propose(specialist, stage, version, title=title, body=body,
+    proposal = forge.propose(specialist, stage, version, title=title, body=body,
                                        traffic=traffic)
     return proposal, body, ready

@@ -14,6 +14,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from modelsmith.stages import STAGES
+
 from .base import ForgeError
 
 #: First-parent commits searched for the change that asked for a release.
@@ -167,7 +169,7 @@ def _release_change(text: str, stage: str, version: str | None,
     """``text`` asking for ``version`` in ``stage`` and in no other stage (a version holds
     one stage)."""
     changed = set_release(text, stage, version, traffic)
-    for other in ("shadow", "canary", "production"):
+    for other in STAGES:
         if version is not None and other != stage and release_of(changed, other) == version:
             changed = set_release(changed, other, None)
     return changed

@@ -35,6 +35,10 @@ def test_a_process_that_runs_out_of_its_memory_limit_is_oom():
     (JobEnd(1, "RuntimeError: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
                "can't allocate memory: you tried to allocate 4294967296 bytes"), "oom"),
     (JobEnd(-signal.SIGKILL, ""), "oom"),
+    # Ray's notice that it shortened the log is not a truncated checkpoint.
+    (JobEnd(-signal.SIGKILL, "Job failed: last available logs (truncated to 20,000 chars):"
+                             "\nabout to die"), "oom"),
+    (JobEnd(1, "OSError: file model.safetensors is truncated"), "corrupt_checkpoint"),
     (JobEnd(255, "ssh: connect to host 10.0.0.7 port 22: Connection refused", via_ssh=True),
      "host_unreachable"),
     (JobEnd(255, "Connection to 10.0.0.7 closed by remote host.", via_ssh=True),

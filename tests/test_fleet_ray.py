@@ -76,12 +76,6 @@ class TestRayExecutor(ExecutorContract):
     def executor(self, cluster):
         return RayExecutor("ray", cluster)
 
-    @pytest.mark.xfail(strict=True, reason="Ray's failure message ends 'last available logs "
-                       "(truncated to 20,000 chars)', and the classifier reads 'truncated' as "
-                       "a corrupt checkpoint before it looks at the signal")
-    def test_a_job_ended_by_a_signal_reports_the_signal(self, executor, tmp_path):
-        super().test_a_job_ended_by_a_signal_reports_the_signal(executor, tmp_path)
-
 
 def test_a_run_left_behind_by_a_dead_submitter_is_stopped_first(cluster, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -42,7 +42,9 @@ _UNREACHABLE = re.compile(
 _CORRUPT = re.compile(
     r"SafetensorError|Error while deserializing header|HeaderTooLarge|incomplete metadata"
     r"|invalid load key|unexpected EOF|PytorchStreamReader failed|checkpoint hash mismatch"
-    r"|not a valid checkpoint|truncated",
+    # "truncated", but not a log collector saying it shortened the log (Ray's failure
+    # message ends "last available logs (truncated to 20,000 chars)").
+    r"|not a valid checkpoint|truncated(?! to [\d,]+ (?:chars|characters|bytes|lines))",
     re.IGNORECASE,
 )
 #: ssh's own exit status when the connection (not the remote command) failed.

@@ -51,8 +51,8 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str, ve
             sound: EvidenceFn = lambda *_: None,
             rolled_back: Any = None) -> tuple[Proposal, str, bool]:
     """Open the proposal on ``forge``; returns it, its description and whether the gates
-    (approval aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change records a
-    rollback that already happened: ``release`` is made to match the log."""
+    (approval aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change
+    records a rollback that already happened: ``release`` is made to match the log."""
     if rolled_back is not None:
         data = rolled_back.data
         title = f"Roll back {specialist} {stage} to {version}"

@@ -57,18 +57,7 @@ def run_checks(root: Path, *, model: str | None = None, with_model: bool = True,
             yield Check(name, None, "skipped: the specs are invalid")
         return
     repo = load_repository(root)
-
-    def event_log() -> tuple[bool, str, str]:
-        from modelsmith.events.gitstore import GitEventStore
-
-        report = GitEventStore(root).verify()
-        tip = f"tip {str(report.tip)[:12]}" if report.tip else "empty so far"
-        detail = (f"{report.events} events, {tip}" if report.ok
-                  else f"{len(report.problems)} problems: {report.problems[0]}")
-        return (report.ok, detail,
-                "run `modelsmith verify` and restore the named commit from a clone")
-
-    yield _timed("event log", event_log)
+    yield _timed("event log", lambda: _event_log(root))
     yield from _host_checks(repo)
     yield _timed("dvc remote", lambda: _dvc_remote(root))
     missing = [name for name in ML_PACKAGES if importlib.util.find_spec(name) is None]
@@ -80,7 +69,21 @@ def run_checks(root: Path, *, model: str | None = None, with_model: bool = True,
         yield Check("generation", None, why)
         yield Check("eval", None, why)
         return
-    name = specialist or sorted(repo.specialists)[0]
+    yield from _model_checks(repo, root, specialist or sorted(repo.specialists)[0], model)
+
+
+def _event_log(root: Path) -> tuple[bool, str, str]:
+    from modelsmith.events.gitstore import GitEventStore
+
+    report = GitEventStore(root).verify()
+    tip = f"tip {str(report.tip)[:12]}" if report.tip else "empty so far"
+    detail = (f"{report.events} events, {tip}" if report.ok
+              else f"{len(report.problems)} problems: {report.problems[0]}")
+    return report.ok, detail, "run `modelsmith verify` and restore the named commit from a clone"
+
+
+def _model_checks(repo: Any, root: Path, name: str, model: str | None) -> Iterator[Check]:
+    """A smoke generation, then a 10-scenario evaluation (not recorded) on one backend."""
     spec = repo.specialists[name]
     ref = model or spec.spec.base
     backend_box: list[Any] = []
@@ -96,14 +99,6 @@ def run_checks(root: Path, *, model: str | None = None, with_model: bool = True,
         return (out.error is None, f"{ref} answered {out.text!r} in {out.latency_ms:.0f} ms",
                 f"check the model profile {ref!r} in config/clusters.json")
 
-    smoke = _timed("generation", generation)
-    yield smoke
-    if not smoke.ok:
-        yield Check("eval", None, "skipped: the model does not generate")
-        for backend in backend_box:
-            backend.close()
-        return
-
     def evaluation() -> tuple[bool, str, str]:
         from modelsmith.evaluation.runner import EvalSettings
         from modelsmith.evaluation.service import evaluate
@@ -115,7 +110,12 @@ def run_checks(root: Path, *, model: str | None = None, with_model: bool = True,
                       f"{report.composite:.3f} in {outcome.duration_s:.1f}s", "")
 
     try:
-        yield _timed("eval", evaluation)
+        smoke = _timed("generation", generation)
+        yield smoke
+        if smoke.ok:
+            yield _timed("eval", evaluation)
+        else:
+            yield Check("eval", None, "skipped: the model does not generate")
     finally:
         for backend in backend_box:
             backend.close()

@@ -339,49 +339,14 @@ class Modelsmith:
         return fleet_status(self.store, self.cache_dir)
 
     def _status_at(self, when: str) -> dict[str, Any]:
-        """The fleet at ``when``: an ISO date or time (UTC when no zone is given), or a git
-        revision (a commit of the work tree or of the event log) whose commit time is
-        taken. Only events recorded by then are folded."""
-        from modelsmith.events.projection import FleetState
+        """The fleet at ``when`` (a time or a git revision): only events recorded by then
+        are folded."""
+        from modelsmith.events.projection import fold_until
 
-        cutoff, position = self._instant(when)
-        state = FleetState()
-        for event in self.store.read():
-            if (event.position or 0) <= position if position is not None \
-                    else event.at <= cutoff:
-                state.apply(event)
-        summary = state.to_dict()
+        cutoff, position = self.store.instant(when)
+        summary = fold_until(self.store.read(), cutoff, position).to_dict()
         return {"at": cutoff.isoformat(), "events": summary["events"],
                 "specialists": summary["specialists"]}
-
-    def _instant(self, when: str) -> tuple[Any, int | None]:
-        """(time, log position): a commit of the event log is a position in it; any other
-        revision counts up to the end of its commit's second."""
-        from datetime import UTC, datetime, timedelta
-
-        try:
-            moment = datetime.fromisoformat(when)
-        except ValueError:
-            moment = None
-        if moment is not None:
-            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
-        import pygit2
-
-        from modelsmith.events.gitstore import EVENTS_REF
-
-        repo = self.store.repo  # the work tree's repository, which holds the log
-        try:
-            commit = repo.revparse_single(when).peel(pygit2.Commit)
-        except (KeyError, ValueError, pygit2.GitError):
-            raise WorkspaceError(f"--at {when!r} is neither a date/time (2026-11-20 or "
-                                 "2026-11-20T14:05:00) nor a git revision here") from None
-        moment = datetime.fromtimestamp(commit.commit_time, UTC)
-        log = repo.references.get(EVENTS_REF)
-        if log is not None and (log.target == commit.id
-                                or repo.descendant_of(log.target, commit.id)):
-            position = sum(1 for _ in repo.walk(commit.id, pygit2.GIT_SORT_TOPOLOGICAL))
-            return moment, position
-        return moment + timedelta(seconds=1), None
 
     def _desired_releases(self) -> tuple[dict[str, dict[str, str | None]], str | None]:
         if not (self.root / "specialists").is_dir():
@@ -552,7 +517,7 @@ class Modelsmith:
         repo = repo or self.specs()
         return LoopParts(root=self.root, repo=repo, store=self.store, fleet=self.fleet,
                          registry=self.registry(repo, say), artifacts=self.artifacts,
-                         cause=self.head_commit())
+                         backends=self.backends, cause=self.head_commit())
 
     def iterate(self, specialist: str, options: LoopOptions, *,
                 emit: Callable[[dict[str, Any]], None] = lambda _e: None,
@@ -746,9 +711,12 @@ class Modelsmith:
             earlier = result.applied
             result = apply(self.store)
             result.applied = earlier + result.applied
-        synced = sync(self.root, remote, replan=apply) if push else None
-        if synced is not None:
-            _keep_what_stands(result, synced)
+        synced = None
+        if push:
+            from modelsmith.gitops.sync import keep_what_stands, sync
+
+            synced = sync(self.root, remote, replan=apply)
+            keep_what_stands(result, synced)
         warnings: list[str] = []
         proposals = {event.id: self._propose_rollback(action.specialist, action.stage,
                                                       action.version, event, warnings)
@@ -808,17 +776,3 @@ class Modelsmith:
 
         return run_checks(self.root, model=model, with_model=with_model,
                           specialist=specialist)
-
-
-def _keep_what_stands(result: ReconcileResult, synced: SyncResult) -> None:
-    """After a sync: the decisions kept on the shared log, and those made again."""
-    if not synced.dropped:
-        return
-    gone = set(synced.dropped)
-    result.applied = [(a, e) for a, e in result.applied if e.id not in gone]
-    for again in synced.replans:
-        result.applied += [(a, e) for a, e in again.applied if e.id not in gone]
-    if synced.replans:
-        result.pending = synced.replans[-1].pending
-
-

@@ -21,12 +21,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pygit2
 from pydantic import ValidationError
 from pygit2.enums import SortMode
 
+from modelsmith.errors import WorkspaceError
 from modelsmith.events.store import (
     ConcurrencyError,
     EventStoreError,
@@ -339,6 +341,30 @@ class GitEventStore:
             Path(tmp).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ verify
+
+    def instant(self, when: str) -> tuple[datetime, int | None]:
+        """``when`` as (time, log position): an ISO date or time (UTC when no zone is
+        given) is a time; a commit of the event log is a position in it (and its time); any
+        other revision of the repository counts up to the end of its commit's second."""
+        try:
+            moment = datetime.fromisoformat(when)
+        except ValueError:
+            moment = None
+        if moment is not None:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
+        repo = self.repo  # the work tree's repository, which holds the log
+        try:
+            commit = repo.revparse_single(when).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            raise WorkspaceError(f"--at {when!r} is neither a date/time (2026-11-20 or "
+                                 "2026-11-20T14:05:00) nor a git revision here") from None
+        moment = datetime.fromtimestamp(commit.commit_time, UTC)
+        log = repo.references.get(EVENTS_REF)
+        if log is not None and (log.target == commit.id
+                                or repo.descendant_of(log.target, commit.id)):
+            position = sum(1 for _ in repo.walk(commit.id, SortMode.TOPOLOGICAL))
+            return moment, position
+        return moment + timedelta(seconds=1), None
 
     def verify(self) -> VerifyReport:
         """Walk the whole log and check it; names the commit of each problem."""

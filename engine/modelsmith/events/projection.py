@@ -11,7 +11,7 @@ import gc
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -244,6 +244,17 @@ def fold(store: EventStore, cache: Path | None = None) -> FleetState:
     state.tip = tip if store.tip() == tip else None
     if cache:
         _save(cache, state)
+    return state
+
+
+def fold_until(events: Iterable[Event], cutoff: datetime,
+               position: int | None = None) -> FleetState:
+    """Fleet state from the events recorded by ``cutoff`` (or, with ``position``, the
+    first ``position`` events of the log)."""
+    state = FleetState()
+    for event in events:
+        if (event.position or 0) <= position if position is not None else event.at <= cutoff:
+            state.apply(event)
     return state
 
 

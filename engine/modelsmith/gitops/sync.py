@@ -140,3 +140,16 @@ def _replay(store: GitEventStore, local: str, theirs: str, result: SyncResult,
         result.replayed.append(event.id)
     if result.dropped:
         result.replans.append(replan(store))
+
+
+def keep_what_stands(result: Any, synced: SyncResult) -> None:
+    """After a sync, ``result`` (a reconcile's) holds the decisions that stood on the shared
+    log: those sync dropped are gone, and those the re-plans made instead are added."""
+    if not synced.dropped:
+        return
+    gone = set(synced.dropped)
+    result.applied = [(a, e) for a, e in result.applied if e.id not in gone]
+    for again in synced.replans:
+        result.applied += [(a, e) for a, e in again.applied if e.id not in gone]
+    if synced.replans:
+        result.pending = synced.replans[-1].pending

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from modelsmith.artifacts.registry import ModelRegistry
     from modelsmith.events.projection import FleetState
     from modelsmith.events.store import EventStore
+    from modelsmith.inference.base import Backend
     from modelsmith.specs import Repository
 
 
@@ -99,7 +100,8 @@ Emit = Callable[[dict[str, Any]], None]
 class LoopParts:
     """What the loop works with: the work tree (``.iterate/`` state, datasets), the specs
     (loaded once per run), the event log and its fold, the model registry, the DVC store,
-    and the commit recorded as its events' cause."""
+    the inference backend factory (``make_backend``'s signature) and the commit recorded
+    as its events' cause."""
 
     root: Path
     repo: Repository
@@ -107,6 +109,7 @@ class LoopParts:
     fleet: Callable[[], FleetState]
     registry: ModelRegistry
     artifacts: ArtifactStore
+    backends: Callable[..., Backend]
     cause: str | None = None
 
 
@@ -181,7 +184,6 @@ class IterateLoop:
         from modelsmith.artifacts.registry import is_version
         from modelsmith.evaluation.runner import EvalSettings
         from modelsmith.evaluation.service import evaluate
-        from modelsmith.inference import make_backend
 
         recorder = self._recorder(state, phase)
         found = recorder.recorded("EvalCompleted")
@@ -194,9 +196,9 @@ class IterateLoop:
         if version:
             cand = self.parts.registry.candidate(self.specialist, version)
             load, chat = str(cand.path), cand.base.chat_template
-        backend = make_backend(load, repo.clusters, threads=self.options.eval_threads,
-                               batch_size=self.options.eval_batch_size,
-                               repo_root=self.parts.root, chat_template=chat)
+        backend = self.parts.backends(load, repo.clusters, threads=self.options.eval_threads,
+                                      batch_size=self.options.eval_batch_size,
+                                      repo_root=self.parts.root, chat_template=chat)
         try:
             outcome = evaluate(repo, self.specialist, backend, model_ref=model_ref,
                                version=version, store=self.parts.store, settings=EvalSettings(),
@@ -398,13 +400,18 @@ class IterateLoop:
         return self._save(state.advanced(phase, done=True, **work(state)))
 
     def _run(self) -> LoopResult:
-        from .heal import CheckpointDiscarded
-
-        repo = self.repo
-        spec = repo.specialists[self.specialist]
+        spec = self.repo.specialists[self.specialist].spec
         target = self.options.target if self.options.target is not None \
-            else spec.spec.target.composite
-        sustained = self.options.sustained or spec.spec.target.sustained
+            else spec.target.composite
+        sustained = self.options.sustained or spec.target.sustained
+        state = self._start_or_resume(spec.base)
+        while True:
+            state, result = self._iteration(state, target, sustained)
+            if result is not None:
+                return result
+
+    def _start_or_resume(self, base: str) -> IterateState:
+        """The saved loop to go on with, or a new one (also after a loop that ended)."""
         state = self.state_file.load()
         if state is not None and state.phase == "decide" and state.done \
                 and state.outputs.decision not in (None, "continue"):
@@ -412,73 +419,83 @@ class IterateLoop:
                      "starting a new one")
             state = None
         if state is None:
-            state = IterateState(specialist=self.specialist, loop_id=uuid.uuid4().hex[:12],
-                                 options=dict(vars(self.options)),
-                                 outputs=PhaseOutputs(
-                                     model=self.options.model or spec.spec.base))
-            state = self._save(state)
+            return self._save(IterateState(
+                specialist=self.specialist, loop_id=uuid.uuid4().hex[:12],
+                options=dict(vars(self.options)),
+                outputs=PhaseOutputs(model=self.options.model or base)))
+        self.say(f"resuming loop {state.loop_id} at iteration {state.iteration}, "
+                 f"phase {state.phase}{' (done)' if state.done else ''}")
+        return state
+
+    def _iteration(self, state: IterateState, target: float,
+                   sustained: int) -> tuple[IterateState, LoopResult | None]:
+        """One iteration from wherever ``state`` stands: the state the next one starts
+        from, or the loop's result when this one decided to stop."""
+        from .heal import CheckpointDiscarded
+
+        started = time.perf_counter()
+        self.progress.start_iteration(state.iteration, state.history)
+        model = state.outputs.model or ""
+        state = self._phase(state, "eval", lambda s: self._evaluate_current(s, model))
+        state = self._phase(state, "extract", self._extract)
+        state = self._phase(state, "generate", self._generate)
+        state = self._phase(state, "validate", self._validate)
+        try:
+            if not state.completed("train"):
+                self.say(f"iteration {state.iteration}: training from {model}")
+            state = self._phase(state, "train", self._train)
+        except CheckpointDiscarded as discarded:
+            return self._go_back(state, discarded, started), None
+        candidate = state.outputs.candidate or ""
+        state = self._phase(state, "reeval", lambda s: self._reevaluate(s, candidate))
+        record = IterationRecord(iteration=state.iteration, candidate=candidate,
+                                 composite=state.outputs.composite,
+                                 heldout=state.outputs.heldout,
+                                 eval_event=state.outputs.reeval_event,
+                                 duration_s=round(time.perf_counter() - started, 2))
+        history = [*state.history, record]
+        self.progress.finished_iteration(record.composite, record.duration_s or 0.0)
+        self.emit({"event": "iteration", **record.model_dump(mode="json")})
+        self.say(f"iteration {state.iteration}: {candidate} composite "
+                 f"{record.composite:.3f}, held-out {record.heldout}")
+        return self._decide_phase(state, record, history, target, sustained)
+
+    def _evaluate_current(self, state: IterateState, model: str) -> dict[str, Any]:
+        if state.outputs.eval_event:  # the previous re-evaluation, reused
+            event_id = state.outputs.eval_event
         else:
-            self.say(f"resuming loop {state.loop_id} at iteration {state.iteration}, "
-                     f"phase {state.phase}{' (done)' if state.done else ''}")
-        while True:
-            started = time.perf_counter()
-            self.progress.start_iteration(state.iteration, state.history)
-            model = state.outputs.model or ""
+            self.say(f"iteration {state.iteration}: evaluating {model}")
+            event_id = self._evaluate(state, "eval", model).id
+        return {"eval_event": event_id, "base_eval": state.outputs.base_eval or event_id}
 
-            def evaluate_current(state: IterateState, model: str = model) -> dict[str, Any]:
-                if state.outputs.eval_event:  # the previous re-evaluation, reused
-                    event_id = state.outputs.eval_event
-                else:
-                    self.say(f"iteration {state.iteration}: evaluating {model}")
-                    event_id = self._evaluate(state, "eval", model).id
-                return {"eval_event": event_id,
-                        "base_eval": state.outputs.base_eval or event_id}
+    def _reevaluate(self, state: IterateState, candidate: str) -> dict[str, Any]:
+        self.say(f"iteration {state.iteration}: evaluating {candidate}")
+        event = self._evaluate(state, "reeval", candidate)
+        return {"reeval_event": event.id, "composite": event.data.get("composite"),
+                "heldout": event.data.get("heldout")}
 
-            state = self._phase(state, "eval", evaluate_current)
-            state = self._phase(state, "extract", self._extract)
-            state = self._phase(state, "generate", self._generate)
-            state = self._phase(state, "validate", self._validate)
-            try:
-                if not state.completed("train"):
-                    self.say(f"iteration {state.iteration}: training from {model}")
-                state = self._phase(state, "train", self._train)
-            except CheckpointDiscarded as discarded:
-                state = self._go_back(state, discarded, started)
-                continue
-            candidate = state.outputs.candidate or ""
-
-            def reevaluate(state: IterateState, candidate: str = candidate) -> dict[str, Any]:
-                self.say(f"iteration {state.iteration}: evaluating {candidate}")
-                event = self._evaluate(state, "reeval", candidate)
-                return {"reeval_event": event.id, "composite": event.data.get("composite"),
-                        "heldout": event.data.get("heldout")}
-
-            state = self._phase(state, "reeval", reevaluate)
-            record = IterationRecord(iteration=state.iteration, candidate=candidate,
-                                     composite=state.outputs.composite,
-                                     heldout=state.outputs.heldout,
-                                     eval_event=state.outputs.reeval_event,
-                                     duration_s=round(time.perf_counter() - started, 2))
-            history = [*state.history, record]
-            self.progress.finished_iteration(record.composite, record.duration_s or 0.0)
-            self.emit({"event": "iteration", **record.model_dump(mode="json")})
-            self.say(f"iteration {state.iteration}: {candidate} composite "
-                     f"{record.composite:.3f}, held-out {record.heldout}")
-            state = self._save(state.advanced("decide", done=False))
-            verdict = _decide(history, target, sustained, self.options)
-            if verdict is not None and verdict[0] == "target":
-                verdict = self._gate(state, candidate, record.eval_event, verdict[1])
-            if verdict is not None:
-                reason, message = verdict
-                state = self._save(state.advanced("decide", done=True, decision=reason)
-                                   .model_copy(update={"history": history}))
-                return LoopResult(self.specialist, reason, message, history, candidate, target)
-            state = self._save(state.advanced("decide", done=True, decision="continue"))
-            carried = PhaseOutputs(  # the base model's evaluation stays the gate's baseline
-                model=candidate, eval_event=record.eval_event,
-                base_eval=state.outputs.base_eval, previous_dataset=state.outputs.dataset)
-            state = state.next_iteration(record)
-            state = self._save(state.model_copy(update={"outputs": carried}))
+    def _decide_phase(self, state: IterateState, record: IterationRecord,
+                      history: list[IterationRecord], target: float,
+                      sustained: int) -> tuple[IterateState, LoopResult | None]:
+        """Stop (target held and gated, budget spent, no gain) or carry on from the
+        candidate."""
+        candidate = record.candidate or ""
+        state = self._save(state.advanced("decide", done=False))
+        verdict = _decide(history, target, sustained, self.options)
+        if verdict is not None and verdict[0] == "target":
+            verdict = self._gate(state, candidate, record.eval_event or "", verdict[1])
+        if verdict is not None:
+            reason, message = verdict
+            self._save(state.advanced("decide", done=True, decision=reason)
+                       .model_copy(update={"history": history}))
+            return state, LoopResult(self.specialist, reason, message, history, candidate,
+                                     target)
+        state = self._save(state.advanced("decide", done=True, decision="continue"))
+        carried = PhaseOutputs(  # the base model's evaluation stays the gate's baseline
+            model=candidate, eval_event=record.eval_event,
+            base_eval=state.outputs.base_eval, previous_dataset=state.outputs.dataset)
+        state = state.next_iteration(record)
+        return self._save(state.model_copy(update={"outputs": carried})), None
 
     def _go_back(self, state: IterateState, discarded: Exception,
                  started: float) -> IterateState:

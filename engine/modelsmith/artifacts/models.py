@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelsmith.errors import InferenceError
 
+from .refs import ModelRef
+
 if TYPE_CHECKING:
     from ..specs.clusters import ClustersConfig, ModelProfile
 
@@ -48,7 +50,6 @@ BUILD_VERSION = 1
 #: Written last inside a finished model folder; a folder without it is never used.
 MARKER = ".modelsmith-complete"
 DEFAULT_MAX_LENGTH = 512
-HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
 TINY_CHAT_TEMPLATE = (
@@ -104,20 +105,17 @@ def resolve_model(
     ``repo_root`` anchors relative ``hf-dir`` paths (default: the current directory).
     Raises :class:`InferenceError` with an actionable message for anything a user can fix.
     """
-    ref = ref.strip()
-    if not ref:
-        raise InferenceError("empty model reference: name a model profile, a folder or a hub id")
     say = progress or _stderr
     root = Path(repo_root) if repo_root is not None else Path.cwd()
     models = clusters.models if clusters is not None else {}
-    if ref in models:
+    parsed = ModelRef.parse(ref, models)
+    ref = parsed.text
+    if parsed.kind == "profile":
         return _resolve_profile(ref, models[ref], cache_root(cache_dir), root, say)
-
     local = Path(ref).expanduser()
-    if local.is_dir():
+    if local.is_dir():  # a folder, even one named like a version
         return _resolve_folder(ref, local.resolve())
-    looks_like_path = ref.startswith(("/", "./", "../", "~"))
-    if not looks_like_path and HUB_ID_PATTERN.fullmatch(ref):
+    if parsed.kind == "hub":
         return ResolvedModel(
             ref=ref,
             path=None,

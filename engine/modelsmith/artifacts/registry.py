@@ -1,75 +1,31 @@
-"""Model references and the model registry.
+"""The model registry: a team's base profiles and the candidate versions its log registered.
 
-A :class:`ModelRef` is what a user names a model by (``--model``): a registered candidate
-version (``v3``), a model profile of config/clusters.json, a local folder, a hub id, or a
-model on an OpenAI-compatible endpoint (``openai:NAME``). It is parsed here and nowhere
-else. The :class:`ModelRegistry` turns a reference into weights: a candidate's folder in the
-work tree (pulled from the DVC remote when missing) with the base profile it is prompted as,
-or a base model resolved by :func:`~modelsmith.artifacts.models.resolve_model`.
+The :class:`ModelRegistry` turns a model reference (:class:`~.refs.ModelRef`) into weights:
+a candidate's folder in the work tree (pulled from the DVC remote when missing) with the
+base profile it is prompted as, or a base model resolved by
+:func:`~modelsmith.artifacts.models.resolve_model`. Version numbering is here too.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from modelsmith.errors import InferenceError, ModelsmithError
 
-from .models import HUB_ID_PATTERN, resolve_model
+from .models import resolve_model
+from .refs import VERSION_RE as VERSION_RE  # re-exported
+from .refs import ModelRef
+from .refs import is_version as is_version  # re-exported
 
-#: A registered candidate version: ``v`` and a number from 1.
-VERSION_RE = re.compile(r"^v[1-9][0-9]*$")
 #: Where candidates' weights live in a team's work tree (DVC-tracked), per specialist.
 MODELS_DIR = "models"
-#: The prefix of a model served by an OpenAI-compatible endpoint.
-ENDPOINT_PREFIX = "openai:"
-
-RefKind = Literal["version", "endpoint", "profile", "folder", "hub", "unknown"]
 
 
 class UnknownCandidate(ModelsmithError):
     """A version the event log never registered, or one whose ancestry names no profile."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model reference as written, and what kind of thing it names."""
-
-    text: str
-    kind: RefKind
-
-    @classmethod
-    def parse(cls, text: str, profiles: Collection[str] = ()) -> ModelRef:
-        """What ``text`` names. ``profiles`` are the model profiles' names: a profile wins
-        over a folder of the same name, a folder over a hub id (as the resolver does)."""
-        text = text.strip()
-        if not text:
-            raise InferenceError("empty model reference: name a model profile, a folder or "
-                                 "a hub id")
-        if VERSION_RE.match(text):
-            return cls(text, "version")
-        if text.startswith(ENDPOINT_PREFIX):
-            return cls(text, "endpoint")
-        if text in profiles:
-            return cls(text, "profile")
-        if Path(text).expanduser().is_dir():
-            return cls(text, "folder")
-        if not text.startswith(("/", "./", "../", "~")) and HUB_ID_PATTERN.fullmatch(text):
-            return cls(text, "hub")
-        return cls(text, "unknown")
-
-    @property
-    def version(self) -> str | None:
-        """The candidate version this names, if it names one."""
-        return self.text if self.kind == "version" else None
-
-
-def is_version(text: str) -> bool:
-    """Whether ``text`` names a registered candidate version (``vN``)."""
-    return VERSION_RE.match(text) is not None
 
 
 def next_version(taken: Iterable[str]) -> str:

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelsmith.artifacts.refs import ENDPOINT_PREFIX
+
 from .base import Backend, InferenceError
 
 if TYPE_CHECKING:
     from ..artifacts.models import MessageFn, ResolvedModel
     from ..specs.clusters import ClustersConfig
 
-OPENAI_PREFIX = "openai:"
+OPENAI_PREFIX = ENDPOINT_PREFIX
 
 
 @dataclass(frozen=True)

@@ -290,11 +290,17 @@ class Modelsmith:
         return json_schemas() if out is None else write_schemas(out)
 
     @staticmethod
-    def init(dest: Path) -> None:
-        """Scaffold a new Modelsmith repository in ``dest`` from the embedded defaults."""
+    def init(dest: Path, engine: str | None = None) -> str | None:
+        """Scaffold a new Modelsmith repository in ``dest`` from the embedded defaults; its
+        workflows install ``engine`` (checked to be pinned) or, by default, the engine
+        running now when its git URL and commit are known. Returns the pinned reference
+        (None: the repository must name one in ``.github/modelsmith-engine``)."""
+        from .engine_pin import check, this_engine
         from .scaffold import embedded_defaults, scaffold
 
-        scaffold(embedded_defaults(Path(__file__).resolve().parents[1]), dest)
+        pinned = check(engine) if engine is not None else this_engine()
+        scaffold(embedded_defaults(Path(__file__).resolve().parents[1]), dest, pinned)
+        return pinned
 
     @staticmethod
     def defaults(start: Path) -> Path:

@@ -64,16 +64,21 @@ __pycache__/
 """
 
 
-def scaffold(source: Path, dest: Path) -> pygit2.Repository:
+def scaffold(source: Path, dest: Path, engine: str | None = None) -> pygit2.Repository:
     """A new repository in the shape a team forks: the declarative files of ``source``
     (an example specialist, its suite, the policies, config/clusters.json, the DVC
-    pipeline), the GitHub workflows (CI with the plan comment; the reconciler), a
-    ``.gitignore`` and an initialised DVC, committed on ``main``."""
+    pipeline), the GitHub workflows (CI with the plan comment; the reconciler) with the
+    engine they install pinned in ``.github/modelsmith-engine`` (``engine``, a checked
+    reference, or none yet), a ``.gitignore`` and an initialised DVC, committed on
+    ``main``."""
     from importlib import resources
 
     from modelsmith.artifacts.dvc import ArtifactStore
 
+    from .engine_pin import write
+
     repo = prepare_fork(source, dest)
+    write(dest, engine)
     workflows = dest / ".github" / "workflows"
     workflows.mkdir(parents=True)
     templates = resources.files("modelsmith.gitops") / "templates"

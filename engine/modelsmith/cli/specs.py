@@ -66,13 +66,24 @@ def schema(out: Path | None) -> None:
 
 @click.command()
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--engine", default=None, metavar="URL",
+              help="The engine the workflows install, pinned: git+https://HOST/OWNER/REPO"
+                   "@COMMIT or a wheel URL with #sha256= (default: this engine's git URL "
+                   "and commit, when known).")
 @guard
-def init(dest: Path) -> None:
+def init(dest: Path, engine: str | None) -> None:
     """Scaffold a new Modelsmith repository in DEST: an example specialist with its suite,
     policies, config/clusters.json, the DVC pipeline, GitHub workflows, DVC initialised."""
     from modelsmith.app import Modelsmith
+    from modelsmith.app.engine_pin import ENGINE_FILE
 
-    Modelsmith.init(dest)
+    pinned = Modelsmith.init(dest, engine)
     click.echo(f"initialised a Modelsmith repository in {dest} (branch main, one commit)")
+    if pinned:
+        click.echo(f"its workflows install the engine pinned in {ENGINE_FILE}: {pinned}")
+    else:
+        click.echo(f"note: no engine pinned yet: write its git URL and commit in "
+                   f"{dest / ENGINE_FILE} (git+https://HOST/OWNER/REPO@COMMIT); the "
+                   "workflows fail until it names one", err=True)
     click.echo(f"next: `modelsmith -C {dest} validate`, `modelsmith -C {dest} plan`, and push "
                "it to a forge")

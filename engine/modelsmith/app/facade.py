@@ -338,12 +338,6 @@ class Modelsmith:
         return {"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
                 "specs_error": note}
 
-    def fleet_status(self) -> dict[str, Any]:
-        """One row per specialist with events, folded from the log."""
-        from modelsmith.events.projection import fleet_status
-
-        return fleet_status(self.store, self.cache_dir)
-
     def _status_at(self, when: str) -> dict[str, Any]:
         """The fleet at ``when`` (a time or a git revision): only events recorded by then
         are folded."""

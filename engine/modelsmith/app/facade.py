@@ -20,11 +20,12 @@ that need them, so opening a repository and reading its status stays light.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelsmith.errors import ModelsmithError, WorkspaceError
+from modelsmith.errors import WorkspaceError
 
 if TYPE_CHECKING:
     from modelsmith.artifacts.dvc import ArtifactStore
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from modelsmith.training.service import TrainOutcome
 
 Say = Callable[[str], None]
+#: ``progress(title)``: a context that yields the ``(done, total)`` callback of one run.
+ProgressFactory = Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
 BackendFactory = Callable[..., "Backend"]
 
 _EMPTY_ROW: dict[str, Any] = {
@@ -58,8 +61,9 @@ def _quiet(_message: str) -> None:
     """The default ``say``: progress messages go nowhere."""
 
 
-class UnknownCandidateVersion(ModelsmithError):
-    """``lineage`` of a version the specialist never registered."""
+def _watch(progress: ProgressFactory | None,
+           title: str) -> AbstractContextManager[Callable[[int, int], None] | None]:
+    return progress(title) if progress is not None else nullcontext()
 
 
 @dataclass
@@ -387,12 +391,14 @@ class Modelsmith:
     def lineage(self, specialist: str, version: str) -> dict[str, Any]:
         """Where a candidate version came from: every input by hash, its evaluations and
         the stages it held."""
+        from modelsmith.artifacts.registry import UnknownCandidate
+
         state = self.fleet().specialists.get(specialist)
         cand = state.candidates.get(version) if state else None
         if state is None or cand is None:
             known = ", ".join(state.candidates) if state and state.candidates else "none"
-            raise UnknownCandidateVersion(f"{specialist} has no candidate {version} "
-                                          f"(candidates: {known})")
+            raise UnknownCandidate(f"{specialist} has no candidate {version} "
+                                   f"(candidates: {known})")
         evals = [{"event_id": r.event_id, "at": r.at.isoformat(), "model": r.model,
                   "suite_hash": r.suite_hash, "composite": r.composite, "heldout": r.heldout}
                  for r in cand.evals]
@@ -408,21 +414,18 @@ class Modelsmith:
 
     # -- evaluation -------------------------------------------------------------------
 
-    def base_model(self, specialist: str) -> str:
-        """The model profile ``specialist`` starts from."""
-        return self._specialist(self.specs(), specialist).spec.base
-
     def evaluate(self, specialist: str, model: str | None = None, *,
                  backend: str | None = None, limit: int | None = None, repeats: int = 1,
                  reducer: str = "mean", temperature: float = 0.0,
                  threads: int | None = None, batch_size: int = 16, dtype: str = "float32",
                  min_composite: float | None = None, record: bool = True,
-                 progress: Callable[[int, int], None] | None = None,
+                 progress: ProgressFactory | None = None,
                  say: Say = _quiet) -> Evaluation:
         """Evaluate ``model`` (default: the specialist's base) on its suite; with
         ``record``, append EvalStarted/EvalCompleted. The target is ``min_composite`` or
-        the specialist's."""
-        from modelsmith.artifacts.registry import is_version
+        the specialist's. ``progress(title)`` watches the generation once the model is
+        loaded."""
+        from modelsmith.artifacts.refs import is_version
         from modelsmith.evaluation.judge import BackendJudge
         from modelsmith.evaluation.runner import EvalSettings
         from modelsmith.evaluation.service import evaluate
@@ -450,10 +453,11 @@ class Modelsmith:
         judge = BackendJudge(lambda judge_ref: self.backends(judge_ref, repo.clusters,
                                                              repo_root=self.root))
         try:
-            outcome = evaluate(repo, specialist, loaded, model_ref=ref, version=version,
-                               store=self.store if record else None, settings=settings,
-                               commit=self.head_commit(), progress=progress, judge=judge,
-                               checks=checks)
+            with _watch(progress, f"{specialist} on {ref}") as update:
+                outcome = evaluate(repo, specialist, loaded, model_ref=ref, version=version,
+                                   store=self.store if record else None, settings=settings,
+                                   commit=self.head_commit(), progress=update, judge=judge,
+                                   checks=checks)
         finally:
             loaded.close()
             judge.close()
@@ -600,7 +604,7 @@ class Modelsmith:
 
     def repro_eval(self, specialist: str, version: str, model_dir: Path, out: Path, *,
                    threads: int | None = None, batch_size: int = 16,
-                   progress: Callable[[int, int], None] | None = None,
+                   progress: ProgressFactory | None = None,
                    say: Say = _quiet) -> EvalOutcome:
         """Evaluate rebuilt weights as ``version`` is prompted; write the report's numbers
         as DVC metrics in ``out``."""
@@ -613,8 +617,9 @@ class Modelsmith:
                               batch_size=batch_size, repo_root=self.root,
                               chat_template=candidate.base.chat_template)
         try:
-            outcome = evaluate(repo, specialist, model, model_ref=str(model_dir), store=None,
-                               progress=progress)
+            with _watch(progress, f"{specialist} on {model_dir}") as update:
+                outcome = evaluate(repo, specialist, model, model_ref=str(model_dir),
+                                   store=None, progress=update)
         finally:
             model.close()
         report = outcome.report.to_dict()
@@ -651,8 +656,9 @@ class Modelsmith:
                        heldout=logged_heldout(self.store),
                        sound=logged_evidence(self.store, repo))
 
-    def _propose_rollback(self, specialist: str, stage: str, version: str | None,
-                          event: Event, warnings: list[str]) -> str | None:
+    def _propose_rollback(self, repo: Repository, specialist: str, stage: str,
+                          version: str | None, event: Event,
+                          warnings: list[str]) -> str | None:
         """Propose the release change that records a rollback; where it is, or None."""
         from modelsmith.gitops.forge import ForgeError
         from modelsmith.gitops.propose import propose
@@ -660,7 +666,6 @@ class Modelsmith:
         if version is None:
             return None
         try:
-            repo = self.specs()
             proposal, _body, _ready = propose(self.forge(repo), repo, self.fleet(), specialist,
                                               stage, version, rolled_back=event)
         except ForgeError as exc:
@@ -677,8 +682,8 @@ class Modelsmith:
         event = manual_rollback(self.store, specialist, stage, to=to, reason=reason,
                                 cause=self.head_commit(), cache=self.fold_cache)
         warnings: list[str] = []
-        where = self._propose_rollback(specialist, stage, event.data["to_version"], event,
-                                       warnings)
+        where = self._propose_rollback(self.specs(), specialist, stage,
+                                       event.data["to_version"], event, warnings)
         return Rollback(event, where, warnings)
 
     def reconcile(self, *, push: bool = False, remote: str = "origin",
@@ -718,7 +723,7 @@ class Modelsmith:
             synced = sync(self.root, remote, replan=apply)
             keep_what_stands(result, synced)
         warnings: list[str] = []
-        proposals = {event.id: self._propose_rollback(action.specialist, action.stage,
+        proposals = {event.id: self._propose_rollback(repo, action.specialist, action.stage,
                                                       action.version, event, warnings)
                      for action, event in result.applied if action.kind == "rollback"}
         return Reconciliation(result, proposals, synced, warnings)

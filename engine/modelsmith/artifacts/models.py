@@ -112,9 +112,8 @@ def resolve_model(
     ref = parsed.text
     if parsed.kind == "profile":
         return _resolve_profile(ref, models[ref], cache_root(cache_dir), root, say)
-    local = Path(ref).expanduser()
-    if local.is_dir():  # a folder, even one named like a version
-        return _resolve_folder(ref, local.resolve())
+    if parsed.kind == "folder":
+        return _resolve_folder(ref, Path(ref).expanduser().resolve())
     if parsed.kind == "hub":
         return ResolvedModel(
             ref=ref,

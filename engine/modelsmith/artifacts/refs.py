@@ -39,27 +39,22 @@ class ModelRef:
     @classmethod
     def parse(cls, text: str, profiles: Collection[str] = ()) -> ModelRef:
         """What ``text`` names. ``profiles`` are the model profiles' names: a profile wins
-        over a folder of the same name, a folder over a hub id (as the resolver does)."""
+        over a folder of the same name, a folder over a version or a hub id."""
         text = text.strip()
         if not text:
             raise InferenceError("empty model reference: name a model profile, a folder or "
                                  "a hub id")
-        if VERSION_RE.match(text):
-            return cls(text, "version")
         if text.startswith(ENDPOINT_PREFIX):
             return cls(text, "endpoint")
         if text in profiles:
             return cls(text, "profile")
         if Path(text).expanduser().is_dir():
             return cls(text, "folder")
+        if VERSION_RE.match(text):
+            return cls(text, "version")
         if not text.startswith(PATH_PREFIXES) and HUB_ID_PATTERN.fullmatch(text):
             return cls(text, "hub")
         return cls(text, "unknown")
-
-    @property
-    def version(self) -> str | None:
-        """The candidate version this names, if it names one."""
-        return self.text if self.kind == "version" else None
 
 
 def is_version(text: str) -> bool:

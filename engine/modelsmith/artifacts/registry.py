@@ -16,9 +16,7 @@ from typing import Any
 from modelsmith.errors import InferenceError, ModelsmithError
 
 from .models import resolve_model
-from .refs import VERSION_RE as VERSION_RE  # re-exported
-from .refs import ModelRef
-from .refs import is_version as is_version  # re-exported
+from .refs import is_version
 
 #: Where candidates' weights live in a team's work tree (DVC-tracked), per specialist.
 MODELS_DIR = "models"
@@ -88,12 +86,6 @@ class ModelRegistry:
         self.clusters = clusters
         self._candidates = candidates
         self._pull = pull
-
-    def parse(self, text: str) -> ModelRef:
-        return ModelRef.parse(text, self.clusters.models if self.clusters else ())
-
-    def next_version(self, specialist: str) -> str:
-        return next_version(self._candidates(specialist))
 
     def candidate(self, specialist: str, version: str) -> CandidateModel:
         """A registered version's weights (pulled when missing) and base profile."""

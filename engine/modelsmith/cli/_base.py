@@ -89,10 +89,11 @@ class Progress:
 
     def __enter__(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
 
         stderr = Console(stderr=True)
-        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+        self._bar = Bar("[progress.description]{task.description}", BarColumn(),
                              MofNCompleteColumn(), TimeRemainingColumn(), console=stderr,
                              transient=True, disable=not stderr.is_terminal)
         self._bar.start()

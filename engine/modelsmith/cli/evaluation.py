@@ -46,14 +46,11 @@ def eval_cmd(ctx: click.Context, specialist: str, model_ref: str | None, backend
 
     Exit 0 when the composite meets the target, 3 when it does not.
     """
-    repo = app(ctx)
-    ref = model_ref or repo.base_model(specialist)
-    with Progress(f"{specialist} on {ref}") as progress:
-        run = repo.evaluate(specialist, ref, backend=backend, limit=limit,
-                                repeats=repeats, reducer=reducer, temperature=temperature,
-                                threads=threads, batch_size=batch_size, dtype=dtype,
-                                min_composite=min_composite, record=not no_record,
-                                progress=progress, say=say)
+    run = app(ctx).evaluate(specialist, model_ref, backend=backend, limit=limit,
+                            repeats=repeats, reducer=reducer, temperature=temperature,
+                            threads=threads, batch_size=batch_size, dtype=dtype,
+                            min_composite=min_composite, record=not no_record,
+                            progress=Progress, say=say)
     outcome, report = run.outcome, run.report
     if as_json:
         print_json({"specialist": specialist, "model": run.model, "target": run.target,

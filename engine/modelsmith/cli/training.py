@@ -151,8 +151,7 @@ def repro_train(ctx: click.Context, specialist: str, version: str, dataset: Path
 def repro_eval(ctx: click.Context, specialist: str, version: str, model_dir: Path, out: Path,
                threads: int | None, batch_size: int) -> None:
     """Evaluate rebuilt weights as VERSION is prompted; write the report as metrics."""
-    with Progress(f"{specialist} on {model_dir}") as progress:
-        outcome = app(ctx).repro_eval(specialist, version, model_dir, out, threads=threads,
-                                      batch_size=batch_size, progress=progress, say=say)
+    outcome = app(ctx).repro_eval(specialist, version, model_dir, out, threads=threads,
+                                  batch_size=batch_size, progress=Progress, say=say)
     click.echo(f"{specialist} rebuilt {version}: composite {outcome.report.composite:.3f} "
                f"-> {out}")

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from ..artifacts.models import MessageFn, ResolvedModel
     from ..specs.clusters import ClustersConfig
 
-OPENAI_PREFIX = ENDPOINT_PREFIX
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,8 @@ def _route(ref: str, backend: str | None) -> tuple[str, str]:
     """Which backend serves ``ref``, and the model reference it is given."""
     if backend is not None and backend not in REGISTRY:
         raise InferenceError(f"unknown backend '{backend}' (choose one of: {', '.join(REGISTRY)})")
-    if ref.startswith(OPENAI_PREFIX) or backend == "openai":
-        name = ref[len(OPENAI_PREFIX):].strip() if ref.startswith(OPENAI_PREFIX) else ref.strip()
+    if ref.startswith(ENDPOINT_PREFIX) or backend == "openai":
+        name = ref.removeprefix(ENDPOINT_PREFIX).strip()
         if not name:
             raise InferenceError("'openai:' needs a model name, e.g. openai:gpt-4o-mini")
         if backend not in (None, "openai"):

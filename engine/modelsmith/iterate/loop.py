@@ -131,10 +131,14 @@ class IterateLoop:
         # Opens the change asking for (version, stage) on the forge; returns where it is.
         self.on_proposed = on_proposed
         self.state_file = StateFile(parts.root, specialist)
-        self.repo = parts.repo
         self._shown: tuple[int, str] | None = None  # the phase the progress display shows
 
     # -- helpers --------------------------------------------------------------------------
+
+    @property
+    def repo(self) -> Repository:
+        """The specs, loaded once for the run."""
+        return self.parts.repo
 
     def say(self, message: str) -> None:
         self.progress.clear()
@@ -181,7 +185,7 @@ class IterateLoop:
 
     def _evaluate(self, state: IterateState, phase: str, model_ref: str) -> Event:
         """Evaluate ``model_ref`` (a profile or a candidate version) once, replay-safe."""
-        from modelsmith.artifacts.registry import is_version
+        from modelsmith.artifacts.refs import is_version
         from modelsmith.evaluation.runner import EvalSettings
         from modelsmith.evaluation.service import evaluate
 
@@ -319,7 +323,7 @@ class IterateLoop:
     def _corrupt(self, model: str, path: Path, artifacts: Any) -> str | None:
         """Why ``model``'s weights cannot be trained from (a candidate whose files no longer
         hash to what its lineage recorded), or None."""
-        from modelsmith.artifacts.registry import is_version
+        from modelsmith.artifacts.refs import is_version
 
         if not is_version(model):
             return None

@@ -276,7 +276,7 @@ def test_scenario_row_errors(repo: Path) -> None:
     assert all(i_line >= start for i_line, _ in found)
     assert "invalid id 'bad id'" in found[(start, "id")]
     assert found[(start + 1, "input")] == "must not be empty"
-    assert found[(start + 1, "split")] == "must be 'core' or 'heldout'"
+    assert found[(start + 1, "split")] == "must be 'core', 'dev', 'heldout' or 'train'"
     assert found[(start + 2, "expected")] == "field required"
     assert found[(start + 3, "extra")] == "unknown field 'extra'"
     assert "invalid regular expression" in found[(start + 4, "rubric[0].pattern")]
@@ -304,7 +304,7 @@ def test_heldout_id_reused_from_core(repo: Path) -> None:
     )
     issue = only_issue(repo)
     assert issue.line == len(path.read_text().splitlines())
-    assert "held-out ids must be disjoint from core ids" in issue.message
+    assert "ids must be unique across splits" in issue.message
     assert f"{SCENARIOS}:1" in issue.message
 
 

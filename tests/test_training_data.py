@@ -17,7 +17,7 @@ import pytest
 from modelsmith.evaluation.runner import runs_from_jsonl, runs_to_jsonl
 from modelsmith.evaluation.service import evaluate
 from modelsmith.events.types import DatasetBuilt, FailuresExtracted
-from modelsmith.specs import Scenario, load_repository
+from modelsmith.specs import Scenario, SuiteTraining, load_repository
 from modelsmith.training.augment import augment
 from modelsmith.training.dataset import (
     DataError,
@@ -48,6 +48,18 @@ def spec(repo):
 @pytest.fixture
 def suite(repo, spec):
     return repo.suite_for(spec)
+
+
+def opted_in(suite):
+    """The suite as one that trains on its own core inputs (training.use_eval_inputs)."""
+    spec = suite.suite.spec
+    return dataclasses.replace(suite, suite=suite.suite.model_copy(update={
+        "spec": spec.model_copy(update={"training": SuiteTraining(use_eval_inputs=True)})}))
+
+
+@pytest.fixture
+def opted(suite):
+    return opted_in(suite)
 
 
 @pytest.fixture
@@ -96,7 +108,8 @@ def test_failures_are_the_failed_core_runs_of_an_evaluation(runs):
 # --------------------------------------------------------------------------- augmentation
 
 
-def test_augmentation_counts_rows_per_source(runs, suite, spec):
+def test_augmentation_counts_rows_per_source(runs, opted, spec):
+    suite = opted
     failures = extract_failures(runs)
     failed = failed_scenario_ids(failures)
     scenarios = {s.id: s for s in suite.scenarios}
@@ -125,7 +138,8 @@ def test_augmentation_counts_rows_per_source(runs, suite, spec):
     assert first.to_dict()["completion"] == first.completion
 
 
-def test_replay_makes_up_the_requested_share_of_passing_scenarios(runs, suite, spec):
+def test_replay_makes_up_the_requested_share_of_passing_scenarios(runs, opted, spec):
+    suite = opted
     failures = extract_failures(runs)
     failed = set(failed_scenario_ids(failures))
     rows = augment(failures, suite, spec, passing=runs, replay_share=0.3, seed=3)
@@ -261,10 +275,11 @@ def test_another_bid_near_a_held_out_one_is_not_leakage(suite, spec):
     assert {r.id for r in report.kept} == {r.id for r in changed}
 
 
-def test_the_demo_suite_loses_no_genuine_rows_and_validates_fast(suite, spec):
+def test_the_demo_suite_loses_no_genuine_rows_and_validates_fast(opted, spec):
     """Every core input, variant and generated neighbour against the 100 held-out inputs:
     no leakage, no near-duplicate among different bids; only exact duplicates go (JSON
     variants normalise to their canonical input; near() sometimes repeats a row)."""
+    suite = opted
     # As if a model had failed every core scenario.
     failed_all = [Failure(s.id, None, s.input, s.expected, [" ?"], 0.0, []) for s in suite.core]
     rows = augment(failed_all, suite, spec, generator=load_generator(suite), per_failure=5,
@@ -346,7 +361,8 @@ def test_the_same_seed_gives_the_same_dataset(runs, suite, spec):
 # --------------------------------------------------------------------------- files
 
 
-def test_a_dataset_file_round_trips_and_its_hash_is_the_files(tmp_path, runs, suite, spec):
+def test_a_dataset_file_round_trips_and_its_hash_is_the_files(tmp_path, runs, opted, spec):
+    suite = opted
     rows = augment(extract_failures(runs), suite, spec, passing=runs)
     report = validate_rows(rows, suite, spec)
     path = write_dataset(report.kept, tmp_path / "data" / "train.jsonl")

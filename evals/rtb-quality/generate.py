@@ -31,7 +31,7 @@ DEVICES = ("mobile", "desktop", "tablet", "ctv")
 GEOS = ("US", "GB", "DE", "FR", "BR", "IN", "JP", "CA")
 CTR_THRESHOLD = 0.5  # percent
 SEED = 20261126
-CORE, HELDOUT = 320, 100
+CORE, HELDOUT, DEV = 320, 100, 100
 VARIANT_SHARE = 0.4  # share of core scenarios that carry rephrasings
 
 
@@ -137,29 +137,44 @@ def make_suite(seed: int = SEED) -> list[dict]:
         rows.append(scenario(f"rtb-{i:04d}", bid, "core", variants))
     for i in range(1, HELDOUT + 1):
         rows.append(scenario(f"rtb-h{i:03d}", fresh(), "heldout", []))
+    # Dev: what the iterate loop decides on (never training data, like held-out), so the
+    # number it steers by is one no candidate trained on.
+    for i in range(1, DEV + 1):
+        bid = fresh()
+        variants = [render(bid, s) for s in rng.sample([1, 2, 3], 2)] \
+            if rng.random() < VARIANT_SHARE else []
+        rows.append(scenario(f"rtb-d{i:03d}", bid, "dev", variants))
     return rows
 
 
 def near(row: dict, n: int = 4, seed: int = 0) -> list[dict]:
-    """New labelled scenarios close to ``row``: one field changed at a time, labels from the
-    policy (so a changed domain or CTR may flip the label, which is the point)."""
+    """New labelled bid requests close to ``row``: one field changed to another value at a
+    time, labels from the policy (so a changed domain or CTR may flip the label, which is
+    the point). The loop passes a seed per failed scenario and iteration, so each iteration
+    brings other neighbours."""
     rng = random.Random(f"{seed}:{row['id']}")
     base = parse(row["input"])
     out = []
     for k in range(n):
         field = rng.choice(["domain", "ctr", "floor", "format", "device", "geo"])
         if field == "domain":
-            bid = replace(base, domain=rng.choice(BLOCKED + ALLOWED))
+            bid = replace(base, domain=_other(rng, BLOCKED + ALLOWED, base.domain))
         elif field == "ctr":
-            bid = replace(base, ctr=round(max(0.1, base.ctr + rng.choice([-0.3, -0.1, 0.1, 0.3])),
-                                          1))
+            steps = [-0.3, -0.1, 0.1, 0.3] if base.ctr > 0.35 else [0.1, 0.2, 0.3]
+            bid = replace(base, ctr=round(base.ctr + rng.choice(steps), 1))
         elif field == "floor":
-            bid = replace(base, floor=round(rng.uniform(0.05, 4.0), 2))
+            bid = replace(base, floor=_other(rng, [round(rng.uniform(0.05, 4.0), 2)
+                                                   for _ in range(2)], base.floor))
         else:
             pool = {"format": FORMATS, "device": DEVICES, "geo": GEOS}[field]
-            bid = replace(base, **{field: rng.choice(pool)})
+            bid = replace(base, **{field: _other(rng, pool, getattr(base, field))})
         out.append(scenario(f"{row['id']}-near{k + 1}", bid, "core", []))
     return out
+
+
+def _other(rng: random.Random, values, current):
+    """A value of ``values`` other than ``current``."""
+    return rng.choice([v for v in values if v != current])
 
 
 def main(path: Path = Path(__file__).with_name("scenarios.jsonl")) -> None:
@@ -170,7 +185,8 @@ def main(path: Path = Path(__file__).with_name("scenarios.jsonl")) -> None:
     core = [r for r in rows if r["split"] == "core"]
     reject = sum(r["expected"] == "REJECT" for r in core)
     print(f"wrote {len(rows)} scenarios to {path} ({len(core)} core, {reject} REJECT, "
-          f"{sum('variants' in r for r in core)} with variants)", file=sys.stderr)
+          f"{sum('variants' in r for r in core)} with variants; {HELDOUT} held-out, "
+          f"{DEV} dev)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from ._base import app, guard, json_option, print_json, say
 @click.option("--method", type=click.Choice(["grpo", "sft", "sft+grpo"]), default=None)
 @click.option("--profile", "profile_name", default=None, metavar="NAME")
 @click.option("--target", type=click.FloatRange(0, 1), default=None,
-              help="Composite to reach (default: the specialist's target.composite).")
+              help="Decision metric to reach (default: the specialist's target.composite).")
 @click.option("--sustained", type=click.IntRange(min=1), default=None,
               help="Consecutive iterations at target (default: target.sustained).")
 @click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
@@ -32,6 +32,11 @@ from ._base import app, guard, json_option, print_json, say
 @click.option("--rehearse/--no-rehearse", default=True, show_default=True,
               help="Train on the previous iteration's dataset too, not only on the latest "
                    "failures (keeps a model from forgetting what it had learnt).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Override the profile's max_steps in every iteration (SFT steps for sft, "
+                   "GRPO steps otherwise).")
+@click.option("--sft-steps", type=click.IntRange(min=1), default=None,
+              help="Override the profile's sft_steps (the warm start of sft+grpo).")
 @click.option("--status", "show_status", is_flag=True,
               help="Show where the loop stands (state.json and its iterations); run nothing.")
 @json_option
@@ -40,9 +45,12 @@ from ._base import app, guard, json_option, print_json, say
 def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str | None,
             model_ref: str | None, method: str | None, profile_name: str | None,
             target: float | None, sustained: int | None, patience: int, threads: int | None,
-            rehearse: bool, show_status: bool, as_json: bool) -> None:
-    """Evaluate -> train on the failures -> re-evaluate, until the target holds (exit 0),
-    the budget ends or gains stop (exit 3). Crash-safe: run it again to resume."""
+            rehearse: bool, steps: int | None, sft_steps: int | None, show_status: bool,
+            as_json: bool) -> None:
+    """Evaluate -> train on new rows for the failures -> re-evaluate, until the decision
+    metric (the dev composite, else the composite over scenarios the candidate never
+    trained on) holds the target (exit 0), the budget ends, gains stop or the candidates
+    overfit (exit 3). Crash-safe: run it again to resume."""
     from modelsmith.iterate.loop import LoopOptions, failpoint_from_env
     from modelsmith.iterate.progress import LoopProgress
     from modelsmith.iterate.report import score_table
@@ -53,6 +61,8 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
     options = LoopOptions(max_iterations=max_iterations, model=model_ref, method=method,
                           profile=profile_name, target=target, sustained=sustained,
                           patience=patience, eval_threads=threads, rehearse=rehearse,
+                          overrides={k: v for k, v in (("max_steps", steps),
+                                                       ("sft_steps", sft_steps)) if v},
                           hosts=[h.strip() for h in hosts.split(",")] if hosts else None)
     emit = (lambda event: click.echo(json.dumps(event, sort_keys=True))) if as_json \
         else (lambda _event: None)

@@ -12,6 +12,11 @@ Definitions (all scores are in [0, 1]):
 - **composite**: the weighted sum of core, robustness and micro. The weight of a part that is
   ``None`` is redistributed over the others in proportion to their weights.
 - **heldout**: mean score of the held-out own-input runs; reported, never in the composite.
+- **unseen**: the composite over the core scenarios the candidate never trained on (``seen``
+  names those its datasets came from or restate, accumulated along its lineage); with
+  nothing seen it equals the composite.
+- **dev**: the composite over the dev scenarios (never training data): what the loop
+  decides on when the suite has them.
 
 Intervals: core, robustness and composite are bootstrapped over core *scenarios* (a drawn
 scenario brings its own-input run and all its variant runs), micro held fixed (it is a
@@ -72,6 +77,12 @@ class EvalReport:
     n_resamples: int = 2000
     seed: int = 0
     pass_threshold: float | None = field(default=None)
+    unseen: float | None = None
+    unseen_ci: Interval | None = None
+    n_unseen: int = 0  # core scenarios the candidate never trained on
+    dev: float | None = None
+    dev_ci: Interval | None = None
+    n_dev: int = 0
 
     def meets(self, target: float) -> bool:
         """Whether the composite reaches ``target`` (within :data:`TARGET_EPSILON`)."""
@@ -102,6 +113,12 @@ class EvalReport:
             "n_resamples": self.n_resamples,
             "seed": self.seed,
             "pass_threshold": _clean(self.pass_threshold),
+            "unseen": _clean(self.unseen),
+            "unseen_ci": _clean(self.unseen_ci),
+            "n_unseen": self.n_unseen,
+            "dev": _clean(self.dev),
+            "dev_ci": _clean(self.dev_ci),
+            "n_dev": self.n_dev,
         }
 
     def to_markdown(self) -> str:
@@ -128,6 +145,10 @@ class EvalReport:
             else:
                 shown = f"{_fmt(value)}, min {_fmt(target)}"
             lines.append(f"| &nbsp;&nbsp;{name} ({shown}) | {_fmt(part['score'])} | |")
+        row(f"unseen composite (n={self.n_unseen} core scenarios never trained on)",
+            self.unseen, self.unseen_ci)
+        if self.n_dev:
+            row(f"dev composite (n={self.n_dev}, never trained on)", self.dev, self.dev_ci)
         row(f"heldout (n={self.n_heldout}, not in composite)", self.heldout, self.heldout_ci)
         row("pass rate (core)", self.pass_rate)
         row("consistency (variants agree)", self.consistency)
@@ -144,6 +165,27 @@ class EvalReport:
             if more > 0:
                 lines[-1] += f", … and {more} more"
         return "\n".join(lines) + "\n"
+
+
+def decision_of(report: EvalReport, min_unseen: int) -> tuple[str | None, float | None, int]:
+    """``(metric, value, n)`` the loop steers by and the composite gate counts: the dev
+    composite when the suite has dev scenarios, else the unseen composite -- when its
+    scenarios number at least ``min_unseen``, or when the candidate trained on none of the
+    core scenarios (then it is the composite over the whole core split the suite declares).
+    ``(None, None, n)`` when neither qualifies."""
+    if report.n_dev:
+        return "dev", report.dev, report.n_dev
+    if report.unseen is not None and (report.n_unseen >= min_unseen
+                                      or report.n_unseen == report.n_core):
+        return "unseen", report.unseen, report.n_unseen
+    return None, None, report.n_unseen
+
+
+def overfit_gap(composite: float | None, decision: float | None) -> float | None:
+    """How far the decision metric trails the composite (positive: it trails)."""
+    if composite is None or decision is None:
+        return None
+    return composite - decision
 
 
 def _fmt(value: float | None, places: int = 3) -> str:
@@ -270,13 +312,18 @@ def compute_report(
     n_resamples: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    seen: frozenset[str] | set[str] = frozenset(),
 ) -> EvalReport:
-    """Aggregate the scored runs of one evaluation of ``suite`` (see the module docstring).
+    """Aggregate the scored runs of one evaluation of ``suite`` (see the module docstring);
+    ``seen`` names the core scenarios the evaluated candidate trained on.
 
     Raises ``ValueError`` when two runs share split, scenario id and variant.
     """
     _check_unique_runs(runs)
     core_runs = [run for run in runs if run.split == "core"]
+    unseen_runs = [run for run in core_runs if run.id not in seen]
+    dev_runs = [run for run in runs if run.split == "dev"]
+    opts = {"n_resamples": n_resamples, "level": level, "seed": seed}
     own = [run for run in core_runs if run.variant is None]
     variants = [run for run in core_runs if run.variant is not None]
     heldout_runs = [run for run in runs if run.split == "heldout" and run.variant is None]
@@ -314,7 +361,28 @@ def compute_report(
         n_resamples=n_resamples,
         seed=seed,
         pass_threshold=suite.spec.pass_threshold,
+        **_sub_composite("unseen", unseen_runs, suite, opts),
+        **_sub_composite("dev", dev_runs, suite, opts),
     )
+
+
+def _sub_composite(name: str, part_runs: Sequence[ScenarioRun], suite: EvalSuite,
+                   opts: dict[str, Any]) -> dict[str, Any]:
+    """The composite over some scenarios' runs (own inputs and variants, micro from them
+    too), its interval and how many scenarios it covers."""
+    own = [run for run in part_runs if run.variant is None]
+    if not own:
+        return {name: None, f"{name}_ci": None, f"n_{name}": 0}
+    variants = [run for run in part_runs if run.variant is not None]
+    micro, _ = _micro(suite, part_runs)
+    values = {"core": mean([run.score for run in own]),
+              "robustness": mean([run.score for run in variants]) if variants else None,
+              "micro": micro}
+    weights = _weights(suite, values)
+    composite = _composite(weights, values)
+    _, _, ci = _part_intervals(part_runs, values, weights, composite, **opts)
+    return {name: None if math.isnan(composite) else composite, f"{name}_ci": ci,
+            f"n_{name}": len(own)}
 
 
 def _check_unique_runs(runs: Sequence[ScenarioRun]) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from modelsmith.errors import ModelsmithError
 
-Split = Literal["core", "heldout"]
+Split = Literal["core", "dev", "heldout"]
 
 
 class EvalError(ModelsmithError):

@@ -1,6 +1,6 @@
 """Run a suite's scenarios through a backend and score every output with the rubric.
 
-Every core scenario runs on its own input and on each of its variants (robustness);
+Every core and dev scenario runs on its own input and on each of its variants (robustness);
 held-out scenarios run on their own input only. With ``repeats`` > 1 each input is sampled
 several times and the repeat reducer (mean, majority, pass@k) gives the scenario's score.
 """
@@ -25,7 +25,7 @@ DEFAULT_MAX_NEW_TOKENS = {"label": 4, "json": 256, "text": 128}
 
 @dataclass(frozen=True)
 class EvalSettings:
-    limit: int | None = None  # first N core and first N held-out scenarios
+    limit: int | None = None  # first N core, first N dev and first N held-out scenarios
     repeats: int = 1
     reducer: str = "mean"  # mean | majority | pass@k
     temperature: float = 0.0  # repeats > 1 with temperature 0 give identical outputs
@@ -45,11 +45,14 @@ class _Item:
 
 
 def plan_items(suite: LoadedSuite, settings: EvalSettings) -> list[_Item]:
-    """The inputs to run, in a stable order: core (own input, then variants), held-out."""
-    core = suite.core[: settings.limit] if settings.limit else suite.core
-    heldout = suite.heldout[: settings.limit] if settings.limit else suite.heldout
+    """The inputs to run, in a stable order: core and dev (own input, then variants),
+    held-out (own input). The training pool is never evaluated."""
+    def first(scenarios: list[Any]) -> list[Any]:
+        return scenarios[: settings.limit] if settings.limit else scenarios
+
+    heldout = first(suite.heldout)
     items = []
-    for sc in core:
+    for sc in first(suite.core) + first(suite.dev):
         items.append(_Item(sc, None, sc.input))
         items.extend(_Item(sc, i, text) for i, text in enumerate(sc.variants))
     if settings.include_heldout:

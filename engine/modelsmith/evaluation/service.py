@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +19,15 @@ from modelsmith.evaluation.composite import (
     EvalReport,
     compare_runs,
     compute_report,
+    decision_of,
+    overfit_gap,
     per_item_scores,
 )
 from modelsmith.evaluation.results import EvalError, ScenarioRun, Split
 from modelsmith.evaluation.runner import EvalSettings, run_suite, runs_from_jsonl, runs_to_jsonl
 from modelsmith.evaluation.stats import PairedComparison
 from modelsmith.events.store import EventStore, Recorder
-from modelsmith.events.types import EvalCompleted, EvalStarted, Event
+from modelsmith.events.types import EvalCompleted, EvalStarted, Event, OverfittingDetected
 from modelsmith.inference.base import Backend, ProgressFn
 from modelsmith.specs import Repository
 
@@ -58,6 +60,7 @@ def evaluate(
     progress: ProgressFn | None = None,
     judge: Callable[..., tuple[float, str]] | None = None,
     checks: Sequence[Callable[[list[ScenarioRun], EvalReport], list[str]]] = (),
+    seen: Iterable[str] | None = None,
 ) -> EvalOutcome:
     """Run ``specialist``'s suite on ``backend``; append the events when ``store`` is given.
 
@@ -65,11 +68,19 @@ def evaluate(
     ``scope`` makes the events replay-safe (:class:`~modelsmith.events.store.Recorder`): an
     evaluation killed half way and run again under the same scope keeps the ``EvalStarted``
     (and run id) recorded the first time.
+
+    ``seen`` names the core scenarios the model trained on (default: what the lineage of
+    ``version`` in ``store`` records; nothing for a base model): they are left out of the
+    unseen composite. A candidate whose decision metric trails its composite by more than
+    the policy's ``overfit_margin`` gets an ``OverfittingDetected`` beside its evaluation.
     """
     settings = settings or EvalSettings()
     spec = specialist_or_error(repo, specialist)
     suite = repo.suite_for(spec)
     run_id = uuid.uuid4().hex[:12]
+    if seen is None:
+        seen = seen_by(store, specialist, version) if store is not None and version else ()
+    seen = frozenset(seen)
     recorder = None
     if store is not None:
         recorder = Recorder(store, specialist, actor=actor, cause=commit, scope=scope)
@@ -79,19 +90,45 @@ def evaluate(
                                     backend=backend.name))
     t0 = time.perf_counter()
     runs = run_suite(spec, suite, backend, settings, progress=progress, judge=judge)
-    report = compute_report(runs, suite.suite, seed=settings.seed)
+    report = compute_report(runs, suite.suite, seed=settings.seed, seen=seen)
     duration = time.perf_counter() - t0
     warnings = [w for check in checks for w in check(runs, report)]
     event = None
     if recorder is not None:
         summary = report.to_dict()  # rounded, NaN as None: fit for the event
+        gates = repo.policy_for(spec).spec.gates.decision
+        metric, value, n = decision_of(report, gates.min_unseen)
+        scores = _scores(summary, report)
         payload = EvalCompleted(version=version, model=model_ref, suite=suite.name,
                                 suite_hash=suite.suite_hash, run_id=run_id,
-                                **_scores(summary, report), limit=settings.limit,
+                                **scores, limit=settings.limit,
                                 backend=backend.name, commit=commit,
-                                duration_s=round(duration, 3), warnings=warnings)
+                                duration_s=round(duration, 3), warnings=warnings,
+                                seen=len(seen & {s.id for s in suite.core}),
+                                decision_metric=metric,
+                                decision=None if value is None else round(value, 6),
+                                decision_n=n)
         event = recorder.record(payload, evidence=_evidence(runs, summary))
+        gap = overfit_gap(scores["composite"], payload.decision)
+        if version and metric and not settings.limit and gap is not None \
+                and gap > gates.overfit_margin + 1e-9:
+            recorder.record(OverfittingDetected(
+                version=version, eval_event=event.id, metric=metric,
+                decision=payload.decision, composite=scores["composite"],
+                margin=gates.overfit_margin,
+                reason=(f"{metric} composite {payload.decision:.3f} (n={n}) trails the "
+                        f"composite {scores['composite']:.3f} by {gap:.3f}, more than the "
+                        f"margin {gates.overfit_margin}: it learnt the evaluation, not the "
+                        "task")))
     return EvalOutcome(report, runs, event, model_ref, duration, warnings)
+
+
+def seen_by(store: EventStore, specialist: str, version: str) -> frozenset[str]:
+    """The core scenarios candidate ``version`` trained on, as its lineage records them."""
+    for event in store.read(specialist):
+        if event.type == "CandidateRegistered" and event.data.get("version") == version:
+            return frozenset(event.data.get("lineage", {}).get("seen") or ())
+    return frozenset()
 
 
 def _started_run_id(recorder: Recorder, fresh: str) -> str:
@@ -113,8 +150,15 @@ def _scores(summary: dict[str, Any], report: EvalReport) -> dict[str, Any]:
         "pass_rate": summary["pass_rate"],
         "slices": {tag: s["score"] for tag, s in summary["slices"].items()
                    if s.get("score") is not None},
-        "scenarios": report.n_core + report.n_heldout,
+        "scenarios": report.n_core + report.n_dev + report.n_heldout,
         "failed": len(report.failed_ids),
+        "unseen": summary["unseen"],
+        "unseen_ci": _interval(summary["unseen_ci"]),
+        "unseen_n": report.n_unseen,
+        "dev": summary["dev"],
+        "dev_ci": _interval(summary["dev_ci"]),
+        "dev_n": report.n_dev,
+        "heldout_n": report.n_heldout,
     }
 
 

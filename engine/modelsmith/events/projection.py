@@ -31,7 +31,7 @@ from modelsmith.events.types import (
     RolledBack,
 )
 
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 
 
 @dataclass(slots=True)
@@ -71,6 +71,8 @@ class EvalRecord:
     suite_hash: str
     composite: float
     heldout: float | None
+    decision: float | None = None  # dev or unseen composite (EvalCompleted.decision)
+    decision_metric: str | None = None
 
 
 @dataclass(slots=True)
@@ -174,7 +176,8 @@ class FleetState:
                 )
             case EvalCompleted():
                 rec = EvalRecord(event.id, event.at, payload.model, payload.suite_hash,
-                                 payload.composite, payload.heldout)
+                                 payload.composite, payload.heldout, payload.decision,
+                                 payload.decision_metric)
                 cand = s.candidates.get(payload.version) if payload.version else None
                 (cand.evals if cand else s.model_evals).append(rec)
             case Promoted():

@@ -98,6 +98,9 @@ class Lineage(BaseModel):
     host: str | None = None
     duration_s: float | None = None
     weights_hash: str | None = None
+    # Core scenarios the candidate's datasets came from or restate, along its whole chain:
+    # its evaluations count them out of the unseen composite.
+    seen: list[str] = Field(default_factory=list)
 
 
 class Approval(BaseModel):
@@ -146,10 +149,26 @@ class EvalCompleted(EventData):
     commit: str | None = None  # the repository commit the suite was read at
     duration_s: float | None = None
     warnings: list[str] = Field(default_factory=list)  # e.g. the reward-hacking watch
+    # Beside the composite, what the candidate never trained on (DESIGN.md §5):
+    unseen: float | None = None  # the composite over core scenarios outside its lineage
+    unseen_ci: tuple[float, float] | None = None
+    unseen_n: int = 0
+    seen: int = 0  # core scenarios its lineage trained on (left out of unseen)
+    dev: float | None = None  # the composite over the dev split
+    dev_ci: tuple[float, float] | None = None
+    dev_n: int = 0
+    heldout_n: int = 0
+    # The number the loop steers by and the composite gate counts: dev when the suite has
+    # it, else unseen with at least the policy's minimum n; None when neither qualifies.
+    decision_metric: Literal["dev", "unseen"] | None = None
+    decision: float | None = None
+    decision_n: int = 0
 
     def summary(self) -> str:
         flag = f" ({len(self.warnings)} warning)" if self.warnings else ""
-        return f"{self.version or self.model} composite={self.composite:.4f}{flag}"
+        shown = f" {self.decision_metric}={self.decision:.4f}" \
+            if self.decision_metric and self.decision is not None else ""
+        return f"{self.version or self.model} composite={self.composite:.4f}{shown}{flag}"
 
 
 @register
@@ -173,9 +192,16 @@ class DatasetBuilt(EventData):
     eval_event: str | None = None  # the EvalCompleted whose runs it was built from
     seed: int | None = None  # augmentation seed: with the event, enough to rebuild it
     teacher: str | None = None  # the model that rephrased inputs (not reproducible)
+    iteration: int | None = None  # the loop iteration that built it (seeds generation)
+    new_rows: int | None = None  # rows not in the previous dataset of its chain
+    # Contamination accounting: the core scenarios its rows came from (their own inputs,
+    # variants, rephrasings) or restate (the leakage matcher), and of those the restated.
+    scenarios: list[str] = Field(default_factory=list)
+    restated: list[str] = Field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{self.rows} rows {self.dataset_hash[:12]}"
+        new = f", {self.new_rows} new" if self.new_rows is not None else ""
+        return f"{self.rows} rows{new} {self.dataset_hash[:12]}"
 
 
 @register
@@ -227,6 +253,23 @@ class CandidateRegistered(EventData):
 
     def summary(self) -> str:
         return self.version
+
+
+@register
+class OverfittingDetected(EventData):
+    """A candidate whose decision metric trails its core composite by more than the
+    policy's margin (or falls while core rises): it is never proposed."""
+
+    version: str | None = None
+    eval_event: str
+    metric: str  # dev | unseen
+    decision: float | None = None
+    composite: float
+    margin: float
+    reason: str
+
+    def summary(self) -> str:
+        return f"{self.version or '-'}: {self.reason}"
 
 
 @register

@@ -76,6 +76,7 @@ class LoopOptions:
     eval_threads: int | None = None
     eval_batch_size: int = 16
     rehearse: bool = True  # train on the previous iteration's dataset too
+    overrides: dict[str, Any] = field(default_factory=dict)  # profile fields (max_steps, ...)
 
 
 @dataclass
@@ -169,7 +170,8 @@ class IterateLoop:
         return plan_training(self.repo, self.specialist, self.parts.store,
                              base_ref=state.outputs.model,
                              from_eval=state.outputs.eval_event,
-                             method=self.options.method, profile_name=self.options.profile)
+                             method=self.options.method, profile_name=self.options.profile,
+                             overrides=self.options.overrides or None)
 
     def _runs(self, state: IterateState) -> list[Any]:
         from modelsmith.evaluation.service import load_runs
@@ -234,11 +236,13 @@ class IterateLoop:
         from modelsmith.training.service import generate_rows
 
         runs = self._runs(state)
+        previous = self._previous_rows(state) if state.outputs.previous_dataset else []
         rows = generate_rows(self.repo, self.specialist, runs, extract_failures(runs),
-                             seed=self._plan(state).profile.seed)
+                             seed=self._plan(state).profile.seed, iteration=state.iteration,
+                             pool_taken=frozenset(r.id for r in previous if r.source == "pool"))
         new = len(rows)
-        if self.options.rehearse and state.outputs.previous_dataset:
-            rows = rehearsed(rows, self._previous_rows(state))
+        if self.options.rehearse and previous:
+            rows = rehearsed(rows, previous)
         write_atomically(self._rows_file(state), dataset_jsonl(rows))
         self.say(f"  generate: {new} rows for the failures" + (
             f", {len(rows) - new} rehearsed from the previous dataset" if len(rows) > new
@@ -274,13 +278,22 @@ class IterateLoop:
         from modelsmith.training.service import record_dataset, validate
 
         report = validate(self.repo, self.specialist, self._generated_rows(state))
+        previous = self._previous_rows(state) if state.outputs.previous_dataset else []
         dataset = record_dataset(self.repo, self._plan(state), report,
                                  artifacts=self.parts.artifacts,
-                                 recorder=self._recorder(state, "validate"))
-        self.say(f"  validate: kept {len(report.kept)} of {report.total} rows "
-                 f"(removed {report.removed}); dataset {dataset.hash[:12]}")
+                                 recorder=self._recorder(state, "validate"),
+                                 previous=previous, iteration=state.iteration)
+        built = self._recorder(state, "validate").recorded("DatasetBuilt")
+        fresh = built.data.get("new_rows") if built is not None else None
+        removed = {k: v for k, v in report.removed.items() if v}
+        self.say(f"  validate: kept {len(report.kept)} of {report.total} rows, "
+                 f"{fresh} new (by source {report.sources}; removed {removed or 'none'}); "
+                 f"dataset {dataset.hash[:12]}")
+        if fresh == 0:
+            self.say("  validate: no row is new: this iteration cannot count toward the "
+                     "target's sustained run")
         return {"dataset_hash": dataset.hash, "dataset": str(dataset.path.relative_to(
-            self.parts.root)), "dataset_rows": len(report.kept)}
+            self.parts.root)), "dataset_rows": len(report.kept), "new_rows": fresh}
 
     def _train(self, state: IterateState) -> dict[str, Any]:
         """Train a candidate on the validated dataset; its version, run and host."""
@@ -351,38 +364,53 @@ class IterateLoop:
 
     def _gate(self, state: IterateState, candidate: str, candidate_eval: str,
               why: str) -> tuple[str, str]:
-        """The held-out gate at the target: the candidate against production (or the base
-        model's evaluation when nothing is in production), paired, on held-out; within the
-        policy's ``max_regression`` it proposes promotion to the first stage."""
+        """The held-out gate at the target: the candidate against production, paired, on
+        held-out (within the policy's ``max_regression``); with nothing in production,
+        its held-out score against the policy's absolute floor (default: the target).
+        Passed, it proposes promotion to the first stage."""
         from modelsmith.evaluation.service import compare
         from modelsmith.events.types import PromotionProposed
 
-        repo = self.repo
-        policy = repo.policy_for(repo.specialists[self.specialist]).spec
+        policy = self._policy()
         fleet = self.parts.fleet().specialists.get(self.specialist)
         production = fleet.holder("production") if fleet else None
-        baseline, against = state.outputs.base_eval, "the base model"
+        latest = None
         if production is not None:
             held = fleet.candidates.get(production.version) if fleet else None
             latest = held.latest() if held else None
-            if latest is not None:
-                baseline, against = latest.event_id, f"production {production.version}"
-        if baseline is None:
-            return "target", f"{why}; no baseline evaluation for the held-out gate"
-        result = compare(self.parts.store, self.specialist, baseline, candidate_eval,
-                         split="heldout").result
-        allowed = policy.gates.heldout.max_regression
-        numbers = (f"held-out {result.mean_b:.3f} vs {against} {result.mean_a:.3f} "
-                   f"({result.diff:+.3f}, 95% CI [{result.ci[0]:+.3f}, {result.ci[1]:+.3f}])")
-        if result.diff < -allowed:
-            return "gate-failed", (f"{why}, but the held-out gate failed: {numbers} trails "
-                                   f"by more than {allowed}")
+        evidence = [candidate_eval]
+        if latest is not None:
+            against = f"production {production.version}"
+            result = compare(self.parts.store, self.specialist, latest.event_id,
+                             candidate_eval, split="heldout").result
+            allowed = policy.gates.heldout.max_regression
+            numbers = (f"held-out {result.mean_b:.3f} vs {against} {result.mean_a:.3f} "
+                       f"({result.diff:+.3f}, 95% CI [{result.ci[0]:+.3f}, "
+                       f"{result.ci[1]:+.3f}])")
+            if result.diff < -allowed:
+                return "gate-failed", (f"{why}, but the held-out gate failed: {numbers} "
+                                       f"trails by more than {allowed}")
+            evidence.append(latest.event_id)
+        else:
+            event = self.parts.store.get(candidate_eval)
+            data = event.data if event is not None else {}
+            heldout, n = data.get("heldout"), data.get("heldout_n") or "?"
+            floor = policy.gates.heldout.floor
+            floor = self._target() if floor is None else floor
+            if heldout is None:
+                return "gate-failed", (f"{why}, but the suite has no held-out scenarios: "
+                                       "the held-out gate has no evidence")
+            ci = data.get("heldout_ci")
+            numbers = (f"held-out {heldout:.3f} (n={n}"
+                       + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                       + f") vs the floor {floor} (nothing in production)")
+            if heldout < floor - 1e-9:
+                return "gate-failed", f"{why}, but the held-out gate failed: {numbers}"
         stage = policy.stages[0].name
         recorder = self._recorder(state, "decide")
         first_time = recorder.recorded("PromotionProposed") is None
         recorder.record(PromotionProposed(
-            version=candidate, stage=stage, evidence=[candidate_eval, baseline],
-            reason=f"{why}; {numbers}"))
+            version=candidate, stage=stage, evidence=evidence, reason=f"{why}; {numbers}"))
         opened = ""
         if first_time and self.on_proposed is not None:
             where = self.on_proposed(candidate, stage)
@@ -442,6 +470,10 @@ class IterateLoop:
         model = state.outputs.model or ""
         state = self._phase(state, "eval", lambda s: self._evaluate_current(s, model))
         state = self._phase(state, "extract", self._extract)
+        if state.outputs.failures == 0:
+            return self._stop(state, state.history, "no-failures", (
+                f"none needed: {model} fails no core scenario, so there is nothing to train "
+                "on" + _streak_note(state.history)))
         state = self._phase(state, "generate", self._generate)
         state = self._phase(state, "validate", self._validate)
         try:
@@ -452,16 +484,25 @@ class IterateLoop:
             return self._go_back(state, discarded, started), None
         candidate = state.outputs.candidate or ""
         state = self._phase(state, "reeval", lambda s: self._reevaluate(s, candidate))
+        out = state.outputs
         record = IterationRecord(iteration=state.iteration, candidate=candidate,
-                                 composite=state.outputs.composite,
-                                 heldout=state.outputs.heldout,
-                                 eval_event=state.outputs.reeval_event,
-                                 duration_s=round(time.perf_counter() - started, 2))
+                                 composite=out.composite, heldout=out.heldout,
+                                 eval_event=out.reeval_event,
+                                 duration_s=round(time.perf_counter() - started, 2),
+                                 decision_metric=out.decision_metric,
+                                 decision=out.decision_value, decision_n=out.decision_n,
+                                 dataset_rows=out.dataset_rows, new_rows=out.new_rows,
+                                 overfitting=out.overfitting)
         history = [*state.history, record]
         self.progress.finished_iteration(record.composite, record.duration_s or 0.0)
         self.emit({"event": "iteration", **record.model_dump(mode="json")})
-        self.say(f"iteration {state.iteration}: {candidate} composite "
-                 f"{record.composite:.3f}, held-out {record.heldout}")
+        shown = (f"{record.decision_metric} {record.decision:.3f} (n={record.decision_n})"
+                 if record.decision_metric and record.decision is not None
+                 else "no decision metric")
+        self.say(f"iteration {state.iteration}: {candidate} {shown}, composite "
+                 f"{record.composite:.3f}, held-out "
+                 f"{'-' if record.heldout is None else f'{record.heldout:.3f}'}"
+                 + (f"; OVERFITTING: {record.overfitting}" if record.overfitting else ""))
         return self._decide_phase(state, record, history, target, sustained)
 
     def _evaluate_current(self, state: IterateState, model: str) -> dict[str, Any]:
@@ -475,8 +516,12 @@ class IterateLoop:
     def _reevaluate(self, state: IterateState, candidate: str) -> dict[str, Any]:
         self.say(f"iteration {state.iteration}: evaluating {candidate}")
         event = self._evaluate(state, "reeval", candidate)
-        return {"reeval_event": event.id, "composite": event.data.get("composite"),
-                "heldout": event.data.get("heldout")}
+        flagged = self._recorder(state, "reeval").recorded("OverfittingDetected")
+        data = event.data
+        return {"reeval_event": event.id, "composite": data.get("composite"),
+                "heldout": data.get("heldout"), "decision_metric": data.get("decision_metric"),
+                "decision_value": data.get("decision"), "decision_n": data.get("decision_n"),
+                "overfitting": flagged.data["reason"] if flagged is not None else None}
 
     def _decide_phase(self, state: IterateState, record: IterationRecord,
                       history: list[IterationRecord], target: float,
@@ -485,21 +530,58 @@ class IterateLoop:
         candidate."""
         candidate = record.candidate or ""
         state = self._save(state.advanced("decide", done=False))
-        verdict = _decide(history, target, sustained, self.options)
+        verdict = _decide(history, target, sustained, self.options, self._min_unseen())
+        if verdict is None:
+            verdict = self._watch(state, history)
         if verdict is not None and verdict[0] == "target":
             verdict = self._gate(state, candidate, record.eval_event or "", verdict[1])
         if verdict is not None:
-            reason, message = verdict
-            self._save(state.advanced("decide", done=True, decision=reason)
-                       .model_copy(update={"history": history}))
-            return state, LoopResult(self.specialist, reason, message, history, candidate,
-                                     target)
+            return self._stop(state, history, *verdict)
         state = self._save(state.advanced("decide", done=True, decision="continue"))
         carried = PhaseOutputs(  # the base model's evaluation stays the gate's baseline
             model=candidate, eval_event=record.eval_event,
             base_eval=state.outputs.base_eval, previous_dataset=state.outputs.dataset)
         state = state.next_iteration(record)
         return self._save(state.model_copy(update={"outputs": carried})), None
+
+    def _stop(self, state: IterateState, history: list[IterationRecord], reason: str,
+              message: str) -> tuple[IterateState, LoopResult]:
+        """End the loop with ``reason``; its candidate is the last iteration's."""
+        state = self._save(state.advanced("decide", done=False)) \
+            if state.phase != "decide" else state
+        self._save(state.advanced("decide", done=True, decision=reason)
+                   .model_copy(update={"history": history}))
+        candidate = history[-1].candidate if history else None
+        return state, LoopResult(self.specialist, reason, message, history, candidate,
+                                 self._target())
+
+    def _target(self) -> float:
+        spec = self.repo.specialists[self.specialist].spec
+        return self.options.target if self.options.target is not None \
+            else spec.target.composite
+
+    def _policy(self) -> Any:
+        return self.repo.policy_for(self.repo.specialists[self.specialist]).spec
+
+    def _min_unseen(self) -> int:
+        return self._policy().gates.decision.min_unseen
+
+    def _watch(self, state: IterateState,
+               history: list[IterationRecord]) -> tuple[str, str] | None:
+        """The overfitting watch on the evaluation side: the decision metric falling while
+        the core composite rises stops the loop, with an ``OverfittingDetected``."""
+        from modelsmith.events.types import OverfittingDetected
+
+        why = overfitting_trend(history)
+        if why is None:
+            return None
+        last = history[-1]
+        self._recorder(state, "decide").record(OverfittingDetected(
+            version=last.candidate, eval_event=last.eval_event or "",
+            metric=last.decision_metric or "unseen", decision=last.decision,
+            composite=last.composite or 0.0, margin=self._policy().gates.decision.overfit_margin,
+            reason=why))
+        return "overfitting", f"stopped: {why}"
 
     def _go_back(self, state: IterateState, discarded: Exception,
                  started: float) -> IterateState:
@@ -569,32 +651,100 @@ def _trained(registered: Event) -> dict[str, Any]:
             "host": lineage.get("host")}
 
 
+def _steering(record: IterationRecord) -> float | None:
+    """The number an iteration is judged by: its decision metric (the composite for
+    records from before the loop had one)."""
+    if record.decision_metric is not None:
+        return record.decision
+    return record.composite if record.decision_n is None else None
+
+
 def _decide(history: list[IterationRecord], target: float, sustained: int,
-            options: LoopOptions) -> tuple[str, str] | None:
-    scores = [r.composite for r in history if r.composite is not None]  # not discarded
-    if not scores:
+            options: LoopOptions, min_unseen: int = 30) -> tuple[str, str] | None:
+    """Stop or go on, judged by the decision metric (never trained on): the target held
+    for ``sustained`` iterations -- each with new training rows and not overfitting --, no
+    metric left to decide on, the budget spent, or no gain for ``patience`` iterations."""
+    trained = [r for r in history if r.composite is not None]  # not discarded
+    if not trained:
         if len(history) >= options.max_iterations:
             return "budget", f"budget of {options.max_iterations} iterations spent; no candidate"
         return None
+    last = trained[-1]
+    if _steering(last) is None:
+        return "undecidable", (
+            f"{last.candidate} has composite {last.composite:.3f}, but only "
+            f"{last.decision_n} core scenarios are left that it never trained on (the policy "
+            f"needs {min_unseen}) and the suite has no dev split: nothing it has not seen can "
+            "confirm the target. Add `split: dev` scenarios, or more core scenarios, or stop "
+            "training on the suite's own inputs (training.use_eval_inputs)")
+    metric = last.decision_metric or "composite"
     streak = 0
-    for score in reversed(scores):
-        if score < target:
+    for record in reversed(trained):
+        if record.new_rows == 0:  # trained on nothing new: neither counts nor breaks
+            continue
+        score = _steering(record)
+        if record.overfitting or score is None or score < target - 1e-9:
             break
         streak += 1
     if streak >= sustained:
-        return "target", (f"composite >= {target} for {streak} consecutive iterations "
-                          f"(last {scores[-1]:.3f})")
+        return "target", (f"{metric} composite >= {target} for {streak} consecutive "
+                          f"iterations (last {_steering(last):.3f}, n={last.decision_n}; "
+                          f"composite {last.composite:.3f})")
+    scores = [s for s in map(_steering, trained) if s is not None]
     if len(history) >= options.max_iterations:
         return "budget", (f"budget of {options.max_iterations} iterations spent; best "
-                          f"composite {max(scores):.3f}, target {target}")
+                          f"{metric} composite {max(scores):.3f}, target {target}")
     # Above the target the loop waits for it to hold, not for a gain.
     if len(scores) > options.patience and scores[-1] < target:
         before = max(scores[:-options.patience])
         recent = max(scores[-options.patience:])
         if recent <= before + 0.01:
-            return "no-gain", (f"{options.patience} iterations without a gain: best "
-                               f"{before:.3f} before, {recent:.3f} since")
+            return "no-gain", (f"{options.patience} iterations without a gain in the "
+                               f"{metric} composite: best {before:.3f} before, "
+                               f"{recent:.3f} since")
     return None
+
+
+#: The overfitting watch: core up and the decision metric down by at least this much,
+#: over the last two iterations (or each of the last three).
+TREND_STEP = 0.02
+
+
+def overfitting_trend(history: list[IterationRecord]) -> str | None:
+    """Why the loop should stop because its candidates learn the evaluation rather than
+    the task -- the decision metric falling while the core composite rises -- or None."""
+    trained = [r for r in history if r.composite is not None and r.decision is not None
+               and r.decision_metric is not None]
+    if len(trained) < 2:
+        return None
+    a, b = trained[-2], trained[-1]
+    core_up = (b.composite or 0.0) - (a.composite or 0.0)
+    metric_down = (a.decision or 0.0) - (b.decision or 0.0)
+    if core_up >= 2 * TREND_STEP and metric_down >= 2 * TREND_STEP:
+        return (f"from {a.candidate} to {b.candidate} the composite rose {core_up:+.3f} "
+                f"({a.composite:.3f} -> {b.composite:.3f}) while the {b.decision_metric} "
+                f"composite fell {-metric_down:+.3f} ({a.decision:.3f} -> "
+                f"{b.decision:.3f}): the training rows teach the evaluation, not the task")
+    if len(trained) >= 3:
+        z = trained[-3]
+        steps = [(a.composite - z.composite, z.decision - a.decision),
+                 (b.composite - a.composite, a.decision - b.decision)]
+        if all(up >= TREND_STEP and down >= TREND_STEP for up, down in steps):
+            return (f"over {z.candidate}, {a.candidate}, {b.candidate} the composite rose "
+                    f"({z.composite:.3f} -> {b.composite:.3f}) while the "
+                    f"{b.decision_metric} composite fell ({z.decision:.3f} -> "
+                    f"{b.decision:.3f}): the training rows teach the evaluation, not the task")
+    return None
+
+
+def _streak_note(history: list[IterationRecord]) -> str:
+    if not history:
+        return ""
+    last = history[-1]
+    score = _steering(last)
+    shown = f"{last.decision_metric or 'composite'} {score:.3f}" if score is not None \
+        else "no decision metric"
+    return f"; the last candidate {last.candidate} has {shown}"
 
 
 def _pool_trainer(parts: LoopParts, specialist: str, pool: Any, tag: str,

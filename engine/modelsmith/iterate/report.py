@@ -1,5 +1,6 @@
-"""The score history of a loop: a text table and an SVG plot (composite per iteration,
-held-out beside it, the target as a line). Plain SVG: no plotting library needed."""
+"""The score history of a loop: a text table and an SVG plot (the decision metric per
+iteration -- dev or unseen composite, never trained on --, the composite and held-out beside
+it, the target as a line). Plain SVG: no plotting library needed."""
 
 from __future__ import annotations
 
@@ -12,21 +13,37 @@ WIDTH, HEIGHT, MARGIN = 560, 320, 48
 
 
 def score_table(history: Sequence[IterationRecord], target: float | None = None) -> str:
-    """One row per iteration: candidate, composite, held-out, seconds."""
+    """One row per iteration: candidate, the decision metric (✓ at the target; its split
+    and n), the composite (core: trained near), held-out, the dataset's rows and how many
+    are new, seconds; an overfitting candidate is marked."""
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    lines = ["| iteration | candidate | composite | held-out | seconds |",
-             "|---:|---|---:|---:|---:|"]
+    lines = ["| iteration | candidate | decision (split, n) | composite | held-out | "
+             "rows (new) | seconds |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
     for r in history:
-        mark = " ✓" if target is not None and (r.composite or 0) >= target else ""
-        lines.append(f"| {r.iteration} | {r.candidate or '-'} | {fmt(r.composite)}{mark} | "
-                     f"{fmt(r.heldout)} | {r.duration_s or 0:.0f} |")
+        if r.decision_metric is not None and r.decision is not None:
+            mark = " ✓" if target is not None and r.decision >= target - 1e-9 \
+                and not r.overfitting and r.new_rows != 0 else ""
+            decision = f"{r.decision:.3f}{mark} ({r.decision_metric}, {r.decision_n})"
+        elif r.decision_n is not None:
+            decision = f"- (unseen n={r.decision_n})"
+        else:
+            decision = "-"
+        if r.overfitting:
+            decision += " overfitting"
+        rows = "-" if r.dataset_rows is None else (
+            f"{r.dataset_rows} ({'none' if r.new_rows == 0 else r.new_rows})")
+        lines.append(f"| {r.iteration} | {r.candidate or '-'} | {decision} | "
+                     f"{fmt(r.composite)} | {fmt(r.heldout)} | {rows} | "
+                     f"{r.duration_s or 0:.0f} |")
     return "\n".join(lines)
 
 
 def score_svg(history: Sequence[IterationRecord], target: float | None, title: str) -> str:
-    """Composite (solid) and held-out (dashed) per iteration on a 0..1 axis."""
+    """Decision metric (solid), composite (dotted) and held-out (dashed) per iteration on a
+    0..1 axis."""
     n = max(1, len(history))
     plot_w, plot_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
 
@@ -55,8 +72,12 @@ def score_svg(history: Sequence[IterationRecord], target: float | None, title: s
                      f'y2="{y(target):.1f}" stroke="#c33" stroke-dasharray="2,3"/>')
         parts.append(f'<text x="{WIDTH - MARGIN}" y="{y(target) - 4:.1f}" text-anchor="end" '
                      f'fill="#c33">target {target:g}</text>')
-    for key, colour, dash, label in (("composite", "#1f6fb4", "", "composite"),
-                                     ("heldout", "#2a9d4b", "6,4", "held-out")):
+    metric = next((r.decision_metric for r in history if r.decision_metric), None)
+    lines = [("composite", "#888", "2,3", "composite"),
+             ("heldout", "#2a9d4b", "6,4", "held-out")]
+    if metric:
+        lines.insert(0, ("decision", "#1f6fb4", "", f"{metric} (decides)"))
+    for n_line, (key, colour, dash, label) in enumerate(lines):
         points = [(x(i), y(getattr(r, key))) for i, r in enumerate(history)
                   if getattr(r, key) is not None]
         if not points:
@@ -68,7 +89,7 @@ def score_svg(history: Sequence[IterationRecord], target: float | None, title: s
         parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
                   for px, py in points]
         # The legend sits in the top margin, clear of lines at 1.0.
-        left = MARGIN if key == "composite" else MARGIN + 90
+        left = MARGIN + 110 * n_line
         parts.append(f'<text x="{left}" y="{MARGIN - 10}" fill="{colour}">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

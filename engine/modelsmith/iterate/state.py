@@ -62,6 +62,13 @@ class IterationRecord(BaseModel):
     eval_event: str | None = None
     duration_s: float | None = None
     discarded: str | None = None  # the model it could not train from (corrupt checkpoint)
+    # What the loop steers by (never trained on): the dev or the unseen composite.
+    decision_metric: str | None = None
+    decision: float | None = None
+    decision_n: int | None = None
+    dataset_rows: int | None = None
+    new_rows: int | None = None  # rows no earlier dataset of the chain had
+    overfitting: str | None = None  # why the candidate is overfitting (never proposed)
 
 
 class PhaseOutputs(BaseModel):
@@ -79,13 +86,18 @@ class PhaseOutputs(BaseModel):
     dataset_hash: str | None = None  # validate
     dataset: str | None = None  # its path, relative to the work tree
     dataset_rows: int | None = None
+    new_rows: int | None = None
     candidate: str | None = None  # train
     run_id: str | None = None
     host: str | None = None
     reeval_event: str | None = None  # reeval
     composite: float | None = None
     heldout: float | None = None
-    decision: str | None = None  # decide: continue, target, budget, no-gain, gate-failed
+    decision_metric: str | None = None  # dev | unseen (None: the suite has too few)
+    decision_value: float | None = None
+    decision_n: int | None = None
+    overfitting: str | None = None
+    decision: str | None = None  # decide: continue, target, budget, no-gain, gate-failed, ...
 
     def to_dict(self) -> dict[str, Any]:
         """The outputs set so far (state.json and the loop's --json lines hold these)."""

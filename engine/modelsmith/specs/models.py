@@ -191,6 +191,20 @@ class CompositeWeights(SpecModel):
         return self
 
 
+class SuiteTraining(SpecModel):
+    """Where training rows may come from (DESIGN.md §5, measurement rules)."""
+
+    use_eval_inputs: bool = Field(
+        False,
+        description=(
+            "Train on the suite's own core inputs and variants (failed ones, and passing "
+            "ones replayed). Those scenarios then stop counting as unseen, so the unseen "
+            "composite shrinks; without a dev split the loop may run out of scenarios to "
+            "decide on."
+        ),
+    )
+
+
 class SuiteSpec(SpecModel):
     description: str = ""
     scenarios: list[RelPath] = Field(
@@ -203,6 +217,7 @@ class SuiteSpec(SpecModel):
     generator: Annotated[str, Field(pattern=GENERATOR_PATTERN)] | None = Field(
         None, description="Optional 'file.py:function' that generates scenarios."
     )
+    training: SuiteTraining = Field(default_factory=SuiteTraining)
 
     @field_validator("scenarios")
     @classmethod
@@ -232,7 +247,14 @@ class Scenario(SpecModel):
     id: ScenarioId
     input: NonEmptyStr
     expected: Any = Field(description="Expected output (label, text, JSON value or number).")
-    split: Literal["core", "heldout"] = "core"
+    split: Literal["core", "dev", "heldout", "train"] = Field(
+        "core",
+        description=(
+            "core: the composite; dev: what the loop decides on (never trained on); "
+            "heldout: the promotion gate's evidence (never steers); train: a labelled "
+            "training pool (never evaluated)."
+        ),
+    )
     tags: list[str] = Field(default_factory=list)
     rubric: list[Criterion] | None = Field(
         None, min_length=1, description="Overrides the suite's default rubric."
@@ -269,11 +291,38 @@ class HeldoutGate(SpecModel):
     max_regression: Fraction = Field(
         0.02, description="Held-out score may trail production by at most this much."
     )
+    floor: Fraction | None = Field(
+        None,
+        description=(
+            "With nothing in production, the held-out score must reach this "
+            "(default: the specialist's target composite)."
+        ),
+    )
+
+
+class DecisionGate(SpecModel):
+    """The number the loop steers by and the composite gate counts: never trained on."""
+
+    min_unseen: PositiveInt = Field(
+        30,
+        description=(
+            "Without a dev split, the unseen composite counts only over at least this many "
+            "core scenarios the candidate never trained on."
+        ),
+    )
+    overfit_margin: Fraction = Field(
+        0.05,
+        description=(
+            "A candidate whose decision metric trails its core composite by more than this "
+            "is overfitting and is never proposed."
+        ),
+    )
 
 
 class Gates(SpecModel):
     composite: CompositeGate = Field(default_factory=CompositeGate)
     heldout: HeldoutGate = Field(default_factory=HeldoutGate)
+    decision: DecisionGate = Field(default_factory=DecisionGate)
     suite_unchanged: bool = Field(
         True, description="The suite hash must match the one the gate evaluations used."
     )

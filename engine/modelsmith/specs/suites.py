@@ -43,6 +43,21 @@ class LoadedSuite:
     def heldout(self) -> list[Scenario]:
         return [s for s in self.scenarios if s.split == "heldout"]
 
+    @property
+    def dev(self) -> list[Scenario]:
+        """Scenarios the loop decides on: evaluated like core, never training data."""
+        return [s for s in self.scenarios if s.split == "dev"]
+
+    @property
+    def train(self) -> list[Scenario]:
+        """The labelled training pool: never evaluated."""
+        return [s for s in self.scenarios if s.split == "train"]
+
+    @property
+    def evaluated(self) -> list[Scenario]:
+        """Every scenario an evaluation runs (all but the training pool)."""
+        return [s for s in self.scenarios if s.split != "train"]
+
 
 @dataclass
 class _Scenarios:
@@ -58,9 +73,9 @@ class _Scenarios:
             first_file, first_line = self.sources[scenario.id]
             if self.splits[scenario.id] != scenario.split:
                 message = (
-                    f"scenario id '{scenario.id}' is used by both a core and a held-out "
-                    f"scenario (also at {first_file}:{first_line}); held-out ids must be "
-                    "disjoint from core ids"
+                    f"scenario id '{scenario.id}' is used by both a "
+                    f"{self.splits[scenario.id]} and a {scenario.split} scenario (also at "
+                    f"{first_file}:{first_line}); ids must be unique across splits"
                 )
             else:
                 message = (
@@ -224,25 +239,26 @@ def _check_scenario_sets(
     if not core:
         line, col = path_line_col(doc.tree, "spec", "scenarios")
         ctx.add(doc.file, line, col, "spec.scenarios", "the suite needs at least one core scenario")
-    # Leakage: a held-out text the model may have seen (as a core input or variant) would
-    # make the held-out score meaningless.
-    seen: dict[str, str] = {}
-    for scenario in core:
-        for text in (scenario.input, *scenario.variants):
-            seen.setdefault(_normalise(text), scenario.id)
+    # Leakage: a held-out or dev text the model may have seen (as a core input, a variant
+    # or a training-pool row) would make the score that gates or steers meaningless.
+    seen: dict[str, Scenario] = {}
     for scenario in scenarios:
-        if scenario.split != "heldout":
+        if scenario.split in ("core", "train"):
+            for text in (scenario.input, *scenario.variants):
+                seen.setdefault(_normalise(text), scenario)
+    for scenario in scenarios:
+        if scenario.split not in ("heldout", "dev"):
             continue
         file, line = sources[scenario.id]
         for index, text in enumerate((scenario.input, *scenario.variants)):
-            core_id = seen.get(_normalise(text))
-            if core_id is not None:
+            other = seen.get(_normalise(text))
+            if other is not None:
                 where = "input" if index == 0 else f"variants[{index - 1}]"
                 ctx.add(
                     file,
                     line,
                     None,
                     where,
-                    f"held-out scenario '{scenario.id}' leaks: its {where} matches core "
-                    f"scenario '{core_id}' (ignoring case and whitespace)",
+                    f"{scenario.split} scenario '{scenario.id}' leaks: its {where} matches "
+                    f"{other.split} scenario '{other.id}' (ignoring case and whitespace)",
                 )

@@ -1,13 +1,18 @@
-"""Augmentation: each failed scenario becomes several training rows, plus replay rows.
+"""Augmentation: each failed scenario says *where* the model is wrong; the rows come from
+outside the evaluation.
 
-Each failed scenario gives its own input, the suite's variants of it, rows from the suite's
-generator (:mod:`.generator`) and optional teacher rephrasings; passing core scenarios are
-mixed in (replay) so the model does not forget what already works. Deterministic for a
-seed (unless a teacher samples).
+Per failed core scenario: ``per_failure`` new records from the suite's generator
+(:mod:`.generator`), seeded by (seed, iteration, scenario) so every iteration asks for new
+ones; the ``per_failure`` rows of the suite's labelled pool (``split: train``) nearest to
+it (hard-example mining; a pool row is taken once); optional teacher rephrasings. Only a
+suite that opts in (``training.use_eval_inputs``) also trains on the failed scenario's own
+input and variants and replays passing core scenarios -- and those then stop counting as
+unseen (DESIGN.md §5). Deterministic for a seed and iteration (unless a teacher samples).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +23,7 @@ from modelsmith.specs import LoadedSuite, Scenario, Specialist
 from .dataset import DataError, TrainingRow
 from .extraction import Failure, failed_scenario_ids
 from .generator import Generator, generate
+from .similarity import jaccard, ngrams, text_tokens
 
 Teacher = Callable[[str, int], list[str]]
 """``(text, n) -> up to n rephrasings of text`` (the label is kept)."""
@@ -31,14 +37,22 @@ class _Rows:
         self.rows: list[TrainingRow] = []
         self.used: set[str] = set()
 
-    def add(self, row_id: str, text: str, expected: Any, source: str, scenario_id: str) -> None:
+    def add(self, row_id: str, text: str, expected: Any, source: str, scenario_id: str,
+            rubric: list[dict[str, Any]] | None = None) -> None:
         unique, k = row_id, 1
         while unique in self.used:
             k += 1
             unique = f"{row_id}-{k}"
         self.used.add(unique)
         self.rows.append(TrainingRow(unique, self.task.render(text), text, expected, source,
-                                     scenario_id))
+                                     scenario_id, rubric))
+
+
+def row_seed(seed: int, iteration: int, scenario_id: str) -> int:
+    """The generator's seed for one failed scenario in one iteration: another iteration
+    (or scenario) asks for other rows."""
+    digest = hashlib.sha256(f"{seed}:{iteration}:{scenario_id}".encode()).hexdigest()
+    return int(digest[:8], 16)
 
 
 def augment(
@@ -52,33 +66,43 @@ def augment(
     replay_share: float = 0.3,
     teacher: Teacher | None = None,
     seed: int = 0,
+    iteration: int = 1,
+    pool_taken: frozenset[str] = frozenset(),
 ) -> list[TrainingRow]:
-    """Training rows for the failed scenarios, then replay rows.
+    """Training rows for the failed scenarios (see the module docstring).
 
-    Per failed scenario, in order: its own input (``failure``), each of its variants
-    (``variant``), ``per_failure`` rows from ``generator`` (labelled by it) and up to
-    ``per_failure`` teacher rephrasings of its input (the label kept). Then passing core
-    scenarios of ``passing`` (runs of an evaluation: own input passed, not failed anywhere)
-    are sampled so that they make up about ``replay_share`` of the result.
+    Per failed scenario, in order: with ``training.use_eval_inputs`` its own input
+    (``failure``) and each of its variants (``variant``); ``per_failure`` rows from
+    ``generator`` (``generator``: each labelled by it, with its own rubric if it gave one);
+    the ``per_failure`` nearest pool rows not in ``pool_taken`` (``pool``); up to
+    ``per_failure`` teacher rephrasings of its input (``teacher``, the label kept). With
+    ``use_eval_inputs``, passing core scenarios of ``passing`` (own input passed, not failed
+    anywhere) are then sampled to make up about ``replay_share`` of the result.
     """
     if not 0.0 <= replay_share < 1.0:
         raise ValueError(f"replay_share must be in [0, 1), got {replay_share}")
     if per_failure < 0:
         raise ValueError(f"per_failure must be >= 0, got {per_failure}")
     scenarios = {s.id: s for s in suite.scenarios}
+    use_eval = suite.suite.spec.training.use_eval_inputs
     rows = _Rows(specialist.spec.task)
     failed = failed_scenario_ids(failures)
+    pool = _Pool(suite, pool_taken)
     for sid in failed:
         sc = _failed_scenario(sid, scenarios, suite)
-        rows.add(sid, sc.input, sc.expected, "failure", sid)
-        for i, text in enumerate(sc.variants, 1):
-            rows.add(f"{sid}-v{i}", text, sc.expected, "variant", sid)
+        if use_eval:
+            rows.add(sid, sc.input, sc.expected, "failure", sid)
+            for i, text in enumerate(sc.variants, 1):
+                rows.add(f"{sid}-v{i}", text, sc.expected, "variant", sid)
         if generator is not None and per_failure > 0:
-            _add_generated(rows, generator, sc, scenarios, per_failure, seed)
+            _add_generated(rows, generator, sc, scenarios, per_failure,
+                           row_seed(seed, iteration, sid))
+        for near in pool.nearest(sc.input, per_failure):
+            rows.add(near.id, near.input, near.expected, "pool", near.id)
         if teacher is not None and per_failure > 0:
             for k, text in enumerate(_rephrasings(teacher, sc, per_failure), 1):
                 rows.add(f"{sid}-t{k}", text, sc.expected, "teacher", sid)
-    if replay_share > 0 and rows.rows:
+    if use_eval and replay_share > 0 and rows.rows:
         wanted = round(replay_share * len(rows.rows) / (1.0 - replay_share))
         for sid in _replayed(passing, failed, scenarios, wanted, seed):
             sc = scenarios[sid]
@@ -104,7 +128,34 @@ def _add_generated(rows: _Rows, generator: Generator, sc: Scenario,
         # The generator's own id ("<id>-near3") unless it would pass for a scenario.
         own = isinstance(given, str) and given and given not in scenarios
         rows.add(given if own else f"{sc.id}-gen{k}", item["input"], item["expected"],
-                 "generator", sc.id)
+                 "generator", sc.id, item.get("rubric"))
+
+
+class _Pool:
+    """The suite's training pool, for picking the rows nearest a failed input (word and
+    word-pair Jaccard); each pool row is picked once."""
+
+    def __init__(self, suite: LoadedSuite, taken: frozenset[str]) -> None:
+        self.rows = [sc for sc in suite.train if sc.id not in taken]
+        self.features = [_near_features(sc.input) for sc in self.rows]
+        self.taken: set[str] = set()
+
+    def nearest(self, text: str, n: int) -> list[Scenario]:
+        if n <= 0 or not self.rows:
+            return []
+        words, pairs = _near_features(text)
+        ranked = sorted(
+            (i for i, sc in enumerate(self.rows) if sc.id not in self.taken),
+            key=lambda i: (-(jaccard(words, self.features[i][0])
+                             + 0.5 * jaccard(pairs, self.features[i][1])), self.rows[i].id))
+        picked = [self.rows[i] for i in ranked[:n]]
+        self.taken.update(sc.id for sc in picked)
+        return picked
+
+
+def _near_features(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    tokens = text_tokens(text)
+    return ngrams(tokens, 1), ngrams(tokens, 2)
 
 
 def _rephrasings(teacher: Teacher, sc: Scenario, per_failure: int) -> list[str]:

@@ -17,8 +17,16 @@ from typing import Any
 
 from modelsmith.errors import ModelsmithError
 
-#: Where a training row came from.
-SOURCES: tuple[str, ...] = ("failure", "variant", "generator", "teacher", "replay")
+#: Where a training row came from: a failed core scenario's own input or variant, a passing
+#: one replayed (those three only with ``training.use_eval_inputs``), the suite's
+#: generator, a teacher's rephrasing of a failed input, or the suite's labelled pool.
+SOURCES: tuple[str, ...] = ("failure", "variant", "generator", "teacher", "replay", "pool")
+#: Sources whose rows are a core scenario's own text (or a rewording of it): training on
+#: them makes that scenario *seen*.
+EVAL_SOURCES: frozenset[str] = frozenset({"failure", "variant", "teacher", "replay"})
+#: Sources whose rows are scored with their scenario's rubric (the eval scenario's, or the
+#: pool scenario's); generator rows get their own rubric, else the suite's default.
+SCENARIO_RUBRIC_SOURCES: frozenset[str] = EVAL_SOURCES | {"pool"}
 
 
 class DataError(ModelsmithError):
@@ -29,8 +37,11 @@ class DataError(ModelsmithError):
 class TrainingRow:
     """One training example: the prompt the model sees and the answer the rubric wants.
 
-    ``scenario_id`` names the suite scenario the row derives from: its rubric scores the
-    row (in validation and as the GRPO reward).
+    ``scenario_id`` names the suite scenario the row derives from (for generator and pool
+    rows: the failed scenario it was made or picked for). The rubric that scores the row
+    (in validation and as the GRPO reward) is :attr:`rubric` when the generator gave one,
+    else the scenario's for eval and pool rows, else the suite's default
+    (:attr:`rubric_from`).
     """
 
     id: str
@@ -39,6 +50,14 @@ class TrainingRow:
     expected: Any
     source: str
     scenario_id: str
+    rubric: list[dict[str, Any]] | None = None  # the row's own criteria (generator rows)
+
+    @property
+    def rubric_from(self) -> str:
+        """``own``, ``scenario`` or ``suite``: whose rubric scores this row."""
+        if self.rubric:
+            return "own"
+        return "scenario" if self.source in SCENARIO_RUBRIC_SOURCES else "suite"
 
     @property
     def answer(self) -> str:
@@ -57,12 +76,16 @@ class TrainingRow:
         return " " + self.answer
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "completion": self.completion}
+        row = {**asdict(self), "completion": self.completion}
+        if row["rubric"] is None:  # most rows: the file stays as it was
+            del row["rubric"]
+        return row
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingRow:
         """The row back from :meth:`to_dict` (``completion`` is derived, so ignored)."""
-        return cls(**{name: data[name] for name in _ROW_FIELDS})
+        return cls(**{name: data[name] for name in _ROW_FIELDS},
+                   rubric=data.get("rubric"))
 
 
 _ROW_FIELDS = ("id", "prompt", "input", "expected", "source", "scenario_id")

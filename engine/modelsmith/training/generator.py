@@ -1,7 +1,11 @@
 """A suite's generator: a function in the suite folder that makes labelled scenarios.
 
 ``spec.generator`` names it as ``file.py:function``; it is called as
-``(scenario: dict, n: int, seed: int) -> list[scenario dict]``. It is the team's own code,
+``(scenario: dict, n: int, seed: int) -> list[scenario dict]`` for a failed scenario, with a
+seed for that scenario and iteration (so it should return new records for a new seed). Each
+record needs ``input`` and its own ``expected`` answer, and may carry its own ``rubric`` (a
+list of criteria, as in a scenario row; else the suite's default rubric scores it --
+never the failed scenario's). It is the team's own code,
 so every way it can fail (not found, outside the folder, fails to import, raises, returns
 something else) is a :class:`~modelsmith.training.dataset.DataError` naming the file.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -98,5 +103,17 @@ def generate(generator: Generator, scenario: Scenario, n: int, seed: int) -> lis
         if not isinstance(text, str) or not text.strip() or item.get("expected") is None:
             raise DataError(f"{where}: item {index} for scenario {scenario.id!r} needs a "
                             f"non-empty 'input' and an 'expected' value: {str(item)[:80]}")
+        rubric = item.get("rubric")
+        if rubric is not None and (not isinstance(rubric, list) or not rubric
+                                   or not all(isinstance(c, Mapping) for c in rubric)):
+            raise DataError(f"{where}: item {index} for scenario {scenario.id!r}: 'rubric' "
+                            "must be a non-empty list of criteria (mappings with a 'kind')")
+        for key in ("expected", "rubric"):
+            try:
+                json.dumps(item.get(key), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{where}: item {index} for scenario {scenario.id!r}: "
+                                f"{key!r} is not JSON ({exc}); a training row must be "
+                                "written as JSON") from None
         out.append(dict(item))
     return out

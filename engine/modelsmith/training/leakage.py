@@ -47,7 +47,13 @@ def structural_words(suite: LoadedSuite) -> frozenset[str]:
 
 def heldout_texts(suite: LoadedSuite, n: int) -> list[tuple[str, TextFeatures]]:
     """``(scenario id, features)`` of every held-out input and held-out variant."""
-    return [(sc.id, text_features(text, n)) for sc in suite.heldout
+    return split_texts(suite, ("heldout",), n)
+
+
+def split_texts(suite: LoadedSuite, splits: tuple[str, ...],
+                n: int) -> list[tuple[str, TextFeatures]]:
+    """``(scenario id, features)`` of every input and variant of the ``splits``."""
+    return [(sc.id, text_features(text, n)) for sc in suite.scenarios if sc.split in splits
             for text in (sc.input, *sc.variants)]
 
 

@@ -13,7 +13,7 @@ differing keys. A plain ``expected`` column is accepted too.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from modelsmith.errors import ModelsmithError
@@ -29,6 +29,9 @@ EXPECTED_JSON = "expected_json"
 EXPECTED = "expected"
 #: Dataset column naming the scenario whose rubric scores the row.
 SCENARIO_ID = "scenario_id"
+#: Dataset column saying whose rubric scores the row: ``""`` its scenario's, ``"suite"``
+#: the suite's default, else the row's own criteria as JSON text (:func:`rubric_key`).
+RUBRIC_KEY = "rubric_key"
 #: The reward's name in TRL's metrics (``rewards/rubric/mean``).
 REWARD_NAME = "rubric"
 
@@ -40,6 +43,31 @@ class RewardInputError(ModelsmithError, ValueError):
 def encode_expected(value: Any) -> str:
     """``value`` as the JSON text of an ``expected_json`` column."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def rubric_key(row: Mapping[str, Any]) -> str:
+    """The :data:`RUBRIC_KEY` of a training row as a dict (``TrainingRow.to_dict``): its own
+    rubric as JSON, ``"suite"`` for a generator row without one, ``""`` for a row its
+    scenario's rubric scores (eval and pool rows; rows from older datasets)."""
+    from .dataset import SCENARIO_RUBRIC_SOURCES
+
+    if row.get("rubric"):
+        return json.dumps(row["rubric"], sort_keys=True, ensure_ascii=False)
+    source = row.get("source")
+    return "suite" if source is not None and source not in SCENARIO_RUBRIC_SOURCES else ""
+
+
+def parse_rubric(text: str) -> list[Criterion]:
+    """Criteria from their JSON text (a generator row's own rubric)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(list[Criterion]).validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "rubric"
+        raise RewardInputError(f"a row's own rubric is invalid at {where}: "
+                               f"{first['msg']}") from None
 
 
 def completion_text(completion: Any) -> str:
@@ -94,12 +122,17 @@ class RubricReward:
         self.rubrics: dict[str, list[Criterion]] = {
             sc.id: rubric_for(sc, suite) for sc in suite.scenarios
         }
+        self.own: dict[str, list[Criterion]] = {}  # generator rows' rubrics, parsed once
 
-    def rubric(self, scenario_id: str | None) -> list[Criterion]:
-        """The scenario's rubric; the suite's default for rows from unknown scenarios
-        (augmented rows without a rubric of their own)."""
-        if scenario_id is None:
+    def rubric(self, scenario_id: str | None, key: str = "") -> list[Criterion]:
+        """The rubric a row's :data:`RUBRIC_KEY` names: its own, the suite's default, or
+        its scenario's (the default for rows from unknown scenarios)."""
+        if key == "suite" or (scenario_id is None and not key):
             return self.default_rubric
+        if key:
+            if key not in self.own:
+                self.own[key] = parse_rubric(key)
+            return self.own[key]
         return self.rubrics.get(scenario_id, self.default_rubric)
 
     def score_all(
@@ -107,8 +140,9 @@ class RubricReward:
         completions: Sequence[Any],
         expected: Sequence[Any],
         scenario_ids: Sequence[str | None] | None = None,
+        rubric_keys: Sequence[str] | None = None,
     ) -> list[ScenarioScore]:
-        """Score each completion against its row's expected value and scenario rubric."""
+        """Score each completion against its row's expected value and rubric."""
         if len(expected) != len(completions):
             raise RewardInputError(
                 f"{len(completions)} completions but {len(expected)} expected values"
@@ -116,14 +150,18 @@ class RubricReward:
         ids = scenario_ids if scenario_ids is not None else [None] * len(completions)
         if len(ids) != len(completions):
             raise RewardInputError(f"{len(completions)} completions but {len(ids)} scenario ids")
+        keys = rubric_keys if rubric_keys is not None else [""] * len(completions)
+        if len(keys) != len(completions):
+            raise RewardInputError(f"{len(completions)} completions but {len(keys)} rubric keys")
         scores = []
-        for completion, want, scenario_id in zip(completions, expected, ids, strict=True):
+        for completion, want, scenario_id, key in zip(completions, expected, ids, keys,
+                                                      strict=True):
             ctx = ScoringContext(
                 expected=want, labels=self.labels, count_tokens=self.count_tokens,
                 judge=self.judge,
             )
             scores.append(score_output(
-                self.rubric(scenario_id), completion_text(completion), ctx, self.threshold,
+                self.rubric(scenario_id, key), completion_text(completion), ctx, self.threshold,
                 self.contract,
             ))
         return scores
@@ -142,7 +180,8 @@ class RubricReward:
                 f"the reward needs an '{EXPECTED}' or '{EXPECTED_JSON}' column in the dataset "
                 f"(got columns: {', '.join(sorted(kwargs)) or 'none'})"
             )
-        scored = self.score_all(completions, expected, kwargs.get(SCENARIO_ID))
+        scored = self.score_all(completions, expected, kwargs.get(SCENARIO_ID),
+                                kwargs.get(RUBRIC_KEY))
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and scored:
             log_metric("rubric/pass_rate", sum(s.passed for s in scored) / len(scored))

@@ -69,11 +69,13 @@ class TrainOutcome:
 
 def generate_rows(
     repo: Repository, specialist: str, runs: list[Any], failures: list[Any], *, seed: int,
-    teacher: Callable[[str, int], list[str]] | None = None,
+    teacher: Callable[[str, int], list[str]] | None = None, iteration: int = 1,
+    pool_taken: frozenset[str] = frozenset(),
 ) -> list[Any]:
-    """Training rows (not yet validated) for an evaluation's failures, plus replay rows of
-    its passing core scenarios: deterministic for the runs, the suite (with its generator)
-    and ``seed`` -- unless a ``teacher`` rephrases the failed inputs too (:mod:`.teacher`)."""
+    """Training rows (not yet validated) for an evaluation's failures (:mod:`.augment`):
+    deterministic for the runs, the suite (with its generator and pool), ``seed`` and
+    ``iteration`` -- unless a ``teacher`` rephrases the failed inputs too (:mod:`.teacher`).
+    ``pool_taken``: pool rows an earlier dataset of the chain already holds."""
     from modelsmith.training.augment import augment
     from modelsmith.training.extraction import failed_scenario_ids
     from modelsmith.training.generator import load_generator
@@ -87,7 +89,8 @@ def generate_rows(
         prefetch_for(teacher, [inputs[i] for i in failed_scenario_ids(failures) if i in inputs],
                      PER_FAILURE)
     return augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
-                   per_failure=PER_FAILURE, teacher=teacher, seed=seed)
+                   per_failure=PER_FAILURE, teacher=teacher, seed=seed, iteration=iteration,
+                   pool_taken=pool_taken)
 
 
 def validate(repo: Repository, specialist: str, rows: list[Any]) -> Any:
@@ -174,9 +177,23 @@ class Dataset:
     rows: list[Any]  # the validated TrainingRows
 
 
+def new_rows(rows: list[Any], previous: list[Any]) -> int:
+    """How many of ``rows`` say something ``previous`` did not (normalised input, answer)."""
+    from modelsmith.training.similarity import normalise
+
+    def key(row: Any) -> tuple[str, str]:
+        return normalise(row.input), row.answer
+
+    before = {key(row) for row in previous}
+    return sum(key(row) not in before for row in rows)
+
+
 def record_dataset(repo: Repository, plan: TrainingPlan, report: Any, *, artifacts: Any,
-                   recorder: Recorder, teacher_ref: str | None = None) -> Dataset:
-    """Write the validated rows, track and push them with DVC, record ``DatasetBuilt``."""
+                   recorder: Recorder, teacher_ref: str | None = None,
+                   previous: list[Any] | None = None, iteration: int | None = None) -> Dataset:
+    """Write the validated rows, track and push them with DVC, record ``DatasetBuilt`` with
+    its contamination accounting and how many rows are new against ``previous`` (the
+    chain's previous dataset)."""
     from modelsmith.training.dataset import dataset_hash, write_dataset
 
     digest = dataset_hash(report.kept)
@@ -188,7 +205,9 @@ def record_dataset(repo: Repository, plan: TrainingPlan, report: Any, *, artifac
     recorder.record(DatasetBuilt(
         dataset_hash=digest, rows=len(report.kept), sources=report.sources,
         removed=report.removed, balance=report.balance, path=str(path.relative_to(repo.root)),
-        eval_event=plan.evaluation.id, seed=plan.profile.seed, teacher=teacher_ref))
+        eval_event=plan.evaluation.id, seed=plan.profile.seed, teacher=teacher_ref,
+        iteration=iteration, new_rows=new_rows(report.kept, previous or []),
+        scenarios=list(report.scenarios), restated=list(report.restated)))
     return Dataset(digest, path, list(report.kept))
 
 
@@ -232,7 +251,8 @@ def train_on(
     artifacts.push([out_dir])
     done = _record_completed(run_id, plan.method, ran, duration, weights.md5, recorder)
     lineage = _lineage(plan, dataset, suite.suite_hash, ran, done, run_id=run_id,
-                       base_path=base_path, weights_hash=weights.md5)
+                       base_path=base_path, weights_hash=weights.md5,
+                       seen=_seen(store, plan, dataset))
     recorder.record(CandidateRegistered(version=version, lineage=lineage))
     return TrainOutcome(version, out_dir, dataset.hash, ran.result.metrics,
                         float(done.data["duration_s"]), recorder.events)
@@ -278,8 +298,29 @@ def _record_completed(run_id: str, method: str, ran: TrainerOutput, duration: fl
                            evidence={TRAINING_LOG: curve.encode("utf-8")})
 
 
+def _seen(store: EventStore, plan: TrainingPlan, dataset: Dataset) -> list[str]:
+    """The core scenarios the new candidate has trained on: its parent's, and those its
+    dataset came from or restates (``DatasetBuilt.scenarios``)."""
+    from modelsmith.evaluation.service import seen_by
+
+    parent = plan.evaluation.data.get("version")
+    seen = set(seen_by(store, plan.specialist, parent)) if parent else set()
+    built = None
+    for event in store.read(plan.specialist):
+        if event.type == "DatasetBuilt" and event.data.get("dataset_hash") == dataset.hash:
+            built = event
+    if built is not None:
+        seen.update(built.data.get("scenarios") or ())
+    else:  # a dataset the log does not describe: count its eval rows at least
+        from modelsmith.training.dataset import EVAL_SOURCES
+
+        seen.update(r.scenario_id for r in dataset.rows if r.source in EVAL_SOURCES)
+    return sorted(seen)
+
+
 def _lineage(plan: TrainingPlan, dataset: Dataset, suite_hash: str, ran: TrainerOutput,
-             done: Event, *, run_id: str, base_path: Path, weights_hash: str) -> Lineage:
+             done: Event, *, run_id: str, base_path: Path, weights_hash: str,
+             seen: list[str]) -> Lineage:
     """Every input of the candidate by hash; the config hash covers the profile as it ran."""
     from modelsmith.artifacts.models import model_fingerprint
     from modelsmith.training.config import config_hash
@@ -300,6 +341,7 @@ def _lineage(plan: TrainingPlan, dataset: Dataset, suite_hash: str, ran: Trainer
         host=str(done.data["host"]),
         duration_s=float(done.data["duration_s"]),
         weights_hash=weights_hash,
+        seen=seen,
     )
 
 

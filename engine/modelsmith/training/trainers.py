@@ -36,7 +36,7 @@ from .config import (
     sft_steps,
     torch_threads,
 )
-from .reward import EXPECTED, EXPECTED_JSON, SCENARIO_ID, encode_expected
+from .reward import EXPECTED, EXPECTED_JSON, RUBRIC_KEY, SCENARIO_ID, encode_expected, rubric_key
 
 ProgressFn = Callable[[dict[str, Any]], None]
 RewardFn = Callable[..., list[float]]
@@ -273,7 +273,7 @@ def _run_grpo(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, An
     # Expected values go as JSON text: one Arrow type whatever the suite's values are.
     dataset = Dataset.from_list([
         {"prompt": row["prompt"], SCENARIO_ID: str(row[SCENARIO_ID]),
-         EXPECTED_JSON: encode_expected(row[EXPECTED])}
+         EXPECTED_JSON: encode_expected(row[EXPECTED]), RUBRIC_KEY: rubric_key(row)}
         for row in rows
     ])
     trainer = GRPOTrainer(

@@ -1,8 +1,11 @@
 """Validation: keep the rows fit to train on, count every removal by reason.
 
-Checks, in order: schema; the reference answer scores 1.0 under the scenario's rubric; the
-leakage guard against every held-out input (:mod:`.leakage`); exact and near-duplicate
-removal (:mod:`.similarity`); then the kept rows' class balance and sources are counted.
+Checks, in order: schema; the reference answer scores 1.0 under the row's rubric (its own,
+its scenario's or the suite's: ``TrainingRow.rubric_from``); the leakage guard
+(:mod:`.leakage`) against every dev and held-out input and variant, and against every core
+one unless the suite opts in to training on them (``training.use_eval_inputs``); exact and
+near-duplicate removal (:mod:`.similarity`); then the kept rows' class balance and sources
+are counted, and the core scenarios they came from or restate (contamination accounting).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from modelsmith.evaluation.criteria import FLOAT_EPS, Judge, ScoringContext
 from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
 from modelsmith.specs import LoadedSuite, Scenario, Specialist
 
-from .dataset import SOURCES, TrainingRow
-from .leakage import LeakageIndex, heldout_texts, structural_words
+from .dataset import EVAL_SOURCES, SOURCES, TrainingRow
+from .leakage import LeakageIndex, split_texts, structural_words
 from .similarity import GramRanks, TextFeatures, jaccard, text_features
 
 #: Why validation drops a row, in the order the checks run.
@@ -46,6 +49,10 @@ class ValidationReport:
     balance: dict[str, int]  # label -> kept rows (label tasks; else empty)
     sources: dict[str, int]  # source -> kept rows
     dropped: list[DroppedRow] = field(default_factory=list)
+    # Core scenarios the kept rows came from (eval sources) or restate, sorted; and of
+    # those, the ones only the leakage matcher found.
+    scenarios: list[str] = field(default_factory=list)
+    restated: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -58,6 +65,8 @@ class ValidationReport:
             "removed": dict(self.removed),
             "balance": dict(self.balance),
             "sources": dict(self.sources),
+            "scenarios": list(self.scenarios),
+            "restated": list(self.restated),
             "dropped": [asdict(d) for d in self.dropped],
         }
 
@@ -87,8 +96,9 @@ def validate_rows(
     labels = output_labels(specialist.spec.task.output)
     dropped: list[DroppedRow] = []
     checked = _rows_with_passing_references(rows, suite, specialist, labels, judge, dropped)
-    kept = _distinct_rows_without_leaks(checked, suite, near_dup_threshold, ngram, dropped)
-    return _report(kept, dropped, labels)
+    kept, restated = _distinct_rows_without_leaks(checked, suite, near_dup_threshold, ngram,
+                                                  dropped)
+    return _report(kept, dropped, labels, restated)
 
 
 def _schema_problem(row: Any, task: Any, labels: list[str] | None,
@@ -142,15 +152,40 @@ def _rows_with_passing_references(
     return checked
 
 
+def row_rubric(row: TrainingRow, scenario: Scenario, suite: LoadedSuite) -> list[Any]:
+    """The criteria that score ``row`` (see ``TrainingRow.rubric_from``)."""
+    from pydantic import TypeAdapter
+
+    from modelsmith.specs.rubric import Criterion
+
+    match row.rubric_from:
+        case "own":
+            return TypeAdapter(list[Criterion]).validate_python(row.rubric)
+        case "scenario":
+            return rubric_for(scenario, suite)
+    return list(suite.suite.spec.rubric)
+
+
 def _reference_problem(row: TrainingRow, scenario: Scenario, suite: LoadedSuite,
                        contract: Any, labels: list[str] | None,
                        judge: Judge | None) -> tuple[str, str] | None:
-    """``(reason, detail)`` when the row's scenario is held-out or its completion does not
-    score 1.0 within the output contract; None when it does."""
-    if scenario.split != "core":
-        return "leakage", f"derived from held-out scenario {scenario.id!r}"
+    """``(reason, detail)`` when the row's scenario is dev or held-out, or its completion
+    does not score 1.0 within the output contract under its rubric; None when it does."""
+    from pydantic import ValidationError
+
+    if scenario.split in ("dev", "heldout"):
+        split = "held-out" if scenario.split == "heldout" else scenario.split
+        return "leakage", f"derived from {split} scenario {scenario.id!r}"
+    if row.source in EVAL_SOURCES and scenario.split != "core":
+        return "invalid", f"a {row.source} row of non-core scenario {scenario.id!r}"
+    try:
+        rubric = row_rubric(row, scenario, suite)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return "invalid", (f"its own rubric is invalid at "
+                           f"{'.'.join(map(str, first['loc'])) or 'rubric'}: {first['msg']}")
     ctx = ScoringContext(expected=row.expected, labels=labels, judge=judge)
-    scored = score_output(rubric_for(scenario, suite), row.completion, ctx,
+    scored = score_output(rubric, row.completion, ctx,
                           suite.suite.spec.pass_threshold, contract)
     if scored.score < 1.0 - FLOAT_EPS or not scored.format_ok:
         why = next((f"{c.kind}: {c.reason}" for c in scored.criteria if c.score < 1.0),
@@ -195,22 +230,33 @@ class _KeptTexts:
 def _distinct_rows_without_leaks(
     checked: list[TrainingRow], suite: LoadedSuite, threshold: float, ngram: int,
     dropped: list[DroppedRow],
-) -> list[TrainingRow]:
-    """``checked`` less the rows that leak a held-out input and the duplicates of an earlier
-    kept row; those go to ``dropped``."""
+) -> tuple[list[TrainingRow], dict[str, str]]:
+    """``checked`` less the rows that leak an evaluated input and the duplicates of an
+    earlier kept row (those go to ``dropped``); with the core scenarios kept rows restate
+    (only when the suite trains on its own core inputs: else such rows leak)."""
     texts = [text_features(row.input, ngram) for row in checked]
-    heldout = heldout_texts(suite, ngram)
-    ranks = GramRanks([t.grams for t in texts] + [t.grams for _, t in heldout])
+    use_eval = suite.suite.spec.training.use_eval_inputs
+    guarded = split_texts(suite, ("dev", "heldout") if use_eval else
+                          ("core", "dev", "heldout"), ngram)
+    core = split_texts(suite, ("core",), ngram) if use_eval else []
+    splits = {sc.id: sc.split for sc in suite.scenarios}
+    ranks = GramRanks([t.grams for t in texts] + [t.grams for _, t in guarded + core])
     word_df: Counter[str] = Counter()
-    for t in texts + [t for _, t in heldout]:
+    for t in texts + [t for _, t in guarded + core]:
         word_df.update(t.words)
-    leaks = LeakageIndex(heldout, threshold, structural_words(suite), ranks, word_df)
+    structural = structural_words(suite)
+    leaks = LeakageIndex(guarded, threshold, structural, ranks, word_df)
+    restates = LeakageIndex(core, threshold, structural, ranks, word_df) if core else None
     seen = _KeptTexts(ranks, threshold)
     kept: list[TrainingRow] = []
+    restated: dict[str, str] = {}
     for row, text in zip(checked, texts, strict=True):
-        leak = leaks.match(text)
+        # An eval row is its scenario's own text (or a rewording): that is no leak of it.
+        leak = leaks.match(text) if row.source not in EVAL_SOURCES or use_eval else \
+            _other_leak(leaks, text, row.scenario_id)
         if leak is not None:
-            dropped.append(DroppedRow(row.id, "leakage", f"held-out {leak[0]!r}: {leak[1]}"))
+            dropped.append(DroppedRow(row.id, "leakage",
+                                      f"{splits.get(leak[0], 'core')} {leak[0]!r}: {leak[1]}"))
             continue
         duplicate = seen.duplicate(text)
         if duplicate is not None:
@@ -218,11 +264,23 @@ def _distinct_rows_without_leaks(
             continue
         seen.add(row.id, text)
         kept.append(row)
-    return kept
+        if restates is not None:
+            hit = restates.match(text)
+            if hit is not None and hit[0] != row.scenario_id:
+                restated.setdefault(hit[0], row.id)
+    return kept, restated
+
+
+def _other_leak(leaks: LeakageIndex, text: TextFeatures,
+                own: str) -> tuple[str, str] | None:
+    """A leak of ``text`` into a scenario other than its own (teacher rows reword their
+    own core scenario; they still must not match another one)."""
+    hit = leaks.match(text)
+    return None if hit is None or hit[0] == own else hit
 
 
 def _report(kept: list[TrainingRow], dropped: list[DroppedRow],
-            labels: list[str] | None) -> ValidationReport:
+            labels: list[str] | None, restated: dict[str, str]) -> ValidationReport:
     removed = dict.fromkeys(REMOVAL_REASONS, 0)
     for row in dropped:
         removed[row.reason] += 1
@@ -237,4 +295,7 @@ def _report(kept: list[TrainingRow], dropped: list[DroppedRow],
         balance=balance,
         sources={s: sources[s] for s in SOURCES if sources[s]},
         dropped=dropped,
+        scenarios=sorted({r.scenario_id for r in kept if r.source in EVAL_SOURCES}
+                         | set(restated)),
+        restated=sorted(restated),
     )

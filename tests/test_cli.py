@@ -60,6 +60,44 @@ def test_validate_json_lists_every_error(demo_repo):
     assert all(e["line"] for e in report["errors"] if e["file"] == "config/clusters.json")
 
 
+def test_validate_refuses_references_that_fail_their_rubric(demo_repo):
+    scenarios = demo_repo / "evals" / "rtb-quality" / "scenarios.jsonl"
+    line = len(scenarios.read_text().splitlines()) + 1
+    with scenarios.open("a") as fh:
+        fh.write(json.dumps({"id": "rtb-odd", "input": "domain=odd.example ctr=9%",
+                             "expected": "ACCEPT",
+                             "rubric": [{"kind": "regex", "pattern": "^REJECT$"}]}) + "\n")
+    invoice = demo_repo / "evals" / "invoice"
+    invoice.mkdir()
+    (invoice / "suite.yaml").write_text(
+        "apiVersion: modelsmith/v1\nkind: EvalSuite\nmetadata: {name: invoice}\nspec:\n"
+        "  scenarios: [s.jsonl]\n  rubric:\n    - {kind: json_field, path: $.vendor}\n"
+        "    - {kind: json_field, path: total}\n")
+    (invoice / "s.jsonl").write_text(
+        '{"id": "i-1", "input": "Acme, 3 EUR", "expected": {"vendor": "Acme", "total": 3}}\n'
+        '{"id": "i-2", "input": "Bolt, 4 EUR", "expected": {"vendor": "Bolt"}}\n')
+    proc = subprocess.run([sys.executable, "-m", "modelsmith", "validate"], cwd=demo_repo,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.splitlines() == [
+        "evals/invoice/s.jsonl:2: expected: the reference answer scores 0 on "
+        "evals/invoice/suite.yaml spec.rubric[1] (json_field 'total'): the expected value "
+        "has no 'total'",
+        f"evals/rtb-quality/scenarios.jsonl:{line}: expected: the reference answer scores 0 "
+        "on rubric[0] (regex /^REJECT$/): no match for /^REJECT$/",
+        f"2 errors in {demo_repo.resolve()}",
+    ]
+    result = run("validate", "--json", repo=demo_repo)
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert [(e["file"], e["line"], e["field"]) for e in report["errors"]] == [
+        ("evals/invoice/s.jsonl", 2, "expected"),
+        ("evals/rtb-quality/scenarios.jsonl", line, "expected"),
+    ]
+
+
 def test_status_log_history_on_an_empty_log(demo_repo):
     result = run("status", "--json", repo=demo_repo)
     assert result.exit_code == 0, result.output

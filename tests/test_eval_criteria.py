@@ -3,6 +3,7 @@ contracts, and hostile outputs that must never raise."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -158,7 +159,8 @@ def test_parse_json_output(output: str, ok: bool) -> None:
 
 def test_json_field() -> None:
     doc = '{"bid": {"price": 1.0, "items": [{"sku": "A1"}], "ok": true}}'
-    assert score(crit(kind="json_field", path="bid.price"), doc, expected=1)[0] == 1.0
+    same = {"bid": {"price": 1, "items": [{"sku": "A1"}], "ok": True}}
+    assert score(crit(kind="json_field", path="bid.price"), doc, expected=same)[0] == 1.0
     assert score(crit(kind="json_field", path="bid.price", value=1.0000000001), doc)[0] == 1.0
     assert score(crit(kind="json_field", path="bid.price", value=1.01), doc)[0] == 0.0
     assert score(crit(kind="json_field", path="bid.items[0].sku", value="A1"), doc)[0] == 1.0
@@ -170,11 +172,62 @@ def test_json_field() -> None:
     assert score(crit(kind="json_field", path="bid.price.x", value=1), doc)[0] == 0.0
 
 
+def test_json_field_without_value_compares_the_same_path_of_expected() -> None:
+    expected = {"vendor": "Acme", "total": 12.5, "lines": [{"sku": "A1"}, {"sku": "B2"}]}
+    answer = '{"vendor": "Acme", "total": 12.5, "lines": [{"sku": "A1"}, {"sku": "XX"}]}'
+    assert score(crit(kind="json_field", path="vendor"), answer, expected=expected)[0] == 1.0
+    assert score(crit(kind="json_field", path="lines[0].sku"), answer, expected=expected)[0] == 1.0
+    value, reason = score(crit(kind="json_field", path="lines[1].sku"), answer, expected=expected)
+    assert value == 0.0 and "'XX'" in reason and "'B2'" in reason
+    # the old meaning (the field against the whole expected value) is gone
+    assert score(crit(kind="json_field", path="vendor"), answer, expected="Acme")[0] == 0.0
+    assert score(crit(kind="json_field", path="total"), answer, expected=12.5)[0] == 0.0
+
+
+@pytest.mark.parametrize("expected", [{"vendor": "Acme"}, {"amount": 1}, [1], "{}", 3, None])
+def test_json_field_expected_without_the_path_scores_zero_and_says_so(expected: Any) -> None:
+    output = '{"total": 3, "vendor": "Acme"}'
+    value, reason = score(crit(kind="json_field", path="total"), output, expected=expected)
+    assert value == 0.0 and reason == "the expected value has no 'total'"
+    # ... even when the output is no JSON at all: the suite is at fault, not the model
+    value, reason = score(crit(kind="json_field", path="total"), "nope", expected=expected)
+    assert reason == "the expected value has no 'total'"
+
+
+@pytest.mark.parametrize(
+    ("plain", "rooted"),
+    [("vendor", "$.vendor"), ("lines[1].sku", "$.lines[1].sku"), ("[0]", "$[0]")],
+)
+def test_json_field_a_root_dollar_means_the_same_path(plain: str, rooted: str) -> None:
+    expected: Any = {"vendor": "Acme", "lines": [{"sku": "A1"}, {"sku": "B2"}]}
+    if plain == "[0]":
+        expected = [expected]
+    outputs = [json.dumps(expected), '{"vendor": "Bolt", "lines": []}', "[1]", "not json"]
+    for output in outputs:
+        for ctx in ({"expected": expected}, {}):
+            got = score(crit(kind="json_field", path=rooted), output, **ctx)
+            want = score(crit(kind="json_field", path=plain), output, **ctx)
+            assert got == (want[0], want[1].replace(plain, rooted)), (output, ctx)
+    assert score(crit(kind="json_field", path=rooted), json.dumps(expected),
+                 expected=expected)[0] == 1.0
+
+
+def test_json_field_dollar_alone_is_the_whole_document() -> None:
+    expected = {"vendor": "Acme", "total": 3}
+    spec = crit(kind="json_field", path="$")
+    assert score(spec, '{"total": 3, "vendor": "Acme"}', expected=expected)[0] == 1.0
+    assert score(spec, '{"total": 3}', expected=expected)[0] == 0.0
+    assert score(spec, "7", expected=7)[0] == 1.0
+    assert score(crit(kind="json_field", path="$", value=[1, 2]), "[1, 2]")[0] == 1.0
+
+
 def test_json_field_explicit_null_versus_expected() -> None:
     doc = '{"a": null}'
     assert score(crit(kind="json_field", path="a", value=None), doc, expected=5)[0] == 1.0
-    assert score(crit(kind="json_field", path="a"), doc, expected=5)[0] == 0.0
-    assert score(crit(kind="json_field", path="a"), doc, expected=None)[0] == 1.0
+    assert score(crit(kind="json_field", path="a", value=None), doc)[0] == 1.0
+    assert score(crit(kind="json_field", path="a"), doc, expected={"a": 5})[0] == 0.0
+    assert score(crit(kind="json_field", path="a"), doc, expected={"a": None})[0] == 1.0
+    assert score(crit(kind="json_field", path="a"), doc, expected=None)[0] == 0.0  # no 'a'
 
 
 # --------------------------------------------------------------------------- numeric
@@ -339,6 +392,8 @@ ONE_OF_EACH = [
     crit(kind="regex", pattern=r"(a+)+b"),
     crit(kind="json_schema", schema=SCHEMA),
     crit(kind="json_field", path="a"),
+    crit(kind="json_field", path="$.a[0].b"),
+    crit(kind="json_field", path="$"),
     crit(kind="json_field", path="a[0].b", value=1),
     crit(kind="numeric", tolerance=0.5),
     crit(kind="numeric", value=1),

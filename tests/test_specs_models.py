@@ -202,6 +202,18 @@ SUITE_CASES = [
     ),
     (
         "    - kind: label\n",
+        "    - kind: json_field\n      path: '$$.a'\n",
+        "spec.rubric[0].path",
+        "'$' may only start the path",
+    ),
+    (
+        "    - kind: label\n",
+        "    - kind: json_field\n      path: 'a[x]'\n",
+        "spec.rubric[0].path",
+        "list index",
+    ),
+    (
+        "    - kind: label\n",
         "    - kind: numeric\n      tolerance: -1\n",
         "spec.rubric[0].tolerance",
         ">= 0",
@@ -269,6 +281,8 @@ def test_scenario_row_errors(repo: Path) -> None:
         '{"id": "r-4", "input": "x", "expected": "ACCEPT", "rubric": [{"kind": "regex", '
         '"pattern": "("}]}',
         '{"id": "r-5", "input": "x", "expected": "ACCEPT", "variants": "not a list"}',
+        '{"id": "r-6", "input": "x", "expected": {"a": 1}, "rubric": [{"kind": "json_field", '
+        '"path": "$.a..b"}]}',
     ]
     start = len(path.read_text().splitlines()) + 1
     path.write_text(path.read_text() + "\n".join(rows) + "\n")
@@ -281,6 +295,7 @@ def test_scenario_row_errors(repo: Path) -> None:
     assert found[(start + 3, "extra")] == "unknown field 'extra'"
     assert "invalid regular expression" in found[(start + 4, "rubric[0].pattern")]
     assert found[(start + 5, "variants")] == "must be a list"
+    assert "invalid JSON path '$.a..b': empty key at 5" in found[(start + 6, "rubric[0].path")]
 
 
 def test_duplicate_scenario_ids_across_files_name_both_lines(repo: Path) -> None:
@@ -630,11 +645,35 @@ def test_single_file_loaders(repo: Path) -> None:
 # --------------------------------------------------------------------------- models directly
 
 
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [("a.b[0].c", ["a", "b", 0, "c"]), ("[2]", [2]), ("$", []), ("$.vendor", ["vendor"]),
+     ("$[0]", [0]), ("$[0][1].a", [0, 1, "a"]), ("a.b", ["a", "b"]), ("$.a.b", ["a", "b"]),
+     ("_x-y.z9", ["_x-y", "z9"]), ("prix_é", ["prix_é"]), ("a[00]", ["a", 0])],
+)  # fmt: skip
+def test_json_paths(path: str, parts: list[str | int]) -> None:
+    assert parse_json_path(path) == parts
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [("", "it is empty"), ("a..b", "empty key at 3"), (".a", "it starts with '.'"),
+     ("a.", "it ends with '.'"), ("$.", "it ends with '.'"), ("a[x]", "'[' at 2"),
+     ("a[-1]", "'[' at 2"), ("a[1", "'[' at 2"), ("a[1.5]", "'[' at 2"),
+     ("$$.a", "'$' may only start"), ("a.$b", "'$' may only start"),
+     ("$vendor", "'$' is followed by"), ("a[0]b", "unexpected 'b' at 5"),
+     ("a.0", "starts with a digit"), ("0", "starts with a digit"), ("a b", "unexpected ' '"),
+     ("a.b c", "unexpected ' '"), (" a", "unexpected ' '"), ("a/b", "unexpected '/'"),
+     ("a" * 10_000 + "..", "empty key"), ("[" + "9" * 5000 + "]", "list index")],
+)  # fmt: skip
+def test_malformed_json_paths_say_why(path: str, why: str) -> None:
+    with pytest.raises(ValueError, match="invalid JSON path") as caught:
+        parse_json_path(path)
+    assert why in str(caught.value)
+    assert len(str(caught.value)) < 300  # a hostile path is not echoed in full
+
+
 def test_models_used_directly() -> None:
-    assert parse_json_path("a.b[0].c") == ["a", "b", 0, "c"]
-    assert parse_json_path("[2]") == [2]
-    with pytest.raises(ValueError):
-        parse_json_path("a..b")
     task = TaskSpec.model_validate(
         {"prompt_template": "Q: {input} {x}", "output": {"kind": "text"}}
     )

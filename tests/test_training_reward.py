@@ -82,9 +82,10 @@ def _extract_fixture(root: Path) -> tuple[Path, Path]:
         encoding="utf-8",
     )
     scenarios = [
-        {"id": "x-1", "input": "refund 12.5 EUR", "expected": 12.5,
+        {"id": "x-1", "input": "refund 12.5 EUR", "expected": {"amount": 12.5, "currency": "EUR"},
          "variants": ["12.5 euros back", "give back EUR 12.5"]},
-        {"id": "x-2", "input": "refund 12.5 dollars", "expected": 12.5, "split": "heldout"},
+        {"id": "x-2", "input": "refund 12.5 dollars", "expected": {"amount": 12.5,
+         "currency": "USD"}, "split": "heldout"},
         {"id": "x-3", "input": "thirteen", "expected": 13,
          "rubric": [{"kind": "numeric", "tolerance": 0.5},
                     {"kind": "contains", "value": ["EUR", "amount"]},
@@ -172,7 +173,7 @@ def test_expected_as_json_column_and_trl_extras(extract):
     specialist, suite = extract
     reward = make_reward_fn(specialist, suite)
     logged = {}
-    expected = [{"amount": 12.5, "currency": "EUR"}, 12.5]
+    expected = [{"amount": 12.5, "currency": "EUR"}, {"amount": 12.5}]
     got = reward(
         prompts=["p", "p"],
         completions=['{"amount": 12.5, "currency": "EUR"}', '{"amount": 12.5}'],

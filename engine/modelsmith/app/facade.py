@@ -271,11 +271,16 @@ class Modelsmith:
 
     @staticmethod
     def validate(root: Path) -> dict[str, int]:
-        """Load every declarative file under ``root``; what it holds, by kind (raises
+        """Load every declarative file under ``root`` and check that every scenario's
+        reference answer scores 1.0 under its rubric; what it holds, by kind (raises
         ``SpecError`` listing every problem)."""
-        from modelsmith.specs import load_repository
+        from modelsmith.evaluation.references import reference_problems
+        from modelsmith.specs import SpecError, load_repository
 
         repo = load_repository(root)
+        problems = reference_problems(repo)
+        if problems:
+            raise SpecError(problems)
         return {
             "specialists": len(repo.specialists),
             "suites": len(repo.suites),

@@ -18,7 +18,8 @@ from ._base import guard, json_option, print_json
 @click.pass_context
 @guard
 def validate(ctx: click.Context, path: Path | None, as_json: bool) -> None:
-    """Check every declarative file of the repository; list all errors (exit 2)."""
+    """Check every declarative file of the repository, and that every scenario's reference
+    answer scores 1.0 under its rubric; list all errors (exit 2)."""
     from modelsmith.app import Modelsmith
     from modelsmith.specs import SpecError
 

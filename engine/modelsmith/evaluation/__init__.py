@@ -21,6 +21,8 @@ _EXPORTS = {
     "EvalError": "results",
     "ScenarioRun": "results",
     "ScenarioScore": "results",
+    "reference_answer": "references",
+    "reference_problems": "references",
     "format_ok": "scoring",
     "rubric_for": "scoring",
     "score_output": "scoring",

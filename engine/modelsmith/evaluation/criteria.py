@@ -318,21 +318,37 @@ def score_json_schema(
 def score_json_field(
     spec: JsonFieldCriterion, output: str, ctx: ScoringContext
 ) -> tuple[float, str]:
-    """The JSON output holds ``value`` (default: expected) at ``path``."""
-    ok, node, error = parse_json_output(output)
+    """The JSON output holds ``value`` at ``path``; without ``value``, the same node as the
+    expected value at that path (an expected value without it scores 0)."""
+    parts = _path_parts(spec.path)
+    if "value" in spec.model_fields_set:
+        want = spec.value
+    else:
+        found, want = _json_node(ctx.expected, parts)
+        if not found:
+            return 0.0, f"the expected value has no {safe_text(spec.path, 60)!r}"
+    ok, doc, error = parse_json_output(output)
     if not ok:
         return 0.0, error
-    for part in _path_parts(spec.path):
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                return 0.0, f"{spec.path}: missing"
-        elif not isinstance(node, dict) or part not in node:
-            return 0.0, f"{spec.path}: missing"
-        node = node[part]
-    want = spec.value if "value" in spec.model_fields_set else ctx.expected
+    found, node = _json_node(doc, parts)
+    if not found:
+        return 0.0, f"{spec.path}: missing"
     if json_equal(node, want):
         return 1.0, f"{spec.path} == {safe_text(repr(want), 60)}"
     return 0.0, f"{spec.path} is {safe_text(repr(node), 60)}, expected {safe_text(repr(want), 60)}"
+
+
+def _json_node(doc: Any, parts: tuple[str | int, ...]) -> tuple[bool, Any]:
+    """``(True, node)`` at ``parts`` of ``doc``, ``(False, None)`` when it has no such node."""
+    node = doc
+    for part in parts:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False, None
+        elif not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 @criterion("numeric")

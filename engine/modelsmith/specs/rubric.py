@@ -14,15 +14,72 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import Fraction, NonEmptyStr, PositiveInt, SpecModel, spec_error, unique_violations
 
-_JSON_PATH = re.compile(r"(?:[A-Za-z_$][\w$-]*|\[\d+\])(?:\.[A-Za-z_$][\w$-]*|\[\d+\])*")
-_JSON_PATH_TOKEN = re.compile(r"([A-Za-z_$][\w$-]*)|\[(\d+)\]")
+#: A key of a JSON path: a letter or ``_`` (any script), then letters, digits, ``_`` or ``-``.
+_JSON_KEY = re.compile(r"[^\W\d][\w-]*")
+_JSON_INDEX = re.compile(r"\[([0-9]{1,18})\]")
+_JSON_PATH_HINT = "expected keys and list indexes like 'a.b[0].c' or '$.a.b[0].c'"
 
 
 def parse_json_path(path: str) -> list[str | int]:
-    """Split ``a.b[0].c`` into ``["a", "b", 0, "c"]``; raises ``ValueError`` when malformed."""
-    if not _JSON_PATH.fullmatch(path):
-        raise ValueError(f"invalid JSON path {path!r}: expected keys and indexes like 'a.b[0].c'")
-    return [key if key else int(index) for key, index in _JSON_PATH_TOKEN.findall(path)]
+    """Split a JSON path into keys and list indexes: ``a.b[0].c`` -> ``["a", "b", 0, "c"]``.
+
+    A path is dotted keys and ``[n]`` indexes; it may start with the root ``$`` (``$.a``,
+    ``$[0]``), which changes nothing, and ``$`` alone is the whole document (``[]``). A key
+    starts with a letter or ``_`` and goes on with letters, digits, ``_`` or ``-``; keys
+    with other characters (spaces, dots, ``$``) cannot be named. Raises ``ValueError``
+    with the reason when the path is malformed (``a..b``, ``.a``, ``a.``, ``a[x]``, ``$$``).
+    """
+    parts: list[str | int] = []
+    pos = 1 if path.startswith("$") else 0
+    if not path:
+        raise _bad_path(path, "it is empty")
+    while pos < len(path):
+        char = path[pos]
+        if char == "[":
+            index = _JSON_INDEX.match(path, pos)
+            if index is None:
+                raise _bad_path(path, f"'[' at {pos + 1} must open a list index such as [0]")
+            parts.append(int(index.group(1)))
+            pos = index.end()
+            continue
+        if pos > 0:  # after the root or a key or index, only '.key' or '[n]' may follow
+            if char != ".":
+                raise _bad_path(path, _unexpected(path, pos))
+            pos += 1
+        key = _JSON_KEY.match(path, pos)
+        if key is None:
+            raise _bad_path(path, _bad_key(path, pos))
+        parts.append(key.group())
+        pos = key.end()
+    return parts
+
+
+def _bad_path(path: str, why: str) -> ValueError:
+    shown = path if len(path) <= 80 else path[:77] + "..."
+    return ValueError(f"invalid JSON path {shown!r}: {why}; {_JSON_PATH_HINT}")
+
+
+def _unexpected(path: str, pos: int) -> str:
+    if path[pos] == "$":
+        return f"'$' at {pos + 1}: '$' may only start the path"
+    if pos == 1 and path[0] == "$":
+        return f"unexpected {path[1]!r} at 2 ('$' is followed by '.key' or '[n]')"
+    return f"unexpected {path[pos]!r} at {pos + 1}"
+
+
+def _bad_key(path: str, pos: int) -> str:
+    """Why no key starts at ``pos`` (which follows a '.' or starts the path)."""
+    if pos == len(path):
+        return "it ends with '.'"
+    char = path[pos]
+    if char == ".":
+        return "it starts with '.'" if pos == 0 else f"empty key at {pos + 1} ('..')"
+    if char == "$":
+        return f"'$' at {pos + 1}: '$' may only start the path"
+    if char.isdigit():
+        return f"key at {pos + 1} starts with a digit (a list index is written [n])"
+    return (f"unexpected {char!r} at {pos + 1} (a key starts with a letter or '_' and goes on "
+            "with letters, digits, '_' or '-')")
 
 
 def compile_regex(pattern: str) -> re.Pattern[str]:
@@ -119,15 +176,19 @@ class JsonSchemaCriterion(_Criterion):
 
 
 class JsonFieldCriterion(_Criterion):
-    """The JSON output has ``value`` at ``path``.
+    """The JSON output has ``value`` at ``path`` (syntax: :func:`parse_json_path`).
 
-    When ``value`` is absent the scenario's expected value is used; an explicit ``value: null``
-    is told apart through ``"value" in criterion.model_fields_set``.
+    Without ``value``, the output's node at ``path`` must equal the node at the same path of
+    the scenario's expected value (a criterion whose expected value has no such path scores
+    0). An explicit ``value`` (``null`` included) is compared instead; it is told apart
+    through ``"value" in criterion.model_fields_set``.
     """
 
     kind: Literal["json_field"]
-    path: str
-    value: Any = None
+    path: str = Field(
+        description="Dotted keys and list indexes ('a.b[0].c'); a leading '$' root is optional."
+    )
+    value: Any = Field(None, description="Wanted value; default: expected's node at 'path'.")
 
     @field_validator("path")
     @classmethod

@@ -103,7 +103,8 @@ def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     options = LoopOptions(**{**OPTIONS, "target": 0.0, "sustained": 1})
     result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options).run()
     assert result.reason == "target" and result.candidate == "v1"
-    assert "held-out" in result.message and "vs the floor 0.0 (nothing in production)" in result.message
+    assert "held-out" in result.message
+    assert "vs the floor 0.0 (nothing in production)" in result.message
     assert result.message.endswith("proposed v1 for shadow")
     store = GitEventStore(fork)
     proposed = [e for e in store.read("rtb-quality") if e.type == "PromotionProposed"]

@@ -94,6 +94,13 @@ def render_report(report: Any, specialist: str, ref: str, target: float, outcome
                   if part.get("kind") == "latency" and value is not None
                   else f"rate {_fmt(value)}, min {_fmt(goal)}")
         table.add_row(f"  {name}", _fmt(part.get("score")), detail, "")
+    unseen_note = "" if report.n_unseen == report.n_core else \
+        f" ({report.n_core - report.n_unseen} trained on, left out)"
+    table.add_row(f"unseen composite{unseen_note}", _fmt(report.unseen), _ci(report.unseen_ci),
+                  str(report.n_unseen))
+    if report.n_dev:
+        table.add_row("dev composite (decides)", _fmt(report.dev), _ci(report.dev_ci),
+                      str(report.n_dev))
     table.add_row("held-out (not in composite)", _fmt(report.heldout), _ci(report.heldout_ci),
                   str(report.n_heldout))
     table.add_row("pass rate", _fmt(report.pass_rate), "", "")
@@ -115,8 +122,10 @@ def render_report(report: Any, specialist: str, ref: str, target: float, outcome
 @click.argument("specialist")
 @click.argument("baseline")
 @click.argument("candidate")
-@click.option("--split", type=click.Choice(["core", "heldout"]), default="core",
-              show_default=True)
+@click.option("--split", type=click.Choice(["core", "dev", "heldout"]), default="core",
+              show_default=True,
+              help="The scenarios to pair; a core comparison also shows unseen (core "
+                   "scenarios neither trained on), dev and held-out.")
 @click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True)
 @json_option
 @click.pass_context
@@ -140,6 +149,14 @@ def compare(ctx: click.Context, specialist: str, baseline: str, candidate: str, 
     click.echo(f"  difference {r.diff:+.3f}  95% CI [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]  "
                f"wins {r.wins} / losses {r.losses} / ties {r.ties}")
     click.echo(f"  verdict: {r.verdict}")
+    for name, other in result.also.items():
+        click.echo(f"  {name:<9} {other.mean_a:.3f} -> {other.mean_b:.3f}  {other.diff:+.3f}  "
+                   f"95% CI [{other.ci[0]:+.3f}, {other.ci[1]:+.3f}]  n={other.n}  "
+                   f"{other.verdict}")
+    for name in result.disagreements():
+        click.echo(f"  warning: {split} says {r.verdict} but {name} says "
+                   f"{result.also[name].verdict}: the candidate may have learnt the "
+                   "evaluation rather than the task", err=True)
     if result.deltas:
         shown = result.deltas[:10]
         click.echo(f"  changed scenarios ({len(result.deltas)}, largest first):")

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelsmith.evaluation.composite import (
@@ -219,6 +219,16 @@ class Comparison:
     result: PairedComparison
     same_suite: bool
     deltas: list[dict[str, object]]  # scenarios whose score changed: id, baseline, candidate
+    # Beside a core comparison: the same pair on what neither trained on (``unseen``: core
+    # scenarios outside both lineages), on ``dev`` and on ``heldout``, where both ran them.
+    also: dict[str, PairedComparison] = field(default_factory=dict)
+
+    def disagreements(self) -> list[str]:
+        """Splits whose verdict contradicts the main one (better on core, worse on
+        held-out: the candidate learnt the evaluation rather than the task)."""
+        main = self.result.verdict
+        opposite = {"better": "worse", "worse": "better"}.get(main)
+        return [name for name, r in self.also.items() if opposite and r.verdict == opposite]
 
     def to_dict(self) -> dict[str, object]:
         def who(e: Event) -> dict[str, object]:
@@ -228,7 +238,9 @@ class Comparison:
 
         return {"baseline": who(self.baseline), "candidate": who(self.candidate),
                 "split": self.split, "same_suite": self.same_suite, **self.result.to_dict(),
-                "deltas": self.deltas}
+                "deltas": self.deltas,
+                "also": {name: r.to_dict() for name, r in self.also.items()},
+                "disagree": self.disagreements()}
 
 
 def compare(store: EventStore, specialist: str, a: str, b: str, *, split: Split = "core",
@@ -247,7 +259,28 @@ def compare(store: EventStore, specialist: str, a: str, b: str, *, split: Split 
                "delta": round(after[i] - before[i], 6)}
               for i in sorted(before.keys() & after.keys()) if after[i] != before[i]]
     deltas.sort(key=lambda d: (-abs(d["delta"]), d["id"]))
-    return Comparison(base, cand, split, result, same, deltas)
+    also: dict[str, PairedComparison] = {}
+    if split == "core":
+        seen = set()
+        for event in (base, cand):
+            version = event.data.get("version")
+            if version:
+                seen |= seen_by(store, specialist, version)
+        if seen:
+            unseen_a = [r for r in base_runs if r.id not in seen]
+            unseen_b = [r for r in cand_runs if r.id not in seen]
+            _also(also, "unseen", unseen_a, unseen_b, "core", n_resamples, seed)
+        for other in ("dev", "heldout"):
+            _also(also, other, base_runs, cand_runs, other, n_resamples, seed)
+    return Comparison(base, cand, split, result, same, deltas, also)
+
+
+def _also(out: dict[str, PairedComparison], name: str, a: list[ScenarioRun],
+          b: list[ScenarioRun], split: Split, n_resamples: int, seed: int) -> None:
+    try:
+        out[name] = compare_runs(a, b, split=split, n_resamples=n_resamples, seed=seed)
+    except ValueError:  # nothing shared on that split
+        pass
 
 
 def _interval(ci: list[float | None] | None) -> tuple[float, float] | None:

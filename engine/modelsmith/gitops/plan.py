@@ -199,6 +199,7 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
                           {"needed": need, "target": want.target}))
     else:
         gates.append(_composite_gate(version, recent, need, want.target))
+    gates.append(_overfitting_gate(version, recent, policy.gates.decision.overfit_margin))
     gates.append(_heldout_gate(name, want, state, version, recent, heldout))
     gates += _stage_order_gates(want, state, stage, version)
     if stage.approval:
@@ -206,14 +207,51 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
     return gates
 
 
+def steering(record: Any) -> float | None:
+    """What the composite gate counts of one evaluation: its decision metric (dev, else
+    unseen composite: never trained on); the composite for evaluations recorded before
+    there was one."""
+    if record.decision_metric is not None:
+        return record.decision
+    return record.composite if getattr(record, "decision", None) is None else None
+
+
 def _composite_gate(version: str, recent: list[Any], need: int, target: float) -> Gate:
-    scores = [round(e.composite, 4) for e in recent]
+    metrics = sorted({e.decision_metric or "composite" for e in recent})
+    named = "/".join(metrics) if metrics else "decision metric"
+    raw = [steering(e) for e in recent]
+    if any(s is None for s in raw):
+        return Gate("composite", False,
+                    f"an evaluation of {version} has no decision metric: too few core "
+                    "scenarios it never trained on, and no dev split",
+                    {"needed": need, "evaluations": len(recent), "target": target})
+    scores = [round(s, 4) for s in raw if s is not None]
     return Gate(
         "composite", len(recent) >= need and all(s >= target for s in scores),
-        f"last {need} evaluations {scores} vs target {target}" if len(scores) >= need
-        else f"{len(scores)} evaluation(s) {scores} of the {need} needed at >= {target}",
+        f"last {need} evaluations' {named} composite {scores} vs target {target}"
+        if len(scores) >= need
+        else f"{len(scores)} evaluation(s) {scores} ({named}) of the {need} needed at "
+             f">= {target}",
         {"needed": need, "evaluations": len(recent), "target": target,
          "lowest": min(scores) if scores else None})
+
+
+def _overfitting_gate(version: str, recent: list[Any], margin: float) -> Gate:
+    """No counted evaluation may show the decision metric trailing the composite by more
+    than the policy's margin (the candidate learnt the evaluation, not the task)."""
+    worst = max(((e.composite - e.decision, e) for e in recent
+                 if e.decision_metric is not None and e.decision is not None),
+                default=None, key=lambda pair: pair[0])
+    if worst is None or worst[0] <= margin + 1e-9:
+        return Gate("overfitting", True,
+                    f"{version}'s decision metric trails its composite by at most {margin}",
+                    {"margin": margin, "gap": None if worst is None else round(worst[0], 4)})
+    gap, record = worst
+    return Gate("overfitting", False,
+                f"{version} is overfitting: in evaluation {record.event_id} its "
+                f"{record.decision_metric} composite {record.decision:.3f} trails the "
+                f"composite {record.composite:.3f} by {gap:.3f} (margin {margin})",
+                {"margin": margin, "gap": round(gap, 4)})
 
 
 def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str,
@@ -221,8 +259,16 @@ def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str
     allowed = want.policy.gates.heldout.max_regression
     production = state.holder("production")
     if production is None or production.version == version:
-        return Gate("heldout", True, "nothing in production to compare with",
-                    {"max_regression": allowed})
+        floor = want.policy.gates.heldout.floor
+        floor = want.target if floor is None else floor
+        scores = [e.heldout for e in recent if e.heldout is not None]
+        if not scores:
+            return Gate("heldout", False, f"no evaluation of {version} has a held-out score "
+                                          f"to hold against the floor {floor}",
+                        {"floor": floor})
+        return Gate("heldout", scores[-1] >= floor - 1e-9,
+                    f"held-out {scores[-1]:.3f} vs the floor {floor} (nothing in production "
+                    "to compare with)", {"floor": floor, "heldout": round(scores[-1], 4)})
     held = state.candidates.get(production.version)
     baseline = next((e for e in reversed(held.evals) if e.suite_hash == want.suite_hash),
                     None) if held else None

@@ -34,16 +34,27 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
     lines += [f"- {key}: `{lineage[key]}`" for key in
               ("base_model", "parent", "dataset_hash", "weights_hash", "run_id",
                "eval_event") if lineage.get(key)]
-    lines += ["", "### Evaluations", "| event | suite | composite | held-out |",
-              "|---|---|---:|---:|"]
-    lines += [f"| `{e.event_id}` | `{e.suite_hash[:12]}` | {e.composite:.3f} | "
-              f"{'-' if e.heldout is None else f'{e.heldout:.3f}'} |" for e in candidate.evals]
+    lines += ["", "### Evaluations",
+              "The decision metric is the dev composite, else the composite over core "
+              "scenarios the candidate never trained on; the composite includes scenarios "
+              "its training rows came from or restate.", "",
+              "| event | suite | decision metric | composite | held-out |",
+              "|---|---|---:|---:|---:|"]
+    lines += [f"| `{e.event_id}` | `{e.suite_hash[:12]}` | {_decision_cell(e)} | "
+              f"{e.composite:.3f} | {'-' if e.heldout is None else f'{e.heldout:.3f}'} |"
+              for e in candidate.evals]
     lines += ["", "### Gates (from the event log, as `modelsmith plan` decides them)"]
     lines += [f"- {'✅' if g.passed else '❌'} **{g.name}**: {g.detail}" for g in gates]
     lines += ["", "Check the evidence: `modelsmith verify`, `modelsmith log "
               f"{specialist}`, `modelsmith plan`."]
     ready = all(g.passed for g in gates if g.name != "approval")
     return "\n".join(lines), ready
+
+
+def _decision_cell(record: Any) -> str:
+    if record.decision_metric is None or record.decision is None:
+        return "-"
+    return f"{record.decision:.3f} ({record.decision_metric})"
 
 
 def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str, version: str,

@@ -494,7 +494,7 @@ class IterateLoop:
                                  dataset_rows=out.dataset_rows, new_rows=out.new_rows,
                                  overfitting=out.overfitting)
         history = [*state.history, record]
-        self.progress.finished_iteration(record.composite, record.duration_s or 0.0)
+        self.progress.finished_iteration(record.composite, record.duration_s or 0.0, record)
         self.emit({"event": "iteration", **record.model_dump(mode="json")})
         shown = (f"{record.decision_metric} {record.decision:.3f} (n={record.decision_n})"
                  if record.decision_metric and record.decision is not None

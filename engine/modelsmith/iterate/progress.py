@@ -56,6 +56,7 @@ class LoopProgress:
         self.done: int | None = None
         self.total: int | None = None
         self.composite: float | None = None
+        self.decision: tuple[str, float] | None = None  # (dev|unseen, value) last measured
         self.durations: list[float] = []  # finished iterations, seconds
         self._stage = ""
         self._rate_from = (clock(), 0)  # (when, done) the current rate is measured from
@@ -69,8 +70,9 @@ class LoopProgress:
     def start_iteration(self, iteration: int, history: list[Any]) -> None:
         self.iteration = iteration
         self.durations = [r.duration_s for r in history if r.duration_s]
-        scores = [r.composite for r in history if r.composite is not None]
-        self.composite = scores[-1] if scores else None
+        scores = [r for r in history if r.composite is not None]
+        self.composite = scores[-1].composite if scores else None
+        self.decision = _decision(scores[-1]) if scores else None
         self.iteration_started = self.clock()
 
     def start_phase(self, phase: str) -> None:
@@ -102,8 +104,10 @@ class LoopProgress:
         shown = " ".join(f"{k}={fields[k]}" for k in ("loss", "reward") if k in fields)
         self.steps(done, total, f"{stage} {shown}".strip(), stage)
 
-    def finished_iteration(self, composite: float | None, seconds: float) -> None:
+    def finished_iteration(self, composite: float | None, seconds: float,
+                           record: Any = None) -> None:
         self.composite = composite
+        self.decision = _decision(record) if record is not None else None
         self.durations.append(seconds)
 
     # -- estimates ---------------------------------------------------------------------------
@@ -130,6 +134,8 @@ class LoopProgress:
         parts = [f"iteration {self.iteration}/{self.max_iterations}", self.phase]
         if self.total:
             parts.append(f"{self.done}/{self.total}" + (f" {self.detail}" if self.detail else ""))
+        if self.decision is not None:
+            parts.append(f"{self.decision[0]} {self.decision[1]:.3f}")
         if self.composite is not None:
             parts.append(f"composite {self.composite:.3f}")
         phase_eta = self.phase_eta()
@@ -147,6 +153,8 @@ class LoopProgress:
             self.emit({"event": "progress", "iteration": self.iteration, "phase": self.phase,
                        "done": self.done, "total": self.total, "detail": self.detail,
                        "composite": self.composite,
+                       "decision_metric": self.decision[0] if self.decision else None,
+                       "decision": self.decision[1] if self.decision else None,
                        "phase_eta_s": _round(self.phase_eta()),
                        "loop_eta_s": _round(self.loop_eta())})
         if self.stream is None or (not force and now - self._last_shown < self.interval_s):
@@ -167,3 +175,8 @@ class LoopProgress:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+def _decision(record: Any) -> tuple[str, float] | None:
+    metric, value = getattr(record, "decision_metric", None), getattr(record, "decision", None)
+    return (metric, value) if metric and value is not None else None

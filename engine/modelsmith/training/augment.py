@@ -13,6 +13,7 @@ unseen (DESIGN.md §5). Deterministic for a seed and iteration (unless a teacher
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from modelsmith.specs import LoadedSuite, Scenario, Specialist
 from .dataset import DataError, TrainingRow
 from .extraction import Failure, failed_scenario_ids
 from .generator import Generator, generate
-from .similarity import jaccard, ngrams, text_tokens
+from .similarity import text_tokens
 
 Teacher = Callable[[str, int], list[str]]
 """``(text, n) -> up to n rephrasings of text`` (the label is kept)."""
@@ -132,30 +133,39 @@ def _add_generated(rows: _Rows, generator: Generator, sc: Scenario,
 
 
 class _Pool:
-    """The suite's training pool, for picking the rows nearest a failed input (word and
-    word-pair Jaccard); each pool row is picked once."""
+    """The suite's training pool, for picking the rows nearest a failed input: the
+    IDF-weighted Jaccard of their word tokens (a rare shared value -- a domain -- says more
+    than a field name every row has); each pool row is picked once."""
 
     def __init__(self, suite: LoadedSuite, taken: frozenset[str]) -> None:
         self.rows = [sc for sc in suite.train if sc.id not in taken]
-        self.features = [_near_features(sc.input) for sc in self.rows]
+        self.tokens = [frozenset(text_tokens(sc.input)) for sc in self.rows]
+        df: dict[str, int] = {}
+        for tokens in self.tokens:
+            for t in tokens:
+                df[t] = df.get(t, 0) + 1
+        n = len(self.rows)
+        self.idf = {t: math.log((n + 1) / (c + 0.5)) for t, c in df.items()}
+        self.unknown = math.log(n + 2)  # a token no pool row has
         self.taken: set[str] = set()
+
+    def _weight(self, tokens: frozenset[str]) -> float:
+        return sum(self.idf.get(t, self.unknown) for t in tokens)
 
     def nearest(self, text: str, n: int) -> list[Scenario]:
         if n <= 0 or not self.rows:
             return []
-        words, pairs = _near_features(text)
-        ranked = sorted(
-            (i for i, sc in enumerate(self.rows) if sc.id not in self.taken),
-            key=lambda i: (-(jaccard(words, self.features[i][0])
-                             + 0.5 * jaccard(pairs, self.features[i][1])), self.rows[i].id))
+        query = frozenset(text_tokens(text))
+
+        def similarity(i: int) -> float:
+            union = self._weight(query | self.tokens[i])
+            return self._weight(query & self.tokens[i]) / union if union else 0.0
+
+        ranked = sorted((i for i, sc in enumerate(self.rows) if sc.id not in self.taken),
+                        key=lambda i: (-similarity(i), self.rows[i].id))
         picked = [self.rows[i] for i in ranked[:n]]
         self.taken.update(sc.id for sc in picked)
         return picked
-
-
-def _near_features(text: str) -> tuple[frozenset[str], frozenset[str]]:
-    tokens = text_tokens(text)
-    return ngrams(tokens, 1), ngrams(tokens, 2)
 
 
 def _rephrasings(teacher: Teacher, sc: Scenario, per_failure: int) -> list[str]:

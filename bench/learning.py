@@ -2,6 +2,9 @@
 
     python bench/learning.py                       # smollm2-135m, its profile (cpu-lora)
     python bench/learning.py --model tiny-test --profile cpu-tiny-learn
+    python bench/learning.py --iterate 6 --model tiny-test --profile cpu-tiny-demo
+    python bench/learning.py --iterate 6 --repo tests/fixtures/invoices --specialist invoices \
+        --model tiny-test --profile cpu-tiny-json
 
 Runs the real CLI, as a user would, in a fresh fork of the embedded defaults:
 
@@ -16,6 +19,11 @@ Prints the wall time of each step, the held-out majority-class rate, zero-shot /
 trained held-out accuracy with 95% CIs and composites, and the learning curve (SFT loss and
 GRPO reward every few steps, from TrainingCompleted's evidence). The first three steps are
 the acceptance run: their total is the "eval -> train -> eval" time.
+
+With ``--iterate N`` it runs `modelsmith iterate` instead and prints, per iteration, the
+decision metric (dev, else unseen composite: never trained on), the composite, held-out,
+the decision-metric-minus-held-out gap (how far the number the loop steers by is from the
+promotion gate's evidence: near 0 when the loop is honest), and the dataset's new rows.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECIALIST = "rtb-quality"
+SPECIALIST = "rtb-quality"  # --specialist changes it
 
 
 def modelsmith(fork: Path, *args: str) -> tuple[dict, float]:
@@ -76,6 +84,37 @@ def curve(fork: Path, version: str, every: int) -> list[str]:
     return lines
 
 
+def iterate(fork: Path, model: str, profile: str, iterations: int, threads: int) -> None:
+    """The loop, and its honesty per iteration: decision metric minus held-out."""
+    cmd = [sys.executable, "-m", "modelsmith", "-C", str(fork), "iterate", SPECIALIST,
+           "--model", model, "--profile", profile, "--max-iterations", str(iterations),
+           "--threads", str(threads), "--json"]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    seconds = time.perf_counter() - started
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    records = [e for e in events if e.get("event") == "iteration" and e.get("candidate")]
+    result = next((e for e in events if e.get("event") == "result"), {})
+    print("| iteration | candidate | decision (split, n) | composite | held-out | "
+          "decision - held-out | rows (new) | seconds |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in records:
+        decision, held = r.get("decision"), r.get("heldout")
+        gap = f"{decision - held:+.3f}" if decision is not None and held is not None else "-"
+        shown = f"{decision:.3f} ({r['decision_metric']}, {r['decision_n']})" \
+            if decision is not None else "-"
+        print(f"| {r['iteration']} | {r['candidate']} | {shown} | {r['composite']:.3f} | "
+              f"{'-' if held is None else f'{held:.3f}'} | {gap} | {r.get('dataset_rows')} "
+              f"({r.get('new_rows')}) | {r.get('duration_s') or 0:.0f} |")
+    gaps = [abs(r["decision"] - r["heldout"]) for r in records
+            if r.get("decision") is not None and r.get("heldout") is not None]
+    print(f"
+{result.get('reason', 'no result')}: {result.get('message', done.returncode)}")
+    if gaps:
+        print(f"largest |decision - held-out| {max(gaps):.3f} over {len(gaps)} iterations; "
+              f"loop {seconds:.0f}s ({seconds / 60:.1f} min)")
+
+
 def row(name: str, report: dict) -> str:
     low, high = report["heldout_ci"] or (float("nan"), float("nan"))
     return (f"| {name} | {report['heldout']:.3f} | [{low:.3f}, {high:.3f}] | "
@@ -89,13 +128,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="Eval threads (default 2)")
     parser.add_argument("--no-control", action="store_true", help="Skip the SFT-only control")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch fork")
+    parser.add_argument("--iterate", type=int, default=0, metavar="N",
+                        help="Run the iterate loop for N iterations instead")
+    parser.add_argument("--repo", type=Path, default=ROOT,
+                        help="The repository to fork (default: this one's defaults)")
+    parser.add_argument("--specialist", default=SPECIALIST)
     args = parser.parse_args()
+    globals()["SPECIALIST"] = args.specialist
     sys.path.insert(0, str(ROOT / "engine"))
     from modelsmith.app.scaffold import prepare_fork
     from modelsmith.specs import load_repository
 
     fork = Path(tempfile.mkdtemp(prefix="modelsmith-learning-"))
-    prepare_fork(ROOT, fork)
+    prepare_fork(args.repo.resolve(), fork)
     repo = load_repository(fork)
     spec = repo.specialists[SPECIALIST]
     model = args.model or spec.spec.base
@@ -106,6 +151,11 @@ def main() -> None:
     os.environ.setdefault("MODELSMITH_THREADS", str(args.threads))
     print(f"fork {fork}; {model}, profile {profile_name}; held-out n={len(heldout)}, "
           f"majority class {majority:.3f}", flush=True)
+    if args.iterate:
+        iterate(fork, model, profile_name, args.iterate, args.threads)
+        if not args.keep:
+            shutil.rmtree(fork, ignore_errors=True)
+        return
 
     total = time.perf_counter()
     zero, t_zero = evaluate(fork, model, args.threads)

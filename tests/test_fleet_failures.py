@@ -74,3 +74,27 @@ def test_each_class_has_its_recovery():
     assert act(JobEnd(1, "SafetensorError: x")).action == "discard_checkpoint"
     assert act(JobEnd(1, "ValueError"), attempt=1).action == "retry"
     assert act(JobEnd(1, "ValueError"), attempt=2).action == "stop"
+
+
+def test_no_signal_is_classified_and_recovered_by_a_longer_completion_then_no_grpo():
+    from modelsmith.training.trainers import NoSignalError
+
+    def end(length: int, cap: int | None) -> JobEnd:
+        error = NoSignalError(20, 1, 20, 0.0, length, cap, None)
+        return JobEnd(1, f"progress phase=grpo step=20 reward=0\nerror: {error}\n")
+
+    diagnosis = classify(end(4, 200))
+    assert diagnosis.failure_class == "no_signal"
+    assert "max_completion_length 4 (at most 200)" in diagnosis.evidence
+
+    def act(job: JobEnd, attempt: int = 1) -> tuple[str, str]:
+        chosen = recovery(classify(job), attempt, batch_size=16, grad_accum=1)
+        return chosen.action, chosen.detail
+
+    assert act(end(4, 200)) == ("double_completion", "max_completion_length 4 -> 8")
+    assert act(end(150, 200)) == ("double_completion", "max_completion_length 150 -> 200")
+    assert act(end(4, 200), attempt=2)[0] == "skip_grpo"  # a longer one did not help
+    assert act(end(200, 200))[0] == "skip_grpo"  # already as long as the prompts allow
+    assert act(end(4, None))[0] == "skip_grpo"  # no known cap: the length itself (4) is it
+    # Words near it elsewhere are not this class.
+    assert classify(JobEnd(1, "ValueError: no signal handler")).failure_class == "unknown"

@@ -1,5 +1,5 @@
 """The transformers backend on the tiny random model: the backend contract (batching,
-determinism, stops, ...), then seeded sampling, token budgets, truncation, chat templates,
+determinism, stops, ...), then seeded sampling, token budgets, prompts too long, chat templates,
 settings and the factory."""
 
 from __future__ import annotations
@@ -104,11 +104,23 @@ def test_progress_per_batch_and_meta(backend: Backend) -> None:
     assert len(first_batch) == 4 and len({r.latency_ms for r in first_batch}) == 1
 
 
-def test_long_prompt_is_truncated_from_the_left(backend: Backend, tiny: ResolvedModel) -> None:
+def test_a_prompt_too_long_for_the_model_is_an_error_not_cut(backend: Backend,
+                                                             tiny: ResolvedModel) -> None:
     long_prompt = "floor=$0.80 " * 200 + "\nVerdict:"
-    result = backend.generate([greedy(long_prompt, 4)])[0]
-    assert result.meta["truncated"] is True
-    assert result.meta["prompt_tokens"] == tiny.max_length - 4
+    tokens = backend.count_tokens(long_prompt)
+    assert tokens > tiny.max_length
+    with pytest.raises(InferenceError) as raised:
+        backend.generate([greedy(PROMPTS[0], 4), greedy(long_prompt, 4)])
+    message = str(raised.value)
+    assert message.startswith("request 1: the prompt has ")
+    assert "asks for 4 new ones" in message and f"max_length {tiny.max_length}" in message
+    # A prompt that fits only without its new tokens is refused too: nothing is cut.
+    fits = backend.generate([greedy(PROMPTS[0], 4)])[0]
+    room = tiny.max_length - fits.meta["prompt_tokens"]
+    assert backend.generate([greedy(PROMPTS[0], room)])[0].meta["prompt_tokens"] == \
+        fits.meta["prompt_tokens"]
+    with pytest.raises(InferenceError, match=f"asks for {room + 1} new ones"):
+        backend.generate([greedy(PROMPTS[0], room + 1)])
 
 
 def test_system_prompt_plain_and_chat_template(tiny: ResolvedModel) -> None:

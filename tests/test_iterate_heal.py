@@ -43,6 +43,8 @@ STAND_IN = textwrap.dedent("""
         raise SystemExit("ValueError: nobody expected this")
     if mode == "corrupt":
         raise SystemExit("safetensors_rust.SafetensorError: Error while deserializing header")
+    if mode == "nosignal":  # what a GRPO job without a learning signal prints
+        raise SystemExit("error: " + (control.parent / "nosignal.txt").read_text())
     batch = spec["hyperparams"]["batch_size"]
     memory = [bytearray(48 * 1024 * 1024) for _ in range(batch)]
     out = pathlib.Path(spec["out"])
@@ -133,6 +135,30 @@ def test_a_corrupt_run_checkpoint_is_discarded_and_the_run_goes_back_one(spec, t
         ("corrupt_checkpoint", "discard_checkpoint")]
     assert healed.attempts[-1].result.ok
     assert [p.name for p in (checkpoints / "grpo").iterdir()] == ["checkpoint-1"]
+
+
+def test_no_signal_doubles_the_completion_then_skips_grpo(spec, tmp_path):
+    from dataclasses import replace
+
+    from modelsmith.training.trainers import NoSignalError
+
+    no_signal = NoSignalError(20, 1, 20, 0.0, max_completion_length=4, cap=64, clipped=1.0)
+    (tmp_path / "nosignal.txt").write_text(str(no_signal))
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "grpo" / "checkpoint-10").mkdir(parents=True)
+    (checkpoints / "sft-model").mkdir()
+    (tmp_path / "control").write_text("nosignal,nosignal")
+    healed, failures = run(replace(spec, method="sft+grpo", checkpoints=str(checkpoints)),
+                           tmp_path)
+    assert [(f.diagnosis.failure_class, f.recovery.action) for f in failures] == [
+        ("no_signal", "double_completion"), ("no_signal", "skip_grpo")]
+    assert failures[0].recovery.detail == "max_completion_length 4 -> 8"
+    assert healed.attempts[-1].result.ok and len(healed.attempts) == 3
+    # The retry ran with twice the completion, the last without GRPO.
+    assert healed.spec.hyperparams["max_completion_length"] == 8
+    assert healed.spec.skip_grpo == "no learning signal in GRPO at attempt 2"
+    # GRPO's checkpoints were made with the shorter completions; the SFT warm start stays.
+    assert not (checkpoints / "grpo").exists() and (checkpoints / "sft-model").is_dir()
 
 
 def test_with_the_first_host_down_training_runs_on_the_second(spec, tmp_path, silent_port):

@@ -504,7 +504,23 @@ CLUSTER_CASES = [
         "unknown field",
     ),
     ('"cpu-tiny": {', '"CPU Tiny": {', "profiles.CPU Tiny", "invalid name"),
+    ('"max_completion_length": 4', '"max_completion_length": 0',
+     "profiles.cpu-lora.max_completion_length", ">= 1"),
+    ('"max_steps": 4,', '"max_steps": 4, "no_signal_steps": 0,',
+     "profiles.cpu-tiny.no_signal_steps", ">= 1"),
 ]
+
+
+def test_a_profile_may_leave_the_completion_length_to_the_task() -> None:
+    from modelsmith.specs.clusters import HyperParams
+
+    profile = HyperParams(learning_rate=1e-3, batch_size=8, max_steps=2, num_generations=4)
+    assert profile.max_completion_length is None  # derived from the task when training
+    assert profile.no_signal_steps == 20
+    assert HyperParams.model_validate(
+        {**profile.model_dump(), "no_signal_steps": None}).no_signal_steps is None
+    repo = load_repository(REPO)
+    assert repo.clusters.profiles["cpu-tiny-demo"].max_completion_length is None
 
 
 @pytest.mark.parametrize(("old", "new", "field", "message"), CLUSTER_CASES)

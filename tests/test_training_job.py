@@ -73,6 +73,33 @@ def test_a_truncated_checkpoint_is_classified_and_its_recovery_named(job_dir):
     assert not result_path(job_dir / "out").exists()
 
 
+def test_grpo_without_a_learning_signal_fails_as_no_signal_and_can_skip_grpo(job_dir):
+    spec = json.loads((job_dir / "job.json").read_text())
+    # After two SFT steps every completion of the tiny model scores 0 (seeded): no signal.
+    spec["hyperparams"]["no_signal_steps"] = 1
+    spec["profile"] = "cpu-tiny"
+    (job_dir / "job.json").write_text(json.dumps(spec))
+    result, _ = run_job(job_dir)
+    assert not result.ok and not result_path(job_dir / "out").exists()
+    diagnosis = classify(JobEnd(result.returncode, result.log_tail))
+    assert diagnosis.failure_class == "no_signal", result.log_tail
+    assert "max_completion_length 4 (at most " in diagnosis.evidence
+    assert recovery(diagnosis, 1, batch_size=4, grad_accum=1).action == "double_completion"
+    assert recovery(diagnosis, 2, batch_size=4, grad_accum=1).action == "skip_grpo"
+    # The recovery's last resort: the job again without GRPO, saying so.
+    spec["skip_grpo"] = "no learning signal in GRPO at attempt 2"
+    (job_dir / "job.json").write_text(json.dumps(spec))
+    shutil.rmtree(job_dir / "out", ignore_errors=True)
+    result, lines = run_job(job_dir)
+    assert result.ok, result.log_tail
+    warning = ("warning: GRPO skipped (no learning signal in GRPO at attempt 2): the weights "
+               "are the SFT result")
+    assert warning in lines
+    summary = json.loads(result_path(job_dir / "out").read_text())
+    assert summary["steps"] == 2 and summary["metrics"]["grpo_skipped"] == 1.0
+    assert summary["warnings"] == [warning.removeprefix("warning: ")]
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda d: {**d, "surprise": 1}, "surprise: unknown field"),
     (lambda d: {k: v for k, v in d.items() if k != "dataset"}, "dataset: missing"),
@@ -80,6 +107,7 @@ def test_a_truncated_checkpoint_is_classified_and_its_recovery_named(job_dir):
     (lambda d: {**d, "hyperparams": {**d["hyperparams"], "batch_size": 0}},
      "hyperparams.batch_size"),
     (lambda d: [d], "a job spec is a JSON object"),
+    (lambda d: {**d, "skip_grpo": True}, "skip_grpo: must be a string or null"),
 ])
 def test_a_bad_job_spec_is_a_clear_error(job_dir, edit, message):
     from click.testing import CliRunner

@@ -3,6 +3,7 @@ mapping and the config hash. A few steps each: these prove the wiring, not learn
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -342,3 +343,220 @@ def test_a_run_cut_short_resumes_from_its_newest_intact_checkpoint(demo, tiny, r
     assert steps[:2] == [("sft", 1), ("sft", 2)] and steps[-4:] == [
         ("grpo", 1), ("grpo", 2), ("grpo", 3), ("grpo", 4)]
     assert (tmp_path / "a" / WEIGHTS).is_file() and not checkpoints.exists()
+
+
+# --------------------------------------------------------------------------- lengths
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny):
+    """Tokens of an answer under the tiny model's tokenizer (no special tokens)."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def json_rows(n: int = 4) -> list[dict]:
+    """Rows of a JSON-extraction task: answers of a few dozen tokens, the last the longest."""
+    from modelsmith.training.dataset import completion_for
+
+    rows = []
+    for i in range(n):
+        expected = {"name": f"item {i}", "tags": ["blue"] * (i + 1)}
+        prompt = f"Extract: item {i} is blue\nJSON:"
+        rows.append({"id": f"r{i}", "prompt": prompt, "expected": expected,
+                     "scenario_id": f"s{i}",
+                     "completion": completion_for(prompt, json.dumps(expected))})
+    return rows
+
+
+def test_a_label_task_gets_its_longest_label_and_eos(demo, rows, tokens):
+    from modelsmith.training.lengths import fit_lengths
+
+    _, specialist, _ = demo
+    fitted = fit_lengths("sft+grpo", rows, profile(max_completion_length=None), tokens,
+                         max_length=256, output=specialist.spec.task.output)
+    # The prompts end in "Verdict:": each label follows with a space, one token here.
+    assert fitted.max_completion_length == max(tokens(" ACCEPT"), tokens(" REJECT")) + 1 == 2
+    assert fitted.derived and fitted.longest_answer == 1
+
+
+def test_a_json_task_gets_its_longest_reference_with_headroom_within_the_model(tokens):
+    from modelsmith.evaluation.budget import answer_budget
+    from modelsmith.specs.models import JsonOutput
+    from modelsmith.training.lengths import LengthError, fit_lengths
+
+    contract, rows, unset = JsonOutput(kind="json"), json_rows(), profile(
+        max_completion_length=None)
+    longest = max(tokens(row["completion"]) for row in rows)
+    fitted = fit_lengths("grpo", rows, unset, tokens, max_length=256, output=contract)
+    assert fitted.max_completion_length == answer_budget("json", longest)
+    assert fitted.max_completion_length >= longest * 1.25 + 4 and fitted.derived
+    # Where the longest prompt leaves less room, the room is the length.
+    prompt = max(tokens(row["prompt"]) for row in rows)
+    tight = fit_lengths("grpo", rows, unset, tokens, max_length=prompt + longest + 2,
+                        output=contract)
+    assert tight.max_completion_length == longest + 2 == tight.cap
+    with pytest.raises(LengthError, match=rf"leaving {longest - 1} of the model's max_length "
+                                          rf"{prompt + longest - 1} for the answer, fewer "
+                                          rf"than the longest reference answer needs "
+                                          rf"\({longest} tokens\)"):
+        fit_lengths("grpo", rows, unset, tokens, max_length=prompt + longest - 1,
+                    output=contract)
+
+
+def test_a_profile_length_shorter_than_a_reference_fails_before_training(tiny, tokens,
+                                                                         tmp_path):
+    from modelsmith.training.lengths import LengthError
+    from modelsmith.training.trainers import train
+
+    rows = json_rows()
+    longest = tokens(rows[-1]["completion"])
+    with pytest.raises(LengthError) as raised:
+        train("sft+grpo", tiny, rows, lambda **k: [0.0], profile(max_completion_length=4),
+              tmp_path / "out", profile_name="cpu-tiny-demo")
+    assert str(raised.value).startswith(
+        f"profile 'cpu-tiny-demo' sets max_completion_length 4, shorter than the longest "
+        f"reference answer: {longest} tokens in training row 3 (r3)")
+    assert not (tmp_path / "out" / WEIGHTS).exists()
+
+
+def test_a_prompt_too_long_for_the_model_is_an_error_not_cut(tiny, rows, tokens, tmp_path):
+    from modelsmith.training.lengths import LengthError, fit_lengths
+    from modelsmith.training.trainers import train
+
+    long = {**rows[1], "id": "long", "prompt": "Bid: " + "floor=$0.80 " * 36 + "\nVerdict:"}
+    prompt = tokens(long["prompt"])
+    assert 200 < prompt < 250
+    # SFT: prompt, answer and EOS must fit the model's 256 tokens.
+    with pytest.raises(LengthError, match=r"training row 1 \(long\): its prompt and "
+                                          r"reference answer need \d+ tokens \(with EOS\), "
+                                          r"more than the model's max_length 256"):
+        fit_lengths("sft", [rows[0], {**long, "prompt": long["prompt"] * 2}], profile(),
+                    tokens, max_length=256)
+    # GRPO: the prompt and max_completion_length new tokens must fit.
+    p = profile(max_completion_length=256 - prompt + 1)
+    with pytest.raises(LengthError) as raised:
+        train("grpo", tiny, [rows[0], long], lambda **k: [0.0], p, tmp_path / "out")
+    assert str(raised.value).startswith(
+        f"training row 1 (long): its prompt has {prompt} tokens; with max_completion_length "
+        f"{256 - prompt + 1} that is more than the model's max_length 256")
+    assert fit_lengths("grpo", [rows[0], long], profile(max_completion_length=256 - prompt),
+                       tokens, max_length=256).max_completion_length == 256 - prompt
+
+
+def test_grpo_trains_with_the_derived_length(demo, tiny, tmp_path):
+    from modelsmith.specs.models import JsonOutput
+    from modelsmith.training.trainers import train
+
+    def varied(prompts, completions, **kwargs):
+        return [float(i % 2) for i in range(len(completions))]
+
+    result = train("grpo", tiny, json_rows(), varied,
+                   profile(max_completion_length=None, max_steps=1), tmp_path / "out",
+                   output=JsonOutput(kind="json"))
+    assert result.steps == 1 and result.metrics["max_completion_length"] > 20
+    assert result.metrics["completions/max_length"] <= result.metrics["max_completion_length"]
+
+
+def test_grpo_needs_a_completion_length(tmp_path):
+    unset = profile(max_completion_length=None)
+    with pytest.raises(TrainingConfigError, match="needs a max_completion_length"):
+        grpo_arguments(unset, tmp_path)
+    assert grpo_config(unset, tmp_path, max_completion_length=7).max_completion_length == 7
+
+
+# --------------------------------------------------------------------------- no signal
+
+
+def test_reward_signal_per_logged_step():
+    from modelsmith.training.trainers import reward_signal
+
+    assert reward_signal({"reward": 0.0, "frac_reward_zero_std": 1.0}) == "none"
+    assert reward_signal({"reward": 0.5, "frac_reward_zero_std": 0.75}) == "signal"
+    # Every completion at the top score: solved, not a failure.
+    assert reward_signal({"reward": 1.0, "frac_reward_zero_std": 1.0}) == "solved"
+    # Some groups all right and the others all wrong: still nothing to learn from.
+    assert reward_signal({"reward": 0.875, "frac_reward_zero_std": 1.0}) == "none"
+    # Without frac_reward_zero_std, the batch's reward_std decides.
+    assert reward_signal({"reward": 0.3, "reward_std": 0.0}) == "none"
+    assert reward_signal({"reward": 0.3, "reward_std": 0.2}) == "signal"
+    assert reward_signal({"loss": 0.1}) is None  # an SFT step, or the run's summary
+
+
+@pytest.mark.parametrize(("signals", "fires"), [
+    (["none", "none"], True),
+    (["none", "solved", "none"], True),  # a solved step neither counts nor breaks the run
+    (["none", "signal", "none"], False),
+    (["solved", "solved", "solved"], False),
+])
+def test_the_watch_fires_on_consecutive_steps_without_signal(signals, fires):
+    from types import SimpleNamespace
+
+    from modelsmith.training.trainers import _no_signal_watch
+
+    logs = {"none": {"reward": 0.0, "frac_reward_zero_std": 1.0},
+            "solved": {"reward": 1.0, "frac_reward_zero_std": 1.0},
+            "signal": {"reward": 0.5, "frac_reward_zero_std": 0.5}}
+    watch = _no_signal_watch(2)
+    control = SimpleNamespace(should_training_stop=False)
+    for step, signal in enumerate(signals, 1):
+        watch.on_log(None, SimpleNamespace(global_step=step), control, logs[signal])
+    assert control.should_training_stop is fires and bool(watch.fired) is fires
+
+
+def test_grpo_on_a_constant_reward_stops_as_no_signal(tiny, rows, tmp_path):
+    from modelsmith.fleet.failures import JobEnd, classify, recovery
+    from modelsmith.training.trainers import NoSignalError, train
+
+    def constant(prompts, completions, **kwargs):
+        return [0.5] * len(completions)
+
+    seen = []
+    with pytest.raises(NoSignalError) as raised:
+        train("grpo", tiny, rows, constant, profile(max_steps=8, no_signal_steps=2),
+              tmp_path / "out", progress=seen.append)
+    error = raised.value
+    assert (error.steps, error.first, error.last, error.reward) == (2, 1, 2, 0.5)
+    assert [e["step"] for e in seen if "reward" in e] == [1, 2]  # stopped, not 8 steps
+    assert f"max_completion_length 3 (at most {error.cap})" in str(error) and error.cap > 200
+    assert not (tmp_path / "out" / WEIGHTS).exists()
+    # As the job prints it: classified no_signal; first a longer completion, then no GRPO.
+    diagnosis = classify(JobEnd(1, f"progress step=2\nerror: {error}\n"))
+    assert diagnosis.failure_class == "no_signal"
+    first = recovery(diagnosis, 1, batch_size=4, grad_accum=1)
+    assert (first.action, first.detail) == ("double_completion",
+                                            "max_completion_length 3 -> 6")
+    assert recovery(diagnosis, 2, batch_size=4, grad_accum=1).action == "skip_grpo"
+
+
+def test_grpo_on_a_varying_reward_does_not_stop(tiny, rows, tmp_path):
+    from modelsmith.training.trainers import train
+
+    def varied(prompts, completions, **kwargs):
+        return [float(i % 2) for i in range(len(completions))]  # each group: 0 and 1
+
+    result = train("grpo", tiny, rows, varied, profile(max_steps=3, no_signal_steps=1),
+                   tmp_path / "out")
+    assert result.steps == 3 and not result.warnings
+    assert all(e["frac_reward_zero_std"] == 0 for e in result.history if "reward" in e)
+
+
+def test_skipping_grpo_keeps_the_sft_result_or_the_base_weights(demo, tiny, rows, tmp_path):
+    from modelsmith.training.reward import make_reward_fn
+    from modelsmith.training.trainers import train
+
+    _, specialist, suite = demo
+    reward = make_reward_fn(specialist, suite)
+    chain = train("sft+grpo", tiny, rows, reward, profile(), tmp_path / "chain",
+                  skip_grpo="no learning signal in GRPO at attempt 2")
+    assert chain.steps == 2 and chain.metrics["grpo_skipped"] == 1.0
+    assert {e["phase"] for e in chain.history} == {"sft"}
+    assert chain.warnings == ["GRPO skipped (no learning signal in GRPO at attempt 2): the "
+                              "weights are the SFT result"]
+    sft = train("sft", tiny, rows, None, profile(max_steps=2), tmp_path / "sft")
+    assert not _changed(_weights(sft.out_dir), _weights(chain.out_dir))
+    alone = train("grpo", tiny, rows, reward, profile(), tmp_path / "grpo", skip_grpo="why")
+    assert alone.steps == 0 and "the base weights, untrained" in alone.warnings[0]
+    assert not _changed(_weights(tiny), _weights(alone.out_dir))

@@ -7,10 +7,11 @@ several times and the repeat reducer (mean, majority, pass@k) gives the scenario
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelsmith.evaluation.budget import answer_budget, label_forms, longest, reference_text
 from modelsmith.evaluation.criteria import ScoringContext
 from modelsmith.evaluation.results import ScenarioRun
 from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
@@ -19,8 +20,28 @@ from modelsmith.inference.base import Backend, GenerationRequest, ProgressFn
 from modelsmith.specs import LoadedSuite, Specialist
 
 # Enough room for the answer the output contract asks for, and no more: generation time
-# grows with every token.
+# grows with every token. A label task's floor (a longer label raises it); a text or JSON
+# task's budget when its suite has no reference answers (else it follows them).
 DEFAULT_MAX_NEW_TOKENS = {"label": 4, "json": 256, "text": 128}
+
+
+def default_max_new_tokens(contract: Any, expected: Iterable[Any],
+                           count_tokens: Callable[[str], int]) -> int:
+    """The tokens to generate per answer when the settings name none, from the output
+    contract and the reference answers (``expected``), never fewer than one needs
+    (:mod:`.budget`): a label task its longest label + 1 (EOS), at least
+    ``DEFAULT_MAX_NEW_TOKENS['label']``; a text or JSON task its longest reference with
+    headroom, or ``DEFAULT_MAX_NEW_TOKENS`` without references. ``count_tokens`` is the
+    backend's (an estimate on an OpenAI-compatible endpoint)."""
+    kind = contract.kind
+    fallback = DEFAULT_MAX_NEW_TOKENS.get(kind, 64)
+    # Each distinct reference counted once: variants share their scenario's.
+    references = list(dict.fromkeys(t for t in map(reference_text, expected) if t is not None))
+    if kind == "label":
+        answers = label_forms(dict.fromkeys([*contract.labels, *references]))
+        return max(fallback, answer_budget(kind, longest(answers, count_tokens)[0]))
+    tokens, where = longest(references, count_tokens)
+    return fallback if where is None else answer_budget(kind, tokens)
 
 
 @dataclass(frozen=True)
@@ -29,7 +50,7 @@ class EvalSettings:
     repeats: int = 1
     reducer: str = "mean"  # mean | majority | pass@k
     temperature: float = 0.0  # repeats > 1 with temperature 0 give identical outputs
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = None  # None: default_max_new_tokens
     seed: int = 0
     include_heldout: bool = True
     # Core inputs answered again one at a time, for the suite's latency benchmark: a batched
@@ -72,9 +93,10 @@ def run_suite(
     settings = settings or EvalSettings()
     task = specialist.spec.task
     contract = task.output
-    max_new = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(contract.kind, 64)
     labels = output_labels(contract)
     items = plan_items(suite, settings)
+    max_new = settings.max_new_tokens or default_max_new_tokens(
+        contract, (item.scenario.expected for item in items), backend.count_tokens)
     repeats = max(1, settings.repeats)
     requests = [
         GenerationRequest(

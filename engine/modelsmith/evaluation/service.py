@@ -8,6 +8,7 @@ A comparison reads that evidence back, so it needs nothing but the log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -277,10 +278,8 @@ def compare(store: EventStore, specialist: str, a: str, b: str, *, split: Split 
 
 def _also(out: dict[str, PairedComparison], name: str, a: list[ScenarioRun],
           b: list[ScenarioRun], split: Split, n_resamples: int, seed: int) -> None:
-    try:
+    with contextlib.suppress(ValueError):  # nothing shared on that split: nothing to show
         out[name] = compare_runs(a, b, split=split, n_resamples=n_resamples, seed=seed)
-    except ValueError:  # nothing shared on that split
-        pass
 
 
 def _interval(ci: list[float | None] | None) -> tuple[float, float] | None:

@@ -28,7 +28,7 @@ EVIDENCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FLEET_STREAM = "fleet"
 
 Stage = StageName
-FailureClass = Literal["oom", "host_unreachable", "hang", "corrupt_checkpoint", "unknown"]
+FailureClass = Literal["oom", "host_unreachable", "hang", "corrupt_checkpoint", "no_signal", "unknown"]  # noqa: E501
 
 
 class InvalidEventError(ModelsmithError, ValueError):

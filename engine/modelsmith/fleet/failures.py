@@ -3,14 +3,17 @@
 :func:`classify` reads what a job left behind — exit status or the signal that ended it,
 the tail of its log, whether the executor stopped it for want of a heartbeat, whether the
 host answered — and names one class: ``oom``, ``host_unreachable``, ``hang``,
-``corrupt_checkpoint`` or ``unknown``. :func:`recovery` maps a class and the attempt number
-to an action the loop carries out:
+``corrupt_checkpoint``, ``no_signal`` or ``unknown``. :func:`recovery` maps a class and the
+attempt number to an action the loop carries out:
 
 - ``oom`` -> ``halve_batch``: half the batch, twice the gradient accumulation (the same
   effective batch); when the batch is already 1, ``stop``;
 - ``host_unreachable`` -> ``next_host`` in the ranked pool;
 - ``hang`` -> ``resume``: kill, and resume from the last good checkpoint;
 - ``corrupt_checkpoint`` -> ``discard_checkpoint``: drop it and go back one;
+- ``no_signal`` (GRPO's rewards did not vary: nothing to learn from) -> the first time
+  ``double_completion`` (twice the ``max_completion_length`` the job reported, up to its
+  cap: answers cut short all score alike), else ``skip_grpo`` (finish without GRPO);
 - ``unknown`` -> ``retry`` once, then ``stop`` with the failure recorded.
 
 Every decision comes with the evidence it rests on (the matched line), for the
@@ -26,7 +29,8 @@ from typing import Literal
 
 from modelsmith.events.types import FailureClass
 
-Action = Literal["halve_batch", "next_host", "resume", "discard_checkpoint", "retry", "stop"]
+Action = Literal["halve_batch", "next_host", "resume", "discard_checkpoint",
+                 "double_completion", "skip_grpo", "retry", "stop"]
 
 _OOM = re.compile(
     r"MemoryError|out of memory|OutOfMemoryError|Cannot allocate memory|std::bad_alloc"
@@ -47,6 +51,10 @@ _CORRUPT = re.compile(
     r"|not a valid checkpoint|truncated(?! to [\d,]+ (?:chars|characters|bytes|lines))",
     re.IGNORECASE,
 )
+#: What a training job prints when GRPO stopped for want of a learning signal
+#: (``modelsmith.training.trainers.NoSignalError``), and the completion length it reports.
+_NO_SIGNAL = re.compile(r"no learning signal \(no_signal\)")
+_COMPLETION = re.compile(r"max_completion_length (\d+) \(at most (\d+)\)")
 #: ssh's own exit status when the connection (not the remote command) failed.
 SSH_CONNECTION_FAILED = 255
 
@@ -90,6 +98,8 @@ def classify(end: JobEnd) -> Diagnosis:
         return Diagnosis("hang", "no progress heartbeat within the timeout; the job was killed")
     if not end.host_reachable:
         return Diagnosis("host_unreachable", "the host does not answer probes")
+    if (line := _first_match(_NO_SIGNAL, end.log_tail)) is not None:
+        return Diagnosis("no_signal", line)
     if (line := _first_match(_OOM, end.log_tail)) is not None:
         return Diagnosis("oom", line)
     if end.via_ssh and end.returncode == SSH_CONNECTION_FAILED:
@@ -114,6 +124,16 @@ class Recovery:
     detail: str
 
 
+def doubled_completion(evidence: str) -> tuple[int, int] | None:
+    """The ``max_completion_length`` a ``no_signal`` failure reported and the one to retry
+    with (twice as long, at most its cap); None when it reported none or was at its cap."""
+    found = _COMPLETION.search(evidence)
+    if found is None:
+        return None
+    current, cap = int(found.group(1)), int(found.group(2))
+    return (current, min(2 * current, cap)) if current < cap else None
+
+
 def recovery(diagnosis: Diagnosis, attempt: int, *, batch_size: int,
              grad_accum: int) -> Recovery:
     """What to do after ``attempt`` (1 = the first failure of this run) failed."""
@@ -130,6 +150,13 @@ def recovery(diagnosis: Diagnosis, attempt: int, *, batch_size: int,
     if kind == "corrupt_checkpoint":
         return Recovery("discard_checkpoint", "drop the checkpoint and resume from the one "
                                               "before")
+    if kind == "no_signal":
+        doubled = doubled_completion(diagnosis.evidence)
+        if attempt <= 1 and doubled is not None:
+            return Recovery("double_completion", f"max_completion_length {doubled[0]} -> "
+                                                 f"{doubled[1]}")
+        return Recovery("skip_grpo", "no learning signal in GRPO: finish without it (sft+grpo "
+                                     "keeps its SFT result, grpo the base weights)")
     if attempt <= 1:
         return Recovery("retry", "unknown failure: retry once")
     return Recovery("stop", "unknown failure twice: stopping with the failure recorded")

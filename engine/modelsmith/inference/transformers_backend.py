@@ -4,7 +4,8 @@ Requests are grouped by ``max_new_tokens``, sorted by prompt length inside a gro
 padding) and generated ``batch_size`` at a time. Greedy rows and sampled rows can share a
 batch: sampling happens in a logits processor with one ``torch.Generator`` per request, seeded
 from the request's seed, so a seeded request gives the same text whichever batch it lands in.
-Stop strings end a row early (per row) and are trimmed from its text.
+Stop strings end a row early (per row) and are trimmed from its text. A prompt that leaves
+no room for its ``max_new_tokens`` within the model's ``max_length`` is refused, not cut.
 """
 
 from __future__ import annotations
@@ -221,14 +222,21 @@ class TransformersBackend:
             return f"{request.system}\n{request.prompt}"
         return request.prompt
 
-    def _encode(self, request: GenerationRequest) -> tuple[list[int], bool]:
+    def _encode(self, request: GenerationRequest, index: int) -> list[int]:
+        """The prompt's token ids; a prompt that leaves no room for ``max_new_tokens``
+        within the model's ``max_length`` is an error, never cut to fit (cutting drops the
+        instructions at its start without a word)."""
         ids = self.tokenizer(
             self._prompt(request), add_special_tokens=not self.resolved.chat_template
         )["input_ids"]
-        limit = max(1, self.resolved.max_length - request.max_new_tokens)
-        if len(ids) > limit:  # keep the end of the prompt, where the question is
-            return ids[-limit:], True
-        return ids, False
+        if len(ids) + request.max_new_tokens > self.resolved.max_length:
+            raise InferenceError(
+                f"request {index}: the prompt has {len(ids)} tokens and asks for "
+                f"{request.max_new_tokens} new ones, more than model '{self.resolved.ref}' "
+                f"takes (max_length {self.resolved.max_length}); shorten the prompt, lower "
+                "max_new_tokens or raise the model profile's max_length"
+            )
+        return ids
 
     def _check(self) -> None:
         if self.model is None:
@@ -246,7 +254,6 @@ class TransformersBackend:
         self._check()
         total = len(requests)
         results: list[Generation | None] = [None] * total
-        encoded = [self._encode(r) for r in requests]
         groups: dict[int, list[int]] = {}
         for index, request in enumerate(requests):
             if request.max_new_tokens < 1:
@@ -255,9 +262,10 @@ class TransformersBackend:
                     f"{request.max_new_tokens})"
                 )
             groups.setdefault(request.max_new_tokens, []).append(index)
+        encoded = [self._encode(r, i) for i, r in enumerate(requests)]
         done = 0
         for max_new in sorted(groups):
-            order = sorted(groups[max_new], key=lambda i: len(encoded[i][0]))
+            order = sorted(groups[max_new], key=lambda i: len(encoded[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 for index, generation in zip(
@@ -274,10 +282,10 @@ class TransformersBackend:
     def _generate_batch(
         self,
         requests: list[GenerationRequest],
-        encoded: list[tuple[list[int], bool]],
+        encoded: list[list[int]],
         max_new_tokens: int,
     ) -> list[Generation]:
-        input_ids, attention = self._pad_left([ids for ids, _ in encoded])
+        input_ids, attention = self._pad_left(encoded)
         width = input_ids.shape[1]
         samplers = self._samplers(requests)
         stops = _StopStrings(self.tokenizer, width, [tuple(r.stop) for r in requests])
@@ -297,8 +305,7 @@ class TransformersBackend:
                     finish_reason=finish,
                     meta={
                         "batch_size": len(requests),
-                        "prompt_tokens": len(encoded[row][0]),
-                        "truncated": encoded[row][1],
+                        "prompt_tokens": len(encoded[row]),
                     },
                 )
             )

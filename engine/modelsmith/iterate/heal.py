@@ -13,6 +13,12 @@ spec, run ``modelsmith job train SPEC`` there, and when it fails classify the fa
 - ``discard_checkpoint`` (corrupt checkpoint): the run's newest checkpoint is removed and
   the run resumes from the one before; with none left the base weights are the corrupt
   ones: :class:`CheckpointDiscarded`, and the loop goes back one model;
+- ``double_completion`` (GRPO had no learning signal, the first time): run again with
+  twice the ``max_completion_length`` the job reported (up to what the prompts leave room
+  for); the GRPO checkpoints go, an SFT warm start is kept;
+- ``skip_grpo`` (no learning signal again, or already at the longest completion): run again
+  without GRPO: ``sft+grpo`` keeps its SFT result, ``grpo`` the base weights, and the
+  result's warnings say so;
 - ``retry`` (unknown, first time): run again; ``stop``: :class:`TrainingAbandoned`.
 
 Every failure reaches ``on_failure`` with its class, evidence and action before the
@@ -29,7 +35,14 @@ from pathlib import Path
 
 from modelsmith.errors import ModelsmithError
 from modelsmith.fleet.executors import Job, JobResult
-from modelsmith.fleet.failures import Diagnosis, JobEnd, Recovery, classify, recovery
+from modelsmith.fleet.failures import (
+    Diagnosis,
+    JobEnd,
+    Recovery,
+    classify,
+    doubled_completion,
+    recovery,
+)
 from modelsmith.fleet.pool import Pool
 from modelsmith.specs import HyperParams
 from modelsmith.training.checkpoints import discard_newest
@@ -83,6 +96,20 @@ def halved(hyperparams: dict) -> dict:
               "grpo_batch_size": grpo if grpo and grpo % profile.num_generations == 0
               else profile.grpo_batch}
     return HyperParams.model_validate({**hyperparams, **update}).model_dump(mode="json")
+
+
+def _without_signal(spec: TrainJobSpec, action: Recovery, diagnosis: Diagnosis,
+                    attempt: int) -> TrainJobSpec:
+    """The spec to run after a ``no_signal`` failure: a longer completion, or no GRPO."""
+    if action.action == "double_completion":
+        doubled = doubled_completion(diagnosis.evidence)
+        assert doubled is not None  # recovery() chose it for that reason
+        hyperparams = HyperParams.model_validate(
+            {**spec.hyperparams, "max_completion_length": doubled[1]}).model_dump(mode="json")
+        if spec.checkpoints:  # GRPO's were made with the shorter completions
+            shutil.rmtree(Path(spec.checkpoints) / "grpo", ignore_errors=True)
+        return replace(spec, hyperparams=hyperparams)
+    return replace(spec, skip_grpo=f"no learning signal in GRPO at attempt {attempt}")
 
 
 def run_training(
@@ -142,4 +169,6 @@ def run_training(
                 shutil.rmtree(spec.checkpoints, ignore_errors=True)
         elif action.action == "next_host":
             pool.exclude(host, diagnosis.evidence)
+        elif action.action in ("double_completion", "skip_grpo"):
+            spec = _without_signal(spec, action, diagnosis, number)
     raise TrainingAbandoned(f"training failed {max_attempts} times", attempts)

@@ -766,6 +766,7 @@ def _pool_trainer(parts: LoopParts, specialist: str, pool: Any, tag: str,
                             base=str(request.base_path), dataset=str(request.dataset_path),
                             out=str(request.out_dir),
                             hyperparams=request.profile.model_dump(mode="json"),
+                            profile=request.profile_name,
                             repo=str(parts.root), heartbeat=str(folder / "heartbeat"),
                             checkpoints=str(folder / "checkpoints"))
 

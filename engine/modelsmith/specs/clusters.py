@@ -100,7 +100,10 @@ class HyperParams(SpecModel):
     grad_accum: PositiveInt = 1
     max_steps: PositiveInt
     num_generations: int = Field(4, ge=2, description="GRPO completions per prompt.")
-    max_completion_length: PositiveInt
+    max_completion_length: PositiveInt | None = Field(
+        None, description="GRPO's tokens per completion; null derives it from the task: the "
+        "longest label + 1 (EOS) for label tasks, else the longest reference answer with "
+        "headroom, within the model's length. A value shorter than a reference is refused.")
     beta: float = Field(0.0, ge=0, description="KL coefficient.")
     seed: int = 0
     sft_steps: PositiveInt | None = Field(None, description="SFT warm-up steps for sft+grpo.")
@@ -114,6 +117,10 @@ class HyperParams(SpecModel):
                           "need that many rows); default batch_size."
     )
     use_vllm: bool = False
+    no_signal_steps: PositiveInt | None = Field(
+        20, description="Stop GRPO as failed (no_signal) when every group's rewards were "
+        "identical (zero variance: nothing to learn from) in this many consecutive logged "
+        "steps, unless every completion had the top score; null: never.")
     checkpoint_steps: PositiveInt | None = Field(
         None, description="Save a resumable checkpoint every N optimiser steps (the newest "
         "two are kept); a run killed or hung resumes from the newest intact one. null: none.")

@@ -118,16 +118,25 @@ def sft_arguments(
 
 
 def grpo_arguments(
-    profile: HyperParams, out_dir: Path, *, max_steps: int | None = None
+    profile: HyperParams, out_dir: Path, *, max_steps: int | None = None,
+    max_completion_length: int | None = None,
 ) -> dict[str, Any]:
     """The ``trl.GRPOConfig`` arguments for ``profile``; on CUDA with ``use_vllm`` vLLM
-    generates, colocated with training on the same GPU."""
+    generates, colocated with training on the same GPU. ``max_completion_length`` defaults
+    to the profile's; a profile without one needs it given (the trainer derives it from the
+    rows: :func:`modelsmith.training.lengths.fit_lengths`)."""
+    completion = max_completion_length or profile.max_completion_length
+    if completion is None:
+        raise TrainingConfigError(
+            "GRPO needs a max_completion_length: the profile sets none and none was derived "
+            "from the rows"
+        )
     arguments = {
         **_common(profile, out_dir, max_steps or profile.max_steps),
         "learning_rate": profile.grpo_learning_rate or profile.learning_rate,
         "per_device_train_batch_size": profile.grpo_batch,
         "num_generations": profile.num_generations,
-        "max_completion_length": profile.max_completion_length,
+        "max_completion_length": completion,
         "beta": profile.beta,
         # Dataset columns (expected, scenario_id) must reach the reward function.
         "remove_unused_columns": False,
@@ -162,20 +171,25 @@ def sft_config(
 
 
 def grpo_config(
-    profile: HyperParams, out_dir: Path, *, max_steps: int | None = None
+    profile: HyperParams, out_dir: Path, *, max_steps: int | None = None,
+    max_completion_length: int | None = None,
 ) -> GRPOConfig:
     """A ``trl.GRPOConfig`` built from :func:`grpo_arguments`."""
     from trl import GRPOConfig
 
-    arguments = grpo_arguments(profile, out_dir, max_steps=max_steps)
+    arguments = grpo_arguments(profile, out_dir, max_steps=max_steps,
+                               max_completion_length=max_completion_length)
     return GRPOConfig(**_for_this_machine(arguments))
 
 
 def _hashed_settings(method: str, profile: HyperParams) -> dict[str, Any]:
     """The profile as ``method`` runs it, every default resolved: what the config hash
-    covers. ``checkpoint_steps`` says when to save, not what is trained, so it stays out."""
+    covers. ``checkpoint_steps`` says when to save, not what is trained, so it stays out;
+    so does ``no_signal_steps``: a run it stops fails and registers nothing. A derived
+    ``max_completion_length`` (None here) follows from the dataset and the base model,
+    which the lineage hashes on their own."""
     return {
-        **profile.model_dump(exclude={"checkpoint_steps"}),
+        **profile.model_dump(exclude={"checkpoint_steps", "no_signal_steps"}),
         "method": method,
         "threads": torch_threads(profile),
         "grpo_learning_rate": profile.grpo_learning_rate or profile.learning_rate,

@@ -33,6 +33,15 @@ class DataError(ModelsmithError):
     """Training data cannot be built (the message names the file or scenario at fault)."""
 
 
+def completion_for(prompt: str, answer: str) -> str:
+    """``answer`` as the model should write it after ``prompt``: a prompt that does not end
+    in whitespace (``...Verdict:``) is followed by a space, so a label is its own
+    word-initial token (`` ACCEPT``), as the tokenizer saw it in pre-training."""
+    if not prompt or prompt[-1].isspace():
+        return answer
+    return " " + answer
+
+
 @dataclass(frozen=True)
 class TrainingRow:
     """One training example: the prompt the model sees and the answer the rubric wants.
@@ -68,12 +77,8 @@ class TrainingRow:
 
     @property
     def completion(self) -> str:
-        """The answer as the model should write it after the prompt: a prompt that does not
-        end in whitespace (``...Verdict:``) is followed by a space, so a label is its own
-        word-initial token (`` ACCEPT``), as the tokenizer saw it in pre-training."""
-        if not self.prompt or self.prompt[-1].isspace():
-            return self.answer
-        return " " + self.answer
+        """The answer as the model should write it after the prompt (:func:`completion_for`)."""
+        return completion_for(self.prompt, self.answer)
 
     def to_dict(self) -> dict[str, Any]:
         row = {**asdict(self), "completion": self.completion}

@@ -8,7 +8,8 @@ hang; when it ends, the output folder holds the merged weights and ``<out>.resul
 beside it has the steps, duration, metrics, trainer versions and per-step log (beside, not
 inside: the weights' content hash must not depend on timings). A failure leaves its
 message on stderr for the failure classifier; a run is complete only when its result file
-exists.
+exists. A recovery may tell the job to skip GRPO (``skip_grpo``: why); the result's
+``warnings`` then say what was kept.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class TrainJobSpec:
     repo: str  # the repository root (its suite gives the reward)
     heartbeat: str | None = None
     checkpoints: str | None = None  # resumable runs keep their checkpoints here
+    profile: str | None = None  # the profile's name, for messages
+    skip_grpo: str | None = None  # why GRPO does not run (set by the recovery)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -69,6 +72,9 @@ class TrainJobSpec:
                 raise JobSpecError(f"{path}: {name}: must be a non-empty string")
         if not isinstance(data["hyperparams"], dict):
             raise JobSpecError(f"{path}: hyperparams: must be an object")
+        for name in ("heartbeat", "checkpoints", "profile", "skip_grpo"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise JobSpecError(f"{path}: {name}: must be a string or null")
         return cls(**data)
 
 
@@ -106,10 +112,13 @@ def run_train_job(spec: TrainJobSpec, say: Any = print) -> dict[str, Any]:
         heartbeat.touch()
     result = train(spec.method, Path(spec.base), rows, make_reward_fn(specialist, suite),
                    profile, Path(spec.out), progress=progress,
-                   checkpoints=Path(spec.checkpoints) if spec.checkpoints else None, say=say)
+                   checkpoints=Path(spec.checkpoints) if spec.checkpoints else None, say=say,
+                   profile_name=spec.profile, skip_grpo=spec.skip_grpo)
+    for warning in result.warnings:
+        say(f"warning: {warning}")
     summary = {"steps": result.steps, "duration_s": round(result.duration_s, 3),
                "metrics": result.metrics, "versions": result.versions,
-               "history": result.history}
+               "history": result.history, "warnings": result.warnings}
     result_path(Path(spec.out)).write_text(json.dumps(summary, sort_keys=True) + "\n",
                                            encoding="utf-8")
     return summary

@@ -48,6 +48,7 @@ class TrainRequest:
     dataset_path: Path
     profile: HyperParams
     out_dir: Path
+    profile_name: str | None = None  # for messages
 
 
 @dataclass(frozen=True)
@@ -241,11 +242,12 @@ def train_on(
     elif trainer is None:
         ran = TrainerOutput(train(plan.method, base_path, [r.to_dict() for r in dataset.rows],
                                   make_reward_fn(spec, suite), plan.profile, out_dir,
-                                  progress=progress), host, plan.profile)
+                                  progress=progress, profile_name=plan.profile_name),
+                            host, plan.profile)
     else:
         ran = trainer(TrainRequest(run_id=run_id, method=plan.method, base_path=base_path,
                                    dataset_path=dataset.path, profile=plan.profile,
-                                   out_dir=out_dir))
+                                   out_dir=out_dir, profile_name=plan.profile_name))
     duration = time.perf_counter() - started
     weights = artifacts.track(out_dir)
     artifacts.push([out_dir])

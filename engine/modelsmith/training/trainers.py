@@ -5,6 +5,12 @@ No training loop lives here: this module loads the model, hands TRL its config
 (:mod:`.config`), the rows and the reward, records what TRL logs, merges a LoRA adapter into
 the base weights and saves a plain Hugging Face folder the eval backend loads as is.
 torch, transformers, trl and peft are imported inside the functions.
+
+Before any step the lengths are settled (:mod:`.lengths`): GRPO's ``max_completion_length``
+follows the task when the profile leaves it out, and a prompt or reference that does not fit
+is an error. During GRPO a watch stops a phase with no learning signal -- every group's
+rewards identical, ``no_signal_steps`` logged steps in a row -- as :class:`NoSignalError`
+(failure class ``no_signal``): the job fails and its recovery decides what next.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from modelsmith.errors import ModelsmithError
 from modelsmith.specs.clusters import HyperParams
@@ -36,7 +42,15 @@ from .config import (
     sft_steps,
     torch_threads,
 )
-from .reward import EXPECTED, EXPECTED_JSON, RUBRIC_KEY, SCENARIO_ID, encode_expected, rubric_key
+from .lengths import Lengths, fit_lengths, model_max_length
+from .reward import (
+    EXPECTED,
+    EXPECTED_JSON,
+    RUBRIC_KEY,
+    SCENARIO_ID,
+    encode_expected,
+    rubric_key,
+)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 RewardFn = Callable[..., list[float]]
@@ -45,10 +59,38 @@ RewardFn = Callable[..., list[float]]
 TRAINER_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
 #: Share of the logged GRPO steps averaged into ``reward_start`` and ``reward_end``.
 REWARD_WINDOW = 0.25
+#: The top score of the rubric reward: a step where every completion has it is solved.
+REWARD_CEILING = 1.0
+#: Tolerance for "every group's rewards identical" and "at the top score".
+_EPS = 1e-6
 
 
 class TrainingError(ModelsmithError, RuntimeError):
     """A training run that could not start or finish; the message says what to change."""
+
+
+class NoSignalError(TrainingError):
+    """GRPO stopped: every group's rewards were identical for ``steps`` logged steps in a
+    row, so no completion was better than another and GRPO had nothing to learn from.
+
+    The message names the failure class (``no_signal``) and the completion length with its
+    cap (``max_completion_length L (at most C)``): the recovery reads both from the log."""
+
+    def __init__(self, steps: int, first: int, last: int, reward: float,
+                 max_completion_length: int, cap: int | None, clipped: float | None) -> None:
+        self.steps, self.first, self.last, self.reward = steps, first, last, reward
+        self.max_completion_length, self.cap, self.clipped = max_completion_length, cap, clipped
+        at_most = cap if cap is not None else max_completion_length
+        hint = (f"; {clipped:.0%} of the last step's completions hit the length limit"
+                if clipped is not None else "")
+        where = (f"{steps} consecutive logged steps ({first}-{last})" if steps > 1
+                 else f"logged step {last}")
+        super().__init__(
+            f"GRPO stopped: no learning signal (no_signal): in {where} every group's "
+            f"completions scored alike (mean reward {reward:.3g}), so no completion was "
+            f"better than another; max_completion_length {max_completion_length} (at most "
+            f"{at_most}){hint}"
+        )
 
 
 @dataclass
@@ -62,6 +104,7 @@ class TrainResult:
     metrics: dict[str, float]  # the final phase's last log and summary, + reward_start/_end
     history: list[dict[str, Any]] = field(default_factory=list)  # every log, with its phase
     versions: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. GRPO skipped: why, what was kept
 
 
 def trainer_versions() -> dict[str, str]:
@@ -180,6 +223,55 @@ def _sealer() -> Any:
     return _Sealer()
 
 
+Signal = Literal["signal", "none", "solved"]
+
+
+def reward_signal(logs: Mapping[str, Any]) -> Signal | None:
+    """What one logged GRPO step says about the learning signal: ``"signal"`` when some
+    group's rewards differ (GRPO learns from the difference); ``"none"`` when every group's
+    rewards were identical (TRL's ``frac_reward_zero_std`` is 1; ``reward_std`` 0 where
+    that is not logged); ``"solved"`` when they were identical because every completion had
+    the top score (:data:`REWARD_CEILING`): nothing left to learn, which is not a failure.
+    ``None`` for a log that is not a GRPO step (no ``reward``)."""
+    reward = logs.get("reward")
+    if not isinstance(reward, int | float):
+        return None
+    zero_std = logs.get("frac_reward_zero_std")
+    if isinstance(zero_std, int | float):
+        flat = zero_std >= 1.0 - _EPS
+    else:
+        std = logs.get("reward_std")
+        flat = isinstance(std, int | float) and abs(std) <= _EPS
+    if not flat:
+        return "signal"
+    return "solved" if reward >= REWARD_CEILING - _EPS else "none"
+
+
+def _no_signal_watch(steps: int) -> Any:
+    from transformers import TrainerCallback
+
+    class _NoSignalWatch(TrainerCallback):
+        """Stops GRPO after ``steps`` logged steps in a row without a learning signal; a
+        solved step neither counts nor breaks the run, a step with a signal ends it."""
+
+        def __init__(self) -> None:
+            self.streak: list[dict[str, Any]] = []
+            self.fired: list[dict[str, Any]] | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kwargs: Any) -> None:
+            signal = reward_signal(logs or {})
+            if signal == "signal":
+                self.streak = []
+            elif signal == "none":
+                self.streak.append({**logs, "step": int(state.global_step)})
+                if len(self.streak) >= steps and self.fired is None:
+                    self.fired = self.streak[-steps:]
+                    control.should_training_stop = True
+
+    return _NoSignalWatch()
+
+
 def _restored_history(checkpoint: Path, phase: str) -> list[dict[str, Any]]:
     """The per-step logs up to ``checkpoint``, from its trainer state."""
     try:
@@ -243,6 +335,9 @@ class _Run:
     progress: ProgressFn | None
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0  # optimiser steps over all phases
+    lengths: Lengths | None = None  # settled before training (fit_lengths)
+    skip_grpo: str | None = None  # why GRPO does not run (a recovery's decision)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _run_sft(run: _Run, model: Any, tokenizer: Any,
@@ -276,16 +371,33 @@ def _run_grpo(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, An
          EXPECTED_JSON: encode_expected(row[EXPECTED]), RUBRIC_KEY: rubric_key(row)}
         for row in rows
     ])
+    lengths = run.lengths
+    completion = lengths.max_completion_length if lengths is not None else None
+    callbacks = [_recorder("grpo", run.profile.max_steps, run.history, run.progress)]
+    watch = _no_signal_watch(run.profile.no_signal_steps) if run.profile.no_signal_steps \
+        else None
+    if watch is not None:
+        callbacks.append(watch)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_fn,
-        args=grpo_config(run.profile, run.work / "grpo"),
+        args=grpo_config(run.profile, run.work / "grpo", max_completion_length=completion),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_lora_config(run.profile),
-        callbacks=[_recorder("grpo", run.profile.max_steps, run.history, run.progress)],
+        callbacks=callbacks,
     )
-    return _fit(trainer, "grpo", run.resume, run.history)
+    trained = _fit(trainer, "grpo", run.resume, run.history)
+    if watch is not None and watch.fired:
+        window = watch.fired
+        clipped = window[-1].get("completions/clipped_ratio")
+        raise NoSignalError(
+            len(window), window[0]["step"], window[-1]["step"],
+            sum(float(e["reward"]) for e in window) / len(window),
+            int(trainer.args.max_completion_length),
+            lengths.cap if lengths is not None else None,
+            float(clipped) if isinstance(clipped, int | float) else None)
+    return trained
 
 
 def _summary(history: list[dict[str, Any]], last_phase: str) -> dict[str, float]:
@@ -311,6 +423,18 @@ def _summary(history: list[dict[str, Any]], last_phase: str) -> dict[str, float]
         window = max(1, int(len(rewards) * REWARD_WINDOW))
         metrics["reward_start"] = sum(rewards[:window]) / window
         metrics["reward_end"] = sum(rewards[-window:]) / window
+    return metrics
+
+
+def _run_metrics(run: _Run) -> dict[str, float]:
+    """:func:`_summary`, with GRPO's completion length, and ``grpo_skipped`` when it did
+    not run."""
+    metrics = _summary(run.history, "grpo" if run.method != "sft" else "sft")
+    if run.method != "sft":
+        if run.skip_grpo:
+            metrics["grpo_skipped"] = 1.0
+        elif run.lengths is not None and run.lengths.max_completion_length is not None:
+            metrics["max_completion_length"] = float(run.lengths.max_completion_length)
     return metrics
 
 
@@ -372,17 +496,38 @@ def _start_run(method: str, profile: HyperParams, out_dir: Path, checkpoints: Pa
     return _Run(method, profile, work, resume, progress)
 
 
-def _load_base(model_path: Path) -> tuple[Any, Any]:
-    """The tokenizer and the model (float32) of ``model_path``."""
-    import torch
+def _load_tokenizer(model_path: Path) -> Any:
+    """The tokenizer of ``model_path``, padding on the left (GRPO generates from batches of
+    prompts)."""
     import transformers
 
-    # Left padding: GRPO generates from batches of prompts.
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    return tokenizer, model
+    return tokenizer
+
+
+def _load_model(model_path: Path) -> Any:
+    """The model of ``model_path``, in float32."""
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+
+
+def _settle_lengths(method: str, model_path: Path, tokenizer: Any,
+                    rows: Sequence[dict[str, Any]], profile: HyperParams, output: Any,
+                    profile_name: str | None) -> Lengths:
+    """:func:`~.lengths.fit_lengths` with the model's tokenizer and length."""
+    def answer(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt(text: str) -> int:  # as TRL encodes it
+        return len(tokenizer(text)["input_ids"])
+
+    limit = model_max_length(model_path, getattr(tokenizer, "model_max_length", None))
+    return fit_lengths(method, rows, profile, answer, max_length=limit, count_prompt=prompt,
+                       output=output, profile_name=profile_name)
 
 
 def _resume_warm_start(run: _Run, warm: Path, say: Callable[[str], None]) -> Any:
@@ -410,7 +555,10 @@ def _train_phases(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str
         run.steps += done
         if run.method == "sft+grpo" and resume is not None:
             _save_warm_start(model, tokenizer, warm, run.history, done)
-    if run.method in ("grpo", "sft+grpo"):
+    if run.method in ("grpo", "sft+grpo") and run.skip_grpo:
+        kept = "the SFT result" if run.method == "sft+grpo" else "the base weights, untrained"
+        run.warnings.append(f"GRPO skipped ({run.skip_grpo}): the weights are {kept}")
+    elif run.method in ("grpo", "sft+grpo"):
         assert reward_fn is not None
         model, done = _run_grpo(run, model, tokenizer, rows, reward_fn)
         run.steps += done
@@ -435,6 +583,9 @@ def train(
     progress: ProgressFn | None = None,
     checkpoints: Path | None = None,
     say: Callable[[str], None] = lambda _m: None,
+    output: Any = None,
+    profile_name: str | None = None,
+    skip_grpo: str | None = None,
 ) -> TrainResult:
     """Train ``model_path`` with ``method`` and save the result to ``out_dir``.
 
@@ -457,18 +608,35 @@ def train(
     (:mod:`.checkpoints`): it saves sealed checkpoints there, and a run started again on the
     same folder resumes from the newest intact one (``say`` reports it); the folder is
     removed when the run completes.
+
+    Lengths are settled before any step (:mod:`.lengths`): without the profile's
+    ``max_completion_length`` GRPO's is derived from ``output`` (the output contract;
+    default the reward's ``contract``, as :func:`make_reward_fn` builds it) and the rows'
+    reference answers; a profile value shorter than a reference, or a prompt that does not
+    fit the model, is a :class:`~.lengths.LengthError` naming ``profile_name`` and the row.
+    GRPO that has no learning signal for ``profile.no_signal_steps`` logged steps raises
+    :class:`NoSignalError`. With ``skip_grpo`` (the reason) GRPO does not run: ``sft+grpo``
+    keeps its SFT result, ``grpo`` the base weights; the result's ``warnings`` say so and
+    its metrics have ``grpo_skipped``.
     """
     _check_request(method, rows, reward_fn, profile)
     model_path, out_dir = Path(model_path), Path(out_dir)
     if not (model_path / "config.json").is_file():
         raise TrainingError(f"'{model_path}' is not a Hugging Face model folder (no config.json)")
+    if output is None:
+        output = getattr(reward_fn, "contract", None)
     _prepare_out_dir(out_dir)
     _import_training_stack()
+    with _quiet_session(torch_threads(profile)):
+        tokenizer = _load_tokenizer(model_path)
+        lengths = _settle_lengths("sft" if skip_grpo else method, model_path, tokenizer,
+                                  rows, profile, output, profile_name)
     started = time.perf_counter()
     run = _start_run(method, profile, out_dir, checkpoints, progress, say)
+    run.lengths, run.skip_grpo = lengths, skip_grpo
     try:
         with _quiet_session(torch_threads(profile)):
-            tokenizer, model = _load_base(model_path)
+            model = _load_model(model_path)
             model = _train_phases(run, model, tokenizer, rows, reward_fn)
             staged = run.work / "model"
             _save_model(model, tokenizer, staged)
@@ -485,7 +653,8 @@ def train(
         method=method,
         steps=run.steps,
         duration_s=time.perf_counter() - started,
-        metrics=_summary(run.history, "grpo" if method != "sft" else "sft"),
+        metrics=_run_metrics(run),
         history=run.history,
         versions=trainer_versions(),
+        warnings=run.warnings,
     )

@@ -108,8 +108,7 @@ def iterate(fork: Path, model: str, profile: str, iterations: int, threads: int)
               f"({r.get('new_rows')}) | {r.get('duration_s') or 0:.0f} |")
     gaps = [abs(r["decision"] - r["heldout"]) for r in records
             if r.get("decision") is not None and r.get("heldout") is not None]
-    print(f"
-{result.get('reason', 'no result')}: {result.get('message', done.returncode)}")
+    print(f"\n{result.get('reason', 'no result')}: {result.get('message', done.returncode)}")
     if gaps:
         print(f"largest |decision - held-out| {max(gaps):.3f} over {len(gaps)} iterations; "
               f"loop {seconds:.0f}s ({seconds / 60:.1f} min)")

@@ -78,7 +78,8 @@ def test_a_version_with_its_evidence_is_promoted_to_shadow():
     (action,) = plan(desired(shadow="v1"), log.fleet)
     assert (action.kind, action.stage, action.version, action.previous) == (
         "promote", "shadow", "v1", None)
-    assert gates(action) == {"suite": True, "composite": True, "heldout": True, "order": True}
+    assert gates(action) == {"suite": True, "composite": True, "overfitting": True,
+                            "heldout": True, "order": True}
     assert plan(desired(), log.fleet) == []  # nothing desired, nothing held
 
 
@@ -144,7 +145,8 @@ def test_production_needs_an_approval_and_held_out_parity():
 
     (action,) = plan(desired(production="v2", canary="v2"), log.fleet, heldout=heldout)
     assert action.kind == "reject" and gates(action) == {
-        "suite": True, "composite": True, "heldout": False, "order": True, "traffic": True,
+        "suite": True, "composite": True, "overfitting": True, "heldout": False, "order": True,
+        "traffic": True,
         "floors": True, "approval": False}
     assert "-0.050 (95% CI [-0.090, -0.010], n=100)" in action.reason
     v1, v2 = log.fleet.specialists["rtb"].candidates["v1"], \

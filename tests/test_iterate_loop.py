@@ -62,7 +62,7 @@ def test_the_loop_runs_to_its_budget_and_says_so(fork):
     plot = fork / ".iterate" / "rtb-quality" / "scores.svg"
     assert final["plot"] == str(plot) and final["target"] == 0.99
     svg = plot.read_text()
-    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "target 0.99" in svg
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3 and "target 0.99" in svg
     assert (fork / ".iterate" / ".gitignore").read_text().endswith("*\n")
 
 
@@ -111,7 +111,7 @@ def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     assert len(proposed) == 1 and proposed[0].data["version"] == "v1"
     assert proposed[0].data["stage"] == "shadow"
     evals = [e.id for e in store.read("rtb-quality") if e.type == "EvalCompleted"]
-    assert proposed[0].data["evidence"] == [evals[1], evals[0]]  # candidate, then base
+    assert proposed[0].data["evidence"] == [evals[1]]  # the candidate; no production
     # A second run starts a new loop (the first ended) rather than re-proposing.
     said: list[str] = []
     IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options, say=said.append).run()

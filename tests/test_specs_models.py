@@ -82,7 +82,8 @@ def test_demo_repository_loads() -> None:
     assert rtb.release.stages() == {"production": None, "canary": None, "shadow": None}
 
     suite = repo.suite_for(rtb)
-    assert len(suite.scenarios) == len(suite.core) + len(suite.heldout)
+    assert len(suite.scenarios) == len(suite.core) + len(suite.heldout) + len(suite.dev)
+    assert len(suite.dev) == 100 and not suite.train
     assert len(suite.heldout) >= 100 and len(suite.core) >= 300
     assert {s.expected for s in suite.scenarios} == {"ACCEPT", "REJECT"}
     assert any(s.variants for s in suite.core)

@@ -226,11 +226,11 @@ def _composite_gate(version: str, recent: list[Any], need: int, target: float) -
                     "scenarios it never trained on, and no dev split",
                     {"needed": need, "evaluations": len(recent), "target": target})
     scores = [round(s, 4) for s in raw if s is not None]
+    which = "" if named == "composite" else f" ({named} composite)"
     return Gate(
         "composite", len(recent) >= need and all(s >= target for s in scores),
-        f"last {need} evaluations' {named} composite {scores} vs target {target}"
-        if len(scores) >= need
-        else f"{len(scores)} evaluation(s) {scores} ({named}) of the {need} needed at "
+        f"last {need} evaluations {scores}{which} vs target {target}" if len(scores) >= need
+        else f"{len(scores)} evaluation(s) {scores}{which} of the {need} needed at "
              f">= {target}",
         {"needed": need, "evaluations": len(recent), "target": target,
          "lowest": min(scores) if scores else None})

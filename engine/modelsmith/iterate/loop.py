@@ -290,8 +290,8 @@ class IterateLoop:
                  f"{fresh} new (by source {report.sources}; removed {removed or 'none'}); "
                  f"dataset {dataset.hash[:12]}")
         if fresh == 0:
-            self.say("  validate: no row is new: this iteration cannot count toward the "
-                     "target's sustained run")
+            self.say("  validate: no row is new: nothing to learn that the last candidate "
+                     "did not already train on")
         return {"dataset_hash": dataset.hash, "dataset": str(dataset.path.relative_to(
             self.parts.root)), "dataset_rows": len(report.kept), "new_rows": fresh}
 
@@ -476,6 +476,13 @@ class IterateLoop:
                 "on" + _streak_note(state.history)))
         state = self._phase(state, "generate", self._generate)
         state = self._phase(state, "validate", self._validate)
+        if state.outputs.new_rows == 0 and not state.completed("train"):
+            return self._stop(state, state.history, "no-new-data", (
+                f"iteration {state.iteration} found no new training row for the "
+                f"{state.outputs.failures} failures of {model} (the generator, pool and "
+                "teacher gave only rows the previous dataset holds): training on the same "
+                "rows again would only confirm; give the suite a generator, a larger "
+                "training pool or a teacher" + _streak_note(state.history)))
         try:
             if not state.completed("train"):
                 self.say(f"iteration {state.iteration}: training from {model}")

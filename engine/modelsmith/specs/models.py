@@ -203,6 +203,13 @@ class SuiteTraining(SpecModel):
             "decide on."
         ),
     )
+    rows_per_failure: PositiveInt = Field(
+        4,
+        description=(
+            "New rows per failed scenario from each source: generator records, nearest "
+            "pool rows (split: train), teacher rephrasings."
+        ),
+    )
 
 
 class SuiteSpec(SpecModel):

@@ -32,8 +32,6 @@ from modelsmith.events.types import (
 from modelsmith.specs import HyperParams, Repository
 
 DATA_DIR = "data"
-#: Generated and teacher rows per failed scenario.
-PER_FAILURE = 4
 #: TrainingCompleted's evidence: one JSON line per logged step (phase, step, metrics).
 TRAINING_LOG = "training_log.jsonl"
 
@@ -88,9 +86,10 @@ def generate_rows(
     if teacher is not None:
         inputs = {s.id: s.input for s in suite.core}
         prefetch_for(teacher, [inputs[i] for i in failed_scenario_ids(failures) if i in inputs],
-                     PER_FAILURE)
+                     suite.suite.spec.training.rows_per_failure)
+    per_failure = suite.suite.spec.training.rows_per_failure
     return augment(failures, suite, spec, passing=passing, generator=load_generator(suite),
-                   per_failure=PER_FAILURE, teacher=teacher, seed=seed, iteration=iteration,
+                   per_failure=per_failure, teacher=teacher, seed=seed, iteration=iteration,
                    pool_taken=pool_taken)
 
 
@@ -99,7 +98,14 @@ def validate(repo: Repository, specialist: str, rows: list[Any]) -> Any:
     from modelsmith.training.validation import validate_rows
 
     spec = specialist_or_error(repo, specialist)
-    report = validate_rows(rows, repo.suite_for(spec), spec)
+    suite = repo.suite_for(spec)
+    if not rows:
+        raise EvalError(
+            f"no training rows for the failures of {specialist}: suite {suite.name!r} has no "
+            "generator (spec.generator), no training pool (split: train scenarios) and no "
+            "teacher was given, and it does not train on its own core inputs "
+            "(spec.training.use_eval_inputs, which makes those scenarios count as seen)")
+    report = validate_rows(rows, suite, spec)
     if not report.kept:
         raise EvalError("no training rows survived validation: "
                         f"{report.to_dict()['removed']}")

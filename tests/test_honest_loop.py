@@ -48,7 +48,7 @@ def test_a_pool_suite_reaches_its_target_from_pool_rows_alone(fork):
         rows = read_dataset(fork / data["path"])
         assert len(rows) == data["rows"] and {r.id for r in rows} <= pool
         assert not [r for r in rows if normalise(r.input) in evaluated]
-    assert [e.data["new_rows"] for e in built][0] == built[0].data["rows"]
+    assert built[0].data["new_rows"] == built[0].data["rows"]
     assert all(e.data["new_rows"] > 0 for e in built)  # every iteration adds rows
     registered = typed(fork, "CandidateRegistered")
     assert all(e.data["lineage"]["seen"] == [] for e in registered)

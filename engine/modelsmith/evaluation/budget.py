@@ -16,7 +16,6 @@ OpenAI-compatible endpoint only estimates them: a quarter of the characters, see
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,11 +30,9 @@ HEADROOM_TOKENS = 4
 def reference_text(expected: Any) -> str | None:
     """A scenario's expected value as the answer text it stands for: a string as is, any
     other value as JSON; ``None`` (no reference) stays ``None``."""
-    if expected is None:
-        return None
-    if isinstance(expected, str):
-        return expected
-    return json.dumps(expected, ensure_ascii=False)
+    from .references import reference_answer
+
+    return None if expected is None else reference_answer(expected)
 
 
 def label_forms(labels: Iterable[str]) -> list[str]:

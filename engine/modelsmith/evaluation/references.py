@@ -23,11 +23,12 @@ from .scoring import format_ok, output_labels, rubric_for
 
 
 def reference_answer(expected: Any) -> str:
-    """The expected value as the model would answer it: a string as is, anything else as
-    JSON text (as a training row's answer)."""
+    """The expected value as the model should answer it: a string as is, anything else as
+    canonical JSON text (keys sorted, so an answer never depends on the order a dict was
+    built or read back in). Training rows, the eval's token budget and validate use it."""
     if isinstance(expected, str):
         return expected
-    return json.dumps(expected, ensure_ascii=False)
+    return json.dumps(expected, ensure_ascii=False, sort_keys=True)
 
 
 def reference_problems(repo: Repository) -> list[SpecIssue]:

@@ -70,10 +70,11 @@ class TrainingRow:
 
     @property
     def answer(self) -> str:
-        """The reference answer as text: a label or string as is, anything else as JSON."""
-        if isinstance(self.expected, str):
-            return self.expected
-        return json.dumps(self.expected, ensure_ascii=False)
+        """The reference answer as text: a label or string as is, anything else as
+        canonical JSON (keys sorted: the same answer however the row was read)."""
+        from modelsmith.evaluation.references import reference_answer
+
+        return reference_answer(self.expected)
 
     @property
     def completion(self) -> str:

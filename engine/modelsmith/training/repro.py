@@ -105,12 +105,17 @@ def rebuild_dataset(
 
     record = find_candidate(store, specialist, version)
     expected = record.dataset.data["dataset_hash"]
-    if record.dataset.data.get("teacher"):
+    data = record.dataset.data
+    # A loop dataset that rehearses the previous one holds rows of an earlier evaluation:
+    # like teacher rows, it is not regenerated from this evaluation alone.
+    rehearsed = data.get("new_rows") is not None and data["new_rows"] < data["rows"]
+    if data.get("teacher") or rehearsed:
         source = repo.root / record.dataset.data["path"]
         if not source.is_file() and fetch is not None:
             fetch(source)
         if not source.is_file():
-            raise EvalError(f"{version}'s dataset has teacher rows and its versioned file "
+            why = "teacher rows" if data.get("teacher") else "rehearsed rows"
+            raise EvalError(f"{version}'s dataset has {why} and its versioned file "
                             f"{source} is missing (dvc pull it)")
         rows = read_dataset(source)
         if dataset_hash(rows) != expected:
@@ -122,7 +127,8 @@ def rebuild_dataset(
                         f"({record.evaluation.data.get('suite_hash')}, now {suite.suite_hash}): "
                         "check out the commit it was built at")
     runs = load_runs(store, record.evaluation)
-    _, report = build_dataset(repo, specialist, runs, seed=int(record.dataset.data["seed"]))
+    _, report = build_dataset(repo, specialist, runs, seed=int(data["seed"]),
+                              iteration=int(data.get("iteration") or 1))
     digest = dataset_hash(report.kept)
     if digest != expected:
         raise EvalError(f"rebuilt dataset {digest} differs from the recorded {expected}: the "

@@ -114,13 +114,14 @@ def validate(repo: Repository, specialist: str, rows: list[Any]) -> Any:
 
 def build_dataset(
     repo: Repository, specialist: str, runs: list[Any], *, seed: int,
-    teacher: Callable[[str, int], list[str]] | None = None,
+    teacher: Callable[[str, int], list[str]] | None = None, iteration: int = 1,
 ) -> tuple[list[Any], Any]:
     """An evaluation's runs -> (its failures, the validated augmented rows)."""
     from modelsmith.training.extraction import extract_failures
 
     failures = extract_failures(runs)
-    rows = generate_rows(repo, specialist, runs, failures, seed=seed, teacher=teacher)
+    rows = generate_rows(repo, specialist, runs, failures, seed=seed, teacher=teacher,
+                         iteration=iteration)
     return failures, validate(repo, specialist, rows)
 
 

@@ -331,3 +331,24 @@ def test_the_score_table_shows_the_decision_metric_and_new_rows():
     assert "decision (split, n)" in lines[0] and "rows (new)" in lines[0]
     assert "| 0.910 ✓ (dev, 100) | 0.950 |" in lines[2] and "| 100 (10) |" in lines[2]
     assert "100 (none)" in lines[3] and "overfitting" in lines[4]
+
+
+def test_a_forged_decision_metric_is_not_borne_out_by_its_evidence(repo, demo_repo):
+    """The composite gate counts the decision metric, so the evidence check recomputes it
+    (from the results and the lineage's seen scenarios) like the composite."""
+    from modelsmith.events.types import EvalCompleted, Event
+    from modelsmith.gitops.plan import logged_evidence
+
+    store = GitEventStore(demo_repo)
+    honest = evaluate(repo, NAME, PolicyBackend(error_rate=0.2), model_ref="v1",
+                      version="v1", store=store, seen=set()).event
+    check = logged_evidence(store, repo)
+    assert check(NAME, honest.id) is None
+    blobs = store.evidence(honest.id)
+    for forged in ({"decision": 0.99}, {"decision_metric": "unseen"},
+                   {"decision": None, "decision_metric": None}):
+        event = Event.new(EvalCompleted(**{**honest.data, **forged}), actor="forger",
+                          evidence=blobs)
+        store.append(NAME, [event], store.last_seq(NAME))
+        why = check(NAME, event.id)
+        assert why and why.startswith("its results recompute to decision metric dev"), why

@@ -408,9 +408,9 @@ def logged_evidence(store: Any, repo: Any) -> EvidenceFn:
         return verdicts[event_id]
 
     def examine(specialist: str, event_id: str) -> str | None:
-        from modelsmith.evaluation.composite import compute_report
+        from modelsmith.evaluation.composite import compute_report, decision_of
         from modelsmith.evaluation.results import EvalError
-        from modelsmith.evaluation.service import load_runs
+        from modelsmith.evaluation.service import load_runs, seen_by
         from modelsmith.events.types import git_blob_hash
 
         event = store.get(event_id)
@@ -430,11 +430,24 @@ def logged_evidence(store: Any, repo: Any) -> EvidenceFn:
         spec = repo.specialists.get(specialist)
         if spec is None:
             return None
-        report = compute_report(runs, repo.suite_for(spec).suite, n_resamples=200)
+        version = event.data.get("version")
+        seen = seen_by(store, specialist, version) if version else frozenset()
+        report = compute_report(runs, repo.suite_for(spec).suite, n_resamples=200, seen=seen)
         claimed = float(event.data.get("composite") or 0.0)
         actual = float(report.to_dict()["composite"] or 0.0)
         if abs(actual - claimed) > 1e-3:
             return f"its results recompute to composite {actual:.4f}, not {claimed:.4f}"
+        # The decision metric is what the composite gate counts: it must recompute too,
+        # from the same runs and the seen scenarios the candidate's lineage records.
+        if "decision_metric" in event.data:
+            gates = repo.policy_for(spec).spec.gates.decision
+            metric, value, _ = decision_of(report, gates.min_unseen)
+            said, said_value = event.data.get("decision_metric"), event.data.get("decision")
+            if metric != said or (value is None) != (said_value is None) or (
+                    value is not None and abs(value - float(said_value)) > 1e-3):
+                shown = "none" if value is None else f"{metric} {value:.4f}"
+                told = "none" if said_value is None else f"{said} {float(said_value):.4f}"
+                return f"its results recompute to decision metric {shown}, not {told}"
         return None
 
     return check

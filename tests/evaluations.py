@@ -8,7 +8,7 @@ import json
 import uuid
 from pathlib import Path
 
-from modelsmith.evaluation.composite import compute_report
+from modelsmith.evaluation.composite import compute_report, decision_of
 from modelsmith.evaluation.results import ScenarioRun
 from modelsmith.evaluation.runner import runs_to_jsonl
 from modelsmith.evaluation.service import REPORT, RESULTS
@@ -16,7 +16,7 @@ from modelsmith.events.types import EvalCompleted, Event
 from modelsmith.specs import load_repository
 
 #: Composite of a run where every n-th scenario fails (rtb-quality's suite).
-GOOD, FAIR, POOR = 20, 10, 5  # -> 0.9543, 0.9104, 0.8136
+GOOD, FAIR, POOR = 20, 10, 5  # composite 0.9543, 0.9104, 0.8136; dev 0.9522, 0.913, 0.826
 
 
 def evaluated(root: Path, version: str, fail_every: int = GOOD,
@@ -31,10 +31,13 @@ def evaluated(root: Path, version: str, fail_every: int = GOOD,
                                     tags=list(sc.tags), input=text, expected=sc.expected,
                                     outputs=["x"], score=float(ok), passed=ok,
                                     format_ok=True, latency_ms=10.0, completion_tokens=1))
-    summary = compute_report(runs, suite.suite, n_resamples=200).to_dict()
+    report = compute_report(runs, suite.suite, n_resamples=200)
+    summary = report.to_dict()
+    metric, value, n = decision_of(report, 30)
     payload = EvalCompleted(version=version, model=version, suite=suite.name,
                             suite_hash=suite.suite_hash, run_id=uuid.uuid4().hex[:12],
-                            composite=summary["composite"], heldout=summary["heldout"])
+                            composite=summary["composite"], heldout=summary["heldout"],
+                            decision_metric=metric, decision=round(value, 6), decision_n=n)
     evidence = {RESULTS: runs_to_jsonl(runs),
                 REPORT: json.dumps(summary, sort_keys=True).encode()}
     return Event.new(payload, actor=actor, evidence=evidence)

@@ -104,7 +104,8 @@ def test_a_proposal_merged_with_an_approval_is_promoted(fork):
     assert output.startswith(f"proposed on the local forge: {BRANCH}")
     body = git(fork, "log", "-1", "--format=%B", BRANCH)
     assert body.startswith("Promote rtb-quality v1 to production")
-    assert "✅ **composite**: last 3 evaluations [0.9543, 0.9543, 0.9543] vs target 0.9" in body
+    assert ("✅ **composite**: last 3 evaluations [0.9522, 0.9522, 0.9522] (dev composite) "
+            "vs target 0.9") in body
     assert "❌ **approval**" in body and "dataset_hash: `dddd" in body
     # Nothing merged yet: the main branch does not ask for it, nothing to do.
     assert "No changes" in run(fork, "plan")

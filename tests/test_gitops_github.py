@@ -173,7 +173,7 @@ def test_an_approved_pull_request_is_promoted_with_its_number(world):
     proposal = propose(clones, "v1")
     pull = as_user(fake.url, "bot-token").pull_request("team", "rtb", 1)
     assert pull.title == "Promote rtb-quality v1 to canary"
-    assert "✅ **composite**: last 3 evaluations [0.9543, 0.9543, 0.9543]" in pull.body
+    assert "✅ **composite**: last 3 evaluations [0.9522, 0.9522, 0.9522]" in pull.body
     assert "❌ **approval**" in pull.body and proposal["ready"] is True
     # Not merged yet: nothing to do.
     assert reconcile(clones) == []
@@ -206,9 +206,9 @@ def test_a_version_whose_evidence_fails_is_rejected_with_numbers(world):
     (applied,) = reconcile(clones)
     assert applied["type"] == "PromotionRejected"
     composite = next(g for g in applied["gates"] if g["name"] == "composite")
-    assert composite["passed"] is False and composite["numbers"]["lowest"] == 0.8136
+    assert composite["passed"] is False and composite["numbers"]["lowest"] == 0.826
     assert applied["reason"].endswith(
-        "last 3 evaluations [0.9543, 0.8136, 0.9543] vs target 0.9")
+        "last 3 evaluations [0.9522, 0.826, 0.9522] (dev composite) vs target 0.9")
 
 
 def test_forged_or_edited_evidence_cannot_make_a_failing_version_pass(world):

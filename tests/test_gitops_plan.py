@@ -202,10 +202,10 @@ def test_modelsmith_plan_prints_the_gates_and_their_numbers(demo_repo):
     result = CliRunner().invoke(cli, ["-C", str(demo_repo), "plan"])
     assert result.exit_code == 0, result.output
     assert "  ! reject shadow: - -> v1" in result.output
-    assert ("FAIL composite: 2 evaluation(s) [0.9543, 0.9104] of the 3 needed at >= 0.9"
-            in result.output)
+    assert ("FAIL composite: 2 evaluation(s) [0.9522, 0.913] (dev composite) of the 3 needed "
+            "at >= 0.9" in result.output)
     assert result.output.rstrip().endswith(
         "Plan: 0 promote, 0 demote, 0 rollback, 1 reject, 0 evaluate.")
     agents = json.loads(CliRunner().invoke(cli, ["-C", str(demo_repo), "plan", "--json"]).output)
     (action,) = agents["actions"]
-    assert action["kind"] == "reject" and action["gates"][1]["numbers"]["lowest"] == 0.9104
+    assert action["kind"] == "reject" and action["gates"][1]["numbers"]["lowest"] == 0.913

@@ -346,7 +346,10 @@ def test_a_forged_decision_metric_is_not_borne_out_by_its_evidence(repo, demo_re
     assert check(NAME, honest.id) is None
     blobs = store.evidence(honest.id)
     for forged in ({"decision": 0.99}, {"decision_metric": "unseen"},
-                   {"decision": None, "decision_metric": None}):
+                   {"decision": None, "decision_metric": None},
+                   # Dressed as an evaluation from before decision metrics existed:
+                   {"decision": None, "decision_metric": None, "unseen_n": 0, "dev_n": 0,
+                    "seen": 0}):
         event = Event.new(EvalCompleted(**{**honest.data, **forged}), actor="forger",
                           evidence=blobs)
         store.append(NAME, [event], store.last_seq(NAME))

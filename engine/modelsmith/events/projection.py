@@ -72,7 +72,9 @@ class EvalRecord:
     composite: float
     heldout: float | None
     decision: float | None = None  # dev or unseen composite (EvalCompleted.decision)
-    decision_metric: str | None = None
+    decision_metric: str | None = None  # None: too few unseen scenarios and no dev split
+    # Recorded before evaluations had a decision metric: the gates count its composite.
+    legacy: bool = False
 
 
 @dataclass(slots=True)
@@ -177,7 +179,9 @@ class FleetState:
             case EvalCompleted():
                 rec = EvalRecord(event.id, event.at, payload.model, payload.suite_hash,
                                  payload.composite, payload.heldout, payload.decision,
-                                 payload.decision_metric)
+                                 payload.decision_metric,
+                                 payload.decision_metric is None and not (
+                                     payload.unseen_n or payload.dev_n or payload.seen))
                 cand = s.candidates.get(payload.version) if payload.version else None
                 (cand.evals if cand else s.model_evals).append(rec)
             case Promoted():

@@ -211,13 +211,14 @@ def steering(record: Any) -> float | None:
     """What the composite gate counts of one evaluation: its decision metric (dev, else
     unseen composite: never trained on); the composite for evaluations recorded before
     there was one."""
-    if record.decision_metric is not None:
-        return record.decision
-    return record.composite if getattr(record, "decision", None) is None else None
+    if getattr(record, "legacy", False):
+        return record.composite
+    return record.decision if record.decision_metric is not None else None
 
 
 def _composite_gate(version: str, recent: list[Any], need: int, target: float) -> Gate:
-    metrics = sorted({e.decision_metric or "composite" for e in recent})
+    metrics = sorted({"composite" if e.legacy else e.decision_metric or "none"
+                      for e in recent})
     named = "/".join(metrics) if metrics else "decision metric"
     raw = [steering(e) for e in recent]
     if any(s is None for s in raw):
@@ -439,15 +440,19 @@ def logged_evidence(store: Any, repo: Any) -> EvidenceFn:
             return f"its results recompute to composite {actual:.4f}, not {claimed:.4f}"
         # The decision metric is what the composite gate counts: it must recompute too,
         # from the same runs and the seen scenarios the candidate's lineage records.
-        if "decision_metric" in event.data:
-            gates = repo.policy_for(spec).spec.gates.decision
-            metric, value, _ = decision_of(report, gates.min_unseen)
-            said, said_value = event.data.get("decision_metric"), event.data.get("decision")
-            if metric != said or (value is None) != (said_value is None) or (
-                    value is not None and abs(value - float(said_value)) > 1e-3):
-                shown = "none" if value is None else f"{metric} {value:.4f}"
-                told = "none" if said_value is None else f"{said} {float(said_value):.4f}"
-                return f"its results recompute to decision metric {shown}, not {told}"
+        gates = repo.policy_for(spec).spec.gates.decision
+        metric, value, _ = decision_of(report, gates.min_unseen)
+        data = event.data
+        said, said_value = data.get("decision_metric"), data.get("decision")
+        legacy = said is None and not (data.get("unseen_n") or data.get("dev_n")
+                                       or data.get("seen"))
+        if legacy and not (seen or report.n_dev):
+            return None  # recorded before decision metrics, and nothing says it needs one
+        if metric != said or (value is None) != (said_value is None) or (
+                value is not None and abs(value - float(said_value)) > 1e-3):
+            shown = "none" if value is None else f"{metric} {value:.4f}"
+            told = "none" if said_value is None else f"{said} {float(said_value):.4f}"
+            return f"its results recompute to decision metric {shown}, not {told}"
         return None
 
     return check

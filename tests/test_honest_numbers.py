@@ -19,7 +19,7 @@ from modelsmith.inference.base import Generation
 from modelsmith.iterate.loop import LoopOptions, _decide, overfitting_trend
 from modelsmith.iterate.report import score_table
 from modelsmith.iterate.state import IterationRecord
-from modelsmith.specs import Scenario, SpecError, SuiteTraining, load_repository
+from modelsmith.specs import Scenario, SpecError, load_repository
 from modelsmith.training.augment import augment, row_seed
 from modelsmith.training.dataset import DataError, TrainingRow
 from modelsmith.training.extraction import Failure
@@ -27,6 +27,7 @@ from modelsmith.training.generator import load_generator
 from modelsmith.training.reward import make_reward_fn, rubric_key
 from modelsmith.training.validation import validate_rows
 from test_eval_service import BLOCKED, PolicyBackend
+from test_training_data import with_training
 
 NAME = "rtb-quality"
 
@@ -46,10 +47,6 @@ def suite(repo, spec):
     return repo.suite_for(spec)
 
 
-def with_training(suite, **training):
-    spec = suite.suite.spec
-    return dataclasses.replace(suite, suite=suite.suite.model_copy(update={
-        "spec": spec.model_copy(update={"training": SuiteTraining(**training)})}))
 
 
 def failed_all(scenarios) -> list[Failure]:

@@ -50,11 +50,16 @@ def suite(repo, spec):
     return repo.suite_for(spec)
 
 
-def opted_in(suite):
-    """The suite as one that trains on its own core inputs (training.use_eval_inputs)."""
+def with_training(suite, **training):
+    """The suite with another ``training:`` block (where rows may come from)."""
     spec = suite.suite.spec
     return dataclasses.replace(suite, suite=suite.suite.model_copy(update={
-        "spec": spec.model_copy(update={"training": SuiteTraining(use_eval_inputs=True)})}))
+        "spec": spec.model_copy(update={"training": SuiteTraining(**training)})}))
+
+
+def opted_in(suite):
+    """The suite as one that trains on its own core inputs (training.use_eval_inputs)."""
+    return with_training(suite, use_eval_inputs=True)
 
 
 @pytest.fixture

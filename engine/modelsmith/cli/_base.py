@@ -24,6 +24,18 @@ if TYPE_CHECKING:
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def step_options(command: Any) -> Any:
+    """``--steps`` and ``--sft-steps``: the profile's step counts overridden for a run (and
+    recorded in its config hash), for ``train`` and every iteration of ``iterate``."""
+    command = click.option(
+        "--sft-steps", type=click.IntRange(min=1), default=None,
+        help="Override the profile's sft_steps (the warm start of sft+grpo).")(command)
+    return click.option(
+        "--steps", type=click.IntRange(min=1), default=None,
+        help="Override the profile's max_steps (SFT steps for sft, GRPO steps otherwise); "
+             "recorded in the config hash.")(command)
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 

@@ -9,7 +9,7 @@ import click
 
 from modelsmith.errors import EXIT_BELOW_TARGET
 
-from ._base import app, guard, json_option, print_json, say
+from ._base import app, guard, json_option, print_json, say, step_options
 
 
 @click.command()
@@ -32,11 +32,7 @@ from ._base import app, guard, json_option, print_json, say
 @click.option("--rehearse/--no-rehearse", default=True, show_default=True,
               help="Train on the previous iteration's dataset too, not only on the latest "
                    "failures (keeps a model from forgetting what it had learnt).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Override the profile's max_steps in every iteration (SFT steps for sft, "
-                   "GRPO steps otherwise).")
-@click.option("--sft-steps", type=click.IntRange(min=1), default=None,
-              help="Override the profile's sft_steps (the warm start of sft+grpo).")
+@step_options
 @click.option("--status", "show_status", is_flag=True,
               help="Show where the loop stands (state.json and its iterations); run nothing.")
 @json_option

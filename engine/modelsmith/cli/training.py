@@ -9,7 +9,16 @@ import click
 
 from modelsmith.errors import EXIT_FAILED
 
-from ._base import Progress, TrainProgress, app, guard, json_option, print_json, say
+from ._base import (
+    Progress,
+    TrainProgress,
+    app,
+    guard,
+    json_option,
+    print_json,
+    say,
+    step_options,
+)
 
 
 @click.command()
@@ -25,11 +34,7 @@ from ._base import Progress, TrainProgress, app, guard, json_option, print_json,
 @click.option("--model", "model_ref", default=None, metavar="REF",
               help="Base model (profile, folder or candidate version; default: the "
                    "specialist's base).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Override the profile's max_steps (SFT steps for sft, GRPO steps "
-                   "otherwise); recorded in the config hash.")
-@click.option("--sft-steps", type=click.IntRange(min=1), default=None,
-              help="Override the profile's sft_steps (the warm start of sft+grpo).")
+@step_options
 @click.option("--teacher", "teacher_ref", default=None, metavar="REF",
               help="A model that rephrases each failed input, keeping its label "
                    "(openai:NAME for an OpenAI-compatible endpoint, or any model ref).")

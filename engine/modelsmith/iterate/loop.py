@@ -433,8 +433,7 @@ class IterateLoop:
 
     def _run(self) -> LoopResult:
         spec = self.repo.specialists[self.specialist].spec
-        target = self.options.target if self.options.target is not None \
-            else spec.target.composite
+        target = self._target()
         sustained = self.options.sustained or spec.target.sustained
         state = self._start_or_resume(spec.base)
         while True:

@@ -56,6 +56,10 @@ def test_a_pool_suite_reaches_its_target_from_pool_rows_alone(fork):
     assert final["seen"] == 0 and final["unseen_n"] == 60 and final["decision_metric"] == "dev"
     assert final["heldout"] >= 0.8 and not typed(fork, "OverfittingDetected")
     assert [e.data["version"] for e in typed(fork, "PromotionProposed")] == [result.candidate]
+    # Its lineage names the chain back to the pretrained model, not only the parent.
+    lineage = Modelsmith.open(fork).lineage(NAME, result.candidate)
+    assert lineage["chain"][0] == result.candidate and lineage["base"] == "tiny-test"
+    assert lineage["chain"] == [r.candidate for r in reversed(result.iterations)] + ["tiny-test"]
 
 
 def test_a_suite_nothing_can_learn_is_caught_overfitting_and_never_proposed(fork):

@@ -405,13 +405,22 @@ class Modelsmith:
             raise UnknownCandidate(f"{specialist} has no candidate {version} "
                                    f"(candidates: {known})")
         evals = [{"event_id": r.event_id, "at": r.at.isoformat(), "model": r.model,
-                  "suite_hash": r.suite_hash, "composite": r.composite, "heldout": r.heldout}
+                  "suite_hash": r.suite_hash, "composite": r.composite, "heldout": r.heldout,
+                  "decision_metric": r.decision_metric, "decision": r.decision}
                  for r in cand.evals]
         stages = [a.to_dict() for a in state.history if a.version == version]
+        # The chain back to the pretrained model: the version, its parent, ..., the base.
+        chain, at = [version], cand
+        while at is not None and at.lineage.base_model in state.candidates \
+                and at.lineage.base_model not in chain:
+            chain.append(at.lineage.base_model)
+            at = state.candidates[at.lineage.base_model]
+        if at is not None:
+            chain.append(at.lineage.base_model)
         return {"specialist": specialist, "version": version,
                 "registered_at": cand.registered_at.isoformat(), "event_id": cand.event_id,
-                "lineage": cand.lineage.model_dump(), "evaluations": evals,
-                "stages": stages}
+                "lineage": cand.lineage.model_dump(), "chain": chain, "base": chain[-1],
+                "evaluations": evals, "stages": stages}
 
     def verify(self) -> VerifyReport:
         """Walk the event log: linear, seqs contiguous, ids unique, every event valid."""

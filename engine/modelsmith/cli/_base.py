@@ -41,9 +41,15 @@ def print_json(data: Any) -> None:
 
 
 def console():
+    """Rich output for stdout. Piped or captured (no terminal and no ``COLUMNS``), tables
+    get all the width they need: a name cut to fit 80 columns is a wrong name."""
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, soft_wrap=False, width=1000 if piped else None)
 
 
 def say(message: str) -> None:

@@ -133,13 +133,19 @@ def lineage(ctx: click.Context, specialist: str, version: str, as_json: bool) ->
         return
     click.echo(f"{specialist} {version} · registered {data['registered_at']} "
                f"(event {data['event_id']})")
+    click.echo(f"  {'chain':<17} {' <- '.join(data['chain'])} (base model {data['base']})")
     for key, value in data["lineage"].items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):  # the seen scenarios: how many, and the first few
+            shown = ", ".join(value[:5]) + (f", ... ({len(value)})" if len(value) > 5 else "")
+            value = f"{len(value)} core scenarios: {shown}" if value else "none"
         click.echo(f"  {key:<17} {value if value is not None else '-'}")
     for r in data["evaluations"]:
         held = f", held-out {r['heldout']:.3f}" if r["heldout"] is not None else ""
-        click.echo(f"  evaluated {r['at'][:19]}  composite {r['composite']:.3f}{held}")
+        decided = (f", {r['decision_metric']} {r['decision']:.3f}"
+                   if r.get("decision_metric") and r.get("decision") is not None else "")
+        click.echo(f"  evaluated {r['at'][:19]}  composite {r['composite']:.3f}{decided}{held}")
     for a in data["stages"]:
         click.echo(f"  held {a['stage']} from {a['since'][:19]} to {(a['until'] or 'now')[:19]}")
 

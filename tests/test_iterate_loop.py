@@ -112,10 +112,22 @@ def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     assert proposed[0].data["stage"] == "shadow"
     evals = [e.id for e in store.read("rtb-quality") if e.type == "EvalCompleted"]
     assert proposed[0].data["evidence"] == [evals[1]]  # the candidate; no production
-    # A second run starts a new loop (the first ended) rather than re-proposing.
+    # A second run starts a new loop (the first ended) rather than re-proposing: from the
+    # ended loop's candidate, its evaluation reused; --fresh goes back to the base model.
     said: list[str] = []
-    IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options, say=said.append).run()
-    assert "ended (target); starting a new one" in said[0]
+    again = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options,
+                        say=said.append).run()
+    assert "ended (target); starting a new one from its latest candidate v1" in said[0]
+    assert again.candidate == "v2"
+    registered = [e for e in store.read("rtb-quality") if e.type == "CandidateRegistered"]
+    assert registered[-1].data["lineage"]["parent"] == "v1"
+    assert [e.type for e in store.read("rtb-quality")].count("EvalCompleted") == len(evals) + 1
+    said.clear()
+    fresh = LoopOptions(**{**OPTIONS, "target": 0.0, "sustained": 1, "max_iterations": 1,
+                           "fresh": True})
+    state = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", fresh,
+                        say=said.append)._start_or_resume("tiny-test")
+    assert "starting a new one from tiny-test" in said[0] and state.outputs.model == "tiny-test"
 
 
 def test_the_decision_rules():

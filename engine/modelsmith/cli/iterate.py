@@ -33,6 +33,9 @@ from ._base import app, guard, json_option, print_json, say, step_options
               help="Train on the previous iteration's dataset too, not only on the latest "
                    "failures (keeps a model from forgetting what it had learnt).")
 @step_options
+@click.option("--fresh", is_flag=True,
+              help="After a loop that ended, start again from the base model (default: "
+                   "go on from the ended loop's latest candidate).")
 @click.option("--status", "show_status", is_flag=True,
               help="Show where the loop stands (state.json and its iterations); run nothing.")
 @json_option
@@ -41,8 +44,8 @@ from ._base import app, guard, json_option, print_json, say, step_options
 def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str | None,
             model_ref: str | None, method: str | None, profile_name: str | None,
             target: float | None, sustained: int | None, patience: int, threads: int | None,
-            rehearse: bool, steps: int | None, sft_steps: int | None, show_status: bool,
-            as_json: bool) -> None:
+            rehearse: bool, steps: int | None, sft_steps: int | None, fresh: bool,
+            show_status: bool, as_json: bool) -> None:
     """Evaluate -> train on new rows for the failures -> re-evaluate, until the decision
     metric (the dev composite, else the composite over scenarios the candidate never
     trained on) holds the target (exit 0), the budget ends, gains stop or the candidates
@@ -57,6 +60,7 @@ def iterate(ctx: click.Context, specialist: str, max_iterations: int, hosts: str
     options = LoopOptions(max_iterations=max_iterations, model=model_ref, method=method,
                           profile=profile_name, target=target, sustained=sustained,
                           patience=patience, eval_threads=threads, rehearse=rehearse,
+                          fresh=fresh,
                           overrides={k: v for k, v in (("max_steps", steps),
                                                        ("sft_steps", sft_steps)) if v},
                           hosts=[h.strip() for h in hosts.split(",")] if hosts else None)

@@ -192,7 +192,9 @@ class DatasetBuilt(EventData):
     eval_event: str | None = None  # the EvalCompleted whose runs it was built from
     seed: int | None = None  # augmentation seed: with the event, enough to rebuild it
     teacher: str | None = None  # the model that rephrased inputs (not reproducible)
-    iteration: int | None = None  # the loop iteration that built it (seeds generation)
+    # The generation round (seeds the generator): 1 + the versions along the chain of the
+    # model it trains from.
+    iteration: int | None = None
     new_rows: int | None = None  # rows not in the previous dataset of its chain
     # Contamination accounting: the core scenarios its rows came from (their own inputs,
     # variants, rephrasings) or restate (the leakage matcher), and of those the restated.

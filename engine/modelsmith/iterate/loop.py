@@ -77,6 +77,7 @@ class LoopOptions:
     eval_batch_size: int = 16
     rehearse: bool = True  # train on the previous iteration's dataset too
     overrides: dict[str, Any] = field(default_factory=dict)  # profile fields (max_steps, ...)
+    fresh: bool = False  # after a loop that ended: start from the base, not its candidate
 
 
 @dataclass
@@ -238,7 +239,8 @@ class IterateLoop:
         runs = self._runs(state)
         previous = self._previous_rows(state) if state.outputs.previous_dataset else []
         rows = generate_rows(self.repo, self.specialist, runs, extract_failures(runs),
-                             seed=self._plan(state).profile.seed, iteration=state.iteration,
+                             seed=self._plan(state).profile.seed,
+                             iteration=self._round(state.outputs.model or ""),
                              pool_taken=frozenset(r.id for r in previous if r.source == "pool"))
         new = len(rows)
         if self.options.rehearse and previous:
@@ -248,6 +250,19 @@ class IterateLoop:
             f", {len(rows) - new} rehearsed from the previous dataset" if len(rows) > new
             else ""))
         return {"rows_generated": len(rows), "rows_hash": dataset_hash(rows)}
+
+    def _round(self, model: str) -> int:
+        """The generation round of rows for ``model``'s failures: 1 + the versions along its
+        chain. It seeds the generator, so every round -- in this loop or a later one going
+        on from its candidate -- asks for new rows, and a resumed round for the same."""
+        fleet = self.parts.fleet().specialists.get(self.specialist)
+        candidates = fleet.candidates if fleet else {}
+        depth, seen = 0, set()
+        while model in candidates and model not in seen:
+            seen.add(model)
+            depth += 1
+            model = candidates[model].lineage.base_model
+        return depth + 1
 
     def _previous_rows(self, state: IterateState) -> list[Any]:
         """The previous iteration's dataset (pulled from the DVC remote when missing)."""
@@ -282,7 +297,8 @@ class IterateLoop:
         dataset = record_dataset(self.repo, self._plan(state), report,
                                  artifacts=self.parts.artifacts,
                                  recorder=self._recorder(state, "validate"),
-                                 previous=previous, iteration=state.iteration)
+                                 previous=previous,
+                                 iteration=self._round(state.outputs.model or ""))
         built = self._recorder(state, "validate").recorded("DatasetBuilt")
         fresh = built.data.get("new_rows") if built is not None else None
         removed = {k: v for k, v in report.removed.items() if v}
@@ -442,18 +458,30 @@ class IterateLoop:
                 return result
 
     def _start_or_resume(self, base: str) -> IterateState:
-        """The saved loop to go on with, or a new one (also after a loop that ended)."""
+        """The saved loop to go on with, or a new one. After a loop that ended, the new one
+        goes on from its latest candidate (its evaluation reused, its dataset rehearsed),
+        unless ``fresh`` is set or ``model`` names another start than the ended loop's."""
         state = self.state_file.load()
+        outputs = PhaseOutputs(model=self.options.model or base)
         if state is not None and state.phase == "decide" and state.done \
                 and state.outputs.decision not in (None, "continue"):
-            self.say(f"loop {state.loop_id} ended ({state.outputs.decision}); "
-                     "starting a new one")
+            last = next((r for r in reversed(state.history) if r.candidate), None)
+            same_base = self.options.model in (None, state.options.get("model"))
+            if last is not None and not self.options.fresh and same_base:
+                self.say(f"loop {state.loop_id} ended ({state.outputs.decision}); starting "
+                         f"a new one from its latest candidate {last.candidate} (--fresh "
+                         "starts from the base model)")
+                outputs = PhaseOutputs(model=last.candidate, eval_event=last.eval_event,
+                                       base_eval=state.outputs.base_eval,
+                                       previous_dataset=state.outputs.dataset)
+            else:
+                self.say(f"loop {state.loop_id} ended ({state.outputs.decision}); starting "
+                         f"a new one from {outputs.model}")
             state = None
         if state is None:
             return self._save(IterateState(
                 specialist=self.specialist, loop_id=uuid.uuid4().hex[:12],
-                options=dict(vars(self.options)),
-                outputs=PhaseOutputs(model=self.options.model or base)))
+                options=dict(vars(self.options)), outputs=outputs))
         self.say(f"resuming loop {state.loop_id} at iteration {state.iteration}, "
                  f"phase {state.phase}{' (done)' if state.done else ''}")
         return state

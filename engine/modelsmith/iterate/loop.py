@@ -134,6 +134,7 @@ class IterateLoop:
         self.on_proposed = on_proposed
         self.state_file = StateFile(parts.root, specialist)
         self._shown: tuple[int, str] | None = None  # the phase the progress display shows
+        self._previous: tuple[str, list[Any]] | None = None  # (path, rows) last read
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ class IterateLoop:
         from modelsmith.training.service import generate_rows
 
         runs = self._runs(state)
-        previous = self._previous_rows(state) if state.outputs.previous_dataset else []
+        previous = self._previous_rows(state)
         rows = generate_rows(self.repo, self.specialist, runs, extract_failures(runs),
                              seed=self._plan(state).profile.seed,
                              iteration=self._round(state.outputs.model or ""),
@@ -265,13 +266,18 @@ class IterateLoop:
         return depth + 1
 
     def _previous_rows(self, state: IterateState) -> list[Any]:
-        """The previous iteration's dataset (pulled from the DVC remote when missing)."""
+        """The previous iteration's dataset (pulled from the DVC remote when missing; read
+        once, for generate and validate); none in a loop's first iteration."""
         from modelsmith.training.dataset import read_dataset
 
-        path = self.parts.root / (state.outputs.previous_dataset or "")
-        if not path.is_file():
-            self.parts.artifacts.pull([path])
-        return read_dataset(path)
+        if not state.outputs.previous_dataset:
+            return []
+        if self._previous is None or self._previous[0] != state.outputs.previous_dataset:
+            path = self.parts.root / state.outputs.previous_dataset
+            if not path.is_file():
+                self.parts.artifacts.pull([path])
+            self._previous = (state.outputs.previous_dataset, read_dataset(path))
+        return self._previous[1]
 
     def _generated_rows(self, state: IterateState) -> list[Any]:
         """The generate phase's rows; generated again when the file is gone or is not the
@@ -293,7 +299,7 @@ class IterateLoop:
         from modelsmith.training.service import record_dataset, validate
 
         report = validate(self.repo, self.specialist, self._generated_rows(state))
-        previous = self._previous_rows(state) if state.outputs.previous_dataset else []
+        previous = self._previous_rows(state)
         dataset = record_dataset(self.repo, self._plan(state), report,
                                  artifacts=self.parts.artifacts,
                                  recorder=self._recorder(state, "validate"),

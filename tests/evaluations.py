@@ -41,3 +41,24 @@ def evaluated(root: Path, version: str, fail_every: int = GOOD,
     evidence = {RESULTS: runs_to_jsonl(runs),
                 REPORT: json.dumps(summary, sort_keys=True).encode()}
     return Event.new(payload, actor=actor, evidence=evidence)
+
+
+def lineage(root: Path, version: str, runs: tuple[int, ...] = (GOOD, GOOD, GOOD),
+            actor: str = "test", **fields) -> list[Event]:
+    """``version`` registered and evaluated as the last of ``len(runs)`` trained versions
+    along one lineage (the composite gate counts one evaluation per version): the ones
+    before it are ``<version>0<i>`` (v1 descends from v102, from v101), each evaluated with
+    its ``runs`` entry, oldest first; ``fields`` go into ``version``'s lineage."""
+    from modelsmith.events.types import CandidateRegistered, Lineage
+
+    events, parent = [], None
+    for i, fail_every in enumerate(runs[:-1], start=1):
+        ancestor = f"{version}0{i}"
+        events.append(Event.new(CandidateRegistered(version=ancestor, lineage=Lineage(
+            base_model="tiny-test", parent=parent)), actor=actor))
+        events.append(evaluated(root, ancestor, fail_every, actor))
+        parent = ancestor
+    events.append(Event.new(CandidateRegistered(version=version, lineage=Lineage(
+        **{"base_model": "tiny-test", "parent": parent, **fields})), actor=actor))
+    events.append(evaluated(root, version, runs[-1], actor))
+    return events

@@ -12,14 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import git
-from evaluations import evaluated
+from evaluations import lineage
 from forge_contract import ForgeContract
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
-    CandidateRegistered,
     Event,
-    Lineage,
     MetricsObserved,
     Promoted,
 )
@@ -67,9 +65,7 @@ def fork(demo_repo):
     git(demo_repo, "add", "-A")
     git(demo_repo, "commit", "-q", "-m", "the fork")
     at = datetime(2026, 11, 20, tzinfo=UTC)
-    registered = Event.new(CandidateRegistered(version="v1", lineage=Lineage(
-        base_model="tiny-test", dataset_hash="d" * 64, run_id="run1")), actor="test")
-    evaluations = [evaluated(demo_repo, "v1") for _ in range(3)]
+    evaluations = lineage(demo_repo, "v1", dataset_hash="d" * 64, run_id="run1")
     payloads = [Promoted(version="v1", stage="shadow"),
                  MetricsObserved(version="v1", stage="shadow", window_start=at,
                                  window_end=at, requests=80, metrics={"format_rate": 0.99}),
@@ -77,7 +73,7 @@ def fork(demo_repo):
                  MetricsObserved(version="v1", stage="canary", window_start=at,
                                  window_end=at, requests=250, metrics={"score_mean": 0.91})]
     GitEventStore(demo_repo).append(
-        "rtb-quality", [registered, *evaluations, *(Event.new(p, actor="test")
+        "rtb-quality", [*evaluations, *(Event.new(p, actor="test")
                                                     for p in payloads)], 0)
     return demo_repo
 
@@ -104,8 +100,8 @@ def test_a_proposal_merged_with_an_approval_is_promoted(fork):
     assert output.startswith(f"proposed on the local forge: {BRANCH}")
     body = git(fork, "log", "-1", "--format=%B", BRANCH)
     assert body.startswith("Promote rtb-quality v1 to production")
-    assert ("✅ **composite**: last 3 evaluations [0.9522, 0.9522, 0.9522] (dev composite) "
-            "vs target 0.9") in body
+    assert ("✅ **composite**: 3 consecutive versions along v1's lineage at >= 0.9 "
+            "(dev composite): v1 0.952, v102 0.952, v101 0.952") in body
     assert "❌ **approval**" in body and "dataset_hash: `dddd" in body
     # Nothing merged yet: the main branch does not ask for it, nothing to do.
     assert "No changes" in run(fork, "plan")

@@ -16,15 +16,13 @@ import github3
 import pytest
 
 from conftest import git
-from evaluations import GOOD, POOR, evaluated
+from evaluations import GOOD, POOR, evaluated, lineage
 from forge_contract import SOURCES, ForgeContract
 from github_fake import FakeGitHub
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import (
-    CandidateRegistered,
     EvalCompleted,
     Event,
-    Lineage,
     MetricsObserved,
     Promoted,
 )
@@ -107,9 +105,7 @@ def world(demo_repo, tmp_path, monkeypatch):
     at = datetime(2026, 11, 20, tzinfo=UTC)
     events = []
     for version, runs in (("v1", (GOOD, GOOD, GOOD)), ("v2", (GOOD, POOR, GOOD))):
-        events.append(Event.new(CandidateRegistered(
-            version=version, lineage=Lineage(base_model="tiny-test")), actor="test"))
-        events += [evaluated(demo_repo, version, n) for n in runs]
+        events += lineage(demo_repo, version, runs)
     payloads = []
     for version in ("v1", "v2"):
         payloads += [Promoted(version=version, stage="shadow"),
@@ -173,7 +169,8 @@ def test_an_approved_pull_request_is_promoted_with_its_number(world):
     proposal = propose(clones, "v1")
     pull = as_user(fake.url, "bot-token").pull_request("team", "rtb", 1)
     assert pull.title == "Promote rtb-quality v1 to canary"
-    assert "✅ **composite**: last 3 evaluations [0.9522, 0.9522, 0.9522]" in pull.body
+    assert ("✅ **composite**: 3 consecutive versions along v1's lineage at >= 0.9 "
+            "(dev composite): v1 0.952, v102 0.952, v101 0.952") in pull.body
     assert "❌ **approval**" in pull.body and proposal["ready"] is True
     # Not merged yet: nothing to do.
     assert reconcile(clones) == []
@@ -208,7 +205,8 @@ def test_a_version_whose_evidence_fails_is_rejected_with_numbers(world):
     composite = next(g for g in applied["gates"] if g["name"] == "composite")
     assert composite["passed"] is False and composite["numbers"]["lowest"] == 0.826
     assert applied["reason"].endswith(
-        "last 3 evaluations [0.9522, 0.826, 0.9522] (dev composite) vs target 0.9")
+        "2 of the 3 consecutive versions needed along v2's lineage at >= 0.9 (dev composite): "
+        "v2 0.952, v202 0.826, v201 0.952")
 
 
 def test_forged_or_edited_evidence_cannot_make_a_failing_version_pass(world):

@@ -47,15 +47,25 @@ class Log:
         self.fleet.apply(event)
         return event
 
-    def candidate(self, version, *scores, suite=SUITE):
-        self.add(CandidateRegistered(version=version, lineage=Lineage(base_model="m")))
-        for score in scores:
+    def candidate(self, version, *scores, suite=SUITE, parent=None):
+        """``version`` trained from ``parent``; with several ``scores`` (oldest first), the
+        versions before it along its lineage (``<version>.1``, ...) are registered and
+        evaluated first: the composite gate counts one evaluation per version."""
+        for i, score in enumerate(scores[:-1], start=1):
+            ancestor = f"{version}.{i}"
+            self.add(CandidateRegistered(version=ancestor, lineage=Lineage(
+                base_model="m", parent=parent)))
+            self.evaluate(ancestor, score, suite)
+            parent = ancestor
+        self.add(CandidateRegistered(version=version, lineage=Lineage(base_model="m",
+                                                                      parent=parent)))
+        for score in scores[-1:]:
             self.evaluate(version, score, suite)
 
-    def evaluate(self, version, score, suite=SUITE):
+    def evaluate(self, version, score, suite=SUITE, run_id=None):
         return self.add(EvalCompleted(version=version, model=version, suite="rtb",
-                                      suite_hash=suite, run_id="r", composite=score,
-                                      heldout=score))
+                                      suite_hash=suite, run_id=run_id or f"r{self.seq}",
+                                      composite=score, heldout=score))
 
     def observe(self, version, stage, requests, **metrics):
         self.add(MetricsObserved(version=version, stage=stage, window_start=self.at,
@@ -89,17 +99,53 @@ def test_a_failing_gate_is_rejected_with_numbers_once():
     (action,) = plan(desired(shadow="v1"), log.fleet)
     assert action.kind == "reject" and gates(action)["composite"] is False
     composite = next(g for g in action.gates if g.name == "composite")
-    assert composite.detail == "last 3 evaluations [0.95, 0.85, 0.95] vs target 0.9"
+    assert composite.detail == ("2 of the 3 consecutive versions needed along v1's lineage "
+                                "at >= 0.9: v1 0.950, v1.2 0.850, v1.1 0.950")
     assert composite.numbers["lowest"] == 0.85
     log.add(PromotionRejected(version="v1", stage="shadow", gate="composite",
                               reason=composite.detail))
     assert plan(desired(shadow="v1"), log.fleet) == []  # already recorded
     log.evaluate("v1", 0.97)  # new evidence: decided again, on the new numbers
     (again,) = plan(desired(shadow="v1"), log.fleet)
-    assert again.kind == "reject" and "[0.85, 0.95, 0.97]" in again.reason
+    assert again.kind == "reject" and "v1 0.970, v1.2 0.850" in again.reason
+    # Re-evaluating the same weights adds nothing; two more trained versions do.
     log.evaluate("v1", 0.96)
-    log.evaluate("v1", 0.95)
-    assert plan(desired(shadow="v1"), log.fleet)[0].kind == "promote"
+    assert plan(desired(shadow="v1"), log.fleet)[0].kind == "reject"
+    log.candidate("v2", 0.96, parent="v1")
+    log.candidate("v3", 0.95, parent="v2")
+    (promote,) = plan(desired(shadow="v3"), log.fleet)
+    assert promote.kind == "promote", promote.reason
+    composite = next(g for g in promote.gates if g.name == "composite")
+    assert composite.detail == ("3 consecutive versions along v3's lineage at >= 0.9: "
+                                "v3 0.950, v2 0.960, v1 0.960")
+
+
+def test_a_repeated_or_relabelled_evaluation_never_counts():
+    """An EvalCompleted appended again (same run) counts once; one relabelled from another
+    version (its run already counted, or weights that are not the version's) not at all."""
+    log = Log()
+    log.add(CandidateRegistered(version="v1", lineage=Lineage(base_model="m",
+                                                              weights_hash="w1")))
+    good = EvalCompleted(version="v1", model="v1", suite="rtb", suite_hash=SUITE,
+                         run_id="run-1", composite=0.95, heldout=0.95, weights_hash="w1")
+    log.add(good)
+    log.add(CandidateRegistered(version="v2", lineage=Lineage(base_model="m", parent="v1",
+                                                              weights_hash="w2")))
+    log.add(good.model_copy(update={"version": "v2", "model": "v2"}))  # relabelled
+    log.add(CandidateRegistered(version="v3", lineage=Lineage(base_model="m", parent="v2",
+                                                              weights_hash="w3")))
+    own = EvalCompleted(version="v3", model="v3", suite="rtb", suite_hash=SUITE,
+                        run_id="run-3", composite=0.95, heldout=0.95, weights_hash="w3")
+    log.add(own)
+    log.add(own)  # appended twice
+    log.add(own.model_copy(update={"run_id": "run-4", "weights_hash": "w1"}))
+    (action,) = plan(desired(shadow="v3"), log.fleet)
+    assert action.kind == "reject"
+    composite = next(g for g in action.gates if g.name == "composite")
+    assert composite.passed is False and composite.numbers["evaluations"] == 1
+    assert "its run run-1 was already counted" in composite.detail
+    assert "its run run-3 was already counted" in composite.detail
+    assert "it measured weights w1, not the w3 v3's lineage registered" in composite.detail
 
 
 def test_a_changed_suite_asks_for_an_evaluation_first():
@@ -202,8 +248,9 @@ def test_modelsmith_plan_prints_the_gates_and_their_numbers(demo_repo):
     result = CliRunner().invoke(cli, ["-C", str(demo_repo), "plan"])
     assert result.exit_code == 0, result.output
     assert "  ! reject shadow: - -> v1" in result.output
-    assert ("FAIL composite: 2 evaluation(s) [0.9522, 0.913] (dev composite) of the 3 needed "
-            "at >= 0.9" in result.output)
+    assert ("FAIL composite: 1 of the 3 consecutive versions needed along v1's lineage at "
+            ">= 0.9 (dev composite): v1 0.913; the lineage has only 1 trained version(s)"
+            in result.output)
     assert result.output.rstrip().endswith(
         "Plan: 0 promote, 0 demote, 0 rollback, 1 reject, 0 evaluate.")
     agents = json.loads(CliRunner().invoke(cli, ["-C", str(demo_repo), "plan", "--json"]).output)

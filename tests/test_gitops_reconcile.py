@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from click.testing import CliRunner
 
-from evaluations import GOOD, POOR, evaluated
+from evaluations import GOOD, POOR, evaluated, lineage
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
@@ -33,9 +33,7 @@ def fork(demo_repo):
     store = GitEventStore(demo_repo)
     events = []
     for version, runs in (("v1", (GOOD, GOOD, GOOD)), ("v2", (GOOD, POOR, GOOD))):
-        events.append(Event.new(CandidateRegistered(
-            version=version, lineage=Lineage(base_model="tiny-test")), actor="test"))
-        events += [evaluated(demo_repo, version, n) for n in runs]
+        events += lineage(demo_repo, version, runs)
     store.append("rtb-quality", events, 0)
     return demo_repo
 
@@ -77,8 +75,9 @@ def test_a_failing_version_is_rejected_once_with_its_numbers(fork):
     (rejected,) = [e for e in GitEventStore(fork).read("rtb-quality")
                    if e.type == "PromotionRejected"]
     assert rejected.data["gate"] == "composite"
-    assert rejected.data["reason"] == ("last 3 evaluations [0.9522, 0.826, 0.9522] "
-                                       "(dev composite) vs target 0.9")
+    assert rejected.data["reason"] == (
+        "2 of the 3 consecutive versions needed along v2's lineage at >= 0.9 (dev composite): "
+        "v2 0.952, v202 0.826, v201 0.952")
     assert rejected.data["numbers"]["lowest"] == 0.826
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import git
-from evaluations import evaluated
+from evaluations import lineage
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
-from modelsmith.events.types import CandidateRegistered, Event, Lineage
+from modelsmith.events.types import Event
 from modelsmith.gitops.sync import sync
 
 SPEC = "specialists/rtb-quality.yaml"
@@ -30,10 +30,7 @@ def origin(demo_repo, tmp_path):
     git(demo_repo, "checkout", "-q", "-b", "main")
     git(demo_repo, "add", "-A")
     git(demo_repo, "commit", "-q", "-m", "the fork, asking for v1 in shadow")
-    registered = Event.new(CandidateRegistered(
-        version="v1", lineage=Lineage(base_model="tiny-test")), actor="test")
-    GitEventStore(demo_repo).append(
-        "rtb-quality", [registered, *(evaluated(demo_repo, "v1") for _ in range(3))], 0)
+    GitEventStore(demo_repo).append("rtb-quality", lineage(demo_repo, "v1"), 0)
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
     git(demo_repo, "remote", "add", "origin", str(bare))
@@ -110,14 +107,14 @@ def test_a_decision_that_no_longer_holds_is_dropped_and_planned_again(origin, tm
         git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
     # Both decide on the same stream; a pushes first.
     GitEventStore(a).append("rtb-quality", [Event.new(PromotionRejected(
-        version="v1", stage="shadow", gate="approval", reason="a"), actor="a")], 4)
+        version="v1", stage="shadow", gate="approval", reason="a"), actor="a")], 6)
     assert sync(a).pushed
     pushed_by_a = GitEventStore(a).tip()
     GitEventStore(b).append("rtb-quality", [Event.new(PromotionRejected(
-        version="v1", stage="shadow", gate="approval", reason="b"), actor="b")], 4)
+        version="v1", stage="shadow", gate="approval", reason="b"), actor="b")], 6)
     replanned = []
     result = sync(b, replan=lambda store: replanned.append(store.last_seq("rtb-quality")))
-    assert result.pushed and len(result.dropped) == 1 and replanned == [5]
+    assert result.pushed and len(result.dropped) == 1 and replanned == [7]
     reasons = [e.data["reason"] for e in origin_log(origin, tmp_path)
                if e.type == "PromotionRejected"]
     assert reasons == ["a"]

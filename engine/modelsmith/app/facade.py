@@ -449,6 +449,8 @@ class Modelsmith:
         ref = model or spec.spec.base
         version = ref if is_version(ref) else None
         candidate = self.candidate(repo, specialist, version, say) if version else None
+        # What the evaluation measured (a gate counts it only for these weights).
+        weights = self.artifacts.weights_hash(candidate.path) if candidate and record else None
         settings = EvalSettings(limit=limit, repeats=repeats, reducer=reducer,
                                 temperature=temperature)
         say(f"loading {ref} ...")
@@ -471,7 +473,7 @@ class Modelsmith:
                 outcome = evaluate(repo, specialist, loaded, model_ref=ref, version=version,
                                    store=self.store if record else None, settings=settings,
                                    commit=self.head_commit(), progress=update, judge=judge,
-                                   checks=checks)
+                                   checks=checks, weights_hash=weights)
         finally:
             loaded.close()
             judge.close()
@@ -724,8 +726,8 @@ class Modelsmith:
         result = apply(self.store)
         if evaluate and result.pending:
             run = on_evaluate or (lambda name, version: self.evaluate(name, version))
-            for specialist, version in sorted({(a.specialist, a.version)
-                                               for a in result.pending}):
+            for specialist, version in sorted({(a.specialist, v) for a in result.pending
+                                               for v in (a.needs or (a.version,))}):
                 run(specialist, version)
             earlier = result.applied
             result = apply(self.store)

@@ -313,6 +313,14 @@ class ArtifactStore:
         hash_name = out.get("hash", "md5-dos2unix")  # DVC 2 files carry no "hash" field
         return self.content_hash(target, hash_name) == out["md5"]
 
+    def weights_hash(self, path: PathLike) -> str | None:
+        """What an evaluation records it measured: the content hash of the weights at
+        ``path`` as a lineage records it; None where DVC was never initialised (no
+        candidate trained here has a recorded hash to compare with)."""
+        if not (self.root / ".dvc").is_dir():
+            return None
+        return self.content_hash(path)
+
     def content_hash(self, path: PathLike, hash_name: str = "md5") -> str:
         """The hash DVC would record for ``path`` (a file, or a folder's ``.dir`` hash),
         computed from its bytes; the path need not be tracked."""

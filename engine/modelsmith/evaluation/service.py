@@ -62,6 +62,7 @@ def evaluate(
     judge: Callable[..., tuple[float, str]] | None = None,
     checks: Sequence[Callable[[list[ScenarioRun], EvalReport], list[str]]] = (),
     seen: Iterable[str] | None = None,
+    weights_hash: str | None = None,
 ) -> EvalOutcome:
     """Run ``specialist``'s suite on ``backend``; append the events when ``store`` is given.
 
@@ -74,6 +75,8 @@ def evaluate(
     ``version`` in ``store`` records; nothing for a base model): they are left out of the
     unseen composite. A candidate whose decision metric trails its composite by more than
     the policy's ``overfit_margin`` gets an ``OverfittingDetected`` beside its evaluation.
+    ``weights_hash`` is the content hash of the weights ``backend`` runs (a candidate's):
+    recorded, so that a gate can tell which weights the evaluation measured.
     """
     settings = settings or EvalSettings()
     spec = specialist_or_error(repo, specialist)
@@ -108,7 +111,7 @@ def evaluate(
                                 seen=len(seen & {s.id for s in suite.core}),
                                 decision_metric=metric,
                                 decision=None if value is None else round(value, 6),
-                                decision_n=n)
+                                decision_n=n, weights_hash=weights_hash)
         event = recorder.record(payload, evidence=_evidence(runs, summary))
         gap = overfit_gap(scores["composite"], payload.decision)
         if version and metric and not settings.limit and gap is not None \

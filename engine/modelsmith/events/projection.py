@@ -31,7 +31,7 @@ from modelsmith.events.types import (
     RolledBack,
 )
 
-_CACHE_FORMAT = 4
+_CACHE_FORMAT = 5
 
 
 @dataclass(slots=True)
@@ -75,6 +75,10 @@ class EvalRecord:
     decision_metric: str | None = None  # None: too few unseen scenarios and no dev split
     # Recorded before evaluations had a decision metric: the gates count its composite.
     legacy: bool = False
+    run_id: str = ""  # the evaluation run (a gate counts each once)
+    weights_hash: str | None = None  # the weights it measured (EvalCompleted.weights_hash)
+    seq: int = 0  # its place in the specialist's log
+    partial: bool = False  # a --limit run (the first N scenarios): gates never count it
 
 
 @dataclass(slots=True)
@@ -181,7 +185,9 @@ class FleetState:
                                  payload.composite, payload.heldout, payload.decision,
                                  payload.decision_metric,
                                  payload.decision_metric is None and not (
-                                     payload.unseen_n or payload.dev_n or payload.seen))
+                                     payload.unseen_n or payload.dev_n or payload.seen),
+                                 payload.run_id, payload.weights_hash, event.seq,
+                                 bool(payload.limit))
                 cand = s.candidates.get(payload.version) if payload.version else None
                 (cand.evals if cand else s.model_evals).append(rec)
             case Promoted():

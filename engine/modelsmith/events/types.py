@@ -163,6 +163,10 @@ class EvalCompleted(EventData):
     decision_metric: Literal["dev", "unseen"] | None = None
     decision: float | None = None
     decision_n: int = 0
+    # What was measured: the content hash of the weights that ran (a candidate's; DVC's
+    # hash, as its lineage records it). A gate counts an evaluation of a version only when
+    # this is the version's registered weights hash, and each run id once.
+    weights_hash: str | None = None
 
     def summary(self) -> str:
         flag = f" ({len(self.warnings)} warning)" if self.warnings else ""

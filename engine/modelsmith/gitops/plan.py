@@ -49,11 +49,14 @@ class Action:
     gates: tuple[Gate, ...] = ()
     traffic: float | None = None
     approval: Approval | None = None
+    # ``evaluate``: the versions to evaluate on the current suite (the candidate and those
+    # before it along its lineage that the composite gate counts).
+    needs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "specialist": self.specialist, "stage": self.stage,
                 "version": self.version, "previous": self.previous, "reason": self.reason,
-                "traffic": self.traffic,
+                "traffic": self.traffic, "needs": list(self.needs),
                 "approval": None if self.approval is None else vars(self.approval),
                 "gates": [{"name": g.name, "passed": g.passed, "detail": g.detail,
                            "numbers": g.numbers} for g in self.gates]}
@@ -89,6 +92,7 @@ class Desired:
     target: float
     suite_hash: str
     policy: Any  # modelsmith.specs.models.PolicySpec
+    sustained: int = 3  # the specialist's target.sustained (the policy's, when it sets one)
 
 
 HeldoutFn = Callable[[str, str, str], HeldoutResult | None]  # specialist, cand, baseline eval
@@ -137,11 +141,14 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
         return Action("promote", name, stage.name, target, current,
                       f"{target} -> {stage.name}: every gate passes", tuple(gates), traffic,
                       approval(name, stage.name, target) if ok and stage.approval else None)
-    if any(g.name == "suite" and not g.passed for g in gates) \
-            and target in state.candidates:
+    unevaluated = counted_evaluations(want, state, target).unevaluated \
+        if target in state.candidates else ()
+    if unevaluated and any(g.name in ("suite", "composite") and not g.passed for g in gates):
         return Action("evaluate", name, stage.name, target, current,
-                      f"{target} has no evaluation on the current suite "
-                      f"({want.suite_hash[:12]}): evaluate it, then plan again", tuple(gates))
+                      f"{', '.join(unevaluated)} {'has' if len(unevaluated) == 1 else 'have'} "
+                      f"no evaluation on the current suite ({want.suite_hash[:12]}), which "
+                      f"the composite gate counts for {target}: evaluate, then plan again",
+                      tuple(gates), needs=unevaluated)
     first = failed[0]
     if _already_rejected(state, target, stage.name, first):
         return None
@@ -189,22 +196,97 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
             f"{len(current)} of {len(candidate.evals)} evaluations of {version} ran on the "
             f"current suite {want.suite_hash[:12]}",
             {"current": len(current), "evaluations": len(candidate.evals)}))
-    counted = current if policy.gates.suite_unchanged else candidate.evals
-    need = policy.gates.composite.sustained
-    recent = counted[-need:]
+    counted = counted_evaluations(want, state, version)
+    recent = list(counted.records)
     unsound = next(((e, why) for e in recent if (why := evidence(name, e.event_id))), None)
     if unsound is not None:
         gates.append(Gate("composite", False, f"evaluation {unsound[0].event_id} is not "
                                               f"borne out by its evidence: {unsound[1]}",
-                          {"needed": need, "target": want.target}))
+                          {"needed": counted.need, "target": want.target}))
     else:
-        gates.append(_composite_gate(version, recent, need, want.target))
+        gates.append(_composite_gate(version, counted, want.target))
     gates.append(_overfitting_gate(version, recent, policy.gates.decision.overfit_margin))
-    gates.append(_heldout_gate(name, want, state, version, recent, heldout))
+    own = [e for e in recent[:1] if e in candidate.evals]
+    gates.append(_heldout_gate(name, want, state, version, own, heldout))
     gates += _stage_order_gates(want, state, stage, version)
     if stage.approval:
         gates.append(_approval_gate(name, stage, version, approval))
     return gates
+
+
+#: Gates only live traffic or a person can pass: a change proposed before them waits for
+#: them (the loop proposes when every other gate passes; the PR body lists these).
+AFTER_MERGE = ("traffic", "floors", "approval")
+
+
+def before_traffic(gates: list[Gate]) -> list[Gate]:
+    """The gates decidable from evaluations alone (all but :data:`AFTER_MERGE`)."""
+    return [g for g in gates if g.name not in AFTER_MERGE]
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What the composite gate counts for a version (DESIGN.md §5, "sustained"): one
+    evaluation per version along its lineage -- the version, its parent, its parent's
+    parent, up to ``need`` versions --, each that version's latest evaluation on the
+    current suite, of the weights its lineage registered, on a run no earlier event of the
+    log already counted. Re-evaluating the same weights (greedy decoding repeats itself)
+    never adds a count: a streak is of distinct trained versions."""
+
+    need: int
+    chain: tuple[str, ...]  # the versions looked at, the candidate first
+    records: tuple[Any, ...]  # the counted evaluation of each, consecutive from the candidate
+    unevaluated: tuple[str, ...]  # versions of the chain with no evaluation on the suite
+    ignored: tuple[str, ...]  # "<event id>: why it does not count"
+
+
+def counted_evaluations(want: Desired, state: SpecialistState, version: str) -> Counted:
+    """The evaluations the composite gate counts for ``version`` (see :class:`Counted`)."""
+    need = want.policy.gates.composite.sustained or want.sustained
+    current_only = want.policy.gates.suite_unchanged
+    everything = [e for c in state.candidates.values() for e in c.evals] + state.model_evals
+    first_run: dict[str, str] = {}
+    for record in sorted(everything, key=lambda e: e.seq):
+        if record.run_id:
+            first_run.setdefault(record.run_id, record.event_id)
+    chain: list[str] = []
+    at: str | None = version
+    while at in state.candidates and at not in chain and len(chain) < need:
+        chain.append(at)
+        at = state.candidates[at].lineage.parent
+    records: list[Any] = []
+    unevaluated: list[str] = []
+    ignored: list[str] = []
+    broken = False
+    for link in chain:
+        candidate = state.candidates[link]
+        registered = candidate.lineage.weights_hash
+        pick, on_suite = None, False
+        for record in reversed(candidate.evals):
+            if current_only and record.suite_hash != want.suite_hash:
+                continue
+            on_suite = True
+            why = None
+            if record.partial:
+                why = "a partial run (--limit) counts for nothing"
+            elif record.run_id and first_run.get(record.run_id) != record.event_id:
+                why = (f"its run {record.run_id} was already counted (event "
+                       f"{first_run[record.run_id][:12]})")
+            elif registered and record.weights_hash != registered:
+                why = (f"it measured weights {(record.weights_hash or 'unrecorded')[:12]}, not "
+                       f"the {registered[:12]} {link}'s lineage registered")
+            if why is not None:
+                ignored.append(f"{record.event_id[:12]} ({link}): {why}")
+                continue
+            pick = record
+            break
+        if not on_suite:
+            unevaluated.append(link)
+        if pick is None:
+            broken = True
+        elif not broken:
+            records.append(pick)
+    return Counted(need, tuple(chain), tuple(records), tuple(unevaluated), tuple(ignored))
 
 
 def steering(record: Any) -> float | None:
@@ -216,25 +298,40 @@ def steering(record: Any) -> float | None:
     return record.decision if record.decision_metric is not None else None
 
 
-def _composite_gate(version: str, recent: list[Any], need: int, target: float) -> Gate:
+def _composite_gate(version: str, counted: Counted, target: float) -> Gate:
+    recent, need = list(counted.records), counted.need
     metrics = sorted({"composite" if e.legacy else e.decision_metric or "none"
                       for e in recent})
     named = "/".join(metrics) if metrics else "decision metric"
+    which = "" if named in ("composite", "decision metric") else f" ({named} composite)"
     raw = [steering(e) for e in recent]
+    numbers: dict[str, Any] = {"needed": need, "evaluations": len(recent), "target": target,
+                               "versions": ",".join(counted.chain),
+                               "ignored": len(counted.ignored)}
+    ignored = (f"; not counted: {'; '.join(counted.ignored)}" if counted.ignored else "")
     if any(s is None for s in raw):
         return Gate("composite", False,
                     f"an evaluation of {version} has no decision metric: too few core "
-                    "scenarios it never trained on, and no dev split",
-                    {"needed": need, "evaluations": len(recent), "target": target})
-    scores = [round(s, 4) for s in raw if s is not None]
-    which = "" if named == "composite" else f" ({named} composite)"
-    return Gate(
-        "composite", len(recent) >= need and all(s >= target for s in scores),
-        f"last {need} evaluations {scores}{which} vs target {target}" if len(scores) >= need
-        else f"{len(scores)} evaluation(s) {scores}{which} of the {need} needed at "
-             f">= {target}",
-        {"needed": need, "evaluations": len(recent), "target": target,
-         "lowest": min(scores) if scores else None})
+                    "scenarios it never trained on, and no dev split" + ignored, numbers)
+    scores = [s for s in raw if s is not None]
+    shown = ", ".join(f"{v} {s:.3f}" for v, s in zip(counted.chain, scores, strict=False))
+    numbers["lowest"] = round(min(scores), 4) if scores else None
+    passed = len(scores) >= need and all(s >= target - 1e-9 for s in scores)
+    if passed:
+        detail = (f"{need} consecutive versions along {version}'s lineage at >= {target}"
+                  f"{which}: {shown}")
+    else:
+        short = len(counted.chain) < need
+        lacking = [v for v in counted.chain[len(scores):]]
+        detail = (f"{sum(s >= target - 1e-9 for s in scores)} of the {need} consecutive "
+                  f"versions needed along {version}'s lineage at >= {target}{which}"
+                  + (f": {shown}" if shown else "")
+                  + (f"; {', '.join(lacking)} not evaluated on the current suite"
+                     if lacking else "")
+                  + (f"; the lineage has only {len(counted.chain)} trained version(s) "
+                     "(one evaluation per version counts: re-evaluating the same weights "
+                     "adds nothing)" if short else ""))
+    return Gate("composite", passed, detail + ignored, numbers)
 
 
 def _overfitting_gate(version: str, recent: list[Any], margin: float) -> Gate:
@@ -377,7 +474,7 @@ def desired_state(repo: Any) -> dict[str, Desired]:
             traffic={"canary": canary.traffic} if canary else {},
             target=spec.spec.target.composite,
             suite_hash=repo.suite_for(spec).suite_hash,
-            policy=repo.policy_for(spec).spec)
+            policy=repo.policy_for(spec).spec, sustained=spec.spec.target.sustained)
     return out
 
 

@@ -200,10 +200,11 @@ class IterateLoop:
             return found
         repo = self.repo
         version = model_ref if is_version(model_ref) else None
-        load, chat = model_ref, None
+        load, chat, weights = model_ref, None, None
         if version:
             cand = self.parts.registry.candidate(self.specialist, version)
             load, chat = str(cand.path), cand.base.chat_template
+            weights = self.parts.artifacts.weights_hash(cand.path)
         backend = self.parts.backends(load, repo.clusters, threads=self.options.eval_threads,
                                       batch_size=self.options.eval_batch_size,
                                       repo_root=self.parts.root, chat_template=chat)
@@ -211,7 +212,7 @@ class IterateLoop:
             outcome = evaluate(repo, self.specialist, backend, model_ref=model_ref,
                                version=version, store=self.parts.store, settings=EvalSettings(),
                                actor=recorder.actor, commit=recorder.cause,
-                               scope=recorder.scope,
+                               scope=recorder.scope, weights_hash=weights,
                                progress=lambda done, total: self.progress.steps(
                                    done, total, "generations"))
         finally:

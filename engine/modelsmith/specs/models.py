@@ -94,7 +94,9 @@ class TrainingSpec(SpecModel):
 
 class TargetSpec(SpecModel):
     composite: float = Field(gt=0, le=1, description="Composite score the specialist must reach.")
-    sustained: PositiveInt = Field(3, description="Consecutive evaluations at or above target.")
+    sustained: PositiveInt = Field(
+        3, le=1000, description="Consecutive trained versions along a candidate's lineage, "
+                                "one evaluation each, at or above the target.")
 
 
 class SpecialistSpec(SpecModel):
@@ -289,9 +291,11 @@ STAGE_ORDER: tuple[str, ...] = STAGES
 
 
 class CompositeGate(SpecModel):
-    sustained: PositiveInt = Field(
-        3, description="Evaluations of the same version at or above the specialist's target."
-    )
+    sustained: PositiveInt | None = Field(
+        None, le=1000,
+        description="Consecutive trained versions along the candidate's lineage, one "
+                    "evaluation each, at or above the specialist's target (default: the "
+                    "specialist's target.sustained).")
 
 
 class HeldoutGate(SpecModel):

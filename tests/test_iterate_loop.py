@@ -100,11 +100,20 @@ def test_one_loop_per_specialist(fork):
 
 
 def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
-    options = LoopOptions(**{**OPTIONS, "target": 0.0, "sustained": 1})
+    """The loop proposes what passes every gate `plan` decides before traffic: the
+    specialist's target (here low enough for one tiny iteration) along the lineage, and
+    held-out against the floor."""
+    spec = fork / "specialists" / "rtb-quality.yaml"
+    spec.write_text(spec.read_text().replace("composite: 0.9", "composite: 0.01")
+                    .replace("sustained: 3", "sustained: 1"))
+    policy = fork / "policies" / "promotion.yaml"
+    policy.write_text(policy.read_text().replace("max_regression: 0.02",
+                                                 "max_regression: 0.02\n      floor: 0.0"))
+    options = LoopOptions(**{**OPTIONS, "target": None})
     result = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", options).run()
-    assert result.reason == "target" and result.candidate == "v1"
-    assert "held-out" in result.message
-    assert "vs the floor 0.0 (nothing in production)" in result.message
+    assert result.reason == "target" and result.candidate == "v1", result.message
+    assert "held-out" in result.message and "every gate before traffic passes" in result.message
+    assert "vs the floor 0.0 (nothing in production" in result.message
     assert result.message.endswith("proposed v1 for shadow")
     store = GitEventStore(fork)
     proposed = [e for e in store.read("rtb-quality") if e.type == "PromotionProposed"]
@@ -123,8 +132,7 @@ def test_at_the_target_the_held_out_gate_proposes_promotion(fork):
     assert registered[-1].data["lineage"]["parent"] == "v1"
     assert [e.type for e in store.read("rtb-quality")].count("EvalCompleted") == len(evals) + 1
     said.clear()
-    fresh = LoopOptions(**{**OPTIONS, "target": 0.0, "sustained": 1, "max_iterations": 1,
-                           "fresh": True})
+    fresh = LoopOptions(**{**OPTIONS, "target": None, "max_iterations": 1, "fresh": True})
     state = IterateLoop(Modelsmith.open(fork).loop_parts(), "rtb-quality", fresh,
                         say=said.append)._start_or_resume("tiny-test")
     assert "starting a new one from tiny-test" in said[0] and state.outputs.model == "tiny-test"

@@ -531,13 +531,43 @@ class Modelsmith:
         return Training(outcome, kept)
 
     def loop_parts(self, repo: Repository | None = None, say: Say = _quiet) -> LoopParts:
-        """What the iterate loop works with, wired from this repository."""
+        """What the iterate loop works with, wired from this repository; the loop proposes
+        what passes the gates `plan` decides before traffic."""
         from modelsmith.iterate.loop import LoopParts
 
         repo = repo or self.specs()
+
+        def gates(specialist: str, version: str, stage: str) -> list[Any]:
+            from modelsmith.gitops.plan import before_traffic
+
+            return before_traffic(self.gates(specialist, version, stage, repo))
+
         return LoopParts(root=self.root, repo=repo, store=self.store, fleet=self.fleet,
                          registry=self.registry(repo, say), artifacts=self.artifacts,
-                         backends=self.backends, cause=self.head_commit())
+                         backends=self.backends, cause=self.head_commit(), gates=gates)
+
+    def gates(self, specialist: str, version: str, stage: str,
+              repo: Repository | None = None) -> list[Any]:
+        """Every gate of moving ``version`` into ``stage`` as `plan` decides it now, from
+        the event log (as if ``release`` asked for it)."""
+        from dataclasses import replace
+
+        from modelsmith.events.projection import SpecialistState
+        from modelsmith.gitops.plan import (
+            desired_state,
+            gates_for,
+            logged_evidence,
+            logged_heldout,
+        )
+
+        repo = repo or self.specs()
+        want = desired_state(repo)[specialist]
+        want = replace(want, release={**want.release, stage: version})
+        state = self.fleet().specialists.get(specialist) or SpecialistState(specialist)
+        policy_stage = next(s for s in want.policy.stages if s.name == stage)
+        return gates_for(specialist, want, state, policy_stage, version,
+                         logged_heldout(self.store), self._approvals(repo),
+                         logged_evidence(self.store, repo))
 
     def iterate(self, specialist: str, options: LoopOptions, *,
                 emit: Callable[[dict[str, Any]], None] = lambda _e: None,

@@ -112,6 +112,10 @@ class LoopParts:
     registry: ModelRegistry
     artifacts: ArtifactStore
     backends: Callable[..., Backend]
+    # (specialist, version, stage) -> the gates `plan` would decide before any traffic or
+    # approval (suite, composite along the lineage, overfitting, held-out, order): the loop
+    # proposes only a version that passes them all.
+    gates: Callable[[str, str, str], list[Any]]
     cause: str | None = None
 
 
@@ -385,60 +389,38 @@ class IterateLoop:
         append_observation(self.parts.store, self.specialist,
                            [Event.new(payload, actor=tag, cause=self.parts.cause)])
 
-    def _gate(self, state: IterateState, candidate: str, candidate_eval: str,
-              why: str) -> tuple[str, str]:
-        """The held-out gate at the target: the candidate against production, paired, on
-        held-out (within the policy's ``max_regression``); with nothing in production,
-        its held-out score against the policy's absolute floor (default: the target).
-        Passed, it proposes promotion to the first stage."""
-        from modelsmith.evaluation.service import compare
+    def _judge(self, state: IterateState, candidate: str, candidate_eval: str,
+               verdict: tuple[str, str] | None) -> tuple[str, str] | None:
+        """Decide with the gates ``plan`` applies before traffic (the same meaning of
+        "sustained": one evaluation per version along the candidate's lineage): when they
+        all pass, propose the candidate for the first stage; when the loop's own count
+        says the target holds but a gate does not, stop and say which. ``verdict`` is the
+        loop's own decision (None: go on)."""
         from modelsmith.events.types import PromotionProposed
 
-        policy = self._policy()
-        fleet = self.parts.fleet().specialists.get(self.specialist)
-        production = fleet.holder("production") if fleet else None
-        latest = None
-        if production is not None:
-            held = fleet.candidates.get(production.version) if fleet else None
-            latest = held.latest() if held else None
-        evidence = [candidate_eval]
-        if latest is not None:
-            against = f"production {production.version}"
-            result = compare(self.parts.store, self.specialist, latest.event_id,
-                             candidate_eval, split="heldout").result
-            allowed = policy.gates.heldout.max_regression
-            numbers = (f"held-out {result.mean_b:.3f} vs {against} {result.mean_a:.3f} "
-                       f"({result.diff:+.3f}, 95% CI [{result.ci[0]:+.3f}, "
-                       f"{result.ci[1]:+.3f}])")
-            if result.diff < -allowed:
-                return "gate-failed", (f"{why}, but the held-out gate failed: {numbers} "
-                                       f"trails by more than {allowed}")
-            evidence.append(latest.event_id)
-        else:
-            event = self.parts.store.get(candidate_eval)
-            data = event.data if event is not None else {}
-            heldout, n = data.get("heldout"), data.get("heldout_n") or "?"
-            floor = policy.gates.heldout.floor
-            floor = self._target() if floor is None else floor
-            if heldout is None:
-                return "gate-failed", (f"{why}, but the suite has no held-out scenarios: "
-                                       "the held-out gate has no evidence")
-            ci = data.get("heldout_ci")
-            numbers = (f"held-out {heldout:.3f} (n={n}"
-                       + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-                       + f") vs the floor {floor} (nothing in production)")
-            if heldout < floor - 1e-9:
-                return "gate-failed", f"{why}, but the held-out gate failed: {numbers}"
-        stage = policy.stages[0].name
+        stage = self._policy().stages[0].name
+        gates = self.parts.gates(self.specialist, candidate, stage)
+        composite = next((g for g in gates if g.name == "composite"), None)
+        if verdict is None and (composite is None or not composite.passed):
+            return None  # not sustained yet: the next iteration
+        why = verdict[1] if verdict is not None else (
+            f"the target holds along the lineage: {composite.detail}" if composite else "")
+        failing = [g for g in gates if not g.passed]
+        if failing:
+            return "gate-failed", (f"{why}, but " + "; ".join(
+                f"the {g.name} gate fails: {g.detail}" for g in failing))
+        held = next((g.detail for g in gates if g.name == "heldout"), "")
         recorder = self._recorder(state, "decide")
         first_time = recorder.recorded("PromotionProposed") is None
         recorder.record(PromotionProposed(
-            version=candidate, stage=stage, evidence=evidence, reason=f"{why}; {numbers}"))
+            version=candidate, stage=stage, evidence=[candidate_eval],
+            reason=f"{why}; {held}" if held else why))
         opened = ""
         if first_time and self.on_proposed is not None:
             where = self.on_proposed(candidate, stage)
             opened = f" ({where})" if where else ""
-        return "target", f"{why}; {numbers}; proposed {candidate} for {stage}{opened}"
+        return "target", (f"{why}; {held}; every gate before traffic passes; proposed "
+                          f"{candidate} for {stage}{opened}")
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -457,7 +439,9 @@ class IterateLoop:
     def _run(self) -> LoopResult:
         spec = self.repo.specialists[self.specialist].spec
         target = self._target()
-        sustained = self.options.sustained or spec.target.sustained
+        # The gate's count is the floor: proposing sooner would propose what plan rejects.
+        sustained = max(self.options.sustained or spec.target.sustained,
+                        self._policy().gates.composite.sustained or 0)
         state = self._start_or_resume(spec.base)
         while True:
             state, result = self._iteration(state, target, sustained)
@@ -574,8 +558,8 @@ class IterateLoop:
         verdict = _decide(history, target, sustained, self.options, self._min_unseen())
         if verdict is None:
             verdict = self._watch(state, history)
-        if verdict is not None and verdict[0] == "target":
-            verdict = self._gate(state, candidate, record.eval_event or "", verdict[1])
+        if candidate and (verdict is None or verdict[0] == "target"):
+            verdict = self._judge(state, candidate, record.eval_event or "", verdict)
         if verdict is not None:
             return self._stop(state, history, *verdict)
         state = self._save(state.advanced("decide", done=True, decision="continue"))

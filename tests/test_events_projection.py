@@ -78,6 +78,31 @@ def test_fold_gives_current_stages_and_full_history():
     assert fleet.to_dict()["specialists"][0]["production"]["version"] == "v1"
 
 
+def test_bootstrap_answers_are_summed_beside_the_requests_of_their_key():
+    """A shadow's windows while bootstrapping say how many of their requests were replayed
+    answers; the fold keeps both sums, and a window without any leaves ``bootstrap`` out of
+    the event."""
+    store = MemoryEventStore()
+    windows = [MetricsObserved(version="v1", stage="shadow", window_start=_at(i),
+                               window_end=_at(i + 1), requests=requests, bootstrap=boot,
+                               metrics={"format_rate": 1.0, "rubric_score": score})
+               for i, (requests, boot, score) in enumerate([(30, 30, 0.8), (25, 20, 0.9)])]
+    plain = MetricsObserved(version="v1", stage="canary", window_start=_at(5),
+                            window_end=_at(6), requests=10)
+    events = [Event.new(w, actor="serve", at=_at(i)) for i, w in enumerate([*windows, plain])]
+    assert "bootstrap" not in events[2].data and events[0].data["bootstrap"] == 30
+    assert events[0].payload().summary() == "v1@shadow 30 requests (30 bootstrap)"
+    store.append("rtb", events, 0)
+    s = fold(store).specialists["rtb"]
+    assert s.metrics["v1@shadow"] == {"requests": 55, "bootstrap": 50,
+                                      "last": {"format_rate": 1.0, "rubric_score": 0.9},
+                                      "at": _at(1).isoformat()}
+    assert s.metrics["v1@canary"]["bootstrap"] == 0
+    with pytest.raises(ValueError, match=r"bootstrap \(3\) exceeds requests \(2\)"):
+        MetricsObserved(version="v1", stage="shadow", window_start=_at(0),
+                        window_end=_at(1), requests=2, bootstrap=3)
+
+
 def test_invalid_payloads_are_counted_not_fatal():
     store = MemoryEventStore()
     _story(store)

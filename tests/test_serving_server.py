@@ -88,6 +88,7 @@ def test_chat_completions_through_the_openai_client(server):
     assert answer.model == "rtb-quality" and answer.object == "chat.completion"
     assert isinstance(answer.choices[0].message.content, str)
     assert answer.model_extra["modelsmith"]["version"] == "v1"  # production answers
+    assert answer.model_extra["modelsmith"]["bootstrap"] is False
     assert answer.usage.prompt_tokens > 0
     routed = client(port).chat.completions.create(
         model="auto", messages=[{"role": "user", "content": bid}])
@@ -495,4 +496,119 @@ def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, mon
     finally:
         httpd.shutdown()
         httpd.server_close()
+        service.close()
+
+
+def test_a_fleet_with_only_a_shadow_bootstraps_on_replayed_requests(demo_repo, tmp_path,
+                                                                    monkeypatch):
+    """Nothing in production or canary, v1 in shadow, policy ``bootstrap: replay``: a
+    request with a reference is answered by the shadow (returned, ``bootstrap: true``),
+    counted and scored under v1@shadow -- what the stage gates read -- and takes feedback;
+    a request without one is a 503 that says why."""
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
+    service = service_of(demo_repo)
+    httpd = make_server(service, port=0, token=TOKEN)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        answers = [client(port).chat.completions.create(
+            model="rtb-quality", messages=[{"role": "user", "content": bid}],
+            extra_body={"reference": label}) for bid, label in BIDS]
+        for answer in answers:
+            served = answer.model_extra["modelsmith"]
+            assert served["version"] == "v1" and served["stage"] == "shadow"
+            assert served["bootstrap"] is True and served["shadow"] is None
+            assert isinstance(answer.choices[0].message.content, str)
+        status, body = raw(port, "POST", "/v1/feedback",
+                           json.dumps({"id": answers[0].id, "score": 0.5}).encode())
+        assert status == 200 and (body["version"], body["stage"]) == ("v1", "shadow")
+        with pytest.raises(openai.InternalServerError) as refused:
+            client(port).chat.completions.create(
+                model="rtb-quality", messages=[{"role": "user", "content": BIDS[0][0]}])
+        assert refused.value.status_code == 503
+        assert refused.value.body["code"] == "no_version"
+        assert refused.value.body["message"] == (
+            "rtb-quality has no version in production or canary; its shadow v1 answers "
+            "only replayed requests with a reference while bootstrapping (policy "
+            "bootstrap: replay)")
+        service.settle()
+        (window,) = service.flush()
+        assert (window.data["version"], window.data["stage"]) == ("v1", "shadow")
+        assert window.data["requests"] == 4 and window.data["bootstrap"] == 4
+        metrics = window.data["metrics"]
+        assert {"latency_p50_ms", "format_rate", "rubric_score", "pass_rate",
+                "score_mean"} <= set(metrics)
+        assert metrics["score_mean"] == 0.5 and "agreement_rate" not in metrics
+        observed = fold(service.store).specialists["rtb-quality"].metrics["v1@shadow"]
+        assert observed["requests"] == 4 and observed["bootstrap"] == 4
+        assert observed["last"] == metrics
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        text = conn.getresponse().read().decode()
+        assert ('modelsmith_bootstrap_requests_total{specialist="rtb-quality",version="v1",'
+                'stage="shadow"} 4') in text
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()
+
+
+@pytest.mark.parametrize("mode", ["off", "approval"])
+def test_without_bootstrap_replay_a_lone_shadow_answers_nothing(demo_repo, tmp_path,
+                                                                 monkeypatch, mode):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    policy = demo_repo / "policies" / "promotion.yaml"
+    policy.write_text(policy.read_text().replace("bootstrap: replay", f"bootstrap: {mode}"))
+    fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
+    service = service_of(demo_repo,
+                         backend_factory=lambda _specialist, version: Screener(version))
+    httpd = make_server(service, port=0, token=TOKEN)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        status, body = raw(httpd.server_address[1], "POST", "/v1/chat/completions",
+                           json.dumps({"model": "rtb-quality", "reference": "ACCEPT",
+                                       "messages": [{"role": "user", "content": BIDS[1][0]}]})
+                           .encode())
+        assert status == 503 and body["error"]["code"] == "no_version"
+        assert "its shadow v1 " in body["error"]["message"]
+        assert f"(policy bootstrap: {mode})" in body["error"]["message"]
+        assert service.flush() == [] and not service._backends  # nothing ran, nothing counted
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        service.close()
+
+
+def test_replayed_requests_give_a_lone_shadow_the_traffic_its_stage_gates_need(
+        demo_repo, tmp_path, monkeypatch):
+    """The policy's shadow stage wants 50 observed requests and a format floor before
+    canary: 50 replayed requests with references give v1 exactly that evidence."""
+    from modelsmith.gitops.plan import desired_state, gates_for
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
+    service = service_of(demo_repo,
+                         backend_factory=lambda _specialist, version: Screener(version))
+    try:
+        for i in range(50):
+            bid, label = BIDS[i % len(BIDS)]
+            answer = service.complete({"model": "rtb-quality", "reference": label,
+                                       "messages": [{"role": "user", "content": bid}]})
+            assert answer["modelsmith"]["bootstrap"] is True
+        service.settle()
+        service.flush()
+        state = fold(service.store).specialists["rtb-quality"]
+        assert state.metrics["v1@shadow"]["requests"] == 50
+        assert state.metrics["v1@shadow"]["bootstrap"] == 50
+        # v1 (the screener) misses casino-ads: every fourth reference, 13 of the 50.
+        assert state.metrics["v1@shadow"]["last"]["rubric_score"] == pytest.approx(37 / 50)
+        want = desired_state(service.repo)["rtb-quality"]
+        canary = next(s for s in want.policy.stages if s.name == "canary")
+        gates = {g.name: g for g in gates_for("rtb-quality", want, state, canary, "v1",
+                                              heldout=lambda *_: None,
+                                              approval=lambda *_: None)}
+        assert gates["traffic"].passed, gates["traffic"].detail
+        assert gates["floors"].passed, gates["floors"].detail
+    finally:
         service.close()

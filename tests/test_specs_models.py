@@ -403,6 +403,23 @@ def test_policy_checks(repo: Path, old: str, new: str, field: str, message: str)
     assert message in issue.message
 
 
+def test_policy_bootstrap_defaults_to_replay_and_names_a_bad_mode(repo: Path) -> None:
+    """``bootstrap`` (how a first version gets traffic) is replay unless the policy says
+    otherwise; a mode it does not know is located at its line and lists the known ones."""
+    assert load_repository(repo).policies["default"].spec.bootstrap == "replay"
+    assert load_repository(REPO).policies["default"].spec.bootstrap == "replay"
+    path = repo / PROMOTION
+    path.write_text(path.read_text() + "  bootstrap: approval\n")
+    assert load_repository(repo).policies["default"].spec.bootstrap == "approval"
+    edit(path, "  bootstrap: approval", "  bootstrap: mirror")
+    issue = only_issue(repo)
+    assert (issue.file, issue.line, issue.field) == (
+        PROMOTION, line_of(path, "bootstrap: mirror"), "spec.bootstrap")
+    for mode in ("replay", "approval", "off"):
+        assert mode in issue.message, issue.message
+    assert str(issue).startswith(f"{PROMOTION}:{issue.line}:")
+
+
 def test_stages_must_run_in_order_and_include_production(repo: Path) -> None:
     text = (repo / PROMOTION).read_text()
     shadow = text[text.index("    - name: shadow") : text.index("    - name: canary")]
@@ -735,6 +752,9 @@ def test_json_schemas() -> None:
     )
     assert "schema" in json.dumps(schemas["EvalSuite"])  # the alias, not "schema_"
     assert "schema_" not in json.dumps(schemas["EvalSuite"])
+    bootstrap = schemas["PromotionPolicy"]["$defs"]["PolicySpec"]["properties"]["bootstrap"]
+    assert bootstrap["enum"] == ["replay", "approval", "off"]
+    assert bootstrap["default"] == "replay"
 
 
 def test_write_schemas(tmp_path: Path) -> None:

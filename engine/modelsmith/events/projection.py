@@ -101,7 +101,8 @@ class SpecialistState:
     candidates: dict[str, Candidate] = field(default_factory=dict)
     model_evals: list[EvalRecord] = field(default_factory=list)  # evals of unversioned models
     rejections: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "version@stage" -> last
+    # "version@stage" -> {requests, bootstrap (cumulative sums), last (metrics), at}
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: int = 0
     last_seq: int = 0
     last_at: datetime | None = None
@@ -216,8 +217,9 @@ class FleetState:
                                      "gate": payload.gate, "reason": payload.reason})
             case MetricsObserved():
                 key = f"{payload.version}@{payload.stage}"
-                prev = s.metrics.get(key, {"requests": 0})
+                prev = s.metrics.get(key, {"requests": 0, "bootstrap": 0})
                 s.metrics[key] = {"requests": prev["requests"] + payload.requests,
+                                  "bootstrap": prev["bootstrap"] + payload.bootstrap,
                                   "last": payload.metrics, "at": event.at.isoformat()}
             case _:
                 pass

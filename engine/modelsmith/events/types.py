@@ -16,7 +16,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from modelsmith.errors import ModelsmithError
 from modelsmith.stages import STAGES as STAGES  # re-exported: events.STAGES
@@ -322,9 +332,27 @@ class MetricsObserved(EventData):
     window_end: datetime
     requests: int = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
+    # Of ``requests``, the answers a shadow gave while bootstrapping (nothing in production
+    # or canary; replayed requests with a reference, policy ``bootstrap: replay``): the
+    # evidence that stands in for mirrored traffic. Left out of the event when 0.
+    bootstrap: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _bootstrap_within_requests(self) -> MetricsObserved:
+        if self.bootstrap > self.requests:
+            raise ValueError(f"bootstrap ({self.bootstrap}) exceeds requests ({self.requests})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_zero_bootstrap(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.bootstrap and isinstance(data, dict):
+            data.pop("bootstrap", None)
+        return data
 
     def summary(self) -> str:
-        return f"{self.version}@{self.stage} {self.requests} requests"
+        extra = f" ({self.bootstrap} bootstrap)" if self.bootstrap else ""
+        return f"{self.version}@{self.stage} {self.requests} requests{extra}"
 
 
 @register

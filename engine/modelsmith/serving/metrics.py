@@ -9,6 +9,11 @@
 - for a shadow, ``agreement_rate``: how often its answer said the same as the one returned
   (the same label for a label task, else the same text).
 
+A shadow that answers while its specialist bootstraps (nothing in production or canary; a
+replayed request with a reference, policy ``bootstrap: replay``) is counted under the same
+(specialist, version, ``"shadow"``) key as its mirrored answers -- requests, latency,
+format, rubric -- and the event's ``bootstrap`` says how many of its requests those were.
+
 ``format_rate``, ``score_mean``, ``pass_rate`` and ``rubric_score`` are what the stage floors
 and the rollback policy can name. ``prometheus()`` renders the running totals as Prometheus text.
 """
@@ -38,6 +43,7 @@ class _Window:
     rubric: list[float] = field(default_factory=list)  # rubric scores against a reference
     passes: list[bool] = field(default_factory=list)
     agreements: list[bool] = field(default_factory=list)  # shadow said what live said
+    bootstrap: int = 0  # answers a shadow gave while bootstrapping (of ``requests``)
 
 
 class LiveMetrics:
@@ -56,7 +62,8 @@ class LiveMetrics:
     def _totals(self, key: tuple[str, str, str]) -> dict[str, float]:
         return self.totals.setdefault(key, {"requests": 0, "errors": 0, "feedback": 0,
                                             "score_sum": 0.0, "scored": 0,
-                                            "rubric_sum": 0.0, "passed": 0})
+                                            "rubric_sum": 0.0, "passed": 0,
+                                            "bootstrap": 0})
 
     def _answered(self, key: tuple[str, str, str], latency_ms: float, error: bool,
                   format_ok: bool | None) -> _Window:
@@ -73,10 +80,16 @@ class LiveMetrics:
         return window
 
     def request(self, response_id: str, specialist: str, version: str, stage: str,
-                latency_ms: float, error: bool = False, format_ok: bool | None = None) -> None:
+                latency_ms: float, error: bool = False, format_ok: bool | None = None,
+                bootstrap: bool = False) -> None:
+        """An answer returned to its caller; ``bootstrap``: given by a shadow while its
+        specialist bootstraps (``stage`` is then ``"shadow"``)."""
         key = (specialist, version, stage)
         with self._lock:
-            self._answered(key, latency_ms, error, format_ok)
+            window = self._answered(key, latency_ms, error, format_ok)
+            if bootstrap:
+                window.bootstrap += 1
+                self._totals(key)["bootstrap"] += 1
             self._responses[response_id] = key
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
@@ -146,7 +159,8 @@ class LiveMetrics:
             if w.agreements:
                 metrics["agreement_rate"] = sum(w.agreements) / len(w.agreements)
             payload = MetricsObserved(version=version, stage=stage, window_start=w.started,
-                                      window_end=now, requests=w.requests, metrics=metrics)
+                                      window_end=now, requests=w.requests, metrics=metrics,
+                                      bootstrap=w.bootstrap)
             events.setdefault(specialist, []).append(Event.new(payload, actor=actor))
         return [recorded for specialist, batch in events.items()
                 for recorded in append_observation(store, specialist, batch)]
@@ -160,6 +174,9 @@ class LiveMetrics:
              lambda t: t["requests"]),
             ("modelsmith_errors_total", "counter", "Answers that failed.",
              lambda t: t["errors"]),
+            ("modelsmith_bootstrap_requests_total", "counter",
+             "Answers a shadow gave while its specialist bootstrapped (replayed requests).",
+             lambda t: t["bootstrap"] or None),
             ("modelsmith_feedback_score_mean", "gauge", "Mean feedback score.",
              lambda t: t["score_sum"] / t["feedback"] if t["feedback"] else None),
             ("modelsmith_rubric_score_mean", "gauge",

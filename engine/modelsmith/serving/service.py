@@ -11,6 +11,12 @@ contract (``format_rate``); a request that carries a ``reference`` (the expected
 a scenario's ``expected``) is also scored by the suite's rubric with the eval's own scorer
 (``rubric_score``, ``pass_rate``) -- the live answer and the shadow's alike.
 
+A specialist's first version has no production to mirror: while nothing holds production
+or canary and its policy's ``bootstrap`` is ``replay``, a request that carries a
+``reference`` is answered by the shadow (returned, ``stage: "shadow"``, ``bootstrap:
+true``) and counted and scored as the shadow's observed traffic; any other request is a
+503 that says why.
+
 One model load per version, shared by all requests; concurrent requests to a version are
 coalesced into batched backend calls (:mod:`.batching`). A bad request is a
 :class:`ServeError` carrying the HTTP status and an OpenAI-style error body (:mod:`.http`
@@ -246,7 +252,8 @@ class Service:
         reference = body.get("reference")
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
-        assignment, batcher, generation = self._generate(specialist, key, request)
+        assignment, batcher, generation = self._generate(specialist, key, request,
+                                                         referenced=reference is not None)
         self._observe(response_id, assignment, generation,
                       (time.perf_counter() - started) * 1000)
         self._beside(assignment, batcher, request, generation.text, reference)
@@ -272,7 +279,8 @@ class Service:
         scorer = self.scorer(specialist)
         format_ok = None if generation.error else scorer.score(generation.text).format_ok
         self.metrics.request(response_id, specialist, version, assignment.stage,
-                             latency_ms, bool(generation.error), format_ok=format_ok)
+                             latency_ms, bool(generation.error), format_ok=format_ok,
+                             bootstrap=assignment.bootstrap)
         if generation.error:
             raise ServeError(502, f"{specialist} {version} failed: {generation.error}",
                              kind="server_error")
@@ -288,13 +296,21 @@ class Service:
         if assignment.shadow:
             self._aside(self._shadow, specialist, assignment, request, answered, reference)
 
-    def _generate(self, specialist: str, key: str,
-                  request: GenerationRequest) -> tuple[Assignment, Batcher, Generation]:
-        """The split's version for ``key`` answers ``request``. A version retired between
-        the lookup and the call (the log moved) sends the request to the split again."""
+    def bootstrap_mode(self, specialist: str) -> str:
+        """The specialist's policy's ``bootstrap`` (how its first version gets traffic)."""
+        spec = self.repo.specialists[specialist]
+        return self.repo.policy_for(spec).spec.bootstrap
+
+    def _generate(self, specialist: str, key: str, request: GenerationRequest, *,
+                  referenced: bool = False) -> tuple[Assignment, Batcher, Generation]:
+        """The split's version for ``key`` answers ``request`` (``referenced``: it carries
+        a reference, which a bootstrapping shadow answers). A version retired between the
+        lookup and the call (the log moved) sends the request to the split again."""
+        bootstrap = self.bootstrap_mode(specialist)
         for _ in range(3):
             try:
-                assignment = self.split.assign(specialist, key)
+                assignment = self.split.assign(specialist, key, referenced=referenced,
+                                               bootstrap=bootstrap)
             except NoVersion as exc:
                 raise ServeError(503, str(exc), kind="server_error",
                                  code="no_version") from None
@@ -307,7 +323,8 @@ class Service:
             except TimeoutError as exc:
                 self.metrics.request(f"timeout-{uuid.uuid4().hex}", specialist,
                                      assignment.version, assignment.stage,
-                                     (self.request_timeout_s or 0) * 1000, error=True)
+                                     (self.request_timeout_s or 0) * 1000, error=True,
+                                     bootstrap=assignment.bootstrap)
                 raise ServeError(504, f"{specialist} {assignment.version}: {exc}",
                                  kind="server_error", code="timeout") from None
         raise ServeError(503, f"{specialist}: the versions kept changing while this request "
@@ -435,5 +452,6 @@ def completion(response_id: str, assignment: Assignment, rule: str | None,
                   "completion_tokens": generation.completion_tokens,
                   "total_tokens": prompt_tokens + generation.completion_tokens},
         "modelsmith": {"version": assignment.version, "stage": assignment.stage,
-                       "rule": rule, "shadow": assignment.shadow},
+                       "rule": rule, "shadow": assignment.shadow,
+                       "bootstrap": assignment.bootstrap},
     }

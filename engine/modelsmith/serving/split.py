@@ -6,6 +6,11 @@ below its share (a stable hash -- the same key always lands on the same side, ac
 processes and restarts); the shadow version gets a mirrored copy whose answer is scored
 and compared, never returned. The split follows the log: when its tip moves (a promotion,
 a rollback), the next lookup folds the new events -- no restart.
+
+Bootstrap: a specialist's first version has no production to mirror. While nothing holds
+production or canary, a request that carries a ``reference`` (replayed, labelled traffic)
+is answered by the shadow when the policy's ``bootstrap`` is ``replay``; every other
+request is a :class:`NoVersion` that says why and what to do.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def bucket(key: str) -> int:
 
 
 class NoVersion(ModelsmithError, LookupError):
-    """The specialist has nothing in production or canary to answer with."""
+    """The specialist has nothing in production or canary to answer with (and its shadow,
+    if any, may not answer this request while bootstrapping)."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,11 @@ class Assignment:
 
     specialist: str
     version: str  # answers
-    stage: str  # "production" | "canary"
+    stage: str  # "production" | "canary" | "shadow" (bootstrapping only)
     shadow: str | None  # also runs, mirrored, never returned
+    # The shadow answers (and is returned) because nothing holds production or canary and
+    # the request carried a reference (policy ``bootstrap: replay``).
+    bootstrap: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,13 +70,37 @@ class Stages:
         (kept loaded, so that a rollback answers at once)."""
         return {v for v in (self.production, self.canary, self.shadow, self.fallback) if v}
 
-    def assign(self, specialist: str, key: str) -> Assignment:
+    def assign(self, specialist: str, key: str, *, referenced: bool = False,
+               bootstrap: str = "off") -> Assignment:
+        """Who answers the request with ``key``. ``referenced``: it carries a reference;
+        ``bootstrap``: the specialist's policy's ``bootstrap`` mode (``replay`` lets the
+        shadow answer referenced requests while nothing holds production or canary)."""
         on_canary = self.canary is not None and bucket(key) < round(self.traffic * BUCKETS)
         if on_canary or self.production is None:
             if self.canary is None:
-                raise NoVersion(f"{specialist} has no version in production or canary")
+                if self.shadow is not None and bootstrap == "replay" and referenced:
+                    return Assignment(specialist, self.shadow, "shadow", None, bootstrap=True)
+                raise NoVersion(self.unanswered(specialist, bootstrap))
             return Assignment(specialist, self.canary, "canary", self.shadow)
         return Assignment(specialist, self.production, "production", self.shadow)
+
+    def unanswered(self, specialist: str, bootstrap: str) -> str:
+        """Why a request to a specialist with nothing in production or canary gets no
+        answer, and what to do."""
+        head = f"{specialist} has no version in production or canary"
+        if self.shadow is None:
+            return f"{head}, nor one in shadow: promote a candidate to shadow first"
+        if bootstrap == "replay":
+            return (f"{head}; its shadow {self.shadow} answers only replayed requests with a "
+                    "reference while bootstrapping (policy bootstrap: replay)")
+        if bootstrap == "approval":
+            return (f"{head}; its shadow {self.shadow} gets no bootstrap traffic (policy "
+                    "bootstrap: approval): its first canary promotion needs an approved "
+                    "change")
+        return (f"{head}; its shadow {self.shadow} answers nothing while bootstrapping "
+                f"(policy bootstrap: {bootstrap}), so it cannot leave shadow: set the "
+                "policy's bootstrap to replay (and replay requests with a reference) or to "
+                "approval")
 
 
 def stages_of(fleet: FleetState, specialist: str) -> Stages:
@@ -108,5 +141,7 @@ class TrafficSplit:
     def stages(self, specialist: str) -> Stages:
         return stages_of(self._current(), specialist)
 
-    def assign(self, specialist: str, key: str) -> Assignment:
-        return self.stages(specialist).assign(specialist, key)
+    def assign(self, specialist: str, key: str, *, referenced: bool = False,
+               bootstrap: str = "off") -> Assignment:
+        return self.stages(specialist).assign(specialist, key, referenced=referenced,
+                                              bootstrap=bootstrap)

@@ -391,10 +391,25 @@ class Rollback(SpecModel):
         return metric
 
 
+#: How a specialist's first version gets the evidence its first promotion needs, when no
+#: version holds production or canary (there is no live traffic to mirror).
+BootstrapMode = Literal["replay", "approval", "off"]
+
+
 class PolicySpec(SpecModel):
     gates: Gates = Field(default_factory=Gates)
     stages: list[Stage] = Field(min_length=1)
     rollback: Rollback
+    bootstrap: BootstrapMode = Field(
+        "replay",
+        description=(
+            "How a specialist's first version leaves shadow, with nothing in production or "
+            "canary to mirror. 'replay': the shadow answers requests that carry a "
+            "'reference' (replayed, labelled traffic), scored against it; those answers are "
+            "the shadow's observed traffic. 'approval': no bootstrap traffic; the first "
+            "canary promotion needs an approved change instead. 'off': neither."
+        ),
+    )
 
     @field_validator("stages")
     @classmethod

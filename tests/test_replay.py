@@ -268,8 +268,10 @@ def replay_cli(repo, *args, stdin=None, env=None):
 def test_bad_lines_are_all_reported_and_nothing_is_sent(serve, demo_repo, tmp_path):
     served = serve([Promoted(version="v1", stage="production")], screener=True)
     traffic = tmp_path / "traffic.jsonl"
+    huge = line(messages=[{"role": "user", "content": "x" * rp.MAX_LINE}])
     traffic.write_text("\n".join([line(), line(model="rtb-qualty"), "{oops", line(),
-                                  line(feedback=7), line(model="auto", messages=[])]) + "\n")
+                                  line(feedback=7), line(model="auto", messages=[]),
+                                  "[]", huge]) + "\n")
     result = replay_cli(demo_repo, str(traffic), "--url", served.url)
     assert result.exit_code == 2, result.output
     err = result.stderr
@@ -278,9 +280,16 @@ def test_bad_lines_are_all_reported_and_nothing_is_sent(serve, demo_repo, tmp_pa
     assert f"{traffic}:3: not JSON" in err
     assert f"{traffic}:5: feedback: must be a number from 0 to 1, not 7" in err
     assert f"{traffic}:6: messages: must be a non-empty list" in err
-    assert "4 problems; nothing was sent" in err
+    assert f"{traffic}:7: must be a JSON object" in err
+    assert f"{traffic}:8: the line has {len(huge)} bytes" in err
+    assert "6 problems; nothing was sent" in err
     assert "Traceback" not in result.output
     assert served.completions() == 0  # the server saw no chat request
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = replay_cli(demo_repo, str(empty), "--url", served.url)
+    assert result.exit_code == 2 and f"{empty}: no requests: the file is empty" in \
+        result.stderr
     # A missing file, a file and a suite, nothing at all: clear, exit 2.
     result = replay_cli(demo_repo, str(tmp_path / "none.jsonl"), "--url", served.url)
     assert result.exit_code == 2 and "none.jsonl: cannot read it: No such file" in \
@@ -288,8 +297,9 @@ def test_bad_lines_are_all_reported_and_nothing_is_sent(serve, demo_repo, tmp_pa
     assert replay_cli(demo_repo, str(traffic), "--suite", "rtb-quality").exit_code == 2
     assert replay_cli(demo_repo, "--url", served.url).exit_code == 2
     # A server that is not there, and one that wants a token.
-    result = replay_cli(demo_repo, "--suite", "rtb-quality", "--url", "http://127.0.0.1:9")
-    assert result.exit_code == 1 and "cannot reach http://127.0.0.1:9" in result.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = replay_cli(demo_repo, "--suite", "rtb-quality", "--url", nobody)
+    assert result.exit_code == 1 and f"cannot reach {nobody}" in result.stderr
     assert served.completions() == 0
 
 
@@ -417,6 +427,25 @@ def test_the_server_going_away_ends_the_run_with_a_summary(serve, demo_repo):
     assert summary["served"][0]["version"] == "v1"
 
 
+def read_request(conn):
+    """A whole HTTP request from ``conn`` (headers and body): closing a socket with unread
+    bytes would reset the connection before the answer is read."""
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"content-length: *(\d+)", head, flags=re.I)
+    while length and len(body) < int(length.group(1)) and (chunk := conn.recv(65536)):
+        body += chunk
+    return head
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_a_connection_reset_mid_answer_stops_the_run():
     """A server that lists its models, then resets the connection of the second chat
     request: the replay counts it as a connection error and stops."""
@@ -436,7 +465,7 @@ def test_a_connection_reset_mid_answer_stops_the_run():
                 conn, _ = listener.accept()
             except OSError:
                 return
-            head = conn.recv(65536)
+            head = read_request(conn)
             if head.startswith(b"POST"):
                 chats += 1
                 if chats == 2:

@@ -136,7 +136,7 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
 @click.option("--suite", metavar="SPECIALIST", default=None,
               help="Send the specialist's eval scenarios (input as the user message, the "
                    "expected answer as the reference) instead of a FILE.")
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, metavar="URL",
               help="The running `modelsmith serve` (its /v1 may be included).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Requests per second overall, at most [default: unlimited].")
@@ -153,7 +153,8 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
               help="Feedback after each answer: each line's recorded 'feedback' (line), "
                    "none, 1/0 for agreeing with the line's reference (reference), or a "
                    "fixed score in [0, 1].")
-@click.option("--feedback-stage", type=click.Choice(STAGES), default=None,
+@click.option("--feedback-stage", type=click.Choice([s for s in STAGES if s != "shadow"]),
+              default=None,
               help="Send feedback only for answers this stage served (e.g. canary).")
 @click.option("--token-env", default="MODELSMITH_SERVE_TOKEN", show_default=True,
               metavar="VAR", help="Environment variable holding the server's bearer token.")

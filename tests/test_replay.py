@@ -65,15 +65,16 @@ def test_every_bad_line_is_named_by_its_number_and_field():
         line(feedback=0.5, reference="ACCEPT", temperature=0.2),           # 16 ok
         '{"model": "rtb-quality", "messages": NaN}',                       # 17
         line(messages=["hi"]),                                             # 18
+        "[" * 100_000 + "]" * 100_000,                                     # 19
     ]
-    data = "\n".join(lines).encode() + b"\n\xff\xfe{}\n"                  # 19 not UTF-8
+    data = "\n".join(lines).encode() + b"\n\xff\xfe{}\n"                  # 20 not UTF-8
     requests, issues = parse(data)
     found = {(i.line, i.field) for i in issues}
     assert found == {(2, None), (3, None), (4, "messages"), (5, "messages"),
                      (6, "messages[0].role"), (7, "messages[0].content"), (8, "messages"),
                      (9, "feedback"), (10, "feedback"), (11, "feedback"), (12, "model"),
                      (13, "metadata"), (14, "stream"), (17, None), (18, "messages[0]"),
-                     (19, None)}
+                     (19, None), (20, None)}
     shown = [str(i) for i in issues]
     assert "traffic.jsonl:2: not JSON: Expecting property name enclosed in double quotes " \
            "(column 2)" in shown

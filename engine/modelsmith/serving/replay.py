@@ -202,6 +202,9 @@ def read_requests(stream: IO[bytes], source: str, *, model: str | None = None,
             where = f" (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
             bad(None, f"not JSON: {getattr(exc, 'msg', exc)}{where}")
             continue
+        except RecursionError:
+            bad(None, "not JSON this replay reads: nested too deeply")
+            continue
         if not isinstance(body, dict):
             bad(None, f"must be a JSON object (a chat completion request), not "
                       f"{_kind(body)}")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from modelsmith.errors import WorkspaceError
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from modelsmith.inference.base import Backend
     from modelsmith.iterate.loop import LoopOptions, LoopParts, LoopResult
     from modelsmith.iterate.state import IterateState
+    from modelsmith.serving.replay import ReplaySummary
     from modelsmith.serving.service import Service
     from modelsmith.specs import Repository
     from modelsmith.training.service import TrainOutcome
@@ -810,6 +811,57 @@ class Modelsmith:
         from modelsmith.serving.http import make_server
 
         return make_server(self.service(**options), host, port, token=token)
+
+    def replay(self, source: str | Path | IO[bytes] | None = None, *, url: str,
+               suite: str | None = None, split: str = "core", model: str | None = None,
+               rate: float | None = None, concurrency: int = 4, limit: int | None = None,
+               feedback: str | float = "line", feedback_stage: str | None = None,
+               token: str | None = None, timeout_s: float = 120.0, name: str | None = None,
+               progress: ProgressFactory | None = None) -> ReplaySummary:
+        """Send requests through the ``modelsmith serve`` at ``url``: the JSONL ``source``
+        (a path, or a binary stream called ``name``), or the ``split`` of ``suite``'s
+        scenarios (that specialist's eval suite). Everything is checked first
+        (:class:`~modelsmith.serving.replay.ReplayInputError` lists every problem, nothing
+        sent); then ``concurrency`` workers send at most ``rate`` requests/s and the
+        feedback ``feedback`` says (``line``, ``none``, ``reference`` or a number),
+        only for answers ``feedback_stage`` served if given. The summary, also when the
+        server went away mid-run."""
+        from modelsmith.errors import ModelsmithError
+        from modelsmith.serving import replay as replaying
+
+        if (source is None) == (suite is None):
+            raise replaying.ReplayInputError([replaying.ReplayIssue(
+                "replay", None, None, "give a request FILE or --suite SPECIALIST (one)")])
+        replaying.check_options(concurrency, rate, feedback)
+        client = replaying.Client(url, token=token, timeout_s=timeout_s)
+        repo = None
+        issues: list[Any] = []
+        if suite is not None:
+            repo = self.specs()
+            requests = replaying.suite_requests(repo, suite, split, model=model)
+        elif isinstance(source, str | Path):
+            label = name or str(source)
+            try:
+                with open(source, "rb") as stream:
+                    requests, issues = replaying.read_requests(stream, label, model=model)
+            except OSError as exc:
+                raise replaying.ReplayInputError([replaying.ReplayIssue(
+                    label, None, None, f"cannot read it: {exc.strerror or exc}")]) from None
+        else:
+            requests, issues = replaying.read_requests(source, name or "<stdin>",
+                                                       model=model)
+        if replaying.feedback_mode(feedback) == "reference" and repo is None:
+            try:  # the suite's scorer when this is the served repository; else text match
+                repo = self.specs()
+            except ModelsmithError:
+                repo = None
+        total = min(len(requests), limit) if limit else len(requests)
+        with _watch(progress, f"replaying {total} requests") as update:
+            return replaying.replay(requests, client, limit=limit, concurrency=concurrency,
+                                    rate=rate, feedback=feedback,
+                                    feedback_stage=feedback_stage,
+                                    check=replaying.ReferenceCheck(repo), issues=issues,
+                                    model=model, progress=update)
 
     def mcp_server(self) -> tuple[Any, Service]:
         """The stdio MCP server over :meth:`service`, and the service to close after."""

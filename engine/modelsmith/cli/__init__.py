@@ -17,7 +17,7 @@ from .evaluation import compare, eval_cmd
 from .fleet import history, lineage, log, status, verify
 from .gitops import plan_cmd, propose, reconcile, rollback
 from .iterate import iterate
-from .serving import mcp, package_cmd, route, serve
+from .serving import mcp, package_cmd, replay, route, serve
 from .specs import init, schema, validate
 from .training import job, repro, train
 
@@ -40,7 +40,7 @@ def cli(ctx: click.Context, repo: str) -> None:
 
 
 for command in (validate, schema, init, status, log, history, lineage, verify, propose,
-                rollback, plan_cmd, reconcile, route, package_cmd, serve, mcp, eval_cmd,
+                rollback, plan_cmd, reconcile, route, package_cmd, serve, replay, mcp, eval_cmd,
                 compare, train, job, repro, iterate, doctor, demo):
     cli.add_command(command)
 

@@ -1,4 +1,4 @@
-"""``route``, ``package``, ``serve`` and ``mcp``: the fleet in service."""
+"""``route``, ``package``, ``serve``, ``replay`` and ``mcp``: the fleet in service."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import click
 
 from modelsmith.errors import EXIT_FAILED
+from modelsmith.stages import STAGES
 
-from ._base import app, guard, json_option, print_json, say
+from ._base import Progress, app, console, guard, json_option, print_json, say
 
 
 @click.command()
@@ -128,6 +129,131 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
     finally:
         server.server_close()
         server.service.close()
+
+
+@click.command()
+@click.argument("file", required=False, metavar="[FILE]")
+@click.option("--suite", metavar="SPECIALIST", default=None,
+              help="Send the specialist's eval scenarios (input as the user message, the "
+                   "expected answer as the reference) instead of a FILE.")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, metavar="URL",
+              help="The running `modelsmith serve` (its /v1 may be included).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Requests per second overall, at most [default: unlimited].")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Requests in flight at once.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Send only the first N requests (all are checked).")
+@click.option("--split", type=click.Choice(["core", "dev", "heldout", "all"]), default=None,
+              help="With --suite: which scenarios [default: core].")
+@click.option("--model", default=None, metavar="NAME",
+              help="Send every request to NAME instead (a specialist, or auto).")
+@click.option("--feedback", default="line", show_default=True,
+              metavar="line|none|reference|NUMBER",
+              help="Feedback after each answer: each line's recorded 'feedback' (line), "
+                   "none, 1/0 for agreeing with the line's reference (reference), or a "
+                   "fixed score in [0, 1].")
+@click.option("--feedback-stage", type=click.Choice([s for s in STAGES if s != "shadow"]),
+              default=None,
+              help="Send feedback only for answers this stage served (e.g. canary).")
+@click.option("--token-env", default="MODELSMITH_SERVE_TOKEN", show_default=True,
+              metavar="VAR", help="Environment variable holding the server's bearer token.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=120.0,
+              show_default=True, help="Seconds to wait for each answer.")
+@json_option
+@click.pass_context
+@guard
+def replay(ctx: click.Context, file: str | None, suite: str | None, url: str,
+           rate: float | None, concurrency: int, limit: int | None, split: str | None,
+           model: str | None, feedback: str, feedback_stage: str | None, token_env: str,
+           timeout_s: float, as_json: bool) -> None:
+    """Send the chat requests of FILE (JSONL, one request a line; - reads stdin), or a
+    specialist's eval scenarios, through a running `modelsmith serve`, and summarise:
+    answers by version and stage, errors, latency, throughput, feedback.
+
+    Every line is checked first: a bad one is named by line and field, nothing is sent
+    (exit 2). Exit 0 when every request was answered, 1 when any failed or the server went
+    away mid-run.
+    """
+    if file is not None and suite is not None:
+        raise click.UsageError("give a request FILE or --suite SPECIALIST, not both")
+    if file is None and suite is None:
+        raise click.UsageError("give a request FILE (- reads stdin) or --suite SPECIALIST")
+    if split is not None and suite is None:
+        raise click.UsageError("--split picks the scenarios of --suite")
+    source: Any = None
+    name = None
+    if file == "-":
+        source, name = sys.stdin.buffer, "<stdin>"
+    elif file is not None:
+        source = Path(file)
+        name = file
+    summary = app(ctx).replay(
+        source, url=url, suite=suite, split=split or "core", model=model, rate=rate,
+        concurrency=concurrency, limit=limit, feedback=feedback,
+        feedback_stage=feedback_stage, token=os.environ.get(token_env) or None,
+        timeout_s=timeout_s, name=name, progress=Progress if sys.stderr.isatty() else None)
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        render_replay(summary.to_dict())
+    if not summary.clean:
+        sys.exit(EXIT_FAILED)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def render_replay(s: dict[str, Any]) -> None:
+    """The replay summary for a person: totals, latency, what served, errors, feedback."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rich = console()
+
+    def out(item: Any) -> None:  # messages carry brackets ([Errno 111]): never markup
+        if isinstance(item, str):
+            rich.print(item, markup=False)
+        else:
+            rich.print(item)
+
+    pace = f"rate {s['rate']:g}/s" if s["rate"] else "rate unlimited"
+    achieved = f"{s['requests_per_s']:.1f} requests/s" if s["requests_per_s"] else "-"
+    out(f"replayed {s['sent']} of {s['requests']} requests to {s['url']} in "
+        f"{s['duration_s']:.2f} s: {achieved} ({pace}, concurrency {s['concurrency']})")
+    out(f"ok {s['ok']}, failed {s['failed']}, not sent {s['not_sent']}")
+    lat = s["latency_ms"]
+    out(f"latency p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, p99 {_ms(lat['p99'])}")
+    if s["served"]:
+        table = Table(title="served by", title_justify="left")
+        for column in ("specialist", "version", "stage", "requests"):
+            table.add_column(column, justify="right" if column == "requests" else "left")
+        for row in s["served"]:
+            table.add_row(*(escape(row[k]) for k in ("specialist", "version", "stage")),
+                          str(row["requests"]))
+        out(table)
+    if s["errors"]:
+        table = Table(title="errors", title_justify="left")
+        for column in ("error", "count", "message"):
+            table.add_column(column, justify="right" if column == "count" else "left",
+                             overflow="fold")
+        for e in s["errors"]:
+            kind = " ".join(str(x) for x in (e["status"], e["code"]) if x) \
+                if e["kind"] == "http" else e["kind"]
+            table.add_row(escape(kind), str(e["count"]), escape(e["message"]))
+        out(table)
+    fb = s["feedback"]
+    if fb["sent"] or fb["failed"]:
+        mean = f" (mean {fb['mean']:.3f})" if fb["mean"] is not None else ""
+        line = f"feedback: {fb['sent']} sent{mean}"
+        if fb["failed"]:
+            line += f", {fb['failed']} failed ({fb['error']})"
+        out(line)
+    else:
+        out("feedback: none sent")
+    if s["stopped"]:
+        out(f"stopped early: {s['stopped']}; {s['not_sent']} requests not sent")
 
 
 @click.command()

@@ -31,7 +31,7 @@ from modelsmith.events.types import (
     RolledBack,
 )
 
-_CACHE_FORMAT = 5
+_CACHE_FORMAT = 6
 
 
 @dataclass(slots=True)

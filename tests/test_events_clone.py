@@ -82,14 +82,14 @@ def fetches(monkeypatch):
     import modelsmith.gitops.sync as sync_module
 
     seen: list[list[str]] = []
-    real = sync_module.subprocess.run
+    real = sync_module.subprocess.Popen  # subprocess.run starts its process through it too
 
-    def run(args, *rest, **kw):
+    def popen(args, *rest, **kw):
         if "fetch" in args:
             seen.append(list(args))
         return real(args, *rest, **kw)
 
-    monkeypatch.setattr(sync_module.subprocess, "run", run)
+    monkeypatch.setattr(sync_module.subprocess, "Popen", popen)
     return seen
 
 
@@ -196,3 +196,20 @@ def test_reconcile_push_fetches_once(origin, tmp_path, fetches):
     out = json.loads(modelsmith(mine, "reconcile", "--push", "--json").stdout)
     assert out["sync"]["pushed"] is False and local_tip(mine) == local_tip(origin)
     assert len(fetches) == 2  # the sync before deciding and the one after, no third
+
+
+def test_an_origin_that_never_answers_costs_the_timeout_once(origin, tmp_path, silent_port,
+                                                             monkeypatch):
+    import time
+
+    mine = clone(origin, tmp_path / "mine")
+    status(mine)
+    git(mine, "remote", "set-url", "origin", f"http://127.0.0.1:{silent_port}/team.git")
+    monkeypatch.setenv("MODELSMITH_FETCH_TIMEOUT", "1")
+    start = time.monotonic()
+    data, notes = status(mine)
+    assert time.monotonic() - start < 10
+    assert data["events"] == SHARED
+    assert notes == ["warning: could not fetch the event log from origin (no answer in 1 s); "
+                     "working from the local copy (set MODELSMITH_NO_FETCH=1 to skip the "
+                     "fetch)"]

@@ -24,6 +24,7 @@ remote named ``origin``: nothing runs, not even git. Offline: the local log, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Callable
@@ -74,12 +75,25 @@ class SyncResult:
 
 def _git(root: Path, *args: str, timeout: float | None = None,
          prompt: bool = True) -> subprocess.CompletedProcess:
-    """git in ``root``; without ``prompt`` it never waits on a credential prompt (what a
-    command that only reads the log must not do)."""
-    quiet: dict[str, Any] = {} if prompt else {
-        "stdin": subprocess.DEVNULL, "env": {**os.environ, "GIT_TERMINAL_PROMPT": "0"}}
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                          timeout=timeout, **quiet)
+    """git in ``root``. Without ``prompt`` it never waits on a credential prompt (what a
+    command that only reads the log must not do): no terminal, no stdin, and past
+    ``timeout`` git and the helpers it started (ssh, remote-http) are ended together."""
+    command = ["git", "-C", str(root), *args]
+    if prompt:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    import signal
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: git and its helpers
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,16 @@ class ForgeContract:
         assert git(team, "rev-parse", "main").strip() == head
         assert git(team, "status", "--porcelain") == ""
 
+    def test_open_proposals_are_listed_until_merged(self, forge, team):
+        assert forge.open_proposals() == []
+        git(team, "branch", "modelsmith/propose/not-a-proposal")  # no <stage>-<version>
+        proposal = forge.propose("rtb", "production", "v1", title=TITLE, body=BODY)
+        assert forge.open_proposals() == [proposal]
+        assert (proposal.specialist, proposal.stage, proposal.version, proposal.branch) == (
+            "rtb", "production", "v1", BRANCH)
+        self.merge(forge, proposal, approvers=("alice",), merged_by="alice")
+        assert forge.open_proposals() == []
+
     def test_a_change_that_cannot_be_made_is_a_forge_error(self, forge, team):
         with pytest.raises(ForgeError, match="no specialist 'nope'"):
             forge.propose("nope", "production", "v1", title=TITLE, body=BODY)

@@ -1,5 +1,5 @@
 """A small fake of GitHub's REST API on 127.0.0.1, for github3.py: one repository backed by
-a real bare git repository. Pull requests are opened on pushed branches, reviewed, and
+a real bare git repository. Pull requests are opened on pushed branches, listed, reviewed, and
 merged for real: a ``--no-ff`` merge commit on the base branch with GitHub's message
 (``Merge pull request #N from owner/branch``). Each token is a user. Responses carry the
 keys github3.py reads (it refuses incomplete ones)."""
@@ -14,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 NOW = "2026-11-26T12:00:00Z"
 
@@ -52,9 +53,10 @@ class FakeGitHub:
                 token = (self.headers.get("Authorization") or "").split(" ")[-1]
                 user = fake.tokens.get(token)
                 base = f"http://{self.headers['Host']}"
+                path, _, query = self.path.partition("?")
                 with fake.lock:
-                    status, body = fake.route(method, self.path.split("?")[0], payload, user,
-                                              base)
+                    status, body = fake.route(method, path, payload, user, base,
+                                              dict(parse_qsl(query)))
                 self._reply(status, body)
 
             def do_GET(self) -> None:
@@ -159,7 +161,7 @@ class FakeGitHub:
     # -- the API -----------------------------------------------------------------------------
 
     def route(self, method: str, path: str, body: dict, user: str | None,
-              base: str) -> tuple[int, Any]:
+              base: str, query: dict[str, str] | None = None) -> tuple[int, Any]:
         prefix = f"/repos/{self.full_name}"
         if user is None:
             return 401, {"message": "Bad credentials"}
@@ -176,6 +178,11 @@ class FakeGitHub:
             if members:
                 return 200, [self.user(login, base) for login in self.teams[f"{org}/{slug}"]]
             return 200, self.team(org, slug, base)
+        if method == "GET" and path == f"{prefix}/pulls":
+            state = (query or {}).get("state", "open")
+            numbers = [n for n, p in self.pulls.items() if state in ("all", p["state"])]
+            reverse = (query or {}).get("direction", "desc") == "desc"
+            return 200, [self.pull(n, base) for n in sorted(numbers, reverse=reverse)]
         if method == "POST" and path == f"{prefix}/pulls":
             number = len(self.pulls) + 1
             self.pulls[number] = {"title": body["title"], "body": body.get("body", ""),

@@ -140,3 +140,44 @@ def test_a_change_committed_straight_onto_main_carries_no_approval(fork):
     assert action["kind"] == "reject"
     assert action["reason"].endswith("production needs a merged, approved change asking "
                                      "for v1; none found")
+
+
+def test_plan_lists_an_open_proposal_until_it_is_merged(fork):
+    run(fork, "propose", "rtb-quality", "--version", "v1", "--stage", "production")
+    output = run(fork, "plan")
+    assert (f"No changes to apply; 1 proposal waits for review: rtb-quality v1 -> production "
+            f"({BRANCH}).") in output
+    assert f"  rtb-quality production: - -> v1 (local {BRANCH})\n" in output
+    assert ("      ok   composite: last 3 evaluations [0.9522, 0.9522, 0.9522] (dev "
+            "composite) vs target 0.9") in output
+    assert ("      wait approval: production needs a merged, approved change asking for v1; "
+            "none found") in output
+    assert "merged with the approval it needs, reconcile promotes it" in output
+    plan = json.loads(run(fork, "plan", "--json"))
+    assert plan["actions"] == [] and plan["warnings"] == []
+    (waiting,) = plan["proposals"]
+    commit = git(fork, "rev-parse", BRANCH).strip()
+    assert {key: waiting[key] for key in ("forge", "ref", "number", "branch", "commit",
+                                          "specialist", "stage", "version", "ready",
+                                          "note", "previous")} == {
+        "forge": "local", "ref": BRANCH, "number": None, "branch": BRANCH, "commit": commit,
+        "specialist": "rtb-quality", "stage": "production", "version": "v1", "ready": True,
+        "note": None, "previous": None}
+    assert waiting["title"] == "Promote rtb-quality v1 to production"
+    gates = {g["name"]: g["passed"] for g in waiting["gates"]}
+    assert gates["composite"] and gates["order"] and not gates["approval"]
+
+    git(fork, "merge", "--no-ff", "-q", BRANCH, "-m", f"Merge {BRANCH}\n\nApproved-by: alice")
+    plan = json.loads(run(fork, "plan", "--json"))
+    assert plan["proposals"] == [] and [a["kind"] for a in plan["actions"]] == ["promote"]
+    assert "waits for review" not in run(fork, "plan")
+
+
+def test_plan_names_a_proposal_whose_gates_fail(fork):
+    """A proposal for a version the log does not know: merged, it would be rejected."""
+    run(fork, "propose", "rtb-quality", "--version", "v9", "--stage", "shadow")
+    output = run(fork, "plan")
+    assert "FAIL version: v9 is not a registered candidate of rtb-quality" in output
+    assert "merged today, it would be rejected: the version gate fails" in output
+    (waiting,) = json.loads(run(fork, "plan", "--json"))["proposals"]
+    assert waiting["ready"] is False and waiting["version"] == "v9"

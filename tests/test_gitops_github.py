@@ -287,3 +287,38 @@ def test_a_codeowners_team_is_not_satisfied_by_an_outsider(world):
     (applied,) = reconcile(clones)
     assert (applied["type"], applied["gates"][-1]["name"]) == ("PromotionRejected", "approval")
     assert "alice" in applied["reason"], applied["reason"]
+
+
+def test_plan_lists_an_open_pull_request_until_it_is_merged(world):
+    fake, clones = world
+    propose(clones, "v1")
+    url = "https://github.example/team/rtb/pull/1"
+    git(clones["reconciler"], "pull", "-q", "origin", "main")
+    plan = json.loads(modelsmith(clones["reconciler"], "plan", "--json"))
+    (waiting,) = plan["proposals"]
+    assert {key: waiting[key] for key in ("forge", "ref", "number", "branch", "specialist",
+                                          "stage", "version", "ready")} == {
+        "forge": "github", "ref": url, "number": 1,
+        "branch": "modelsmith/propose/rtb-quality/canary-v1", "specialist": "rtb-quality",
+        "stage": "canary", "version": "v1", "ready": True}
+    approval = next(g for g in waiting["gates"] if g["name"] == "approval")
+    assert approval["passed"] is False  # the merge brings it
+    output = modelsmith(clones["reconciler"], "plan")
+    assert (f"No changes to apply; 1 proposal waits for review: rtb-quality v1 -> canary "
+            f"({url}).") in output
+    review_and_merge(fake, "alice-token")
+    git(clones["reconciler"], "pull", "-q", "origin", "main")
+    plan = json.loads(modelsmith(clones["reconciler"], "plan", "--json"))
+    assert plan["proposals"] == [] and [a["kind"] for a in plan["actions"]] == ["promote"]
+
+
+def test_plan_says_when_github_cannot_list_proposals(world, monkeypatch):
+    _fake, clones = world
+    monkeypatch.setenv("MODELSMITH_GITHUB_API", "http://127.0.0.1:9")  # nobody listens
+    done = subprocess.run([sys.executable, "-m", "modelsmith", "-C", str(clones["agent"]),
+                           "plan", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["proposals"] == []
+    (warning,) = done.stderr.splitlines()
+    assert warning.startswith("open proposals not listed: GitHub team/rtb: ")
+    assert "Traceback" not in done.stderr

@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from modelsmith.events.projection import Assignment, FleetState
     from modelsmith.events.types import Event
     from modelsmith.events.verify import VerifyReport
-    from modelsmith.gitops.forge import Forge
-    from modelsmith.gitops.plan import Action
+    from modelsmith.gitops.forge import Forge, Proposal
+    from modelsmith.gitops.plan import Action, Gate
     from modelsmith.gitops.reconcile import ReconcileResult
-    from modelsmith.gitops.sync import SyncResult
+    from modelsmith.gitops.sync import CatchUp, SyncResult
     from modelsmith.inference.base import Backend
     from modelsmith.iterate.loop import LoopOptions, LoopParts, LoopResult
     from modelsmith.iterate.state import IterateState
@@ -107,6 +107,47 @@ class Reconciliation:
                 "sync": None if self.synced is None else self.synced.to_dict()}
 
 
+def _gate_dict(gate: Gate) -> dict[str, Any]:
+    return {"name": gate.name, "passed": gate.passed, "detail": gate.detail,
+            "numbers": gate.numbers}
+
+
+@dataclass
+class OpenProposal:
+    """A proposal waiting for review, with the gates ``plan`` would apply to it once it is
+    merged (from the event log as it stands); ``note`` says why there are none."""
+
+    proposal: Proposal
+    gates: tuple[Gate, ...] = ()
+    note: str | None = None
+    previous: str | None = None  # what the stage holds now, in the log
+
+    @property
+    def ready(self) -> bool:
+        """Whether every gate but the approval (which the merge brings) passes today."""
+        return bool(self.gates) and all(g.passed for g in self.gates if g.name != "approval")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.proposal.to_dict(), "previous": self.previous, "ready": self.ready,
+                "note": self.note, "gates": [_gate_dict(g) for g in self.gates]}
+
+
+@dataclass
+class PlanReport:
+    """``plan``: the actions reconciling would take, the proposals waiting for review, and
+    anything the user should read (a forge that could not be listed)."""
+
+    tip: str | None
+    actions: list[Action]
+    proposals: list[OpenProposal] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tip": self.tip, "actions": [a.to_dict() for a in self.actions],
+                "proposals": [p.to_dict() for p in self.proposals],
+                "warnings": self.warnings}
+
+
 @dataclass
 class Training:
     outcome: TrainOutcome
@@ -120,22 +161,32 @@ class Modelsmith:
     ``store``, ``artifacts`` and ``backends`` may be given (tests, other deployments);
     otherwise the embedded defaults are built on first use: the git event store of
     ``root``, DVC in ``root``, and the inference factory.
+
+    The first use of the embedded store brings in ``origin``'s log (``fetch``: whether to
+    fetch it first; ``MODELSMITH_NO_FETCH=1`` says no too), so a clone continues the shared
+    log: what happened is in ``log_sync``, and each line worth telling goes to ``say``.
     """
 
     def __init__(self, root: Path, *, store: GitEventStore | None = None,
                  artifacts: ArtifactStore | None = None,
                  backends: BackendFactory | None = None,
-                 forges: Callable[[Repository], Forge] | None = None) -> None:
+                 forges: Callable[[Repository], Forge] | None = None,
+                 fetch: bool = True, say: Say = _quiet) -> None:
         self.root = Path(root)
         self._store = store
         self._artifacts = artifacts
         self._backends = backends
         self._forges = forges
+        self._fetch = fetch
+        self._say = say
+        #: What bringing in origin's log found (None until the store is first used).
+        self.log_sync: CatchUp | None = None
 
     # -- wiring -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path = ".") -> Modelsmith:
+    def open(cls, path: str | Path = ".", *, fetch: bool = True,
+             say: Say = _quiet) -> Modelsmith:
         """The repository containing ``path`` (its work tree root), or ``path`` itself."""
         import pygit2
 
@@ -144,9 +195,10 @@ class Modelsmith:
             raise WorkspaceError(f"{start} does not exist")
         found = pygit2.discover_repository(str(start))
         if found is None:
-            return cls(start)
+            return cls(start, fetch=fetch, say=say)
         repo = pygit2.Repository(found)
-        return cls(Path(repo.workdir).resolve() if repo.workdir else start)
+        return cls(Path(repo.workdir).resolve() if repo.workdir else start, fetch=fetch,
+                   say=say)
 
     def __enter__(self) -> Modelsmith:
         return self
@@ -171,8 +223,26 @@ class Modelsmith:
                     f"{self.root} is not a git repository: the event log lives on its "
                     "branch modelsmith/events (run `git init` first)"
                 )
+            self._catch_up()
             self._store = GitEventStore(self.root)
         return self._store
+
+    def _catch_up(self, remote: str = "origin") -> None:
+        """Bring in ``remote``'s log before reading or appending ours (``catch_up``): a
+        clone continues the shared log, one behind fast-forwards; never fatal."""
+        if self.log_sync is not None:
+            return
+        from modelsmith.gitops.sync import CatchUp, catch_up, fetch_disabled
+
+        try:
+            self.log_sync = catch_up(self.root, remote,
+                                     fetch=self._fetch and not fetch_disabled())
+        except Exception as exc:  # a broken remote must not stop a command that reads
+            self.log_sync = CatchUp("same", offline=str(exc), notes=[
+                f"warning: could not bring in {remote}'s event log ({exc}); working from "
+                "the local copy"])
+        for note in self.log_sync.notes:
+            self._say(note)
 
     @property
     def artifacts(self) -> ArtifactStore:
@@ -345,8 +415,12 @@ class Modelsmith:
             row = dict(actual.get(name) or _EMPTY_ROW, name=name)
             row["desired"] = desired.get(name)
             rows.append(row)
+        synced = self.log_sync
         return {"tip": fleet["tip"], "events": fleet["events"], "specialists": rows,
-                "specs_error": note}
+                "specs_error": note,
+                # What bringing in origin's log found: created, fast-forwarded, diverged...
+                "origin": None if synced is None or synced.state == "no-remote"
+                else synced.to_dict()}
 
     def _status_at(self, when: str) -> dict[str, Any]:
         """The fleet at ``when`` (a time or a git revision): only events recorded by then
@@ -679,15 +753,91 @@ class Modelsmith:
 
     # -- gitops -----------------------------------------------------------------------
 
+    def _plan_inputs(self, repo: Repository) -> dict[str, Any]:
+        """The lookups every plan decides its gates with: held-out comparisons and evidence
+        from the log, approvals from the forge."""
+        from modelsmith.gitops.plan import logged_evidence, logged_heldout
+
+        return {"heldout": logged_heldout(self.store), "approval": self._approvals(repo),
+                "evidence": logged_evidence(self.store, repo)}
+
     def plan(self) -> list[Action]:
         """What reconciling would do, per specialist and stage, with every gate (from the
         event log's evidence only)."""
-        from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout, plan
+        from modelsmith.gitops.plan import desired_state, plan
 
         repo = self.specs()
-        return plan(desired_state(repo), self.fleet(), heldout=logged_heldout(self.store),
-                    approval=self._approvals(repo),
-                    evidence=logged_evidence(self.store, repo))
+        return plan(desired_state(repo), self.fleet(), **self._plan_inputs(repo))
+
+    def plan_report(self) -> PlanReport:
+        """:meth:`plan`, and the proposals that wait for review on the forge, each with the
+        gates the plan would apply to it once merged."""
+        from modelsmith.gitops.plan import desired_state, plan
+
+        repo = self.specs()
+        fleet = self.fleet()
+        inputs = self._plan_inputs(repo)
+        report = PlanReport(self.store.tip(), plan(desired_state(repo), fleet, **inputs))
+        report.proposals = self._open_proposals(repo, fleet, inputs, report.warnings)
+        return report
+
+    def _open_proposals(self, repo: Repository, fleet: FleetState, inputs: dict[str, Any],
+                        warnings: list[str]) -> list[OpenProposal]:
+        """The forge's open proposals, each with the gates of the step it asks for."""
+        from dataclasses import replace
+
+        from modelsmith.events.projection import SpecialistState
+        from modelsmith.gitops.forge import ForgeError
+        from modelsmith.gitops.plan import desired_state, gates_for
+
+        try:
+            waiting = self.forge(repo).open_proposals()
+        except ForgeError as exc:
+            warnings.append(f"open proposals not listed: {exc}")
+            return []
+        desired = desired_state(repo)
+        found = []
+        for proposal in waiting:
+            name, stage_name, version = proposal.specialist, proposal.stage, proposal.version
+            want = desired.get(name or "")
+            stage = next((s for s in want.policy.stages if s.name == stage_name),
+                         None) if want is not None else None
+            if want is None or stage is None:
+                why = (f"no specialist {name!r} in this repository" if want is None
+                       else f"{name}'s policy has no stage {stage_name}")
+                found.append(OpenProposal(proposal, note=why))
+                continue
+            state = fleet.specialists.get(name) or SpecialistState(name)
+            held = state.holder(stage.name)
+            previous = held.version if held is not None else None
+            if version is None:
+                found.append(OpenProposal(proposal, note=(
+                    f"empties {stage.name}: reconcile demotes {previous}" if previous
+                    else f"empties {stage.name}, which holds nothing"), previous=previous))
+                continue
+            if previous == version:
+                found.append(OpenProposal(proposal, note=(
+                    f"the event log already has {version} in {stage.name}: merging makes "
+                    "release match it"), previous=previous))
+                continue
+            # As merged: the stage names the version, which leaves any other stage.
+            release = {s: (None if v == version else v) for s, v in want.release.items()}
+            merged = replace(want, release={**release, stage.name: version})
+            gates = gates_for(name, merged, state, stage, version, inputs["heldout"],
+                              inputs["approval"], inputs["evidence"])
+            found.append(OpenProposal(proposal, tuple(gates), previous=previous))
+        return found
+
+    def sync(self, remote: str = "origin") -> SyncResult:
+        """Share the event log with ``remote`` and nothing else: fetch, fast-forward or
+        replay the local-only events onto its tip, push (never a force-push). A decision
+        that no longer holds on the shared log is dropped (``reconcile`` decides again)."""
+        from modelsmith.gitops.sync import CatchUp, sync
+
+        if self.log_sync is None:
+            self.log_sync = CatchUp("same")  # sync fetches itself
+        _ = self.store  # a clear error outside a git repository
+        return sync(self.root, remote)
 
     def propose(self, specialist: str, version: str, stage: str, *,
                 traffic: float | None = None) -> tuple[Any, str, bool]:
@@ -751,9 +901,11 @@ class Modelsmith:
                              evidence=logged_evidence(store, repo), cache=self.fold_cache)
 
         if push:
-            from modelsmith.gitops.sync import sync
+            from modelsmith.gitops.sync import CatchUp, sync
 
             sync(self.root, remote)  # decide on the shared log, not a stale copy
+            if self.log_sync is None:
+                self.log_sync = CatchUp("same")  # the sync just fetched: no second fetch
         result = apply(self.store)
         if evaluate and result.pending:
             run = on_evaluate or (lambda name, version: self.evaluate(name, version))

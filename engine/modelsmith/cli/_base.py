@@ -93,7 +93,7 @@ def app(ctx: click.Context) -> Modelsmith:
     """The façade of the repository named by ``-C`` (closed when the command ends)."""
     from modelsmith.app import Modelsmith
 
-    opened = Modelsmith.open(ctx.obj["repo"])
+    opened = Modelsmith.open(ctx.obj["repo"], fetch=ctx.obj.get("fetch", True), say=say)
     ctx.call_on_close(opened.close)
     return opened
 

@@ -71,12 +71,15 @@ MARKS = {"promote": "+", "demote": "-", "rollback": "<", "reject": "!", "evaluat
 @guard
 def plan_cmd(ctx: click.Context, as_json: bool) -> None:
     """What reconciling would do, per specialist and stage, with every gate and its
-    numbers (from the event log's evidence only)."""
-    repo = app(ctx)
-    actions = repo.plan()
+    numbers (from the event log's evidence only), and the proposals waiting for review
+    with the gates they would meet once merged."""
+    report = app(ctx).plan_report()
+    for warning in report.warnings:
+        say(warning)
     if as_json:
-        print_json({"tip": repo.store.tip(), "actions": [a.to_dict() for a in actions]})
+        print_json(report.to_dict())
         return
+    actions = report.actions
     current = None
     for action in actions:
         if action.specialist != current:
@@ -87,10 +90,53 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"      {action.reason}")
         for gate in action.gates:
             click.echo(f"      {'ok  ' if gate.passed else 'FAIL'} {gate.name}: {gate.detail}")
+    if report.proposals:
+        _render_proposals(report.proposals)
     counts = {kind: sum(a.kind == kind for a in actions) for kind in MARKS}
-    if not actions:
+    waiting = _waiting(report.proposals)
+    if not actions and waiting:
+        click.echo(f"No changes to apply; {waiting}.")
+    elif not actions:
         click.echo("No changes: the event log matches every specialist's release.")
     click.echo("Plan: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ".")
+    if actions and waiting:
+        click.echo(waiting[0].upper() + waiting[1:] + ".")
+
+
+def _waiting(proposals) -> str:
+    """``1 proposal waits for review: rtb v2 -> production (ref)``, or empty."""
+    if not proposals:
+        return ""
+    listed = "; ".join(f"{p.proposal.specialist} {p.proposal.version or '(empty)'} -> "
+                       f"{p.proposal.stage} ({p.proposal.ref})" for p in proposals)
+    one = len(proposals) == 1
+    return (f"{len(proposals)} proposal{'' if one else 's'} wait{'s' if one else ''} "
+            f"for review: {listed}")
+
+
+def _render_proposals(proposals) -> None:
+    """Each open proposal with the gates it meets today; the approval is the merge's own,
+    so an unmerged proposal's waits rather than fails."""
+    click.echo("Waiting for review (what each would do once merged):")
+    for waiting in proposals:
+        proposal = waiting.proposal
+        click.echo(f"  {proposal.specialist} {proposal.stage}: {waiting.previous or '-'} -> "
+                   f"{proposal.version or '-'} ({proposal.forge} {proposal.ref})")
+        if waiting.note:
+            click.echo(f"      {waiting.note}")
+        for gate in waiting.gates:
+            mark = "ok  " if gate.passed else "wait" if gate.name == "approval" else "FAIL"
+            click.echo(f"      {mark} {gate.name}: {gate.detail}")
+        if waiting.gates:
+            failed = list(dict.fromkeys(g.name for g in waiting.gates
+                                        if not g.passed and g.name != "approval"))
+            needs = any(g.name == "approval" for g in waiting.gates)
+            if failed:
+                click.echo(f"      merged today, it would be rejected: the {', '.join(failed)} "
+                           + ("gates fail" if len(failed) > 1 else "gate fails"))
+            else:
+                click.echo("      merged " + ("with the approval it needs" if needs
+                                              else "today") + ", reconcile promotes it")
 
 
 @click.command()
@@ -156,3 +202,30 @@ def _render(done, remote: str, as_json: bool) -> None:
             click.echo(f"{len(synced.dropped)} decision(s) no longer held on {remote}'s log "
                        "and were decided again")
         click.echo(f"event log {'pushed to' if synced.pushed else 'in step with'} {remote}")
+
+
+@click.command("sync")
+@click.option("--remote", default="origin", show_default=True)
+@json_option
+@click.pass_context
+@guard
+def sync_cmd(ctx: click.Context, remote: str, as_json: bool) -> None:
+    """Share the event log with a remote and decide nothing: fetch, then fast-forward to
+    its log or replay the events recorded only here onto its tip, and push (never a
+    force-push). A decision that no longer holds on the shared log is dropped; run
+    `modelsmith reconcile` to decide again."""
+    synced = app(ctx).sync(remote)
+    if as_json:
+        print_json(synced.to_dict())
+        return
+    if synced.replayed:
+        click.echo(f"replayed {len(synced.replayed)} local event(s) onto {remote}'s log")
+    if synced.dropped:
+        click.echo(f"{len(synced.dropped)} decision(s) no longer held on {remote}'s log and "
+                   "were dropped: run `modelsmith reconcile` to decide again")
+    if synced.pushed:
+        click.echo(f"event log pushed to {remote}")
+    elif synced.fast_forwarded:
+        click.echo(f"event log fast-forwarded to {remote}'s")
+    else:
+        click.echo(f"event log in step with {remote}")

@@ -14,15 +14,25 @@ both moved. Then the events recorded only here are replayed on the remote tip, i
 Then a plain push; a push rejected because the remote moved again starts over. A
 candidate version registered on both sides under one name is a conflict for a person: it
 stops with both events named.
+
+:func:`catch_up` is the read-only half, run before any command reads or appends the log
+(so a fresh clone continues the shared log instead of starting a second one at seq 1): the
+same fetch, then the local branch is created at the remote's tip or fast-forwarded to it;
+diverged logs are left as they are and named (replaying is ``sync``'s, which pushes). No
+remote named ``origin``: nothing runs, not even git. Offline: the local log, and one note.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pygit2
 
 from modelsmith.errors import ModelsmithError
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
@@ -32,6 +42,15 @@ from modelsmith.events.types import Event
 DECISIONS = frozenset({"Promoted", "PromotionRejected", "RolledBack", "PromotionProposed"})
 REMOTE_REF = "refs/remotes/origin/modelsmith/events"
 ATTEMPTS = 20
+#: Seconds the fetch before a read may take (``MODELSMITH_FETCH_TIMEOUT``); past it the
+#: command goes on with the local log.
+FETCH_TIMEOUT = 10.0
+NO_FETCH_ENV = "MODELSMITH_NO_FETCH"
+
+
+def remote_ref(remote: str) -> str:
+    """Where the fetch keeps ``remote``'s copy of the log."""
+    return f"refs/remotes/{remote}/modelsmith/events"
 
 
 class SyncError(ModelsmithError, RuntimeError):
@@ -54,8 +73,56 @@ class SyncResult:
                 "attempts": self.attempts}
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+def _git(root: Path, *args: str, timeout: float | None = None,
+         prompt: bool = True) -> subprocess.CompletedProcess:
+    """git in ``root``. Without ``prompt`` it never waits on a credential prompt (what a
+    command that only reads the log must not do): no terminal, no stdin, and past
+    ``timeout`` git and the helpers it started (ssh, remote-http) are ended together."""
+    command = ["git", "-C", str(root), *args]
+    if prompt:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    import signal
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: git and its helpers
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetch of the log: ``ok`` (the remote-tracking ref is the remote's tip now),
+    ``missing`` (the remote has no log) or ``failed`` (``error`` says why)."""
+
+    outcome: str
+    error: str = ""
+
+
+def fetch_log(root: Path, remote: str = "origin", *, timeout: float | None = None,
+              prompt: bool = True) -> Fetched:
+    """Fetch ``remote``'s ``modelsmith/events`` into its remote-tracking ref."""
+    try:
+        done = _git(root, "fetch", "--quiet", "--no-tags", remote,
+                    f"+{EVENTS_REF}:{remote_ref(remote)}", timeout=timeout, prompt=prompt)
+    except subprocess.TimeoutExpired:
+        return Fetched("failed", f"no answer in {timeout:g} s")
+    except OSError as exc:  # no git on PATH
+        return Fetched("failed", str(exc))
+    if done.returncode == 0:
+        return Fetched("ok")
+    if "couldn't find remote ref" in done.stderr:
+        return Fetched("missing")
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    why = next((line for line in lines if line.startswith(("fatal: ", "error: "))),
+               lines[0] if lines else f"git fetch exited with {done.returncode}")
+    return Fetched("failed", why.removeprefix("fatal: ").removeprefix("error: "))
 
 
 def _fresh(store: GitEventStore, event: Event) -> Event:
@@ -73,15 +140,14 @@ def sync(root: Path, remote: str = "origin",
     result = SyncResult()
     for attempt in range(1, ATTEMPTS + 1):
         result.attempts = attempt
-        fetched = _git(root, "fetch", "--quiet", remote,
-                       f"+{EVENTS_REF}:{REMOTE_REF}")
-        if fetched.returncode != 0 and "couldn't find remote ref" not in fetched.stderr:
-            raise SyncError(f"git fetch {remote} failed: {fetched.stderr.strip()}")
+        fetched = fetch_log(root, remote)
+        if fetched.outcome == "failed":
+            raise SyncError(f"git fetch {remote} failed: {fetched.error}")
         store = GitEventStore(root)
         repo = store.repo
         local = store.tip()
-        remote_ref = repo.references.get(REMOTE_REF) if fetched.returncode == 0 else None
-        theirs = str(remote_ref.target) if remote_ref is not None else None
+        tracking = repo.references.get(remote_ref(remote)) if fetched.outcome == "ok" else None
+        theirs = str(tracking.target) if tracking is not None else None
         if local == theirs:
             return result
         if local is None or (theirs is not None and repo.descendant_of(theirs, local)):
@@ -98,6 +164,111 @@ def sync(root: Path, remote: str = "origin",
                 and "non-fast-forward" not in pushed.stderr:
             raise SyncError(f"git push {remote} failed: {pushed.stderr.strip()}")
     raise SyncError(f"{remote} kept moving: {ATTEMPTS} pushes were rejected")
+
+
+@dataclass
+class CatchUp:
+    """What :func:`catch_up` found and did.
+
+    ``state``: ``no-remote`` (no such remote: nothing ran), ``no-log`` (the remote holds no
+    log), ``same``, ``ahead`` (only local events are new: ``sync`` pushes them),
+    ``created`` (the local branch was made at the remote's tip), ``fast-forwarded``,
+    ``diverged`` (left alone). ``offline`` holds why the fetch failed (the remote-tracking
+    ref, as last fetched, was used); ``notes`` are the lines to show a person."""
+
+    state: str
+    local: str | None = None
+    remote: str | None = None
+    new_events: int = 0
+    offline: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "local": self.local, "remote": self.remote,
+                "new_events": self.new_events, "offline": self.offline}
+
+
+def fetch_disabled() -> bool:
+    """Whether ``MODELSMITH_NO_FETCH`` asks commands not to fetch the log first."""
+    return os.environ.get(NO_FETCH_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def catch_up(root: Path, remote: str = "origin", *, fetch: bool = True,
+             timeout: float | None = None) -> CatchUp:
+    """Bring ``remote``'s log in before a command reads or appends it (see the module
+    docstring): fetch it (unless ``fetch`` is false), then create the local branch at its
+    tip or fast-forward to it. Never rewrites the local branch and never raises for a
+    remote that cannot be reached."""
+    found = pygit2.discover_repository(str(root))
+    if found is None:
+        return CatchUp("no-remote")
+    repo = pygit2.Repository(found)
+    try:
+        repo.remotes[remote]
+    except (KeyError, ValueError, pygit2.GitError):
+        return CatchUp("no-remote")  # a repository of its own: no git, no network
+    result = CatchUp("same")
+    if fetch:
+        if timeout is None:
+            try:
+                timeout = float(os.environ.get("MODELSMITH_FETCH_TIMEOUT") or FETCH_TIMEOUT)
+            except ValueError:
+                timeout = FETCH_TIMEOUT
+        fetched = fetch_log(Path(repo.workdir or repo.path), remote, timeout=timeout,
+                            prompt=False)
+        if fetched.outcome == "missing":
+            result.state = "no-log"
+            return result
+        if fetched.outcome == "failed":
+            result.offline = fetched.error
+            result.notes.append(
+                f"warning: could not fetch the event log from {remote} ({fetched.error}); "
+                f"working from the local copy (set {NO_FETCH_ENV}=1 to skip the fetch)")
+    tracking = repo.references.get(remote_ref(remote))
+    local_ref = repo.references.get(EVENTS_REF)
+    theirs = str(tracking.target) if tracking is not None else None
+    local = str(local_ref.target) if local_ref is not None else None
+    result.local, result.remote = local, theirs
+    if theirs is None:
+        result.state = "no-log"
+    elif local == theirs:
+        result.state = "same"
+    elif not repo.head_is_detached and not repo.head_is_unborn \
+            and repo.head.name == EVENTS_REF:
+        result.state = "same"  # the log is checked out: a person is working on it by hand
+    elif local is None:
+        try:
+            repo.references.create(EVENTS_REF, theirs)
+        except (pygit2.AlreadyExistsError, pygit2.GitError):
+            return result  # another process made it meanwhile: it reads that one
+        result.state, result.local = "created", theirs
+        result.new_events = sum(1 for _ in repo.walk(theirs))
+        result.notes.append(f"event log: modelsmith/events created from {remote}'s "
+                            f"({_events(result.new_events)})")
+    elif repo.descendant_of(theirs, local):
+        behind = repo.ahead_behind(theirs, local)[0]
+        try:  # compare-and-swap: an append racing this one keeps its event
+            local_ref.set_target(theirs, f"modelsmith: fast-forward to {remote}'s log")
+        except pygit2.GitError:
+            return result
+        result.state, result.local, result.new_events = "fast-forwarded", theirs, behind
+        result.notes.append(f"event log: fast-forwarded to {remote}'s ({behind} new "
+                            f"event{'' if behind == 1 else 's'})")
+    elif repo.descendant_of(local, theirs):
+        result.state = "ahead"
+    else:
+        mine, others = repo.ahead_behind(local, theirs)
+        result.state = "diverged"
+        result.notes.append(
+            f"warning: the local event log and {remote}'s diverged ({_events(mine)} only "
+            f"here, {others} only on {remote}): run "
+            f"`modelsmith reconcile --push` (or `modelsmith sync`) to replay yours onto "
+            f"{remote}'s; until then this command sees only the local log")
+    return result
+
+
+def _events(n: int) -> str:
+    return f"{n} event{'' if n == 1 else 's'}"
 
 
 def _replay(store: GitEventStore, local: str, theirs: str, result: SyncResult,

@@ -10,9 +10,19 @@ from .base import Approval, Forge, ForgeError, Proposal
 from .factory import forge_for
 from .github import GitHubForge
 from .local import TRAILER_RE, LocalForge
-from .repository import SEARCH_DEPTH, ForgeRepository, codeowners, release_of, set_release
+from .repository import (
+    PROPOSAL_PREFIX,
+    SEARCH_DEPTH,
+    ForgeRepository,
+    codeowners,
+    parse_proposal_branch,
+    proposal_branch,
+    release_of,
+    set_release,
+)
 
 __all__ = [
+    "PROPOSAL_PREFIX",
     "SEARCH_DEPTH",
     "TRAILER_RE",
     "Approval",
@@ -24,6 +34,8 @@ __all__ = [
     "Proposal",
     "codeowners",
     "forge_for",
+    "parse_proposal_branch",
+    "proposal_branch",
     "release_of",
     "set_release",
 ]

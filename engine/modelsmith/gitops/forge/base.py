@@ -5,7 +5,8 @@ A forge answers one question for the planner and does one thing for agents:
 - ``approval(specialist, stage, version)``: the merged change that made ``release`` ask for
   ``version`` in ``stage``, who merged it and who approved it -- or None;
 - ``propose(...)``: a change that edits ``release`` (ruamel.yaml round-trip: comments and
-  key order kept) with the evidence in its description, for a human to review and merge.
+  key order kept) with the evidence in its description, for a human to review and merge;
+- ``open_proposals()``: the proposals still waiting for that merge, for ``plan`` to list.
 
 ``local`` is git alone (:mod:`.local`), ``github`` pull requests and reviews
 (:mod:`.github`); :func:`.factory.forge_for` picks one for a repository.
@@ -34,6 +35,16 @@ class Proposal:
     commit: str
     title: str
     number: int | None = None  # the pull request's (github)
+    # What it asks for: release.<stage> = version (None: the stage emptied).
+    specialist: str | None = None
+    stage: str | None = None
+    version: str | None = None
+    branch: str | None = None  # the proposal's branch (the ref itself, locally)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"forge": self.forge, "ref": self.ref, "number": self.number,
+                "branch": self.branch, "commit": self.commit, "title": self.title,
+                "specialist": self.specialist, "stage": self.stage, "version": self.version}
 
 
 @runtime_checkable
@@ -53,4 +64,11 @@ class Forge(Protocol):
         """Ask for ``release.<stage> = version`` (``traffic``: the canary's share) as a
         change titled ``title`` with ``body`` as its description; raises
         :class:`ForgeError` when the change cannot be made."""
+        ...
+
+    def open_proposals(self) -> list[Proposal]:
+        """The proposals not merged yet (branches ``modelsmith/propose/...`` not in the
+        checked-out branch; open pull requests from such branches), each naming the
+        specialist, stage and version it asks for; raises :class:`ForgeError` when the
+        forge cannot be read."""
         ...

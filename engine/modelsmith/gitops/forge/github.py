@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Approval, ForgeError, Proposal
-from .repository import ForgeRepository
+from .repository import PROPOSAL_PREFIX, ForgeRepository, parse_proposal_branch
 
 MERGE_RE = re.compile(r"^Merge pull request #(\d+) from ", re.MULTILINE)
 DEFAULT_API = "https://api.github.com"
@@ -143,4 +143,27 @@ class GitHubForge:
             raise ForgeError(f"GitHub refused the pull request: {exc}") from None
         if pull is None:
             raise ForgeError("GitHub refused the pull request")
-        return Proposal("github", pull.html_url, commit, title, number=pull.number)
+        return Proposal("github", pull.html_url, commit, title, number=pull.number,
+                        specialist=specialist, stage=stage, version=version, branch=branch)
+
+    def open_proposals(self) -> list[Proposal]:
+        """The open pull requests whose head branch is a proposal's, oldest first."""
+        import github3
+
+        found = []
+        try:
+            pulls = list(self._repository().pull_requests(state="open", sort="created",
+                                                          direction="asc"))
+        except github3.exceptions.GitHubException as exc:
+            raise ForgeError(f"GitHub {self.owner}/{self.repo_name}: cannot list pull "
+                             f"requests: {exc}") from None
+        for pull in pulls:
+            head = pull.head.ref if pull.head is not None else ""
+            asked = parse_proposal_branch(head) if head.startswith(PROPOSAL_PREFIX) else None
+            if asked is None:
+                continue
+            specialist, stage, version = asked
+            found.append(Proposal("github", pull.html_url, pull.head.sha, pull.title,
+                                  number=pull.number, specialist=specialist, stage=stage,
+                                  version=version, branch=head))
+        return found

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from .base import Approval, Proposal
-from .repository import ForgeRepository
+from .repository import ForgeRepository, parse_proposal_branch
 
 TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
 #: Where the local forge reads a commit's code owners, first found wins.
@@ -41,4 +41,17 @@ class LocalForge:
                 body: str, traffic: float | None = None) -> Proposal:
         branch, commit = self.git.commit_proposal(specialist, stage, version, title=title,
                                                   body=body, traffic=traffic)
-        return Proposal("local", branch, commit, title)
+        return Proposal("local", branch, commit, title, specialist=specialist, stage=stage,
+                        version=version, branch=branch)
+
+    def open_proposals(self) -> list[Proposal]:
+        found = []
+        for branch, tip in self.git.open_branches():
+            asked = parse_proposal_branch(branch)
+            assert asked is not None  # open_branches lists proposal branches only
+            specialist, stage, version = asked
+            found.append(Proposal("local", branch, str(tip.id),
+                                  tip.message.split("\n", 1)[0].strip(),
+                                  specialist=specialist, stage=stage, version=version,
+                                  branch=branch))
+        return found

@@ -20,6 +20,26 @@ from .base import ForgeError
 
 #: First-parent commits searched for the change that asked for a release.
 SEARCH_DEPTH = 500
+#: Every proposal's branch: ``modelsmith/propose/<specialist>/<stage>-<version>``.
+PROPOSAL_PREFIX = "modelsmith/propose/"
+
+
+def proposal_branch(specialist: str, stage: str, version: str | None) -> str:
+    """The branch a proposal of ``release.<stage> = version`` is committed on."""
+    return f"{PROPOSAL_PREFIX}{specialist}/{stage}-{version or 'none'}"
+
+
+def parse_proposal_branch(name: str) -> tuple[str, str, str | None] | None:
+    """(specialist, stage, version) of a proposal's branch name (``refs/heads/`` or not);
+    None for any other branch. Version ``none`` is the stage emptied."""
+    name = name.removeprefix("refs/heads/")
+    if not name.startswith(PROPOSAL_PREFIX):
+        return None
+    specialist, _, leaf = name[len(PROPOSAL_PREFIX):].rpartition("/")
+    stage, dash, version = leaf.partition("-")
+    if not specialist or not dash or not version or stage not in STAGES:
+        return None
+    return specialist, stage, None if version == "none" else version
 
 
 def release_of(text: str, stage: str) -> str | None:
@@ -154,7 +174,7 @@ class ForgeRepository:
         changed = _release_change(text, stage, version, traffic)
         if changed == text:
             raise ForgeError(f"release.{stage} of {specialist} already names {version}")
-        branch = f"modelsmith/propose/{specialist}/{stage}-{version or 'none'}"
+        branch = proposal_branch(specialist, stage, version)
         blob = self.repo.create_blob(changed.encode("utf-8"))
         tree = _replace_in_tree(self.repo, head.tree, path.split("/"), blob)
         signature = pygit2.Signature("modelsmith", "modelsmith@localhost")
@@ -162,6 +182,26 @@ class ForgeRepository:
                                          f"{title}\n\n{body}\n", tree, [head.id])
         self.repo.branches.local.create(branch, self.repo[commit], force=True)
         return branch, str(commit)
+
+
+    def open_branches(self) -> list[tuple[str, Any]]:
+        """The proposal branches whose tip the checked-out branch does not contain, by
+        name, each with its tip commit."""
+        import pygit2
+
+        head = None if self.repo.head_is_unborn else self.repo.head.peel().id
+        found = []
+        for name in sorted(self.repo.branches.local):
+            if parse_proposal_branch(name) is None:
+                continue
+            try:
+                tip = self.repo.branches.local[name].peel(pygit2.Commit)
+            except (KeyError, pygit2.GitError, ValueError):
+                continue
+            if head is not None and (tip.id == head or self.repo.descendant_of(head, tip.id)):
+                continue  # merged
+            found.append((name, tip))
+        return found
 
 
 def _release_change(text: str, stage: str, version: str | None,

@@ -101,6 +101,23 @@ def test_init_is_idempotent_and_configures_a_default_remote_outside_the_tree(
     assert (work_tree / ".git" / "index").read_bytes() == index_before
 
 
+def test_a_dvc_someone_else_initialised_keeps_its_committed_config(
+    work_tree: Path,
+) -> None:
+    from dvc.repo import Repo
+
+    Repo.init(str(work_tree)).close()
+    config = (work_tree / ".dvc" / "config").read_bytes()
+    index_before = (work_tree / ".git" / "index").read_bytes() \
+        if (work_tree / ".git" / "index").exists() else None
+    ArtifactStore(work_tree).ensure_initialised()
+    assert (work_tree / ".dvc" / "config").read_bytes() == config
+    assert "analytics = False" in (work_tree / ".dvc" / "config.local").read_text()
+    index_after = (work_tree / ".git" / "index").read_bytes() \
+        if (work_tree / ".git" / "index").exists() else None
+    assert index_after == index_before
+
+
 def test_remote_from_env_then_explicit_url_replaces_it(
     work_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -118,6 +118,8 @@ def test_dvc_repro_rebuilds_a_candidate_from_its_lineage(env, monkeypatch):
                ).exit_code == 0
     lineage = next(e for e in GitEventStore(env).read("rtb-quality")
                    if e.type == "CandidateRegistered").data["lineage"]
+    named = run(env, "repro", "set", "rtb-quality", "v1")
+    assert named.exit_code == 0, named.output
 
     # `dvc repro` as a user runs it; the stages call the `modelsmith` beside this Python.
     bin_dir = Path(sys.executable).parent
@@ -126,7 +128,7 @@ def test_dvc_repro_rebuilds_a_candidate_from_its_lineage(env, monkeypatch):
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     for stage in ("data", "train", "eval"):
-        assert f"Running stage '{stage}'" in done.stdout
+        assert f"Running stage '{stage}@rtb-quality'" in done.stdout
     assert "bit-identical to v1" in done.stdout + done.stderr
     status = subprocess.run([str(bin_dir / "dvc"), "status", "eval"], cwd=env, env=environ,
                             capture_output=True, text=True, check=True)

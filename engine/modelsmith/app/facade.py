@@ -696,6 +696,17 @@ class Modelsmith:
         spec = TrainJobSpec.load(spec_file)
         return spec, run_train_job(spec, say=say)
 
+    def repro_set(self, specialist: str, version: str | None) -> dict[str, str]:
+        """Name ``version`` of ``specialist`` (None: no version) as what ``dvc repro``
+        rebuilds, in params.yaml's ``rebuild``; the map as written. The version must be a
+        candidate the log can rebuild."""
+        from modelsmith.training.repro import find_candidate, set_rebuild
+
+        self._specialist(self.specs(), specialist)
+        if version is not None:
+            find_candidate(self.store, specialist, version)
+        return set_rebuild(self.root, specialist, version)
+
     def repro_data(self, specialist: str, version: str, out: Path, say: Say = _quiet) -> Any:
         """Rebuild the dataset ``version`` trained on; fail unless its hash is recorded."""
         from modelsmith.training.repro import rebuild_dataset

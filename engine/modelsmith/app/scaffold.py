@@ -1,8 +1,11 @@
 """The demo: a fork of the embedded defaults in a scratch git repository.
 
 The demo never writes to the repository it is run from: it copies the declarative files
-(specialists/, evals/, policies/, config/, dvc.yaml, params.yaml) into a new folder, makes
-that a git repository with one commit, and works there, so its event log is its own.
+(specialists/, evals/, policies/, config/, dvc.yaml, params.yaml) into a new folder, adds a
+``.gitignore`` for machine-local state, makes that a git repository with one commit, and
+works there, so its event log is its own. The fork's ``dvc.yaml`` is the root one, which
+depends only on those files (the engine's own stage lives in ``engine/dvc.yaml``, never
+copied).
 """
 
 from __future__ import annotations
@@ -36,8 +39,16 @@ def embedded_defaults(start: Path) -> Path:
     )
 
 
+GITIGNORE = """# machine-local state of the iterate loop, caches, environments
+.iterate/
+.venv/
+__pycache__/
+"""
+
+
 def prepare_fork(source: Path, dest: Path) -> pygit2.Repository:
-    """Copy the declarative files of ``source`` into ``dest`` and commit them."""
+    """Copy the declarative files of ``source`` into ``dest`` with a ``.gitignore`` and
+    commit them."""
     if dest.exists() and any(dest.iterdir()):
         raise WorkspaceError(f"{dest} exists and is not empty; pick another --dir")
     dest.mkdir(parents=True, exist_ok=True)
@@ -48,6 +59,7 @@ def prepare_fork(source: Path, dest: Path) -> pygit2.Repository:
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.is_file():
             shutil.copy2(src, dest / part)
+    (dest / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     repo = pygit2.init_repository(str(dest), initial_head="main")
     repo.index.add_all()
     repo.index.write()
@@ -55,13 +67,6 @@ def prepare_fork(source: Path, dest: Path) -> pygit2.Repository:
     repo.create_commit("HEAD", sig, sig, "Fork of the Modelsmith defaults\n",
                        repo.index.write_tree(), [])
     return repo
-
-
-GITIGNORE = """# machine-local state of the iterate loop, caches, environments
-.iterate/
-.venv/
-__pycache__/
-"""
 
 
 def scaffold(source: Path, dest: Path, engine: str | None = None) -> pygit2.Repository:
@@ -85,7 +90,6 @@ def scaffold(source: Path, dest: Path, engine: str | None = None) -> pygit2.Repo
     for name in ("ci.yml", "reconcile.yml"):
         (workflows / name).write_text(templates.joinpath(name).read_text(encoding="utf-8"),
                                       encoding="utf-8")
-    (dest / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     ArtifactStore(dest).ensure_initialised()
     repo.index.read()
     repo.index.add_all()

@@ -11,8 +11,12 @@ Conventions:
 - Paths given to the store are relative to its root (or absolute inside it), never to the
   current directory; returned paths are relative to the root.
 - The store stages what it changes on the git side (``.dvc`` files, the ``.gitignore`` beside
-  each tracked path, ``.dvc/config``) in the git index with pygit2 and returns those paths. It
-  never commits: the caller commits them with the change they belong to.
+  each tracked path, ``.dvc/config``) in the git index with pygit2 and returns those paths.
+  Tracking never commits; :meth:`ArtifactStore.commit` commits the pointer files of one change
+  (a candidate's dataset and weights, with DVC's setup files when the branch lacks them) on
+  the checked-out branch and nothing else (:mod:`.commits`).
+- Where DVC was initialised by someone else, the store changes no committed file: its
+  analytics switch goes into ``.dvc/config.local``.
 - Remotes: an explicit URL goes into ``.dvc/config`` (committed, shared by the team); the
   embedded default — ``$MODELSMITH_DVC_REMOTE``, else a folder under the Modelsmith cache —
   goes into ``.dvc/config.local`` (machine-specific, git-ignored by DVC).
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelsmith.errors import ModelsmithError
 
+from .commits import PathsCommit, commit_paths, in_head
 from .models import cache_root
 
 if TYPE_CHECKING:
@@ -49,6 +54,9 @@ REMOTE_NAME = "modelsmith"
 REMOTE_ENV = "MODELSMITH_DVC_REMOTE"
 DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: What ``dvc init`` adds to git; committed with the first pointer files when the branch
+#: lacks them.
+SETUP_FILES = (".dvc/config", ".dvc/.gitignore", ".dvcignore")
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +228,8 @@ class ArtifactStore:
             )
         url = self._remote_url(remote) if remote is not None else None
         staged: list[Path] = []
-        if not (self.root / ".dvc").is_dir():
+        ours = not (self.root / ".dvc").is_dir()
+        if ours:
             from dvc.repo import Repo
 
             with _quiet_dvc() as capture:
@@ -233,9 +242,11 @@ class ArtifactStore:
         with self._repo("config") as repo:
             config = repo.config
             if config["core"].get("analytics", True):
-                with config.edit("repo") as conf:
+                # A DVC someone else initialised keeps its committed config as it is.
+                with config.edit("repo" if ours else "local") as conf:
                     conf["core"]["analytics"] = False
-                staged.append(Path(".dvc/config"))
+                if ours:
+                    staged.append(Path(".dvc/config"))
             current = config["core"].get("remote")
             current_url = config["remote"].get(current, {}).get("url") if current else None
             if url is not None and url != current_url:
@@ -297,6 +308,25 @@ class ArtifactStore:
             nfiles=out.get("nfiles"),
             git_paths=tuple(self._rel(p) for p in git_paths),
         )
+
+    def pointer_files(self, path: PathLike) -> tuple[Path, ...]:
+        """The git side of a tracked path, relative to the root: its ``.dvc`` file and the
+        ``.gitignore`` DVC keeps beside it (when there is one)."""
+        target = self._resolve(path)
+        files = [self._dvc_file(target)]
+        if (target.parent / ".gitignore").is_file():
+            files.append(target.parent / ".gitignore")
+        return tuple(self._rel(p) for p in files)
+
+    def commit(self, paths: Iterable[PathLike], message: str) -> PathsCommit:
+        """Commit ``paths`` (pointer files, relative to the root) on the checked-out branch,
+        with DVC's setup files (:data:`SETUP_FILES`) the branch does not hold yet; nothing
+        else is committed and a user's staged changes stay staged. No branch to commit on
+        (a detached HEAD, ...): nothing is committed and the result's ``reason`` says why."""
+        wanted = {Path(p).as_posix() for p in paths}
+        wanted.update(p for p in SETUP_FILES
+                      if (self.root / p).is_file() and not in_head(self.root, p))
+        return commit_paths(self.root, sorted(wanted), message)
 
     def hash_of(self, path: PathLike) -> str:
         """The content hash recorded in the path's ``.dvc`` file (nothing is recomputed)."""

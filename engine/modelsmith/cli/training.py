@@ -60,7 +60,8 @@ def train(ctx: click.Context, specialist: str, from_eval: str | None, method: st
             "weights": str(outcome.weights.relative_to(repo.root)),
             "dataset_hash": outcome.dataset_hash, "metrics": outcome.metrics,
             "duration_s": round(outcome.duration_s, 2),
-            "events": [e.id for e in outcome.events]}
+            "events": [e.id for e in outcome.events],
+            "pointers": outcome.pointers.to_dict() if outcome.pointers else None}
     if as_json:
         print_json(data)
     else:
@@ -92,8 +93,36 @@ def repro() -> None:
 
     data -> train -> eval, each reading the candidate's events and writing plain files
     that DVC owns; nothing is appended to the event log. `dvc repro` runs all three for
-    the specialist and version named in params.yaml.
+    each candidate params.yaml's `rebuild` names (`repro set SPECIALIST VERSION`).
     """
+
+
+@repro.command("set")
+@click.argument("specialist")
+@click.argument("version")
+@click.pass_context
+@guard
+def repro_set(ctx: click.Context, specialist: str, version: str) -> None:
+    """Make `dvc repro` rebuild VERSION of SPECIALIST (params.yaml's `rebuild`)."""
+    rebuild = app(ctx).repro_set(specialist, version)
+    click.echo(f"params.yaml: rebuild {_named(rebuild)}; `dvc repro` rebuilds "
+               f"{specialist} {version} into rebuild/{specialist}/{version}/")
+
+
+@repro.command("clear")
+@click.argument("specialist")
+@click.pass_context
+@guard
+def repro_clear(ctx: click.Context, specialist: str) -> None:
+    """Make `dvc repro` rebuild no version of SPECIALIST."""
+    rebuild = app(ctx).repro_set(specialist, None)
+    click.echo(f"params.yaml: rebuild {_named(rebuild)}")
+
+
+def _named(rebuild: dict[str, str]) -> str:
+    if set(rebuild) == {"specialist", "version"}:
+        return f"{rebuild['specialist']} {rebuild['version']}"
+    return ", ".join(f"{name} {version}" for name, version in rebuild.items()) or "nothing"
 
 
 @repro.command("data")

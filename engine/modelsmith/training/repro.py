@@ -15,6 +15,10 @@ and write plain files for DVC to own (``dvc.yaml`` at the repository root):
 - :func:`reevaluate` — the suite on the rebuilt weights, written as a metrics file.
 
 Nothing here appends events or tracks files with ``.dvc`` files: DVC owns the outputs.
+
+Which candidates the pipeline rebuilds is ``params.yaml``'s ``rebuild`` map, specialist ->
+version (:func:`set_rebuild`, ``modelsmith repro set``); each stage is a ``foreach`` over it,
+so with the map empty there is no stage and ``dvc status`` in a fresh fork is clean.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from modelsmith.evaluation.service import load_runs, specialist_or_error
 from modelsmith.events.store import EventStore
 from modelsmith.events.types import Event
 from modelsmith.specs import HyperParams, Repository
+
+#: The DVC parameters file holding ``rebuild``, at the repository root.
+PARAMS_FILE = "params.yaml"
+#: How a pipeline from before ``rebuild`` became a map names its one candidate.
+LEGACY_REBUILD = "${rebuild.specialist}"
 
 
 @dataclass(frozen=True)
@@ -179,3 +188,58 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def set_rebuild(root: Path, specialist: str, version: str | None) -> dict[str, str]:
+    """Make ``params.yaml``'s ``rebuild`` name ``version`` of ``specialist`` (None: drop the
+    specialist), keeping the file's comments; the map as written.
+
+    A repository whose ``dvc.yaml`` still names one candidate (``${rebuild.specialist}``)
+    gets that form written instead: ``{specialist, version}``.
+    """
+    import os
+
+    from ruamel.yaml.comments import CommentedMap
+
+    from modelsmith.specs.yamlio import (
+        SPEC_MAX_BYTES,
+        ParseFailure,
+        decode_utf8,
+        dump_yaml,
+        parse_yaml_documents,
+        read_bounded,
+    )
+
+    path = Path(root) / PARAMS_FILE
+    try:
+        docs = (parse_yaml_documents(decode_utf8(read_bounded(path, SPEC_MAX_BYTES)))
+                if path.exists() else [])
+    except ParseFailure as exc:
+        where = f":{exc.line}:{exc.column}" if exc.line else ""
+        raise EvalError(f"{PARAMS_FILE}{where}: {exc.message}") from None
+    doc = docs[0] if docs and docs[0] is not None else CommentedMap()
+    if not isinstance(doc, dict):
+        raise EvalError(f"{PARAMS_FILE}: expected a mapping at the top, with a `rebuild` key")
+    pipeline = Path(root) / "dvc.yaml"
+    legacy = pipeline.is_file() and LEGACY_REBUILD in pipeline.read_text(encoding="utf-8",
+                                                                          errors="replace")
+    current = doc.get("rebuild")
+    if legacy:
+        if version is None:
+            raise EvalError("this repository's dvc.yaml rebuilds one candidate "
+                            "(${rebuild.specialist}); name another one instead, or take the "
+                            "engine's dvc.yaml (a `rebuild` map) to rebuild none")
+        doc["rebuild"] = CommentedMap([("specialist", specialist), ("version", version)])
+    else:
+        if not isinstance(current, dict) or set(current) == {"specialist", "version"}:
+            current = CommentedMap()  # none yet, or the one-candidate form of old forks
+            current.fa.set_flow_style()
+        if version is None:
+            current.pop(specialist, None)
+        else:
+            current[specialist] = version
+        doc["rebuild"] = current
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_yaml(doc), encoding="utf-8")
+    os.replace(tmp, path)
+    return {str(k): str(v) for k, v in doc["rebuild"].items()}

@@ -2,12 +2,25 @@
 
 eval evidence -> failures (FailuresExtracted) -> augmented, validated rows (DatasetBuilt,
 DVC-tracked) -> TRL training (TrainingStarted / TrainingCompleted) -> weights tracked with
-DVC -> CandidateRegistered(vN) whose lineage names every input by hash.
+DVC -> one git commit of their pointer files -> CandidateRegistered(vN) whose lineage names
+every input by hash.
+
+Where the pointer files live: the content of a dataset and of the weights is in DVC (the
+remote); git holds their pointer files (``data/<specialist>/<hash>.jsonl.dvc``,
+``models/<specialist>/vN.dvc``, the ``.gitignore`` lines DVC writes beside them, and DVC's
+setup files the first time Modelsmith initialised DVC in the fork). They are committed on
+the branch the candidate was trained on, one commit per candidate (:func:`pointer_message`),
+and nothing else goes into that commit: a user's own staged changes stay staged. The event
+log (``modelsmith/events``) records the same hashes, so a candidate is found by its events
+and its bytes by the commit's pointers; proposal branches only edit ``release`` and merge
+without touching them. Without a branch to commit on (detached HEAD, no git work tree), the
+pointers are left staged with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 import uuid
@@ -34,6 +47,8 @@ from modelsmith.specs import HyperParams, Repository
 DATA_DIR = "data"
 #: TrainingCompleted's evidence: one JSON line per logged step (phase, step, metrics).
 TRAINING_LOG = "training_log.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,8 @@ class TrainOutcome:
     metrics: dict[str, float]
     duration_s: float
     events: list[Event]
+    #: The commit of the candidate's DVC pointer files (``modelsmith.artifacts.commits``).
+    pointers: Any = None
 
 
 def generate_rows(
@@ -223,9 +240,11 @@ def train_on(
     repo: Repository, plan: TrainingPlan, dataset: Dataset, *, store: EventStore,
     artifacts: Any, base_path: Path, recorder: Recorder,
     trainer: Callable[[TrainRequest], TrainerOutput] | None = None, host: str = "local",
-    progress: Callable[[dict], None] | None = None,
+    progress: Callable[[dict], None] | None = None, say: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
-    """Train on ``dataset``, track the weights, register the next candidate version.
+    """Train on ``dataset``, track the weights, commit the dataset's and the weights' DVC
+    pointer files on the checked-out branch (:func:`commit_pointers`), register the next
+    candidate version.
 
     Under a replaying ``recorder`` a run cut short keeps its ``TrainingStarted`` (and run
     id); a ``TrainingCompleted`` already recorded is reused only when the weights in the
@@ -259,12 +278,48 @@ def train_on(
     weights = artifacts.track(out_dir)
     artifacts.push([out_dir])
     done = _record_completed(run_id, plan.method, ran, duration, weights.md5, recorder)
+    # Committed before the candidate is registered: a run cut short in between commits
+    # nothing twice (the pointers are unchanged) and registers on its next try.
+    pointers = commit_pointers(artifacts, plan.specialist, version, dataset, weights,
+                               run_id=run_id, say=say)
     lineage = _lineage(plan, dataset, suite.suite_hash, ran, done, run_id=run_id,
                        base_path=base_path, weights_hash=weights.md5,
                        seen=_seen(store, plan, dataset))
     recorder.record(CandidateRegistered(version=version, lineage=lineage))
     return TrainOutcome(version, out_dir, dataset.hash, ran.result.metrics,
-                        float(done.data["duration_s"]), recorder.events)
+                        float(done.data["duration_s"]), recorder.events, pointers)
+
+
+def pointer_message(specialist: str, version: str, dataset_hash: str, weights_hash: str,
+                    run_id: str) -> str:
+    """The commit message of a candidate's pointer files: a summary line naming the version
+    and both hashes, then trailers with them in full."""
+    return (f"modelsmith: version {specialist} {version} (dataset {dataset_hash[:8]}, "
+            f"weights {weights_hash[:8]})\n\n"
+            "The DVC pointer files of the candidate's dataset and weights; the event log\n"
+            "(modelsmith/events) records the same hashes.\n\n"
+            f"Specialist: {specialist}\nVersion: {version}\nDataset: {dataset_hash}\n"
+            f"Weights: {weights_hash}\nRun: {run_id}\n")
+
+
+def commit_pointers(artifacts: Any, specialist: str, version: str, dataset: Dataset,
+                    weights: Any, *, run_id: str,
+                    say: Callable[[str], None] | None = None) -> Any:
+    """Commit the DVC pointer files of ``dataset`` and ``weights`` (a ``TrackedArtifact``)
+    on the checked-out branch, and only them; a ``PathsCommit``. Without a branch to commit
+    on they stay staged and ``say`` (else this module's logger) warns."""
+    paths = [*artifacts.pointer_files(dataset.path), *weights.git_paths]
+    message = pointer_message(specialist, version, dataset.hash, weights.md5, run_id)
+    result = artifacts.commit(paths, message)
+    if result.committed:
+        note = (f"committed the DVC pointer files of {specialist} {version} on "
+                f"{result.branch} ({result.commit[:12]})")
+        (say or log.info)(note)
+    elif result.reason:
+        note = (f"warning: the DVC pointer files of {specialist} {version} are staged, not "
+                f"committed ({result.reason}): commit {', '.join(result.paths)} yourself")
+        (say or log.warning)(note)
+    return result
 
 
 def _record_started(plan: TrainingPlan, dataset: Dataset, recorder: Recorder,
@@ -400,4 +455,4 @@ def train_candidate(
     say(f"dataset {dataset.hash[:12]}: {len(report.kept)} rows, removed {report.removed}")
     return train_on(repo, plan, dataset, store=store, artifacts=artifacts,
                     base_path=base_path, recorder=recorder, trainer=trainer, host=host,
-                    progress=progress)
+                    progress=progress, say=say)

@@ -148,8 +148,8 @@ def test_plan_lists_an_open_proposal_until_it_is_merged(fork):
     assert (f"No changes to apply; 1 proposal waits for review: rtb-quality v1 -> production "
             f"({BRANCH}).") in output
     assert f"  rtb-quality production: - -> v1 (local {BRANCH})\n" in output
-    assert ("      ok   composite: last 3 evaluations [0.9522, 0.9522, 0.9522] (dev "
-            "composite) vs target 0.9") in output
+    assert ("      ok   composite: 3 consecutive versions along v1's lineage at >= 0.9 (dev "
+            "composite): v1 0.952, v102 0.952, v101 0.952") in output
     assert ("      wait approval: production needs a merged, approved change asking for v1; "
             "none found") in output
     assert "merged with the approval it needs, reconcile promotes it" in output

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -63,8 +64,20 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
+#: transformers cannot load two models at once in one process: both loads fail, and every
+#: later one with "Cannot copy out of meta tensor" (a server whose production and canary get
+#: their first requests together). One load at a time.
+_LOADING = threading.Lock()
+
+
 def _load(model: ResolvedModel, dtype: str) -> tuple[Any, Any]:
-    """The tokenizer (padding on the left) and the causal LM of ``model``."""
+    """The tokenizer (padding on the left) and the causal LM of ``model``, one load at a
+    time in this process."""
+    with _LOADING:
+        return _load_now(model, dtype)
+
+
+def _load_now(model: ResolvedModel, dtype: str) -> tuple[Any, Any]:
     where = f"folder {model.path}" if model.path is not None else f"hub id {model.hub_id}"
     # Our own progress reporting covers loading; transformers' bars only add noise.
     transformers.utils.logging.disable_progress_bar()

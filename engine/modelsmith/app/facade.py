@@ -871,8 +871,6 @@ class Modelsmith:
         from modelsmith.gitops.forge import ForgeError
         from modelsmith.gitops.propose import propose
 
-        if version is None:
-            return None
         try:
             proposal, _body, _ready = propose(self.forge(repo), repo, self.fleet(), specialist,
                                               stage, version, rolled_back=event)

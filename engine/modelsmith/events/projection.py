@@ -113,13 +113,20 @@ class SpecialistState:
 
     def previous_holder(self, stage: str, held: Assignment | None = None) -> str | None:
         """The version that held ``stage`` before ``held`` (default: its holder now) --
-        what a rollback of that stage goes back to."""
+        what a rollback of that stage goes back to; None (the stage is left empty) when
+        nothing held it before, or when that version holds another stage now (a canary
+        rolled back while its predecessor serves production: production answers it all,
+        and stays where it is)."""
         held = held if held is not None else self.holder(stage)
         if held is None:
             return None
         earlier = [a for a in self.history if a.stage == stage and a.version != held.version
                    and a.since < held.since]
-        return earlier[-1].version if earlier else None
+        if not earlier:
+            return None
+        back = earlier[-1].version
+        elsewhere = any(a.version == back for name, a in self.stages.items() if name != stage)
+        return None if elsewhere else back
 
     def to_dict(self) -> dict[str, Any]:
         def current(stage: str) -> dict[str, Any] | None:

@@ -312,6 +312,16 @@ class PromotionRejected(EventData):
         return f"{self.version} -> {self.stage}: {self.gate}"
 
 
+class Bootstrap(BaseModel):
+    """How a specialist's first version left a stage with nothing in production to mirror
+    (the policy's ``bootstrap`` rule) and which evidence stood in for mirrored traffic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    rule: Literal["replay", "approval"]
+    evidence: str
+    requests: int = Field(0, ge=0)  # replayed answers counted as its observed traffic
+
+
 @register
 class Promoted(EventData):
     version: str
@@ -319,9 +329,11 @@ class Promoted(EventData):
     previous: str | None = None
     traffic: float | None = Field(default=None, gt=0, le=1)
     approval: Approval | None = None
+    bootstrap: Bootstrap | None = None  # a first version's step out of a stage (see Bootstrap)
 
     def summary(self) -> str:
-        return f"{self.version} -> {self.stage}"
+        how = f" (bootstrap: {self.bootstrap.rule})" if self.bootstrap else ""
+        return f"{self.version} -> {self.stage}{how}"
 
 
 @register

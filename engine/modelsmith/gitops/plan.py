@@ -52,11 +52,14 @@ class Action:
     # ``evaluate``: the versions to evaluate on the current suite (the candidate and those
     # before it along its lineage that the composite gate counts).
     needs: tuple[str, ...] = ()
+    # ``promote``: a first version's bootstrap step ({rule, evidence, requests}; Promoted).
+    bootstrap: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "specialist": self.specialist, "stage": self.stage,
                 "version": self.version, "previous": self.previous, "reason": self.reason,
                 "traffic": self.traffic, "needs": list(self.needs),
+                "bootstrap": None if self.bootstrap is None else dict(self.bootstrap),
                 "approval": None if self.approval is None else vars(self.approval),
                 "gates": [{"name": g.name, "passed": g.passed, "detail": g.detail,
                            "numbers": g.numbers} for g in self.gates]}
@@ -138,9 +141,12 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
     failed = [g for g in gates if not g.passed]
     if not failed:
         ok = next((g for g in gates if g.name == "approval"), None)
+        boot = bootstrap_step(want, state, stage, target)
         return Action("promote", name, stage.name, target, current,
-                      f"{target} -> {stage.name}: every gate passes", tuple(gates), traffic,
-                      approval(name, stage.name, target) if ok and stage.approval else None)
+                      f"{target} -> {stage.name}: every gate passes"
+                      + (f" (bootstrap: {boot['evidence']})" if boot else ""), tuple(gates),
+                      traffic, approval(name, stage.name, target) if ok else None,
+                      bootstrap=boot)
     unevaluated = counted_evaluations(want, state, target).unevaluated \
         if target in state.candidates else ()
     if unevaluated and any(g.name in ("suite", "composite") and not g.passed for g in gates):
@@ -209,9 +215,41 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
     own = [e for e in recent[:1] if e in candidate.evals]
     gates.append(_heldout_gate(name, want, state, version, own, heldout))
     gates += _stage_order_gates(want, state, stage, version)
-    if stage.approval:
+    boot = bootstrap_step(want, state, stage, version)
+    if stage.approval or (boot is not None and boot["rule"] == "approval"):
         gates.append(_approval_gate(name, stage, version, approval))
     return gates
+
+
+def _live(state: SpecialistState) -> bool:
+    return state.holder("production") is not None or state.holder("canary") is not None
+
+
+def bootstrap_step(want: Desired, state: SpecialistState, stage: Any,
+                   version: str) -> dict[str, Any] | None:
+    """Whether moving ``version`` into ``stage`` is a first version's bootstrap step --
+    nothing holds production or canary, so the stage before had nothing to mirror -- and,
+    by the policy's ``bootstrap`` rule, the evidence that stands in for mirrored traffic:
+    replayed requests the version answered there, scored against their references
+    (``replay``), or an approved change (``approval``). None otherwise."""
+    names = [s.name for s in want.policy.stages]
+    index = names.index(stage.name)
+    mode = want.policy.bootstrap
+    if index == 0 or mode == "off" or _live(state):
+        return None
+    before = want.policy.stages[index - 1].name
+    if mode == "approval":
+        return {"rule": "approval", "requests": 0,
+                "evidence": f"an approved change asking for {version} in {stage.name} stands "
+                            f"in for traffic in {before} (nothing in production to mirror)"}
+    observed = state.metrics.get(f"{version}@{before}") or {}
+    replayed = int(observed.get("bootstrap", 0))
+    if not replayed:
+        return None
+    return {"rule": "replay", "requests": replayed,
+            "evidence": f"{replayed} replayed requests {version} answered in {before} while "
+                        "nothing held production or canary, scored against their "
+                        "references"}
 
 
 #: Gates only live traffic or a person can pass: a change proposed before them waits for
@@ -402,12 +440,21 @@ def _stage_order_gates(want: Desired, state: SpecialistState, stage: Any,
                                      f"{stage.name}")]
     gates = [Gate("order", True, f"{version} held {before.name} since "
                                  f"{held[0].since.isoformat()[:19]}")]
+    if want.policy.bootstrap == "approval" and not _live(state):
+        return [*gates, Gate("traffic", True, f"nothing holds production or canary: by the "
+                                              "policy's bootstrap rule (approval) an approved "
+                                              f"change stands in for traffic in {before.name}",
+                             {"requests": 0, "min_requests": before.min_requests})]
     observed = state.metrics.get(f"{version}@{before.name}", {"requests": 0, "last": {}})
     requests = int(observed.get("requests", 0))
+    replayed = int(observed.get("bootstrap", 0))
     gates.append(Gate("traffic", requests >= before.min_requests,
-                      f"{requests} requests observed in {before.name}, needs "
-                      f"{before.min_requests}",
-                      {"requests": requests, "min_requests": before.min_requests}))
+                      f"{requests} requests observed in {before.name}"
+                      + (f" ({replayed} replayed while bootstrapping: nothing in production "
+                         "to mirror)" if replayed else "")
+                      + f", needs {before.min_requests}",
+                      {"requests": requests, "min_requests": before.min_requests,
+                       "bootstrap": replayed}))
     last = observed.get("last") or {}
     for metric, floor in sorted(before.floors.items()):
         value = last.get(metric)

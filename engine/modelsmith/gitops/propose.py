@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from .forge import Forge, Proposal
-from .plan import ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_for
+from .plan import AFTER_MERGE, ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_for
 
 
 def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
@@ -30,7 +30,13 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
         return "\n".join([*lines, f"{version} is not a registered candidate."]), False
     gates = gates_for(specialist, want, state, policy_stage, version, heldout, approval, sound)
     lineage = candidate.lineage.model_dump()
-    lines += ["### Lineage", f"- registered by event `{candidate.event_id}`"]
+    chain, at = [version], candidate
+    while at.lineage.parent in state.candidates and at.lineage.parent not in chain:
+        chain.append(at.lineage.parent)
+        at = state.candidates[at.lineage.parent]
+    lines += ["### Lineage", f"- registered by event `{candidate.event_id}`",
+              f"- trained along: {' ← '.join([*chain, at.lineage.base_model])} (the "
+              "pretrained base last)"]
     lines += [f"- {key}: `{lineage[key]}`" for key in
               ("base_model", "parent", "dataset_hash", "weights_hash", "run_id",
                "eval_event") if lineage.get(key)]
@@ -45,10 +51,27 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
               for e in candidate.evals]
     lines += ["", "### Gates (from the event log, as `modelsmith plan` decides them)"]
     lines += [f"- {'✅' if g.passed else '❌'} **{g.name}**: {g.detail}" for g in gates]
+    waiting = [g for g in gates if not g.passed and g.name in AFTER_MERGE]
+    blocking = [g for g in gates if not g.passed and g.name not in AFTER_MERGE]
+    if blocking:
+        lines += ["", "**Not ready**: " + ", ".join(g.name for g in blocking) + " fail on the "
+                  "evidence logged so far; merged now, `modelsmith reconcile` rejects it."]
+    elif waiting:
+        lines += ["", "Every gate decidable from evaluations passes. **Still to come**: "
+                  + "; ".join(f"{g.name} ({_after_merge(g)})" for g in waiting) + "."]
+    else:
+        lines += ["", "Every gate passes: merged, `modelsmith reconcile` promotes it."]
     lines += ["", "Check the evidence: `modelsmith verify`, `modelsmith log "
               f"{specialist}`, `modelsmith plan`."]
     ready = all(g.passed for g in gates if g.name != "approval")
     return "\n".join(lines), ready
+
+
+def _after_merge(gate: Any) -> str:
+    """What passes a gate that waits for live traffic or a person."""
+    if gate.name == "approval":
+        return "the merge of this change, approved as the stage requires"
+    return f"live traffic once merged and reconciled: {gate.detail}"
 
 
 def _decision_cell(record: Any) -> str:
@@ -57,8 +80,9 @@ def _decision_cell(record: Any) -> str:
     return f"{record.decision:.3f} ({record.decision_metric})"
 
 
-def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str, version: str,
-            *, traffic: float | None = None, heldout: HeldoutFn = lambda *_: None,
+def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str,
+            version: str | None, *, traffic: float | None = None,
+            heldout: HeldoutFn = lambda *_: None,
             sound: EvidenceFn = lambda *_: None,
             rolled_back: Any = None) -> tuple[Proposal, str, bool]:
     """Open the proposal on ``forge``; returns it, its description and whether the gates
@@ -66,14 +90,21 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str, ve
     records a rollback that already happened: ``release`` is made to match the log."""
     if rolled_back is not None:
         data = rolled_back.data
-        title = f"Roll back {specialist} {stage} to {version}"
-        body = (f"`{stage}` was rolled back from **{data['from_version']}** to **{version}** "
+        to = version or "nothing"
+        title = f"Roll back {specialist} {stage} to {to}"
+        body = (f"`{stage}` was rolled back from **{data['from_version']}** to **{to}** "
                 f"(event `{rolled_back.id}`): {data['reason']}.\n\nThis change makes "
                 "`release` match the event log, so reconcile does not promote "
                 f"{data['from_version']} again.")
         proposal = forge.propose(specialist, stage, version, title=title,
                                            body=body, traffic=traffic)
         return proposal, body, True
+    if version is None:
+        raise ValueError("only a rollback proposes an empty stage")
+    if traffic is None and stage == "canary" and specialist in repo.specialists:
+        # The canary's share, unless the change names one: the policy's for the stage.
+        policy = repo.policy_for(repo.specialists[specialist]).spec
+        traffic = next((s.traffic for s in policy.stages if s.name == stage), None)
     body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout,
                            sound=sound)
     title = f"Promote {specialist} {version} to {stage}"

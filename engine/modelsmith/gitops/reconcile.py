@@ -24,7 +24,7 @@ from modelsmith.errors import ModelsmithError
 from modelsmith.events.projection import fold
 from modelsmith.events.store import ConcurrencyError, EventStore
 from modelsmith.events.types import Approval as LoggedApproval
-from modelsmith.events.types import Event, Promoted, PromotionRejected, RolledBack
+from modelsmith.events.types import Bootstrap, Event, Promoted, PromotionRejected, RolledBack
 
 from .plan import (
     Action,
@@ -62,6 +62,8 @@ def event_for(action: Action) -> Any:
         approval = action.approval
         return Promoted(version=action.version, stage=action.stage, previous=action.previous,
                         traffic=action.traffic,
+                        bootstrap=None if action.bootstrap is None
+                        else Bootstrap(**action.bootstrap),
                         approval=None if approval is None else LoggedApproval(
                             forge=approval.forge, ref=approval.ref,
                             merged_by=approval.merged_by, approvers=list(approval.approvers)))
@@ -128,18 +130,22 @@ def manual_rollback(store: EventStore, specialist: str, stage: str, *, to: str |
     held = state.holder(stage) if state else None
     if state is None or held is None:
         raise ReconcileError(f"{specialist} has nothing in {stage} to roll back")
+    demoted = False
     if to is None:
         to = previous_holder(state, stage, held)
-        if to is None:
+        if to is None and stage == "production":
             raise ReconcileError(f"no version held {stage} before {held.version}; name one "
                                  "with --to")
+        demoted = to is None  # the first shadow or canary leaves the stage empty
     elif to not in state.candidates:
         known = ", ".join(state.candidates) or "none"
         raise ReconcileError(f"{specialist} has no candidate {to} (registered: {known})")
     if to == held.version:
         raise ReconcileError(f"{to} already holds {stage}")
     payload = RolledBack(stage=stage, from_version=held.version, to_version=to,
-                         reason=f"manual rollback: {reason}")
+                         reason=f"manual rollback: {reason}" + (
+                             f" (nothing held {stage} before {held.version}: it is left "
+                             "empty)" if demoted else ""))
     (event,) = store.append(specialist, [Event.new(payload, actor=actor, cause=cause)],
                             state.last_seq)
     return event

@@ -204,6 +204,12 @@ class IterateLoop:
             return found
         repo = self.repo
         version = model_ref if is_version(model_ref) else None
+        if version is None:
+            earlier = self._zero_shot(model_ref)
+            if earlier is not None:
+                self.say(f"  {phase}: {model_ref} was evaluated on this suite already "
+                         f"(event {earlier.id[:12]}); greedy decoding would repeat it")
+                return earlier
         load, chat, weights = model_ref, None, None
         if version:
             cand = self.parts.registry.candidate(self.specialist, version)
@@ -223,6 +229,19 @@ class IterateLoop:
             backend.close()
         assert outcome.event is not None
         return outcome.event
+
+    def _zero_shot(self, model_ref: str) -> Event | None:
+        """The latest full evaluation of the pretrained ``model_ref`` on the current suite
+        (``modelsmith eval``'s zero-shot run), greedy like the loop's own: its numbers, not
+        a second run that could only repeat them."""
+        suite_hash = self.repo.suite_for(self.repo.specialists[self.specialist]).suite_hash
+        for event in reversed(list(self.parts.store.read(self.specialist))):
+            data = event.data
+            if event.type == "EvalCompleted" and data.get("model") == model_ref \
+                    and not data.get("version") and data.get("suite_hash") == suite_hash \
+                    and not data.get("limit"):
+                return event
+        return None
 
     def _extract(self, state: IterateState) -> dict[str, Any]:
         from modelsmith.training.extraction import extract_failures

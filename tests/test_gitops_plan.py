@@ -256,3 +256,55 @@ def test_modelsmith_plan_prints_the_gates_and_their_numbers(demo_repo):
     agents = json.loads(CliRunner().invoke(cli, ["-C", str(demo_repo), "plan", "--json"]).output)
     (action,) = agents["actions"]
     assert action["kind"] == "reject" and action["gates"][1]["numbers"]["lowest"] == 0.913
+
+
+def test_a_first_version_leaves_shadow_by_its_bootstrap_rule():
+    """Nothing in production or canary: under ``bootstrap: replay`` the shadow's replayed
+    answers are its traffic and the Promoted records it; under ``approval`` an approved
+    change stands in for traffic; ``off`` waits for traffic that cannot come."""
+    log = Log()
+    log.candidate("v1", 0.95, 0.95, 0.95)
+    log.add(Promoted(version="v1", stage="shadow"))
+    log.add(MetricsObserved(version="v1", stage="shadow", window_start=log.at,
+                            window_end=log.at, requests=60, bootstrap=60,
+                            metrics={"format_rate": 1.0}))
+    (action,) = plan(desired(canary="v1"), log.fleet)
+    assert action.kind == "promote" and action.bootstrap["rule"] == "replay"
+    assert action.bootstrap["requests"] == 60
+    traffic = next(g for g in action.gates if g.name == "traffic")
+    assert "60 replayed while bootstrapping" in traffic.detail
+    from modelsmith.gitops.reconcile import event_for
+
+    assert event_for(action).bootstrap.rule == "replay"
+
+    waived = {"rtb": Desired(release={"canary": "v2"}, traffic={"canary": 0.1}, target=0.9,
+                             suite_hash=SUITE,
+                             policy=POLICY.model_copy(update={"bootstrap": "approval"}))}
+    log.candidate("v2", 0.95, 0.95, 0.95)
+    log.add(Promoted(version="v2", stage="shadow"))
+    (rejected,) = plan(waived, log.fleet)
+    assert gates(rejected)["traffic"] and not gates(rejected)["approval"]
+    approved = Approval("local", "abc", "dana", ("dana",))
+    (promoted,) = plan(waived, log.fleet, approval=lambda *_: approved)
+    assert promoted.kind == "promote" and promoted.bootstrap["rule"] == "approval"
+    assert promoted.approval == approved
+
+    off = {"rtb": Desired(release={"canary": "v2"}, traffic={"canary": 0.1}, target=0.9,
+                          suite_hash=SUITE, policy=POLICY.model_copy(update={"bootstrap": "off"}))}
+    (waiting,) = plan(off, log.fleet)
+    assert waiting.kind == "reject" and not gates(waiting)["traffic"]
+
+
+def test_a_canary_rolled_back_under_its_predecessor_in_production_is_emptied():
+    log = Log()
+    log.candidate("v1", 0.95, 0.95, 0.95)
+    log.candidate("v2", 0.95, 0.95, 0.95)
+    log.add(Promoted(version="v1", stage="canary", traffic=0.1))
+    log.add(Promoted(version="v1", stage="production"))
+    log.add(Promoted(version="v2", stage="canary", traffic=0.5))
+    log.observe("v2", "canary", 250, score_mean=0.1)
+    (action,) = plan(desired(production="v1", canary="v2"), log.fleet)
+    assert (action.kind, action.stage, action.version, action.previous) == (
+        "rollback", "canary", None, "v2")
+    state = log.fleet.specialists["rtb"]
+    assert state.holder("production").version == "v1"

@@ -204,3 +204,19 @@ def test_reconcile_evaluate_runs_the_evaluation_the_plan_waits_for(demo_repo, tm
     assert len(evals) == 1 and evals[0].data["version"] == "v1"
     # One evaluation of the three the gate needs: decided, and rejected with the numbers.
     assert "PromotionRejected rtb-quality shadow: - -> v1" in output
+
+
+def test_the_only_shadow_rolled_back_by_hand_leaves_the_stage_empty(fork):
+    store = GitEventStore(fork)
+    store.append("rtb-quality", [Event.new(Promoted(version="v1", stage="shadow"),
+                                           actor="test")], store.last_seq("rtb-quality"))
+    output = run(fork, "rollback", "rtb-quality", "--stage", "shadow", "--reason", "wrong one")
+    assert "RolledBack rtb-quality shadow: v1 -> -" in output
+    (rolled,) = [e for e in store.read("rtb-quality") if e.type == "RolledBack"]
+    assert rolled.data["to_version"] is None and "left empty" in rolled.data["reason"]
+    assert json.loads(run(fork, "status", "--json"))["specialists"][0]["shadow"] is None
+    # Production with nothing before it still needs a version named.
+    store.append("rtb-quality", [Event.new(Promoted(version="v2", stage="production"),
+                                           actor="test")], store.last_seq("rtb-quality"))
+    refused = CliRunner().invoke(cli, ["-C", str(fork), "rollback", "rtb-quality"])
+    assert refused.exit_code == 1 and "name one with --to" in refused.output

@@ -57,7 +57,7 @@ def rollback(ctx: click.Context, specialist: str, stage: str, to: str | None, re
                     "to": event.data["to_version"], "proposal": done.proposal})
         return
     click.echo(f"RolledBack {specialist} {stage}: {event.data['from_version']} -> "
-               f"{event.data['to_version']}")
+               f"{event.data['to_version'] or '-'}")
     if done.proposal:
         click.echo(f"proposed the matching release on the {done.proposal}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pygit2
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Two test workers share the cores: a profile's 2 training threads each would oversubscribe
+# them many times over (the demo's profile trains on 2; the tests on 1).
+os.environ.setdefault("MODELSMITH_TRAIN_THREADS", "1")
 DEMO_PARTS = ("specialists", "evals", "policies", "config")
 # A small, frozen repository the loader tests edit line by line; the demo content itself
 # grows with the product and is checked on its own (it must always validate).

@@ -17,6 +17,7 @@ from modelsmith.cli import cli
 from modelsmith.events import Event
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import CandidateRegistered, EvalCompleted, Lineage, Promoted
+from openai_fake import FakeOpenAI, completion
 
 
 def run(*args: str, repo: Path | None = None):
@@ -381,3 +382,30 @@ def test_the_demo_runs_the_iterate_loop_and_shows_the_score_history(tmp_path, mo
     assert f"score history plot: {dest}/.iterate/rtb-quality/scores.svg" in result.output
     assert "CandidateRegistered rtb-quality#" in result.output
     assert "ok: 9 events" in result.output and "run it again to go on" in result.output
+
+
+def test_the_demo_evaluates_a_frontier_baseline_on_the_same_suite(tmp_path, model_cache,
+                                                                   monkeypatch):
+    monkeypatch.setenv("MODELSMITH_CACHE", str(model_cache))
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    frontier = FakeOpenAI()
+    # A frontier model that reads the policy: reject low click-through and blocked domains
+    # badly enough to be beaten, well enough to be a baseline -- here it always accepts.
+    frontier.responder = lambda body: (200, completion("ACCEPT"), {})
+    monkeypatch.setenv("OPENAI_BASE_URL", frontier.base_url)
+    dest = tmp_path / "demo"
+    try:
+        result = CliRunner().invoke(cli, ["-C", str(ROOT), "demo", "--dir", str(dest),
+                                          "--until", "zero-shot",
+                                          "--baseline", "openai:frontier"])
+    finally:
+        frontier.close()
+    assert result.exit_code == 0, result.output
+    assert "the frontier baseline openai:frontier on the same suite" in result.output
+    evals = [e.data for e in GitEventStore(dest).read("rtb-quality")
+             if e.type == "EvalCompleted"]
+    assert [e["model"] for e in evals] == ["tiny-test", "openai:frontier"]
+    assert evals[0]["suite_hash"] == evals[1]["suite_hash"]
+    assert evals[1]["backend"] == "openai" and evals[1]["composite"] > evals[0]["composite"]
+    assert len(frontier.calls) >= 520  # every scenario (and its variants) went to it
+    assert json.loads(json.dumps(evals[1]))["dev_n"] == 100

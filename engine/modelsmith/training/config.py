@@ -55,8 +55,20 @@ def sft_steps(method: str, profile: HyperParams) -> int:
     return 0
 
 
+#: Overrides every profile's ``threads`` on this machine (e.g. 1 where several runs share
+#: the cores: two 2-thread runs on 2 cores are many times slower than two 1-thread ones).
+THREADS_ENV = "MODELSMITH_TRAIN_THREADS"
+
+
 def torch_threads(profile: HyperParams) -> int:
-    """The torch threads a run uses: the profile's, else :data:`DEFAULT_THREADS`."""
+    """The torch threads a run uses: ``$MODELSMITH_TRAIN_THREADS``, else the profile's,
+    else :data:`DEFAULT_THREADS`. The config hash covers the profile's value, not the
+    override: a machine's threads change its speed, not what was asked for."""
+    import os
+
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
     return profile.threads or DEFAULT_THREADS
 
 
@@ -191,7 +203,7 @@ def _hashed_settings(method: str, profile: HyperParams) -> dict[str, Any]:
     return {
         **profile.model_dump(exclude={"checkpoint_steps", "no_signal_steps"}),
         "method": method,
-        "threads": torch_threads(profile),
+        "threads": profile.threads or DEFAULT_THREADS,  # the profile's, whatever the machine
         "grpo_learning_rate": profile.grpo_learning_rate or profile.learning_rate,
         "grpo_batch_size": profile.grpo_batch,
         "sft_steps": sft_steps(method, profile),

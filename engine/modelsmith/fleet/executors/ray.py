@@ -113,6 +113,8 @@ def _follow(client: Any, job_id: str, job: Job, finished: set[Any], lines: list[
     stalled = False
     while True:
         status, logs = _poll(client, job_id)
+        if status in finished:
+            logs = _settled(client, job_id, logs)
         fresh = logs[seen:]
         complete = fresh[: fresh.rfind("\n") + 1] if status not in finished else fresh
         seen += len(complete)
@@ -133,6 +135,22 @@ def _follow(client: Any, job_id: str, job: Job, finished: set[Any], lines: list[
             with contextlib.suppress(Exception):
                 client.stop_job(job_id)
         time.sleep(POLL_S)
+
+
+def _settled(client: Any, job_id: str, logs: str, attempts: int = 20) -> str:
+    """A finished job's whole log: Ray reports the end before its log agent has caught
+    up (on a loaded machine the last lines come a moment later), so read again until two
+    reads agree (at most ``attempts`` polls)."""
+    for _ in range(attempts):
+        time.sleep(POLL_S)
+        try:
+            again = client.get_job_logs(job_id)
+        except Exception as exc:  # the cluster went away
+            raise _ClusterGone(exc) from exc
+        if again == logs:
+            return logs
+        logs = again
+    return logs
 
 
 def _last_beat(job: Job, last_output: float) -> float:

@@ -625,24 +625,14 @@ class Modelsmith:
               repo: Repository | None = None) -> list[Any]:
         """Every gate of moving ``version`` into ``stage`` as `plan` decides it now, from
         the event log (as if ``release`` asked for it)."""
-        from dataclasses import replace
-
         from modelsmith.events.projection import SpecialistState
-        from modelsmith.gitops.plan import (
-            desired_state,
-            gates_for,
-            logged_evidence,
-            logged_heldout,
-        )
+        from modelsmith.gitops.plan import desired_state, gates_asking
 
         repo = repo or self.specs()
-        want = desired_state(repo)[specialist]
-        want = replace(want, release={**want.release, stage: version})
         state = self.fleet().specialists.get(specialist) or SpecialistState(specialist)
-        policy_stage = next(s for s in want.policy.stages if s.name == stage)
-        return gates_for(specialist, want, state, policy_stage, version,
-                         logged_heldout(self.store), self._approvals(repo),
-                         logged_evidence(self.store, repo))
+        inputs = self._plan_inputs(repo)
+        return gates_asking(specialist, desired_state(repo)[specialist], state, stage, version,
+                            inputs["heldout"], inputs["approval"], inputs["evidence"])
 
     def iterate(self, specialist: str, options: LoopOptions, *,
                 emit: Callable[[dict[str, Any]], None] = lambda _e: None,
@@ -795,11 +785,9 @@ class Modelsmith:
     def _open_proposals(self, repo: Repository, fleet: FleetState, inputs: dict[str, Any],
                         warnings: list[str]) -> list[OpenProposal]:
         """The forge's open proposals, each with the gates of the step it asks for."""
-        from dataclasses import replace
-
         from modelsmith.events.projection import SpecialistState
         from modelsmith.gitops.forge import ForgeError
-        from modelsmith.gitops.plan import desired_state, gates_for
+        from modelsmith.gitops.plan import desired_state, gates_asking
 
         try:
             waiting = self.forge(repo).open_proposals()
@@ -831,11 +819,8 @@ class Modelsmith:
                     f"the event log already has {version} in {stage.name}: merging makes "
                     "release match it"), previous=previous))
                 continue
-            # As merged: the stage names the version, which leaves any other stage.
-            release = {s: (None if v == version else v) for s, v in want.release.items()}
-            merged = replace(want, release={**release, stage.name: version})
-            gates = gates_for(name, merged, state, stage, version, inputs["heldout"],
-                              inputs["approval"], inputs["evidence"])
+            gates = gates_asking(name, want, state, stage.name, version, inputs["heldout"],
+                                 inputs["approval"], inputs["evidence"])
             found.append(OpenProposal(proposal, tuple(gates), previous=previous))
         return found
 

@@ -221,6 +221,19 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
     return gates
 
 
+def gates_asking(name: str, want: Desired, state: SpecialistState, stage_name: str,
+                 version: str, heldout: HeldoutFn, approval: ApprovalFn,
+                 evidence: EvidenceFn = lambda *_: None) -> list[Gate]:
+    """Every gate of moving ``version`` into ``stage_name`` as if ``release`` asked for it
+    (a proposal merged: the stage names the version, which leaves any other stage)."""
+    from dataclasses import replace
+
+    stage = next(s for s in want.policy.stages if s.name == stage_name)
+    release = {s: (None if v == version else v) for s, v in want.release.items()}
+    merged = replace(want, release={**release, stage_name: version})
+    return gates_for(name, merged, state, stage, version, heldout, approval, evidence)
+
+
 def _live(state: SpecialistState) -> bool:
     return state.holder("production") is not None or state.holder("canary") is not None
 

@@ -7,11 +7,10 @@ evaluations on the current suite, and every gate as ``plan`` would decide it now
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from .forge import Forge, Proposal
-from .plan import AFTER_MERGE, ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_for
+from .plan import AFTER_MERGE, ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_asking
 
 
 def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
@@ -21,14 +20,12 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
     """The proposal's description (Markdown) and whether every gate but the approval
     passes today."""
     want = desired_state(repo)[specialist]
-    want = replace(want, release={**want.release, stage: version})
     state = fleet.specialists.get(specialist)
-    policy_stage = next(s for s in want.policy.stages if s.name == stage)
     lines = [f"Promote **{specialist} {version}** to **{stage}**.", ""]
     candidate = state.candidates.get(version) if state else None
     if candidate is None:
         return "\n".join([*lines, f"{version} is not a registered candidate."]), False
-    gates = gates_for(specialist, want, state, policy_stage, version, heldout, approval, sound)
+    gates = gates_asking(specialist, want, state, stage, version, heldout, approval, sound)
     lineage = candidate.lineage.model_dump()
     chain, at = [version], candidate
     while at.lineage.parent in state.candidates and at.lineage.parent not in chain:

@@ -71,3 +71,24 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dana",
                            "-c", "user.email=dana@example.com", *args],
                           check=True, capture_output=True, text=True).stdout
+
+
+def published(repo: Path, bare: Path) -> Path:
+    """``bare``, a new bare repository made ``repo``'s origin, holding its main branch and
+    its event log."""
+    import subprocess
+
+    from modelsmith.events.gitstore import EVENTS_REF
+
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main", f"{EVENTS_REF}:{EVENTS_REF}")
+    return bare
+
+
+def clone(origin: Path, where: Path) -> Path:
+    """A ``git clone`` of ``origin``'s main branch into ``where``."""
+    import subprocess
+
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(origin), str(where)], check=True)
+    return where

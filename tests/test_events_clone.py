@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import git
+from conftest import clone, git, published
 from evaluations import evaluated
 from modelsmith.app import Modelsmith
 from modelsmith.cli import cli
@@ -46,15 +46,7 @@ def origin(demo_repo, tmp_path, monkeypatch):
         version="v1", lineage=Lineage(base_model="tiny-test")), actor="test")
     GitEventStore(demo_repo).append(STREAM, [registered, observed("a"), observed("b")], 0)
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    git(demo_repo, "remote", "add", "origin", str(bare))
-    git(demo_repo, "push", "-q", "origin", "main", f"{EVENTS_REF}:{EVENTS_REF}")
-    return bare
-
-
-def clone(origin: Path, where: Path) -> Path:
-    subprocess.run(["git", "clone", "-q", "-b", "main", str(origin), str(where)], check=True)
-    return where
+    return published(demo_repo, bare)
 
 
 def local_tip(repo: Path) -> str | None:

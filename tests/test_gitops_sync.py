@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
+from conftest import clone, git, published
 from evaluations import lineage
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import Event
@@ -32,15 +32,7 @@ def origin(demo_repo, tmp_path):
     git(demo_repo, "commit", "-q", "-m", "the fork, asking for v1 in shadow")
     GitEventStore(demo_repo).append("rtb-quality", lineage(demo_repo, "v1"), 0)
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    git(demo_repo, "remote", "add", "origin", str(bare))
-    git(demo_repo, "push", "-q", "origin", "main", f"{EVENTS_REF}:{EVENTS_REF}")
-    return bare
-
-
-def clone(origin: Path, where: Path) -> Path:
-    subprocess.run(["git", "clone", "-q", "-b", "main", str(origin), str(where)], check=True)
-    return where
+    return published(demo_repo, bare)
 
 
 def origin_log(origin: Path, tmp_path: Path) -> list:

@@ -227,7 +227,7 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
     """The live answer and the shadow's are scored with the eval's own scorer against the
     request's reference; every answer is checked against the output contract; and the
     plan's shadow-stage gates read those numbers from the window."""
-    from modelsmith.gitops.plan import desired_state, gates_for
+    from modelsmith.gitops.plan import desired_state, gates_asking
 
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="production"),
@@ -265,10 +265,9 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
         # The shadow stage's traffic minimum and format floor now read live evidence.
         state = fold(service.store).specialists["rtb-quality"]
         want = desired_state(service.repo)["rtb-quality"]
-        canary = next(s for s in want.policy.stages if s.name == "canary")
-        gates = {g.name: g for g in gates_for("rtb-quality", want, state, canary, "v2",
-                                              heldout=lambda *_: None,
-                                              approval=lambda *_: None)}
+        gates = {g.name: g for g in gates_asking("rtb-quality", want, state, "canary", "v2",
+                                                 heldout=lambda *_: None,
+                                                 approval=lambda *_: None)}
         assert gates["traffic"].passed, gates["traffic"].detail
         assert gates["floors"].passed and gates["floors"].numbers["value"] == 1.0
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -584,7 +583,7 @@ def test_replayed_requests_give_a_lone_shadow_the_traffic_its_stage_gates_need(
         demo_repo, tmp_path, monkeypatch):
     """The policy's shadow stage wants 50 observed requests and a format floor before
     canary: 50 replayed requests with references give v1 exactly that evidence."""
-    from modelsmith.gitops.plan import desired_state, gates_for
+    from modelsmith.gitops.plan import desired_state, gates_asking
 
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
@@ -604,10 +603,9 @@ def test_replayed_requests_give_a_lone_shadow_the_traffic_its_stage_gates_need(
         # v1 (the screener) misses casino-ads: every fourth reference, 13 of the 50.
         assert state.metrics["v1@shadow"]["last"]["rubric_score"] == pytest.approx(37 / 50)
         want = desired_state(service.repo)["rtb-quality"]
-        canary = next(s for s in want.policy.stages if s.name == "canary")
-        gates = {g.name: g for g in gates_for("rtb-quality", want, state, canary, "v1",
-                                              heldout=lambda *_: None,
-                                              approval=lambda *_: None)}
+        gates = {g.name: g for g in gates_asking("rtb-quality", want, state, "canary", "v1",
+                                                 heldout=lambda *_: None,
+                                                 approval=lambda *_: None)}
         assert gates["traffic"].passed, gates["traffic"].detail
         assert gates["floors"].passed, gates["floors"].detail
     finally:

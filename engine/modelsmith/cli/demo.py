@@ -195,47 +195,55 @@ class Journey:
             return
         first = self.proposal("shadow")
         self.promote_first(first, until)
-        if until in ("shadow", "canary", "production"):
-            self.closing()
-            return
-        self.later_version(loop)
-        self.closing()
+        if until not in ("shadow", "canary", "production"):
+            self.later_version(loop)
         if baseline:
             self.run(f"the specialist beside the frontier baseline {baseline}",
                      ["compare", SPECIALIST, baseline, first, "--split", "heldout"])
+        self.closing()
+
+    def promote(self, version: str, stage: str, applied: str = "the reconciler applies it",
+                *, propose: str | None = None, traffic: str | None = None,
+                show_plan: bool = False) -> None:
+        """One step of a version: its proposal (``propose`` titles the one the demo opens;
+        None: the loop opened it), the plan that shows it waiting when ``show_plan``, the
+        reviewer's merge, the reconciler."""
+        if propose is not None:
+            self.run(propose, ["propose", SPECIALIST, "--version", version, "--stage", stage,
+                               *(["--traffic", traffic] if traffic else [])])
+        if show_plan:
+            self.run("the plan: the proposal waiting for review, and the gates it meets",
+                     ["plan"])
+        self.merge(_branch(version, stage), f"{version} to {stage}")
+        self.run(applied, ["reconcile"])
+
+    def replay(self, title: str, split: str, *options: str) -> None:
+        self.run(title, ["replay", "--suite", SPECIALIST, "--split", split, *options,
+                         "--concurrency", "8", "--url", self.url])
 
     def promote_first(self, version: str, until: str) -> None:
         """The first version: shadow (bootstrapped on replayed traffic) -> canary (all the
         traffic, nothing in production) -> production (approved)."""
-        self.merge(_branch(version, "shadow"), f"{version} to shadow")
-        self.run("the reconciler applies it", ["reconcile"])
+        self.promote(version, "shadow")
         self.start_server()
-        self.run("replayed traffic: the suite's scenarios with their expected answers; "
-                 "nothing is in production, so the shadow answers them (bootstrap)",
-                 ["replay", "--suite", SPECIALIST, "--split", "core", "--limit", "60",
-                  "--concurrency", "8", "--url", self.url])
+        self.replay("replayed traffic: the suite's scenarios with their expected answers; "
+                    "nothing is in production, so the shadow answers them (bootstrap)",
+                    "core", "--limit", "60")
         self.wait_for(version, "shadow", 50)
         if until == "shadow":
             return
-        self.run(f"proposing {version} for canary (the policy's share of traffic)",
-                 ["propose", SPECIALIST, "--version", version, "--stage", "canary"])
-        self.run("the plan: the proposal waiting for review, and the gates it meets",
-                 ["plan"])
-        self.merge(_branch(version, "canary"), f"{version} to canary")
-        self.run("the reconciler applies it: the Promoted event records the bootstrap",
-                 ["reconcile"])
+        self.promote(version, "canary",
+                     "the reconciler applies it: the Promoted event records the bootstrap",
+                     propose=f"proposing {version} for canary (the policy's share of traffic)",
+                     show_plan=True)
         for split in ("dev", "heldout"):  # scenarios no candidate trained on
-            self.run(f"traffic in canary ({split} scenarios), rated by users who know the "
-                     "right answer",
-                     ["replay", "--suite", SPECIALIST, "--split", split, "--concurrency", "8",
-                      "--feedback", "reference", "--url", self.url])
+            self.replay(f"traffic in canary ({split} scenarios), rated by users who know "
+                        "the right answer", split, "--feedback", "reference")
         self.wait_for(version, "canary", 200)
         if until == "canary":
             return
-        self.run(f"proposing {version} for production",
-                 ["propose", SPECIALIST, "--version", version, "--stage", "production"])
-        self.merge(_branch(version, "production"), f"{version} to production")
-        self.run("the reconciler checks the approval and promotes", ["reconcile"])
+        self.promote(version, "production", "the reconciler checks the approval and promotes",
+                     propose=f"proposing {version} for production")
 
     def later_version(self, loop: list[str]) -> None:
         """A later version through shadow and a half-traffic canary, whose users then rate
@@ -243,27 +251,19 @@ class Journey:
         self.run("the loop again: it goes on from the latest candidate, briefly",
                  [*loop, "--max-iterations", "2", "--steps", "20", "--sft-steps", "60"])
         later = self.proposal("shadow")
-        self.merge(_branch(later, "shadow"), f"{later} to shadow")
-        self.run("the reconciler applies it", ["reconcile"])
-        self.run("traffic: production answers, the shadow is mirrored and compared",
-                 ["replay", "--suite", SPECIALIST, "--split", "core", "--limit", "60",
-                  "--concurrency", "8", "--url", self.url])
+        self.promote(later, "shadow")
+        self.replay("traffic: production answers, the shadow is mirrored and compared",
+                    "core", "--limit", "60")
         self.wait_for(later, "shadow", 50)
-        self.run(f"proposing {later} for canary on half the traffic",
-                 ["propose", SPECIALIST, "--version", later, "--stage", "canary",
-                  "--traffic", "0.5"])
-        self.merge(_branch(later, "canary"), f"{later} to canary")
-        self.run("the reconciler applies it", ["reconcile"])
-        self.run(f"a degraded signal: the users of the canary rate {later}'s answers 0 "
-                 "(the split is in the counts)",
-                 ["replay", "--suite", SPECIALIST, "--split", "all", "--limit", "480",
-                  "--concurrency", "8", "--feedback", "0", "--feedback-stage", "canary",
-                  "--url", self.url])
+        self.promote(later, "canary", propose=f"proposing {later} for canary on half the "
+                                              "traffic", traffic="0.5")
+        self.replay(f"a degraded signal: the users of the canary rate {later}'s answers 0 "
+                    "(the split is in the counts)", "all", "--limit", "480",
+                    "--feedback", "0", "--feedback-stage", "canary")
         self.wait_for(later, "canary", 200)
         self.run("the reconciler sees the breach and rolls the canary back on its own",
                  ["reconcile"])
-        branch = _branch(None, "canary")
-        self.merge(branch, f"release matches the rollback of {later}")
+        self.merge(_branch(None, "canary"), f"release matches the rollback of {later}")
         self.run("nothing left to do", ["plan"])
 
     def closing(self, short: bool = False, history: bool = True) -> None:

@@ -4,6 +4,8 @@ A forge answers one question for the planner and does one thing for agents:
 
 - ``approval(specialist, stage, version)``: the merged change that made ``release`` ask for
   ``version`` in ``stage``, who merged it and who approved it -- or None;
+- ``change_approval(commit, path)``: the same for any commit of the branch (the human gate
+  on changes to suites, policies and tasks);
 - ``propose(...)``: a change that edits ``release`` (ruamel.yaml round-trip: comments and
   key order kept) with the evidence in its description, for a human to review and merge;
 - ``open_proposals()``: the proposals still waiting for that merge, for ``plan`` to list.
@@ -57,6 +59,13 @@ class Forge(Protocol):
         """The approval of the merged change on the checked-out branch that made
         ``release.<stage>`` of ``specialist`` name ``version``; None when no reviewed change
         asked for it."""
+        ...
+
+    def change_approval(self, commit: str, path: str) -> Approval | None:
+        """The approval of the reviewed change that brought ``commit`` (a first-parent
+        commit of the checked-out branch) in -- its merge, squash or rebase -- with the
+        CODEOWNERS of ``path`` as the required approvers; None when nobody reviewed it
+        (committed straight onto the branch)."""
         ...
 
     def propose(self, specialist: str, stage: str, version: str | None, *, title: str,

@@ -81,11 +81,17 @@ class GitHubForge:
             raise ForgeError(f"GitHub {self.owner}/{self.repo_name}: {exc}") from None
 
     def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
+        commit = self.git.asking_change(specialist, stage, version)
+        if commit is None:
+            return None
+        return self.change_approval(str(commit.id), self.sources[specialist])
+
+    def change_approval(self, commit: str, path: str) -> Approval | None:
         import github3
 
-        commit = self.git.asking_merge(specialist, stage, version)
-        match = MERGE_RE.search(commit.message) if commit is not None else None
-        if commit is None or match is None:
+        found = self.git.commit(commit)
+        match = MERGE_RE.search(found.message) if found is not None else None
+        if found is None or match is None or len(found.parents) < 2:
             return None
         number = int(match.group(1))
         try:
@@ -93,7 +99,7 @@ class GitHubForge:
             reviews = list(pull.reviews()) if pull is not None else []
         except github3.exceptions.GitHubException:
             return None
-        if pull is None or not pull.merged or pull.merge_commit_sha != str(commit.id):
+        if pull is None or not pull.merged or pull.merge_commit_sha != str(found.id):
             return None  # a merge message that names a pull request GitHub did not merge
         latest: dict[str, str] = {}
         for review in reviews:  # oldest first: the last word of each reviewer counts
@@ -102,7 +108,7 @@ class GitHubForge:
                 latest[review.user.login] = review.state
         approvers = tuple(sorted(u for u, state in latest.items() if state == "APPROVED"))
         merged_by = pull.merged_by.login if pull.merged_by is not None else None
-        owners = self.git.owners(commit, specialist, CODEOWNERS_FILES)
+        owners = self.git.path_owners(found, path, CODEOWNERS_FILES)
         return Approval("github", f"#{number}", merged_by, approvers, self._members(owners))
 
     def _members(self, owners: tuple[str, ...]) -> tuple[str, ...]:

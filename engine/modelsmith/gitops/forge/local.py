@@ -30,12 +30,18 @@ class LocalForge:
         self.sources = sources
 
     def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
-        commit = self.git.asking_merge(specialist, stage, version)
+        commit = self.git.asking_change(specialist, stage, version)
         if commit is None:
             return None
-        return Approval("local", str(commit.id)[:12], commit.committer.name,
-                        tuple(TRAILER_RE.findall(commit.message)),
-                        self.git.owners(commit, specialist, CODEOWNERS_FILES))
+        return self.change_approval(str(commit.id), self.sources[specialist])
+
+    def change_approval(self, commit: str, path: str) -> Approval | None:
+        found = self.git.commit(commit)
+        if found is None or len(found.parents) < 2:
+            return None  # committed straight onto the branch: nobody reviewed it
+        return Approval("local", str(found.id)[:12], found.committer.name,
+                        tuple(TRAILER_RE.findall(found.message)),
+                        self.git.path_owners(found, path, CODEOWNERS_FILES))
 
     def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
                 body: str, traffic: float | None = None) -> Proposal:

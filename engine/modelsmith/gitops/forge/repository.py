@@ -132,14 +132,13 @@ class ForgeRepository:
     def owners(self, commit: Any, specialist: str, files: tuple[str, ...]) -> tuple[str, ...]:
         """The CODEOWNERS of the specialist's file, read from the first of ``files`` that
         ``commit`` has."""
-        texts = (self.text_at(commit, path) for path in files)
-        return codeowners(next((text for text in texts if text), None),
-                          self.sources[specialist])
+        return self.path_owners(commit, self.sources[specialist], files)
 
-    def asking_merge(self, specialist: str, stage: str, version: str) -> Any | None:
-        """The merge commit on the checked-out branch that brought in the change making
-        ``release.<stage>`` name ``version``; None when that change was not merged (or
-        is not committed at all)."""
+    def asking_change(self, specialist: str, stage: str, version: str) -> Any | None:
+        """The first-parent commit on the checked-out branch that made ``release.<stage>``
+        name ``version`` (a merge, a squash or a rebased commit, or one committed straight
+        onto the branch: the forge decides whether a review stands behind it); None when
+        the branch does not ask for it."""
         path = self.sources.get(specialist)
         if path is None or self.repo.head_is_unborn:
             return None
@@ -151,10 +150,29 @@ class ForgeRepository:
             parent = commit.parents[0] if commit.parents else None
             before = self.text_at(parent, path) if parent is not None else None
             if before is None or release_of(before, stage) != version:
-                # Committed straight onto the branch is not a reviewed change.
-                return commit if len(commit.parents) >= 2 else None
+                return commit
             commit = parent
         return None
+
+    def asking_merge(self, specialist: str, stage: str, version: str) -> Any | None:
+        """:meth:`asking_change` when it is a merge commit, else None (committed straight
+        onto the branch is not a reviewed change for the local forge)."""
+        commit = self.asking_change(specialist, stage, version)
+        return commit if commit is not None and len(commit.parents) >= 2 else None
+
+    def commit(self, sha: str) -> Any | None:
+        """The commit ``sha`` names (None when absent)."""
+        import pygit2
+
+        try:
+            return self.repo.revparse_single(sha).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+
+    def path_owners(self, commit: Any, path: str, files: tuple[str, ...]) -> tuple[str, ...]:
+        """The CODEOWNERS of ``path``, read from the first of ``files`` that ``commit`` has."""
+        texts = (self.text_at(commit, name) for name in files)
+        return codeowners(next((text for text in texts if text), None), path)
 
     def commit_proposal(self, specialist: str, stage: str, version: str | None, *,
                         title: str, body: str, traffic: float | None = None) -> tuple[str, str]:

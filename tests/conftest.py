@@ -92,3 +92,17 @@ def clone(origin: Path, where: Path) -> Path:
 
     subprocess.run(["git", "clone", "-q", "-b", "main", str(origin), str(where)], check=True)
     return where
+
+
+def approved_change(repo: Path, message: str, approver: str = "Dana Reviewer") -> str:
+    """Commit the work tree's changes as a reviewed change: on a branch, merged into the
+    checked-out branch with ``--no-ff`` and an ``Approved-by:`` trailer (the local forge's
+    approval), as a change to suites, policies or a specialist's task needs; the merge's id."""
+    branch = f"change-{abs(hash(message)) % 10**8}"
+    git(repo, "checkout", "-q", "-b", branch)
+    git(repo, "commit", "-qam", message)
+    git(repo, "checkout", "-q", "-")
+    git(repo, "merge", "--no-ff", "-q", branch, "-m",
+        f"Merge {branch}\n\n{message}\n\nApproved-by: {approver} <reviewer@example.invalid>")
+    git(repo, "branch", "-q", "-D", branch)
+    return git(repo, "rev-parse", "HEAD").strip()

@@ -88,8 +88,8 @@ def test_a_version_with_its_evidence_is_promoted_to_shadow():
     (action,) = plan(desired(shadow="v1"), log.fleet)
     assert (action.kind, action.stage, action.version, action.previous) == (
         "promote", "shadow", "v1", None)
-    assert gates(action) == {"suite": True, "composite": True, "overfitting": True,
-                            "heldout": True, "order": True}
+    assert gates(action) == {"review": True, "suite": True, "composite": True,
+                            "overfitting": True, "heldout": True, "order": True}
     assert plan(desired(), log.fleet) == []  # nothing desired, nothing held
 
 
@@ -191,9 +191,8 @@ def test_production_needs_an_approval_and_held_out_parity():
 
     (action,) = plan(desired(production="v2", canary="v2"), log.fleet, heldout=heldout)
     assert action.kind == "reject" and gates(action) == {
-        "suite": True, "composite": True, "overfitting": True, "heldout": False, "order": True,
-        "traffic": True,
-        "floors": True, "approval": False}
+        "review": True, "suite": True, "composite": True, "overfitting": True,
+        "heldout": False, "order": True, "traffic": True, "floors": True, "approval": False}
     assert "-0.050 (95% CI [-0.090, -0.010], n=100)" in action.reason
     v1, v2 = log.fleet.specialists["rtb"].candidates["v1"], \
         log.fleet.specialists["rtb"].candidates["v2"]
@@ -255,7 +254,8 @@ def test_modelsmith_plan_prints_the_gates_and_their_numbers(demo_repo):
         "Plan: 0 promote, 0 demote, 0 rollback, 1 reject, 0 evaluate.")
     agents = json.loads(CliRunner().invoke(cli, ["-C", str(demo_repo), "plan", "--json"]).output)
     (action,) = agents["actions"]
-    assert action["kind"] == "reject" and action["gates"][1]["numbers"]["lowest"] == 0.913
+    assert action["kind"] == "reject" and next(
+        g for g in action["gates"] if g["name"] == "composite")["numbers"]["lowest"] == 0.913
 
 
 def test_a_first_version_leaves_shadow_by_its_bootstrap_rule():

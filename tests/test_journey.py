@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 
+from conftest import approved_change
 from modelsmith.app import Modelsmith
 from modelsmith.cli.demo import Journey
 from modelsmith.events.gitstore import GitEventStore
@@ -41,8 +42,8 @@ def fork(tmp_path, monkeypatch):
                       .replace("max_regression: 0.02", "max_regression: 1.0\n      floor: 0.0")
                       .replace("format_rate: 0.95", "format_rate: 0.0")
                       .replace("score_mean: 0.85", "score_mean: 0.0"))
-    git(root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam",
-        "a target a few training steps reach")
+    # A change to a policy and a specialist's target: reviewed, as the review gate asks.
+    approved_change(root, "a target a few training steps reach")
     return root
 
 

@@ -141,11 +141,13 @@ class PlanReport:
     actions: list[Action]
     proposals: list[OpenProposal] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # specialist -> the guarded changes holding its promotions (gitops.review.Hold)
+    holds: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tip": self.tip, "actions": [a.to_dict() for a in self.actions],
                 "proposals": [p.to_dict() for p in self.proposals],
-                "warnings": self.warnings}
+                "holds": self.holds, "warnings": self.warnings}
 
 
 @dataclass
@@ -323,6 +325,26 @@ class Modelsmith:
 
             self._forges = forge_for
         return self._forges(repo)
+
+    def review(self, repo: Repository | None = None) -> Any:
+        """The review holds of every specialist: guarded changes (the policy's
+        ``review.paths``) that came in without an approved merge
+        (:func:`modelsmith.gitops.review.review`)."""
+        from modelsmith.gitops.forge import ForgeError
+        from modelsmith.gitops.review import review
+
+        repo = repo or self.specs()
+        try:
+            approval = self.forge(repo).change_approval
+        except ForgeError:
+            approval = None
+        return review(self.root, repo, approval)
+
+    def _desired(self, repo: Repository) -> dict[str, Any]:
+        """Each specialist's desired state, with its review holds."""
+        from modelsmith.gitops.plan import desired_state
+
+        return desired_state(repo, self.review(repo).details())
 
     def _approvals(self, repo: Repository) -> Any:
         """The approvals of the repository's forge (none outside a git repository)."""
@@ -626,12 +648,12 @@ class Modelsmith:
         """Every gate of moving ``version`` into ``stage`` as `plan` decides it now, from
         the event log (as if ``release`` asked for it)."""
         from modelsmith.events.projection import SpecialistState
-        from modelsmith.gitops.plan import desired_state, gates_asking
+        from modelsmith.gitops.plan import gates_asking
 
         repo = repo or self.specs()
         state = self.fleet().specialists.get(specialist) or SpecialistState(specialist)
         inputs = self._plan_inputs(repo)
-        return gates_asking(specialist, desired_state(repo)[specialist], state, stage, version,
+        return gates_asking(specialist, self._desired(repo)[specialist], state, stage, version,
                             inputs["heldout"], inputs["approval"], inputs["evidence"])
 
     def iterate(self, specialist: str, options: LoopOptions, *,
@@ -765,10 +787,10 @@ class Modelsmith:
     def plan(self) -> list[Action]:
         """What reconciling would do, per specialist and stage, with every gate (from the
         event log's evidence only)."""
-        from modelsmith.gitops.plan import desired_state, plan
+        from modelsmith.gitops.plan import plan
 
         repo = self.specs()
-        return plan(desired_state(repo), self.fleet(), **self._plan_inputs(repo))
+        return plan(self._desired(repo), self.fleet(), **self._plan_inputs(repo))
 
     def plan_report(self) -> PlanReport:
         """:meth:`plan`, and the proposals that wait for review on the forge, each with the
@@ -778,23 +800,29 @@ class Modelsmith:
         repo = self.specs()
         fleet = self.fleet()
         inputs = self._plan_inputs(repo)
-        report = PlanReport(self.store.tip(), plan(desired_state(repo), fleet, **inputs))
-        report.proposals = self._open_proposals(repo, fleet, inputs, report.warnings)
+        found = self.review(repo)
+        desired = desired_state(repo, found.details())
+        report = PlanReport(self.store.tip(), plan(desired, fleet, **inputs))
+        report.warnings += found.warnings
+        report.holds = {name: [h.to_dict() for h in holds]
+                        for name, holds in found.holds.items() if holds}
+        report.proposals = self._open_proposals(repo, fleet, inputs, report.warnings, desired)
         return report
 
     def _open_proposals(self, repo: Repository, fleet: FleetState, inputs: dict[str, Any],
-                        warnings: list[str]) -> list[OpenProposal]:
+                        warnings: list[str],
+                        desired: dict[str, Any] | None = None) -> list[OpenProposal]:
         """The forge's open proposals, each with the gates of the step it asks for."""
         from modelsmith.events.projection import SpecialistState
         from modelsmith.gitops.forge import ForgeError
-        from modelsmith.gitops.plan import desired_state, gates_asking
+        from modelsmith.gitops.plan import gates_asking
 
         try:
             waiting = self.forge(repo).open_proposals()
         except ForgeError as exc:
             warnings.append(f"open proposals not listed: {exc}")
             return []
-        desired = desired_state(repo)
+        desired = desired if desired is not None else self._desired(repo)
         found = []
         for proposal in waiting:
             name, stage_name, version = proposal.specialist, proposal.stage, proposal.version
@@ -847,7 +875,8 @@ class Modelsmith:
         return propose(self.forge(repo), repo, self.fleet(), specialist, stage, version,
                        traffic=traffic,
                        heldout=logged_heldout(self.store),
-                       sound=logged_evidence(self.store, repo))
+                       sound=logged_evidence(self.store, repo),
+                       holds=self.review(repo).details())
 
     def _propose_rollback(self, repo: Repository, specialist: str, stage: str,
                           version: str | None, event: Event,
@@ -884,13 +913,14 @@ class Modelsmith:
         ``evaluate``, the evaluations the plan waits for run first (``on_evaluate(specialist,
         version)`` runs each; default :meth:`evaluate`); with ``push``, decide on the
         shared log and push it."""
-        from modelsmith.gitops.plan import desired_state, logged_evidence, logged_heldout
+        from modelsmith.gitops.plan import logged_evidence, logged_heldout
         from modelsmith.gitops.reconcile import reconcile
 
         repo = self.specs()
+        desired = self._desired(repo)
 
         def apply(store: Any) -> ReconcileResult:
-            return reconcile(store, desired_state(repo), cause=self.head_commit(),
+            return reconcile(store, desired, cause=self.head_commit(),
                              heldout=logged_heldout(store), approval=self._approvals(repo),
                              evidence=logged_evidence(store, repo), cache=self.fold_cache)
 

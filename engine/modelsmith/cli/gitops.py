@@ -90,6 +90,12 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"      {action.reason}")
         for gate in action.gates:
             click.echo(f"      {'ok  ' if gate.passed else 'FAIL'} {gate.name}: {gate.detail}")
+    if report.holds:
+        click.echo("Held for review (promotions wait for an approved change to each):")
+        for name, holds in sorted(report.holds.items()):
+            for hold in holds:
+                click.echo(f"  {name}: {hold['entry']} changed by {hold['commit'][:12]} "
+                           f"without an approved merge ({hold['why']})")
     if report.proposals:
         _render_proposals(report.proposals)
     counts = {kind: sum(a.kind == kind for a in actions) for kind in MARKS}

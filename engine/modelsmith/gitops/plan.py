@@ -96,6 +96,9 @@ class Desired:
     suite_hash: str
     policy: Any  # modelsmith.specs.models.PolicySpec
     sustained: int = 3  # the specialist's target.sustained (the policy's, when it sets one)
+    # Guarded changes that came in without an approved merge (gitops.review): while any
+    # stands, the review gate holds every promotion of the specialist.
+    holds: tuple[str, ...] = ()
 
 
 HeldoutFn = Callable[[str, str, str], HeldoutResult | None]  # specialist, cand, baseline eval
@@ -194,7 +197,7 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
         known = ", ".join(state.candidates) or "none"
         return [Gate("version", False, f"{version} is not a registered candidate of {name} "
                                        f"(registered: {known})")]
-    gates: list[Gate] = []
+    gates: list[Gate] = [_review_gate(want)]
     current = [e for e in candidate.evals if e.suite_hash == want.suite_hash]
     if policy.gates.suite_unchanged or not candidate.evals:
         gates.append(Gate(
@@ -267,7 +270,7 @@ def bootstrap_step(want: Desired, state: SpecialistState, stage: Any,
 
 #: Gates only live traffic or a person can pass: a change proposed before them waits for
 #: them (the loop proposes when every other gate passes; the PR body lists these).
-AFTER_MERGE = ("traffic", "floors", "approval")
+AFTER_MERGE = ("traffic", "floors", "approval", "review")
 
 
 def before_traffic(gates: list[Gate]) -> list[Gate]:
@@ -478,6 +481,15 @@ def _stage_order_gates(want: Desired, state: SpecialistState, stage: Any,
     return gates
 
 
+def _review_gate(want: Desired) -> Gate:
+    if not want.holds:
+        return Gate("review", True, "every change to the files the policy guards came in "
+                                    "with an approved merge", {"holds": 0})
+    shown = "; ".join(want.holds[:3])
+    more = f" (and {len(want.holds) - 3} more)" if len(want.holds) > 3 else ""
+    return Gate("review", False, f"held: {shown}{more}", {"holds": len(want.holds)})
+
+
 def _approval_gate(name: str, stage: Any, version: str, approval: ApprovalFn) -> Gate:
     found = approval(name, stage.name, version)
     if found is None:
@@ -522,8 +534,10 @@ def _rollback(name: str, want: Desired, state: SpecialistState, stage: Any,
                          "requests": requests}),))
 
 
-def desired_state(repo: Any) -> dict[str, Desired]:
-    """Each specialist's :class:`Desired` from a loaded repository (its specs)."""
+def desired_state(repo: Any,
+                  holds: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Desired]:
+    """Each specialist's :class:`Desired` from a loaded repository (its specs), with the
+    review ``holds`` of each (:func:`modelsmith.gitops.review.review`)."""
     out = {}
     for name, spec in repo.specialists.items():
         release = spec.release
@@ -534,7 +548,8 @@ def desired_state(repo: Any) -> dict[str, Desired]:
             traffic={"canary": canary.traffic} if canary else {},
             target=spec.spec.target.composite,
             suite_hash=repo.suite_for(spec).suite_hash,
-            policy=repo.policy_for(spec).spec, sustained=spec.spec.target.sustained)
+            policy=repo.policy_for(spec).spec, sustained=spec.spec.target.sustained,
+            holds=tuple((holds or {}).get(name, ())))
     return out
 
 

@@ -7,6 +7,7 @@ evaluations on the current suite, and every gate as ``plan`` would decide it now
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .forge import Forge, Proposal
@@ -16,10 +17,11 @@ from .plan import AFTER_MERGE, ApprovalFn, EvidenceFn, HeldoutFn, desired_state,
 def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *,
              heldout: HeldoutFn = lambda *_: None,
              approval: ApprovalFn = lambda *_: None,
-             sound: EvidenceFn = lambda *_: None) -> tuple[str, bool]:
+             sound: EvidenceFn = lambda *_: None,
+             holds: Mapping[str, tuple[str, ...]] | None = None) -> tuple[str, bool]:
     """The proposal's description (Markdown) and whether every gate but the approval
-    passes today."""
-    want = desired_state(repo)[specialist]
+    passes today (``holds``: the review holds, :func:`modelsmith.gitops.review.review`)."""
+    want = desired_state(repo, holds)[specialist]
     state = fleet.specialists.get(specialist)
     lines = [f"Promote **{specialist} {version}** to **{stage}**.", ""]
     candidate = state.candidates.get(version) if state else None
@@ -68,6 +70,8 @@ def _after_merge(gate: Any) -> str:
     """What passes a gate that waits for live traffic or a person."""
     if gate.name == "approval":
         return "the merge of this change, approved as the stage requires"
+    if gate.name == "review":
+        return f"an approved change to what it names: {gate.detail}"
     return f"live traffic once merged and reconciled: {gate.detail}"
 
 
@@ -81,6 +85,7 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str,
             version: str | None, *, traffic: float | None = None,
             heldout: HeldoutFn = lambda *_: None,
             sound: EvidenceFn = lambda *_: None,
+            holds: Mapping[str, tuple[str, ...]] | None = None,
             rolled_back: Any = None) -> tuple[Proposal, str, bool]:
     """Open the proposal on ``forge``; returns it, its description and whether the gates
     (approval aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change
@@ -103,7 +108,7 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str,
         policy = repo.policy_for(repo.specialists[specialist]).spec
         traffic = next((s.traffic for s in policy.stages if s.name == stage), None)
     body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout,
-                           sound=sound)
+                           sound=sound, holds=holds)
     title = f"Promote {specialist} {version} to {stage}"
     proposal = forge.propose(specialist, stage, version, title=title, body=body,
                                        traffic=traffic)

@@ -35,6 +35,7 @@ from .base import (
     spec_error,
     unique_violations,
 )
+from .review import DEFAULT_REVIEW_PATHS, GuardError, compile_guard
 from .rubric import Criterion, MicroBenchmark, compile_regex
 
 # --------------------------------------------------------------------------- Specialist
@@ -391,6 +392,48 @@ class Rollback(SpecModel):
         return metric
 
 
+class Review(SpecModel):
+    """The human gate on changes to what judges a model (see :mod:`.review`)."""
+
+    paths: list[NonEmptyStr] = Field(
+        default_factory=lambda: list(DEFAULT_REVIEW_PATHS),
+        description=(
+            "Changes that need an approved merge: path globs relative to the repository "
+            "root ('evals/**'), optionally '#' and a dotted key of a YAML or JSON file "
+            "('specialists/**#spec.task'). A commit on the main branch that changed one "
+            "without an approved merge holds the promotions of the specialists it concerns "
+            "until an approved change to it lands. policies/** and a specialist's "
+            "spec.policy are always guarded."
+        ),
+    )
+    min_approvals: PositiveInt = Field(1, description="Approvals such a change needs.")
+    approvers: list[NonEmptyStr] = Field(
+        default_factory=list,
+        description="Whose approvals count (default: the changed file's CODEOWNERS, else "
+                    "anyone's).")
+    since: str | None = Field(
+        None, pattern=r"^[0-9a-f]{7,40}$",
+        description="A commit of the main branch: changes up to and including it are not "
+                    "judged (review starts after it). Default: every commit but the first.")
+
+    @field_validator("paths")
+    @classmethod
+    def _patterns(cls, paths: list[str]) -> list[str]:
+        for index, pattern in enumerate(paths):
+            try:
+                compile_guard(pattern)
+            except GuardError as exc:
+                raise spec_error(str(exc), index) from None
+        return paths
+
+    @model_validator(mode="after")
+    def _enough(self) -> Review:
+        if self.approvers and self.min_approvals > len(self.approvers):
+            raise spec_error(f"needs {self.min_approvals} approvals but lists only "
+                             f"{len(self.approvers)} approvers", "min_approvals")
+        return self
+
+
 #: How a specialist's first version gets the evidence its first promotion needs, when no
 #: version holds production or canary (there is no live traffic to mirror).
 BootstrapMode = Literal["replay", "approval", "off"]
@@ -410,6 +453,11 @@ class PolicySpec(SpecModel):
             "canary promotion needs an approved change instead. 'off': neither."
         ),
     )
+
+    review: Review = Field(
+        default_factory=Review,
+        description="Which changes to suites, policies and specialists need an approved "
+                    "merge before the specialists they concern may be promoted.")
 
     @field_validator("stages")
     @classmethod

@@ -1,12 +1,18 @@
-"""A small fake of GitHub's REST API on 127.0.0.1, for github3.py: one repository backed by
-a real bare git repository. Pull requests are opened on pushed branches, listed, reviewed, and
-merged for real: a ``--no-ff`` merge commit on the base branch with GitHub's message
-(``Merge pull request #N from owner/branch``). Each token is a user. Responses carry the
-keys github3.py reads (it refuses incomplete ones)."""
+"""A small fake of GitHub's REST API on 127.0.0.1, for PyGithub: one repository backed by a
+real bare git repository. Pull requests are opened on pushed branches, listed, reviewed, and
+merged for real with the method asked for, as GitHub does it: ``merge`` (a ``--no-ff`` merge
+commit with GitHub's message ``Merge pull request #N from owner/branch``), ``squash`` (one
+new commit with the pull request's whole change, ``Title (#N)``) or ``rebase`` (the pull
+request's commits replayed on the base branch as new commits); ``merge_commit_sha`` is the
+merge or squash commit, or the last rebased one. ``GET .../commits/{sha}/pulls`` answers as
+GitHub does: a pull request for its head commits (when it was opened, and as they are now or
+were when merged) and, once merged, for the commits its merge made on the base. Each token
+is a user. Responses carry the keys PyGithub reads."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -19,10 +25,15 @@ from urllib.parse import parse_qsl
 NOW = "2026-11-26T12:00:00Z"
 
 
+MERGE_METHODS = ("merge", "squash", "rebase")
+
+
 def _git(cwd: Path, *args: str) -> str:
+    # GitHub commits as itself, at its own time: a rebase always makes new commits.
+    env = {**os.environ, "GIT_COMMITTER_DATE": NOW}
     return subprocess.run(["git", "-C", str(cwd), "-c", "user.name=GitHub",
                            "-c", "user.email=noreply@github.com", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+                          check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
 class FakeGitHub:
@@ -102,7 +113,7 @@ class FakeGitHub:
                 "owner": self.user(owner, base), "private": False, "fork": False,
                 "description": "", "url": u, "html_url": f"https://github.example/{owner}",
                 "archived": False, "clone_url": str(self.bare), "created_at": NOW,
-                "default_branch": "main", "forks_count": 0, "git_url": "", "has_downloads": 1,
+                "default_branch": "main", "forks_count": 0, "git_url": "", "has_downloads": True,
                 "has_issues": True, "has_pages": False, "has_projects": False,
                 "has_wiki": False, "homepage": None, "language": None, "mirror_url": None,
                 "network_count": 0, "open_issues_count": 0, "pushed_at": NOW, "size": 1,
@@ -134,11 +145,30 @@ class FakeGitHub:
                 "merged_at": NOW if p["merged"] else None, "patch_url": u,
                 "review_comment_url": u, "review_comments_url": u, "statuses_url": u,
                 "updated_at": NOW, "additions": 1, "author_association": "MEMBER",
-                "comments": 0, "commits": 1, "deletions": 1, "draft": False,
+                "comments": 0, "commits": len(self.pull_commits(number)), "deletions": 1,
+                "draft": False,
                 "mergeable": not p["merged"], "mergeable_state": "clean",
                 "merged": p["merged"], "review_comments": 0, "requested_reviewers": [],
                 "requested_teams": [],
                 "merged_by": self.user(p["merged_by"], base) if p["merged_by"] else None}
+
+    def pull_commits(self, number: int) -> list[str]:
+        """The pull request's own commits (what its head has and its base had not), oldest
+        first; as they were when it was merged."""
+        p = self.pulls[number]
+        if p["merged"]:
+            return p["commits"]
+        return _git(self.bare, "rev-list", "--reverse", f"refs/heads/{p['head']}",
+                    f"^refs/heads/{p['base']}").split()
+
+    def associated(self, sha: str) -> list[int]:
+        """The pull requests GitHub associates with commit ``sha``."""
+        found = []
+        for number, p in sorted(self.pulls.items()):
+            shas = p["made"] + p["commits"] if p["merged"] else self.pull_commits(number)
+            if sha in shas or sha in p["opened"]:  # its head's commits when it was opened
+                found.append(number)
+        return found
 
     def org(self, login: str, base: str) -> dict[str, Any]:
         u = f"{base}/orgs/{login}"
@@ -178,6 +208,13 @@ class FakeGitHub:
             if members:
                 return 200, [self.user(login, base) for login in self.teams[f"{org}/{slug}"]]
             return 200, self.team(org, slug, base)
+        m = re.fullmatch(rf"{re.escape(prefix)}/commits/([^/]+)/pulls", path)
+        if method == "GET" and m:
+            try:
+                sha = _git(self.bare, "rev-parse", "--verify", "-q", f"{m.group(1)}^{{commit}}")
+            except subprocess.CalledProcessError:
+                return 422, {"message": f"No commit found for SHA: {m.group(1)}"}
+            return 200, [self.pull(n, base) for n in self.associated(sha)]
         if method == "GET" and path == f"{prefix}/pulls":
             state = (query or {}).get("state", "open")
             numbers = [n for n, p in self.pulls.items() if state in ("all", p["state"])]
@@ -188,7 +225,8 @@ class FakeGitHub:
             self.pulls[number] = {"title": body["title"], "body": body.get("body", ""),
                                   "head": body["head"], "base": body["base"],
                                   "user": user, "state": "open", "merged": False,
-                                  "merged_by": None}
+                                  "merged_by": None, "commits": [], "made": []}
+            self.pulls[number]["opened"] = self.pull_commits(number)
             self.reviews[number] = []
             return 201, self.pull(number, base)
         m = re.fullmatch(rf"{re.escape(prefix)}/pulls/(\d+)(/reviews|/merge)?", path)
@@ -210,22 +248,49 @@ class FakeGitHub:
             self.reviews[number].append(review)
             return 200, review
         if method == "PUT" and tail == "/merge":
-            return self.merge(number, user)
+            return self.merge(number, user, body)
         return 404, {"message": "Not Found"}
 
-    def merge(self, number: int, user: str) -> tuple[int, Any]:
+    def merge(self, number: int, user: str, body: dict | None = None) -> tuple[int, Any]:
+        """Merge pull request ``number`` the way ``body`` asks (``merge_method``,
+        ``commit_title``, ``commit_message``), as ``user``."""
+        body = body or {}
         p = self.pulls[number]
-        if p["merged"]:
+        method = body.get("merge_method", "merge")
+        if method not in MERGE_METHODS:
+            return 422, {"message": f"Invalid merge_method: {method}"}
+        if p["merged"] or p["state"] != "open":
             return 405, {"message": "Pull Request is not mergeable"}
         owner = self.full_name.split("/")[0]
+        commits = self.pull_commits(number)
+        if not commits:
+            return 422, {"message": "No commits between base and head"}
         with tempfile.TemporaryDirectory() as work:
             tree = Path(work) / "tree"
             subprocess.run(["git", "clone", "-q", "-b", p["base"], str(self.bare), str(tree)],
                            check=True)
             _git(tree, "fetch", "-q", "origin", f"refs/heads/{p['head']}:pr")
-            _git(tree, "merge", "--no-ff", "-q", "pr", "-m",
-                 f"Merge pull request #{number} from {owner}/{p['head']}\n\n{p['title']}")
+            before = _git(tree, "rev-parse", "HEAD")
+            try:
+                if method == "merge":
+                    title = body.get("commit_title") or \
+                        f"Merge pull request #{number} from {owner}/{p['head']}"
+                    _git(tree, "merge", "--no-ff", "-q", "pr", "-m", title, "-m",
+                         body.get("commit_message") or p["title"])
+                elif method == "squash":
+                    _git(tree, "merge", "--squash", "-q", "pr")
+                    listed = "\n".join(f"* {_git(tree, 'log', '-1', '--format=%s', c)}"
+                                       for c in commits)
+                    _git(tree, "commit", "-q", "-m",
+                         body.get("commit_title") or f"{p['title']} (#{number})",
+                         "-m", body.get("commit_message") or listed)
+                else:  # rebase: each commit replayed, author and message kept
+                    _git(tree, "cherry-pick", "--allow-empty", *commits)
+            except subprocess.CalledProcessError:
+                return 405, {"message": "Merge conflict"}
             _git(tree, "push", "-q", "origin", f"HEAD:refs/heads/{p['base']}")
             sha = _git(tree, "rev-parse", "HEAD")
-        p.update(merged=True, merged_by=user, state="closed", merge_commit_sha=sha)
+            made = _git(tree, "rev-list", "--first-parent", "HEAD", f"^{before}").split()
+        p.update(merged=True, merged_by=user, state="closed", merge_commit_sha=sha,
+                 commits=commits, made=made)
         return 200, {"sha": sha, "merged": True, "message": "Pull Request successfully merged"}

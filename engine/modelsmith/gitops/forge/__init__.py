@@ -2,7 +2,7 @@
 
 :class:`~.base.Forge` is the protocol; ``local`` (git alone) and ``github`` (pull requests
 and reviews) implement it, one module each, over the git work they share
-(:mod:`.repository`); :func:`~.factory.forge_for` picks one. ``github3`` is imported only
+(:mod:`.repository`); :func:`~.factory.forge_for` picks one. PyGithub is imported only
 when the github forge talks to GitHub.
 """
 

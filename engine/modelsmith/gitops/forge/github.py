@@ -7,21 +7,33 @@ Configured by the environment (what GitHub Actions provides, or set by hand):
 ``https://api.github.com``; GitHub Enterprise or a test server on loopback otherwise).
 
 ``propose`` makes the same one-commit branch as the local forge (the git work both share is
-:class:`~.repository.ForgeRepository`), pushes it to ``origin``
-and opens a pull request whose body is the evidence. ``approval`` finds the merge commit
-on the checked-out branch that brought the change in, reads its pull request number from
-GitHub's merge message, and believes it only when GitHub says that pull request was merged
-*as that commit*; the approvers are the reviewers whose latest review approves, who merged
-is GitHub's ``merged_by``, and the required approvers come from the policy or, when it
-names nobody, from CODEOWNERS (a team owner stands for its members). The pull request
-number goes into the promotion's event.
-github3.py does the talking.
+:class:`~.repository.ForgeRepository`), pushes it to ``origin`` and opens a pull request
+whose body is the evidence.
+
+``change_approval`` asks GitHub which pull requests a commit of the checked-out branch is
+associated with (``GET /repos/{owner}/{repo}/commits/{sha}/pulls``) and believes one only
+when GitHub says it was merged into that branch *as that commit*, whatever the merge
+method: a merge commit or a squash is the pull request's ``merge_commit_sha``; a rebase of
+``k`` commits puts ``k`` new commits on the branch ending at ``merge_commit_sha``, and the
+commit is one of them. A commit pushed straight onto the branch -- whatever its message
+says, ``Merge pull request #N`` included -- has no such pull request and carries no
+approval. The approvers are the reviewers whose latest review approves, who merged is
+GitHub's ``merged_by``, and the required approvers come from the policy or, when it names
+nobody, from CODEOWNERS (a team owner stands for its members). The pull request number
+goes into the promotion's event. GitHub unreachable, or refusing the token, is a
+:class:`~.base.ForgeError` (an outage is not a rejection); a commit GitHub does not know
+is not approved.
+
+PyGithub does the talking, imported only when the forge talks to GitHub: a maintained
+client (github3.py's last release was 2023-04) with the commit's associated pull requests,
+reviews, teams by slug and a configurable API URL. Its retries are kept for what they are
+for -- rate limits (waiting at most :data:`MAX_RATE_LIMIT_WAIT` seconds) and GitHub's 5xx --
+and not for a refused connection, which fails at once.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,15 +41,45 @@ from typing import Any
 from .base import Approval, ForgeError, Proposal
 from .repository import PROPOSAL_PREFIX, ForgeRepository, parse_proposal_branch
 
-MERGE_RE = re.compile(r"^Merge pull request #(\d+) from ", re.MULTILINE)
 DEFAULT_API = "https://api.github.com"
 #: Where the github forge reads a commit's code owners, first found wins.
 CODEOWNERS_FILES = (".github/CODEOWNERS", "CODEOWNERS")
+#: Seconds one request waits for GitHub.
+TIMEOUT = 15
+#: Retries of a rate-limited or failed (5xx) request, and the longest wait for a rate limit
+#: to reset before giving up with the error.
+RETRIES = 3
+MAX_RATE_LIMIT_WAIT = 120
 
 
 def configured() -> bool:
     """Whether the environment asks for the github forge (``MODELSMITH_FORGE=github``)."""
     return os.environ.get("MODELSMITH_FORGE", "").lower() == "github"
+
+
+def client(api: str, token: str | None) -> Any:
+    """A PyGithub client of ``api``: lazy objects (one request per thing read), retries
+    for rate limits and 5xx only, no pause between reads (the forge's few requests are
+    serial; writes keep PyGithub's pause)."""
+    import github
+    from github.GithubRetry import GithubRetry
+
+    retry = GithubRetry(total=RETRIES, connect=0, backoff_factor=0.5,
+                        max_rate_limit_wait=MAX_RATE_LIMIT_WAIT)
+    return github.Github(base_url=api, auth=github.Auth.Token(token) if token else None,
+                         timeout=TIMEOUT, retry=retry, seconds_between_requests=None,
+                         lazy=True)
+
+
+def why(exc: Exception, api: str) -> str:
+    """What went wrong talking to GitHub, in a line."""
+    import github
+
+    if isinstance(exc, github.GithubException):
+        data = exc.data if isinstance(exc.data, dict) else {}
+        message = data.get("message") or exc.message or ""
+        return f"{exc.status} {message}".strip()
+    return f"cannot reach {api} ({type(exc).__name__})"
 
 
 class GitHubForge:
@@ -63,22 +105,20 @@ class GitHubForge:
         self.remote = remote
         self._gh: Any = None
 
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo_name}"
+
     def client(self) -> Any:
         if self._gh is None:
-            import github3
-
-            gh = github3.GitHub(token=self.token) if self.token else github3.GitHub()
-            gh.session.base_url = self.api
-            self._gh = gh
+            self._gh = client(self.api, self.token)
         return self._gh
 
     def _repository(self) -> Any:
-        import github3
+        return self.client().get_repo(self.full_name)
 
-        try:
-            return self.client().repository(self.owner, self.repo_name)
-        except github3.exceptions.GitHubException as exc:
-            raise ForgeError(f"GitHub {self.owner}/{self.repo_name}: {exc}") from None
+    def _failure(self, doing: str, exc: Exception) -> ForgeError:
+        return ForgeError(f"GitHub {self.full_name}: {doing}{why(exc, self.api)}")
 
     def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
         commit = self.git.asking_change(specialist, stage, version)
@@ -87,35 +127,85 @@ class GitHubForge:
         return self.change_approval(str(commit.id), self.sources[specialist])
 
     def change_approval(self, commit: str, path: str) -> Approval | None:
-        import github3
+        import github
+        import requests
 
         found = self.git.commit(commit)
-        match = MERGE_RE.search(found.message) if found is not None else None
-        if found is None or match is None or len(found.parents) < 2:
+        if found is None:
             return None
-        number = int(match.group(1))
+        sha = str(found.id)
         try:
-            pull = self.client().pull_request(self.owner, self.repo_name, number)
-            reviews = list(pull.reviews()) if pull is not None else []
-        except github3.exceptions.GitHubException:
-            return None
-        if pull is None or not pull.merged or pull.merge_commit_sha != str(found.id):
-            return None  # a merge message that names a pull request GitHub did not merge
+            pull = self._merged_pull(sha)
+            if pull is None:
+                return None
+            reviews = list(pull.get_reviews())
+            merged_by = pull.merged_by.login if pull.merged_by is not None else None
+        except github.GithubException as exc:
+            if exc.status == 422:  # a commit GitHub does not have: nobody reviewed it there
+                return None
+            raise self._failure(f"cannot read the pull requests of {sha[:12]}: ",
+                                exc) from None
+        except requests.RequestException as exc:
+            raise self._failure(f"cannot read the pull requests of {sha[:12]}: ",
+                                exc) from None
         latest: dict[str, str] = {}
         for review in reviews:  # oldest first: the last word of each reviewer counts
             if review.user is not None and review.state in ("APPROVED", "CHANGES_REQUESTED",
                                                             "DISMISSED"):
                 latest[review.user.login] = review.state
         approvers = tuple(sorted(u for u, state in latest.items() if state == "APPROVED"))
-        merged_by = pull.merged_by.login if pull.merged_by is not None else None
         owners = self.git.path_owners(found, path, CODEOWNERS_FILES)
-        return Approval("github", f"#{number}", merged_by, approvers, self._members(owners))
+        return Approval("github", f"#{pull.number}", merged_by, approvers,
+                        self._members(owners))
+
+    def _merged_pull(self, sha: str) -> Any | None:
+        """The pull request GitHub merged into the checked-out branch as commit ``sha``
+        (its merge or squash commit, or one of the commits its rebase made), or None."""
+        repo = self._repository()
+        associated = sorted(repo.get_commit(sha).get_pulls(), key=lambda p: p.number)
+        for listed in associated:
+            if listed.merged_at is None:
+                continue  # open or closed unmerged: its head commits are associated too
+            pull = repo.get_pull(listed.number)  # the full pull request: merged, commits
+            if pull.merged and pull.base.ref == self.git.branch \
+                    and self._made_by(pull, sha):
+                return pull
+        return None
+
+    def _made_by(self, pull: Any, sha: str) -> bool:
+        """Whether merging ``pull`` made commit ``sha`` on the checked-out branch: its
+        merge or squash commit, or one of the ``pull.commits`` first-parent commits a
+        rebase ends in its ``merge_commit_sha``."""
+        merged = pull.merge_commit_sha
+        if not merged:
+            return False
+        if merged == sha:
+            return True
+        tip = self.git.commit(merged)
+        if tip is None or len(tip.parents) != 1 or not self._on_branch(tip):
+            return False  # a merge commit brings in no other first-parent commit
+        commit = tip
+        for _ in range(max(int(pull.commits or 1), 1) - 1):
+            if not commit.parents:
+                return False
+            commit = commit.parents[0]
+            if str(commit.id) == sha:
+                return True
+        return False
+
+    def _on_branch(self, commit: Any) -> bool:
+        repo = self.git.repo
+        if repo.head_is_unborn:
+            return False
+        head = repo.head.peel().id
+        return head == commit.id or repo.descendant_of(head, commit.id)
 
     def _members(self, owners: tuple[str, ...]) -> tuple[str, ...]:
         """CODEOWNERS names with each team (``org/team``) replaced by its members, as GitHub
         lets any member's review count for a team owner. A team the token cannot read stays
         as its name, which no reviewer matches: the approval gate then names it."""
-        import github3
+        import github
+        import requests
 
         found: list[str] = []
         for owner in owners:
@@ -124,17 +214,17 @@ class GitHubForge:
                 continue
             org, slug = owner.split("/", 1)
             try:
-                organization = self.client().organization(org)
-                team = organization.team_by_name(slug) if organization is not None else None
-                members = [m.login for m in team.members()] if team is not None else []
-            except github3.exceptions.GitHubException:
+                team = self.client().get_organization(org).get_team_by_slug(slug)
+                members = [m.login for m in team.get_members()]
+            except (github.GithubException, requests.RequestException):
                 members = []
             found += members or [owner]
         return tuple(dict.fromkeys(found))
 
     def propose(self, specialist: str, stage: str, version: str | None, *, title: str,
                 body: str, traffic: float | None = None) -> Proposal:
-        import github3
+        import github
+        import requests
 
         branch, commit = self.git.commit_proposal(specialist, stage, version, title=title,
                                                   body=body, traffic=traffic)
@@ -144,32 +234,32 @@ class GitHubForge:
         if pushed.returncode != 0:
             raise ForgeError(f"git push {self.remote} {branch}: {pushed.stderr.strip()}")
         try:
-            pull = self._repository().create_pull(title, self.git.branch, branch, body)
-        except github3.exceptions.GitHubException as exc:
-            raise ForgeError(f"GitHub refused the pull request: {exc}") from None
-        if pull is None:
-            raise ForgeError("GitHub refused the pull request")
-        return Proposal("github", pull.html_url, commit, title, number=pull.number,
+            pull = self._repository().create_pull(base=self.git.branch, head=branch,
+                                                  title=title, body=body)
+            number, url = pull.number, pull.html_url
+        except (github.GithubException, requests.RequestException) as exc:
+            raise self._failure("refused the pull request: ", exc) from None
+        return Proposal("github", url, commit, title, number=number,
                         specialist=specialist, stage=stage, version=version, branch=branch)
 
     def open_proposals(self) -> list[Proposal]:
         """The open pull requests whose head branch is a proposal's, oldest first."""
-        import github3
+        import github
+        import requests
 
         found = []
         try:
-            pulls = list(self._repository().pull_requests(state="open", sort="created",
-                                                          direction="asc"))
-        except github3.exceptions.GitHubException as exc:
-            raise ForgeError(f"GitHub {self.owner}/{self.repo_name}: cannot list pull "
-                             f"requests: {exc}") from None
-        for pull in pulls:
-            head = pull.head.ref if pull.head is not None else ""
+            pulls = [(p.head.ref or "", p.head.sha, p.title, p.number, p.html_url)
+                     for p in self._repository().get_pulls(state="open", sort="created",
+                                                           direction="asc")]
+        except (github.GithubException, requests.RequestException) as exc:
+            raise self._failure("cannot list pull requests: ", exc) from None
+        for head, sha, title, number, url in pulls:
             asked = parse_proposal_branch(head) if head.startswith(PROPOSAL_PREFIX) else None
             if asked is None:
                 continue
             specialist, stage, version = asked
-            found.append(Proposal("github", pull.html_url, pull.head.sha, pull.title,
-                                  number=pull.number, specialist=specialist, stage=stage,
-                                  version=version, branch=head))
+            found.append(Proposal("github", url, sha, title, number=number,
+                                  specialist=specialist, stage=stage, version=version,
+                                  branch=head))
         return found

@@ -71,7 +71,7 @@ SETUP_FILES = (".dvc/config", ".dvc/.gitignore", ".dvcignore")
 SECRET_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "password",
                   "account_key", "sas_token", "connection_string", "client_secret",
                   "gdrive_client_secret", "token")
-#: Where each cloud scheme's DVC plugin comes from, and where its credentials come from.
+#: How to install each cloud scheme's DVC plugin.
 CLOUD_PLUGINS = {"s3": "pip install 'modelsmith[s3]' (dvc-s3)",
                  "gs": "pip install dvc-gs", "gcs": "pip install dvc-gs",
                  "azure": "pip install dvc-azure"}
@@ -290,6 +290,8 @@ def _cloud_failure(operation: str, exc: BaseException, remote: _Remote | None,
                 f"list, read and write {grant}")
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
                 "ClientConnectorError", "ServerDisconnectedError"}:
+        if remote.scheme != "s3":
+            return f"{prefix}: cannot reach the storage service: check the network and the URL"
         endpoint = remote.endpoint or "the default endpoint"
         return (f"{prefix}: cannot reach {endpoint}: check the server is up and the address "
                 "is right (`endpointurl` in .dvc/config, or $AWS_ENDPOINT_URL_S3)")

@@ -19,7 +19,16 @@ Conventions:
   analytics switch goes into ``.dvc/config.local``.
 - Remotes: an explicit URL goes into ``.dvc/config`` (committed, shared by the team); the
   embedded default — ``$MODELSMITH_DVC_REMOTE``, else a folder under the Modelsmith cache —
-  goes into ``.dvc/config.local`` (machine-specific, git-ignored by DVC).
+  goes into ``.dvc/config.local`` (machine-specific, git-ignored by DVC). A fresh clone of a
+  repository whose remote was machine-local has none: ``push``, ``pull`` and a remote
+  ``status`` then adopt ``$MODELSMITH_DVC_REMOTE`` the same way (CI sets it).
+- Cloud remotes (``s3://``, ``gs://``, ``azure://``) need DVC's plugin for them (the ``s3``
+  extra installs ``dvc-s3``). Credentials come from the environment only (``AWS_*``,
+  ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_*``), as the cloud SDKs read them; the
+  store never writes a secret into a config file. An S3-compatible server's endpoint is not
+  a secret: ``endpointurl`` in ``.dvc/config`` or ``$AWS_ENDPOINT_URL_S3`` (read by
+  botocore). A missing plugin, missing or refused credentials, an unreachable endpoint and a
+  missing bucket are :class:`ArtifactError` messages naming the remote and what to set.
 - Each operation opens a fresh ``dvc.repo.Repo`` and closes it: a long-lived instance keeps an
   in-memory index, and a ``pull`` after the local cache was deleted then fails.
 - DVC's console logging is captured while a call runs (not thread-safe: one call at a time per
@@ -39,6 +48,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from modelsmith.errors import ModelsmithError
 
@@ -57,6 +67,21 @@ URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: What ``dvc init`` adds to git; committed with the first pointer files when the branch
 #: lacks them.
 SETUP_FILES = (".dvc/config", ".dvc/.gitignore", ".dvcignore")
+#: Remote options that hold a secret: never in the committed ``.dvc/config``.
+SECRET_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "password",
+                  "account_key", "sas_token", "connection_string", "client_secret",
+                  "gdrive_client_secret", "token")
+#: How to install each cloud scheme's DVC plugin.
+CLOUD_PLUGINS = {"s3": "pip install 'modelsmith[s3]' (dvc-s3)",
+                 "gs": "pip install dvc-gs", "gcs": "pip install dvc-gs",
+                 "azure": "pip install dvc-azure"}
+S3_CREDENTIALS = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the "
+                  "environment (in CI: repository secrets), or for this machine only "
+                  "`dvc remote modify --local {name} access_key_id ...`; never in "
+                  ".dvc/config, which is committed")
+S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+S3_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+              "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +130,10 @@ class _CapturedLogs(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
+    def exceptions(self) -> list[BaseException]:
+        """The exceptions DVC logged with their records (a failed transfer's cause)."""
+        return [r.exc_info[1] for r in self.records if r.exc_info and r.exc_info[1]]
+
     def lines(self, minimum: int = logging.WARNING) -> list[str]:
         out: list[str] = []
         for record in self.records:
@@ -143,15 +172,18 @@ def _quiet_dvc() -> Iterator[_CapturedLogs]:
             logger.propagate = propagate
 
 
+def _no_remote(operation: str) -> str:
+    return (f"dvc {operation}: no DVC remote is configured. Set ${REMOTE_ENV} (a folder or "
+            "a URL such as s3://BUCKET/PATH), or run `dvc remote add -d NAME URL` and commit "
+            ".dvc/config (ArtifactStore.ensure_initialised(remote=URL) does the same).")
+
+
 def _failure(operation: str, exc: BaseException, capture: _CapturedLogs) -> str:
     """An actionable message from a DVC exception and what DVC logged before it."""
     from dvc.config import NoRemoteError
 
     if isinstance(exc, NoRemoteError):
-        return (
-            f"dvc {operation}: no DVC remote is configured. Call "
-            "ArtifactStore.ensure_initialised(remote=URL) or run `dvc remote add -d NAME URL`."
-        )
+        return _no_remote(operation)
     causes = []
     current: BaseException | None = exc
     while current is not None:
@@ -168,6 +200,102 @@ def _failure(operation: str, exc: BaseException, capture: _CapturedLogs) -> str:
     if "--force" in detail:
         detail += "\n  (pass force=True to overwrite local changes)"
     return f"dvc {operation} failed: {detail}"
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """The default remote as a failure message names it."""
+
+    name: str
+    url: str
+    endpoint: str | None  # an S3-compatible server's, when one is set
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme.lower()
+
+    @property
+    def bucket(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def where(self) -> str:
+        return f" at {self.endpoint}" if self.endpoint else ""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or while handling."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        pending += [current.__cause__, current.__context__]
+        pending += [e for e in getattr(current, "exceptions", ()) if isinstance(e, BaseException)]
+    return seen
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The service's error code of a botocore ``ClientError`` (``NoSuchBucket``, ...)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+        code = response["Error"].get("Code")
+        return str(code) if code else None
+    return None
+
+
+def _cloud_failure(operation: str, exc: BaseException, remote: _Remote | None,
+                   logged: Iterable[BaseException] = ()) -> str | None:
+    """What to fix when a cloud remote failed: its plugin, credentials, endpoint or bucket;
+    None when ``exc`` (or what DVC ``logged`` before raising it) is none of those."""
+    chain = [e for cause in (exc, *logged) for e in _chain(cause)]
+    names = {type(e).__name__ for e in chain}
+    codes = {c for c in map(_error_code, chain) if c}
+    text = " ".join(str(e) for e in chain)
+    missing = next((e for e in chain if type(e).__name__ == "RemoteMissingDepsError"), None)
+    if missing is not None:
+        scheme = str(getattr(missing, "protocol", "") or (remote.scheme if remote else ""))
+        url = remote.url if remote else (getattr(missing, "url", None) or f"{scheme}://")
+        install = CLOUD_PLUGINS.get(scheme, f"pip install dvc-{scheme}")
+        return (f"dvc {operation}: the remote {url} needs DVC's {scheme} plugin, which is not "
+                f"installed: {install}")
+    if remote is None:
+        return None
+    prefix = f"dvc {operation}: remote '{remote.name}' ({remote.url}{remote.where})"
+    if names & {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"}:
+        if "ProfileNotFound" in names:
+            found = next(e for e in chain if type(e).__name__ == "ProfileNotFound")
+            return (f"{prefix}: {found}: fix AWS_PROFILE or unset it, or "
+                    + S3_CREDENTIALS.format(name=remote.name))
+        return f"{prefix}: no credentials found: " + S3_CREDENTIALS.format(name=remote.name)
+    refused = codes & S3_REFUSED
+    if refused:
+        return (f"{prefix}: the server refused the credentials ({', '.join(sorted(refused))}): "
+                "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the "
+                "environment, or the remote's `dvc remote modify --local` settings")
+    if "NoSuchBucket" in codes or "NoSuchBucket" in text or (
+            "bucket does not exist" in text.lower()):
+        return (f"{prefix}: the bucket '{remote.bucket}' does not exist: create "
+                f"it, or point the remote at an existing one (${REMOTE_ENV}, or `dvc remote "
+                f"modify {remote.name} url s3://BUCKET/PATH`)")
+    grant = (f"s3://{remote.bucket} (s3:ListBucket, s3:GetObject, s3:PutObject)")
+    if "AccessDenied" in codes:
+        return (f"{prefix}: access denied: the credentials may not list, read and write "
+                f"{grant}; grant them that, or use other credentials")
+    if codes & {"Forbidden", "403"}:  # a HEAD request's answer carries no reason
+        return (f"{prefix}: the server answered 403 Forbidden: check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment, and that they may "
+                f"list, read and write {grant}")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                "ClientConnectorError", "ServerDisconnectedError"}:
+        if remote.scheme != "s3":
+            return f"{prefix}: cannot reach the storage service: check the network and the URL"
+        endpoint = remote.endpoint or "the default endpoint"
+        return (f"{prefix}: cannot reach {endpoint}: check the server is up and the address "
+                "is right (`endpointurl` in .dvc/config, or $AWS_ENDPOINT_URL_S3)")
+    return None
 
 
 def _dvc_errors() -> tuple[type[BaseException], ...]:
@@ -198,6 +326,40 @@ def _read_dvc_file(dvc_file: Path) -> dict[str, Any]:
             f"{dvc_file}: no md5 recorded (added with --no-commit?); run track() again"
         )
     return out
+
+
+#: Operations that talk to the remote.
+CLOUD_OPERATIONS = ("push", "pull", "status")
+
+
+def _default_remote(repo: Repo) -> _Remote | None:
+    """The default remote of an open repo, with the S3 endpoint it would use."""
+    with contextlib.suppress(Exception):
+        name = repo.config["core"].get("remote")
+        conf = repo.config["remote"].get(name, {}) if name else {}
+        if conf.get("url"):
+            endpoint = conf.get("endpointurl") or next(
+                (os.environ[v] for v in S3_ENDPOINT_ENV if os.environ.get(v)), None)
+            url = str(conf["url"])
+            return _Remote(str(name), url, endpoint if url.startswith("s3://") else None)
+    return None
+
+
+def _refuse_committed_secrets(repo: Repo) -> None:
+    """Fail when the committed ``.dvc/config`` holds a remote's secret."""
+    try:
+        committed = repo.config.load_one("repo")
+    except Exception:  # an unreadable config fails with DVC's own message later
+        return
+    for name, conf in (committed.get("remote") or {}).items():
+        found = sorted(k for k in conf if k in SECRET_OPTIONS)
+        if found:
+            unset = " ".join(f"`dvc remote modify --unset {name} {k}`" for k in found)
+            raise ArtifactError(
+                f".dvc/config: remote '{name}' holds {', '.join(found)}, and that file is "
+                f"committed: remove it ({unset}), rotate the secret, and give it through the "
+                "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ...) or `dvc remote "
+                f"modify --local {name} ...` (.dvc/config.local is never committed)")
 
 
 class ArtifactStore:
@@ -259,13 +421,27 @@ class ArtifactStore:
                     conf["core"].pop("remote", None)
                 staged.append(Path(".dvc/config"))
             elif url is None and not current:
-                url = self._remote_url(default_remote(self.root))
-                if not _is_url(url):
-                    Path(url).mkdir(parents=True, exist_ok=True)
-                with config.edit("local") as conf:
-                    conf["remote"][REMOTE_NAME] = {"url": url}
-                    conf["core"]["remote"] = REMOTE_NAME
+                self._set_local_default(repo, default_remote(self.root))
         self._stage(staged)
+
+    def _set_local_default(self, repo: Repo, remote: str) -> None:
+        """Make ``remote`` the default in ``.dvc/config.local`` (machine-specific)."""
+        url = self._remote_url(remote)
+        if not _is_url(url):
+            Path(url).mkdir(parents=True, exist_ok=True)
+        with repo.config.edit("local") as conf:
+            conf["remote"][REMOTE_NAME] = {"url": url}
+            conf["core"]["remote"] = REMOTE_NAME
+
+    def _adopt_env_remote(self) -> None:
+        """A work tree with no default remote (a fresh clone of a repository whose remote
+        was machine-local) takes ``$MODELSMITH_DVC_REMOTE`` as it, in ``.dvc/config.local``;
+        with neither, DVC's own "no remote" error stands."""
+        if not os.environ.get(REMOTE_ENV):
+            return
+        with self._repo("config") as repo:
+            if not repo.config["core"].get("remote"):
+                self._set_local_default(repo, os.environ[REMOTE_ENV])
 
     def remote_url(self) -> str | None:
         """The URL of the default remote, or None when none is configured."""
@@ -373,14 +549,22 @@ class ArtifactStore:
     def push(self, paths: Iterable[PathLike] | None = None) -> int:
         """Upload tracked content (all, or the given paths) to the default remote; returns
         the number of files transferred."""
+        self._adopt_env_remote()
         with self._repo("push") as repo:
             return int(repo.push(targets=self._targets(paths)))
 
     def pull(self, paths: Iterable[PathLike] | None = None, *, force: bool = False) -> int:
         """Download tracked content from the default remote and check it out into the work
         tree; returns the number of files fetched. ``force`` overwrites local changes."""
-        with self._repo("pull") as repo:
-            result = repo.pull(targets=self._targets(paths), force=force)
+        self._adopt_env_remote()
+        try:
+            with self._repo("pull") as repo:
+                result = repo.pull(targets=self._targets(paths), force=force)
+        except ArtifactError as exc:
+            # With no remote DVC fetches nothing and says only that the checkout failed.
+            if self.remote_url() is None:
+                raise ArtifactError(_no_remote("pull")) from exc
+            raise
         return int(result.get("stats", {}).get("fetched", 0))
 
     def checkout(
@@ -401,6 +585,8 @@ class ArtifactStore:
         ``missing`` (neither in the cache nor on the remote). Clean is ``{}``.
         """
         changes: dict[str, list[str]] = {}
+        if remote:
+            self._adopt_env_remote()
 
         def note(key: str, state: str) -> None:
             states = changes.setdefault(key, [])
@@ -443,19 +629,39 @@ class ArtifactStore:
             except _dvc_errors() as exc:
                 raise ArtifactError(_failure(operation, exc, capture)) from exc
             try:
+                if operation in CLOUD_OPERATIONS:
+                    _refuse_committed_secrets(repo)
                 yield repo
             except ArtifactError:
                 raise
-            except _dvc_errors() as exc:
-                raise ArtifactError(_failure(operation, exc, capture)) from exc
+            except Exception as exc:
+                cloud = _cloud_failure(operation, exc, _default_remote(repo),
+                                       capture.exceptions())
+                if cloud is not None:
+                    raise ArtifactError(cloud) from exc
+                if isinstance(exc, _dvc_errors()):
+                    raise ArtifactError(_failure(operation, exc, capture)) from exc
+                raise
             finally:
                 repo.close()
             for line in capture.lines():
                 log.warning("dvc %s: %s", operation, line)
 
     def _remote_url(self, remote: str) -> str:
-        """A remote URL as DVC stores it; a folder becomes absolute and must be outside."""
+        """A remote URL as DVC stores it; a folder becomes absolute and must be outside. A
+        URL carrying a password is refused: config files are no place for secrets."""
         if _is_url(remote) and not remote.startswith("file://"):
+            try:
+                parts = urlsplit(remote)
+                secret = parts.password is not None
+            except ValueError as exc:
+                raise ArtifactError(f"DVC remote {remote!r} is not a valid URL: {exc}") from exc
+            if secret:
+                shown = remote.replace(f":{parts.password}@", ":***@", 1)
+                raise ArtifactError(
+                    f"DVC remote {shown} carries a password in its URL: DVC would store it in "
+                    "a config file; drop it from the URL and give the credentials through the "
+                    "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3://, ...)")
             return remote
         folder = Path(remote.removeprefix("file://")).expanduser().resolve()
         if folder == self.root or self.root in folder.parents:

@@ -353,14 +353,15 @@ def _weights(app: Modelsmith, head: Repository, name: str, version: str) -> Any:
     try:
         candidate = app.candidate(head, name, version)
     except ModelsmithError as exc:
-        raise ReportError(f"no weights for {name} {version}: {_remote(app)}: {exc}") from None
+        raise ReportError(f"no weights for {name} {version} from the {_remote(app)}: "
+                          f"{exc}") from None
     except Exception as exc:  # DVC raises its own errors for an unreachable remote
-        raise ReportError(f"no weights for {name} {version}: {_remote(app)}: "
+        raise ReportError(f"no weights for {name} {version} from the {_remote(app)}: "
                           f"{type(exc).__name__}: {exc}") from None
     if not (candidate.path / "config.json").is_file():
-        raise ReportError(f"no weights for {name} {version}: {_remote(app)} did not provide "
-                          f"{_rel(candidate.path, app.root)} (run `dvc push` where it was "
-                          "trained)")
+        raise ReportError(f"no weights for {name} {version} from the {_remote(app)}: it did "
+                          f"not provide {_rel(candidate.path, app.root)} (run `dvc push` "
+                          "where it was trained)")
     return candidate
 
 
@@ -369,7 +370,8 @@ def _remote(app: Modelsmith) -> str:
         url = app.artifacts.remote_url()
     except Exception:  # no DVC here at all
         url = None
-    return f"DVC remote {url}" if url else "no DVC remote configured (dvc remote add -d ...)"
+    return f"DVC remote {url}" if url else \
+        "DVC remote: none is configured (dvc remote add -d NAME URL)"
 
 
 def _evaluate_model(app: Modelsmith, head: Repository, base: Repository | None, name: str,

@@ -136,3 +136,33 @@ def test_base_files_that_do_not_load_are_a_clear_error(pr_repo):
     assert result.exit_code == 1, result.output
     assert "the declarative files at main" in result.output
     assert "config/clusters.json" in result.output
+
+
+@pytest.mark.parametrize(("changed", "why"), [
+    (["policies/promotion.yaml"], "`policies/promotion.yaml` (policy default)"),
+    (["evals/rtb-quality/suite.yaml"], "`evals/rtb-quality/suite.yaml` (suite rtb-quality)"),
+    (["evals/rtb-quality/generate.py"], "`evals/rtb-quality/generate.py` (suite rtb-quality)"),
+    (["policies/routing.yaml", "README.md", "config/clusters.json"], None),
+])
+def test_which_changes_touch_a_specialist(demo_files, changed, why):
+    from modelsmith.app.pr_report import touched
+    from modelsmith.specs import load_repository
+
+    repo = load_repository(demo_files)
+    found = touched(repo, repo, changed)
+    assert found == ({"rtb-quality": [why]} if why else {})
+
+
+def test_a_task_prompt_change_touches_its_specialist(demo_files, tmp_path):
+    import shutil
+
+    from modelsmith.app.pr_report import touched
+    from modelsmith.specs import load_repository
+
+    base = load_repository(demo_files)
+    other = tmp_path / "other"
+    shutil.copytree(demo_files, other)
+    spec = other / "specialists/rtb-quality.yaml"
+    spec.write_text(spec.read_text().replace("Verdict:", "Answer:"))
+    found = touched(load_repository(other), base, ["specialists/rtb-quality.yaml"])
+    assert found == {"rtb-quality": ["`specialists/rtb-quality.yaml` (spec.task)"]}

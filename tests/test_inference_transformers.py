@@ -194,7 +194,7 @@ def test_vllm_without_vllm_is_a_clear_error(tiny: ResolvedModel, tmp_path: Path)
     from modelsmith.inference.vllm_backend import VLLMBackend
 
     with pytest.raises(InferenceError,
-                       match=r"vllm is not installed: pip install 'modelsmith\[gpu\]'"):
+                       match=r"vllm is not installed: pip install -e '\.\[gpu\]'"):
         VLLMBackend(tiny)
     clusters = load_clusters(REPO_ROOT / "config" / "clusters.json")
     with pytest.raises(InferenceError, match="vllm is not installed"):

@@ -4,8 +4,10 @@ package, far from any checkout."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -21,7 +23,9 @@ def test_the_wheel_carries_the_defaults_and_init_works_from_it(tmp_path):
          "-w", str(tmp_path / "dist"), str(ROOT)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert built.returncode == 0, built.stderr
-    (wheel,) = (tmp_path / "dist").glob("modelsmith-*.whl")
+    # The wheel is named after the distribution (pyproject's name, normalised: PEP 427).
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    (wheel,) = (tmp_path / "dist").glob(f"{re.sub(r'[-_.]+', '_', name)}-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")

@@ -1,10 +1,12 @@
 """Which engine a scaffolded repository's workflows install: pinned, in one file.
 
-The name ``modelsmith`` on PyPI belongs to an unrelated project, so a workflow never
-installs it by name. ``modelsmith init`` writes ``.github/modelsmith-engine``: one direct
-reference to this engine, pinned to a commit (``git+https://HOST/OWNER/REPO@COMMIT``) or to
-a wheel's hash (``https://.../modelsmith-X-py3-none-any.whl#sha256=HEX``). Both workflows
-read it and install ``modelsmith @ <that reference>``; with no reference they fail naming
+The engine's distribution is ``modelsmith-engine`` (:data:`DISTRIBUTION`): the name
+``modelsmith`` on PyPI belongs to an unrelated project. A workflow never installs either by
+name, only by a direct reference a registry cannot answer for someone else. ``modelsmith
+init`` writes ``.github/modelsmith-engine``: one direct reference to this engine, pinned to
+a commit (``git+https://HOST/OWNER/REPO@COMMIT``) or to a wheel's hash
+(``https://.../modelsmith_engine-X-py3-none-any.whl#sha256=HEX``). Every workflow reads it
+and installs ``modelsmith-engine @ <that reference>``; with no reference they fail naming
 the file.
 """
 
@@ -19,14 +21,17 @@ from modelsmith.errors import EXIT_INVALID, ModelsmithError
 
 #: Where a scaffolded repository names its engine (read by its workflows).
 ENGINE_FILE = ".github/modelsmith-engine"
+#: The engine's distribution name (pyproject's ``[project] name``); the import package and
+#: the command are ``modelsmith``.
+DISTRIBUTION = "modelsmith-engine"
 
 _GIT = re.compile(r"^git\+(https|ssh)://[^\s@]+(@[^\s@]+)?@[0-9a-f]{7,40}$")
 _WHEEL = re.compile(r"^https://\S+\.whl#sha256=[0-9a-f]{64}$")
 
 _HEADER = """\
-# The Modelsmith engine this repository's workflows install (pip: modelsmith @ <line>).
-# Pinned: a git URL at a commit, or a wheel URL with its sha256. Never a bare package
-# name: on PyPI "modelsmith" is another project.
+# The Modelsmith engine this repository's workflows install
+# (pip install "modelsmith-engine @ <line>"). Pinned: a git URL at a commit, or a wheel URL
+# with its sha256. Never a bare package name: on PyPI "modelsmith" is another project.
 """
 
 
@@ -41,7 +46,7 @@ def check(reference: str) -> str:
         return reference
     raise EnginePinError(
         f"--engine {reference!r} does not pin the engine: give git+https://HOST/OWNER/REPO"
-        "@COMMIT (a commit hash) or https://.../modelsmith-VERSION-py3-none-any.whl"
+        "@COMMIT (a commit hash) or https://.../modelsmith_engine-VERSION-py3-none-any.whl"
         "#sha256=HASH")
 
 
@@ -49,7 +54,7 @@ def this_engine() -> str | None:
     """A pinned reference to the engine running now, where one can be known: the git URL
     and commit it was installed from (PEP 610), or its checkout's ``origin`` at HEAD."""
     try:
-        direct = metadata.distribution("modelsmith").read_text("direct_url.json")
+        direct = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
     except metadata.PackageNotFoundError:
         direct = None
     info = json.loads(direct) if direct else {}

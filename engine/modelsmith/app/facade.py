@@ -1055,3 +1055,17 @@ class Modelsmith:
 
         return run_checks(self.root, model=model, with_model=with_model,
                           specialist=specialist)
+
+    # -- pull request reports -----------------------------------------------------------
+
+    def pr_report(self, base: str, *, limit: int | None = None, backend: str | None = None,
+                  threads: int | None = None, batch_size: int = 16, dtype: str = "float32",
+                  say: Say = _quiet) -> Any:
+        """What the change between ``base`` (a git revision) and the work tree does to
+        the deployed versions (or the base model) of every specialist whose suite, task
+        prompt or policy it touches: each evaluated on both suites and paired, nothing
+        recorded (:mod:`.pr_report`)."""
+        from .pr_report import build
+
+        return build(self, base, limit=limit, backend=backend, threads=threads,
+                     batch_size=batch_size, dtype=dtype, say=say)

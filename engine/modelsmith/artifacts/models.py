@@ -302,7 +302,7 @@ def _import_ml() -> tuple[Any, Any]:
     except ImportError as exc:
         raise InferenceError(
             f"building or loading a model needs torch and transformers ({exc.name} is "
-            "missing): pip install 'modelsmith[train]'"
+            "missing): pip install -e '.[train]'"
         ) from exc
     return torch, transformers
 
@@ -456,7 +456,7 @@ def _build_pypi_gguf(out: Path, name: str, source: Any, wheels: Path, say: Messa
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
     except ImportError as exc:
         raise InferenceError(
-            "converting a GGUF model needs the gguf package: pip install 'modelsmith[train]'"
+            "converting a GGUF model needs the gguf package: pip install -e '.[train]'"
         ) from exc
     started = time.monotonic()
     transformers.utils.logging.disable_progress_bar()  # our messages say where it is

@@ -17,6 +17,7 @@ from .evaluation import compare, eval_cmd
 from .fleet import history, lineage, log, status, verify
 from .gitops import plan_cmd, propose, reconcile, rollback, sync_cmd
 from .iterate import iterate
+from .pr_report import pr_report
 from .serving import mcp, package_cmd, replay, route, serve
 from .specs import init, schema, validate
 from .training import job, repro, train
@@ -47,7 +48,7 @@ def cli(ctx: click.Context, repo: str, no_fetch: bool) -> None:
 
 for command in (validate, schema, init, status, log, history, lineage, verify, propose,
                 rollback, plan_cmd, reconcile, sync_cmd, route, package_cmd, serve, replay,
-                mcp, eval_cmd,
+                mcp, eval_cmd, pr_report,
                 compare, train, job, repro, iterate, doctor, demo):
     cli.add_command(command)
 

@@ -94,7 +94,7 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
               show_default=True, help="How long a batch waits for company before it starts.")
 @click.option("--backend", "engine", type=click.Choice(["transformers", "vllm"]),
               default="transformers", show_default=True,
-              help="What runs the models (vllm: pip install 'modelsmith[gpu]', CUDA).")
+              help="What runs the models (vllm: pip install -e '.[gpu]', CUDA).")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the transformers backend runs: cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
@@ -266,7 +266,7 @@ def mcp(ctx: click.Context) -> None:
         server, service = app(ctx).mcp_server()
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise click.ClickException(f"modelsmith mcp needs the mcp package: pip install "
-                                   f"'modelsmith[serve]' ({exc})") from None
+                                   f"-e '.[serve]' ({exc})") from None
     try:
         server.run("stdio")
     finally:

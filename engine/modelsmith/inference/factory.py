@@ -10,8 +10,8 @@ Grammar of ``ref``:
 
 Each backend is one builder registered under its name (:func:`register_backend`); only the chosen
 builder's module is imported, so building an OpenAI backend never imports torch. A backend
-module whose libraries are missing says which extra to install (``pip install
-'modelsmith[train]'`` for transformers, ``'modelsmith[gpu]'`` for vLLM).
+module whose libraries are missing says which extra to install (``pip install -e
+'.[train]'`` for transformers, ``'.[gpu]'`` for vLLM).
 """
 
 from __future__ import annotations

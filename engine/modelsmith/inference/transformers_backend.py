@@ -28,7 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the train extra
     raise InferenceError(
         f"the transformers backend needs torch and transformers ({exc.name} is missing): "
-        "pip install 'modelsmith[train]'"
+        "pip install -e '.[train]'"
     ) from exc
 
 DEFAULT_THREADS = 1

@@ -1,4 +1,4 @@
-"""vLLM on a CUDA GPU (``pip install 'modelsmith[gpu]'``): same requests, same Generations.
+"""vLLM on a CUDA GPU (``pip install -e '.[gpu]'``): same requests, same Generations.
 
 vLLM batches and schedules internally, so every request goes in one call. Chat-template
 models go through ``LLM.chat`` (the template in the tokenizer), the others through
@@ -17,7 +17,7 @@ from typing import Any
 from ..artifacts.models import ResolvedModel
 from .base import Generation, GenerationRequest, InferenceError, ProgressFn
 
-MISSING = "vllm is not installed: pip install 'modelsmith[gpu]' on a CUDA machine"
+MISSING = "vllm is not installed: pip install -e '.[gpu]' on a CUDA machine"
 
 
 def require_vllm() -> None:

@@ -9,7 +9,7 @@ progress, as is the heartbeat file; a stalled job is stopped with ``stop_job``, 
 an unfinished job in the same folder left by a submitter that died. A
 cluster that cannot be reached, before or during the run, is reported as an unreachable
 host. ``ray`` is imported only here, only when a ray host runs a job
-(``pip install 'modelsmith[ray]'``).
+(``pip install -e '.[ray]'``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class RayExecutor:
             from ray.job_submission import JobStatus, JobSubmissionClient
         except ImportError as exc:
             return JobResult(None, f"the ray executor needs ray: pip install "
-                                   f"'modelsmith[ray]' ({exc})", False, 0.0, self.name)
+                                   f"-e '.[ray]' ({exc})", False, 0.0, self.name)
         try:
             client = JobSubmissionClient(self.address)
             leftovers = self._stop_leftovers(client, job, JobStatus)

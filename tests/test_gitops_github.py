@@ -395,6 +395,40 @@ def test_a_pull_request_approved_and_squashed_or_rebased_is_promoted(world, meth
     assert reconcile(clones) == []
 
 
+def test_a_direct_push_to_evals_holds_promotions_until_an_approved_pull_request(world):
+    """Someone pushes a change to evals/ straight onto main: the approved, squashed
+    promotion of v1 is held by the review gate, naming that commit; a pull request that
+    changes the same file, approved and merged, lifts the hold."""
+    fake, clones = world
+    agent = clones["agent"]
+    notes = agent / "evals" / "README.md"
+    notes.write_text("What the suites test.\n")
+    git(agent, "add", "evals/README.md")
+    git(agent, "commit", "-qm", "suite notes, unreviewed")
+    pushed = git(agent, "rev-parse", "HEAD").strip()
+    git(agent, "push", "-q", "origin", "main")
+    propose(clones, "v1")
+    review_and_merge(fake, "alice-token", method="squash")
+    (applied,) = reconcile(clones)
+    assert (applied["type"], applied["gates"][0]["name"]) == ("PromotionRejected", "review")
+    assert f"commit {pushed[:12]} changed evals/README.md without an approved merge" \
+        in applied["reason"]
+    assert reconcile(clones) == []  # held, and recorded once
+
+    git(agent, "checkout", "-q", "-b", "notes")
+    git(agent, "pull", "-q", "origin", "main")
+    notes.write_text("What the suites test, reviewed.\n")
+    git(agent, "commit", "-qam", "suite notes, for review")
+    git(agent, "push", "-q", "origin", "notes")
+    pull = as_user(fake.url, "bob-token").create_pull(base="main", head="notes",
+                                                      title="Suite notes", body="")
+    pull_as(fake.url, "alice-token", pull.number).create_review(body="ok", event="APPROVE")
+    assert pull_as(fake.url, "alice-token", pull.number).merge(merge_method="squash").merged
+    (applied,) = reconcile(clones)
+    assert (applied["type"], applied["version"], applied["stage"]) == (
+        "Promoted", "v1", "canary"), applied
+
+
 def test_a_direct_push_under_a_forged_merge_message_is_not_approved(world):
     """#1 is approved but nobody merges it; mallory pushes the same change onto main as a
     merge commit of her own branch, under GitHub's merge message for #1."""

@@ -35,7 +35,7 @@ def test_init_scaffolds_a_repository_that_validates_and_plans(tmp_path, monkeypa
     assert again.exit_code == 1 and "not empty" in again.output
 
 
-PINNED_TRAIN = 'pip install "modelsmith-engine[train] @ $MODELSMITH_ENGINE"'
+PINNED_TRAIN = 'pip install "modelsmith-engine[train,s3] @ $MODELSMITH_ENGINE"'
 
 
 def _without_installs(workflow: str) -> str:
@@ -45,14 +45,14 @@ def _without_installs(workflow: str) -> str:
         if line.startswith("      - name:"):
             skipping = "engine this repository pins" in line or "Install the control" in line
         if not skipping:
-            kept.append(line.replace("pip install -e '.[train]'", PINNED_TRAIN))
+            kept.append(line.replace("pip install -e '.[train,s3]'", PINNED_TRAIN))
     return "\n".join(kept)
 
 
 #: What a scaffolded workflow may install: the pinned engine, and the CPU torch wheel.
 ALLOWED_INSTALLS = {
     'python -m pip install "modelsmith-engine @ $MODELSMITH_ENGINE"',
-    'python -m pip install "modelsmith-engine[train] @ $MODELSMITH_ENGINE"',
+    'python -m pip install "modelsmith-engine[train,s3] @ $MODELSMITH_ENGINE"',
     "python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
 }
 
@@ -133,16 +133,16 @@ def _unpinned(workflow: str) -> list[str]:
             if word in ("--index-url", "--extra-index-url", "-r", "-c"):
                 i += 2
                 continue
-            if word == "-e" and i + 1 < len(words) and re.fullmatch(r"\.(\[[a-z,]+\])?",
+            if word == "-e" and i + 1 < len(words) and re.fullmatch(r"\.(\[[a-z0-9,]+\])?",
                                                                     words[i + 1]):
                 i += 2
                 continue
             if word.startswith("-"):
                 i += 1
                 continue
-            pinned = re.fullmatch(rf"{re.escape(DISTRIBUTION)}(\[[a-z,]+\])? @ "
+            pinned = re.fullmatch(rf"{re.escape(DISTRIBUTION)}(\[[a-z0-9,]+\])? @ "
                                   r"\$MODELSMITH_ENGINE", word)
-            if not (pinned or re.fullmatch(r"[A-Za-z0-9_.-]+(\[[a-z,]+\])?==[\w.]+", word)):
+            if not (pinned or re.fullmatch(r"[A-Za-z0-9_.-]+(\[[a-z0-9,]+\])?==[\w.]+", word)):
                 bad.append(word)
             i += 1
     return bad
@@ -166,7 +166,7 @@ def test_the_install_check_refuses_every_unpinned_or_foreign_name(line):
 def test_the_install_check_passes_what_the_workflows_do():
     ok = ['python -m pip install "modelsmith-engine @ $MODELSMITH_ENGINE"',
           f"python -m {PINNED_TRAIN}", "python -m pip install -e .",
-          "python -m pip install -e '.[train]'",
+          "python -m pip install -e '.[train,s3]'",
           "python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"]
     assert not _unpinned("\n".join(ok))
 
@@ -315,7 +315,7 @@ def test_ours_run_the_same_report_jobs_from_the_checkout(tmp_path, monkeypatch):
     ours = _jobs((REPO_ROOT / ".github/workflows/ci.yml").read_text())
     for name in ("plan", "eval-report"):
         assert normal(ours[name]) == normal(theirs[name]), name
-    assert "pip install -e '.[train]'" in _step(ours["eval-report"], "Install")["run"]
+    assert "pip install -e '.[train,s3]'" in _step(ours["eval-report"], "Install")["run"]
 
 
 def test_reconcile_opens_rollback_prs_with_the_configured_token(tmp_path, monkeypatch):

@@ -155,6 +155,7 @@ class _Changes:
     def __init__(self, git: Any) -> None:
         self.git = git
         self._paths: dict[str, list[str]] = {}
+        self._docs: dict[str, Any] = {}  # blob id -> the document (parsed once)
 
     def paths(self, commit: Any) -> list[str]:
         key = str(commit.id)
@@ -171,26 +172,39 @@ class _Changes:
     def changed(self, commit: Any, path: str, guard: Guard) -> bool:
         if not guard.key:
             return True
-        before = _value(_blob(commit.parents[0], path), guard.key)
-        after = _value(_blob(commit, path), guard.key)
+        before = _at(self._doc(commit.parents[0], path), guard.key)
+        after = _at(self._doc(commit, path), guard.key)
         return before != after
 
-
-def _blob(commit: Any, path: str) -> bytes | None:
-    try:
-        return commit.tree[path].data
-    except (KeyError, AttributeError):
-        return None
+    def _doc(self, commit: Any, path: str) -> Any:
+        try:
+            entry = commit.tree[path]
+        except (KeyError, AttributeError):
+            return _MISSING
+        key = str(entry.id)
+        if key not in self._docs:
+            self._docs[key] = _parse(self.git[entry.id].data)
+        return self._docs[key]
 
 
 _MISSING = object()
 
 
-def _value(data: bytes | None, key: tuple[str, ...]) -> Any:
-    """The value at ``key`` of a YAML or JSON document (unparseable: its bytes, so any
-    change to it counts)."""
-    if data is None:
-        return _MISSING
+def _at(doc: Any, key: tuple[str, ...]) -> Any:
+    """The value at ``key`` of a parsed document, as canonical JSON (an unparseable
+    document is its bytes, so any change to it counts)."""
+    if doc is _MISSING or isinstance(doc, bytes):
+        return doc
+    for part in key:
+        if not isinstance(doc, Mapping) or part not in doc:
+            return _MISSING
+        doc = doc[part]
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+def _parse(data: bytes) -> Any:
+    """A YAML or JSON document as plain data, parsed with the specs' bounds (its bytes when
+    it cannot be)."""
     if len(data) > _MAX_PARSED:
         return data
     from modelsmith.specs.yamlio import parse_yaml_documents, to_plain
@@ -204,11 +218,7 @@ def _value(data: bytes | None, key: tuple[str, ...]) -> Any:
             doc = to_plain(docs[0]) if docs else None
     except Exception:  # bounded parsers: an unreadable file is compared as bytes
         return data
-    for part in key:
-        if not isinstance(doc, Mapping) or part not in doc:
-            return _MISSING
-        doc = doc[part]
-    return json.dumps(doc, sort_keys=True, default=str)
+    return doc
 
 
 class _Owners:

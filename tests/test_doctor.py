@@ -20,11 +20,12 @@ def test_a_healthy_fork_passes_every_check(train_repo):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ok"] and [c["name"] for c in report["checks"]] == [
-        "specs", "event log", "host local", "dvc remote", "ml stack", "generation", "eval"]
+        "specs", "event log", "review", "host local", "dvc remote", "ml stack", "generation",
+        "eval"]
     assert all(c["ok"] for c in report["checks"])
     assert "10 scenarios per split" in report["checks"][-1]["detail"]
     text = doctor(train_repo, "--model", "tiny-test").output
-    assert text.splitlines()[-1] == "all 7 checks passed"
+    assert text.splitlines()[-1] == "all 8 checks passed"
 
 
 def test_invalid_specs_fail_with_the_fix_and_skip_the_rest(train_repo):
@@ -51,4 +52,23 @@ def test_a_host_that_is_down_is_named_with_its_fix(train_repo, silent_port):
     assert f"fix: check `ssh 127.0.0.1:{silent_port}` works without a password" in result.output
     assert "ok   host local: local up" in result.output
     assert "skip generation: skipped: --no-model" in result.output
-    assert result.output.splitlines()[-1] == "1 of 8 checks failed"
+    assert result.output.splitlines()[-1] == "1 of 9 checks failed"
+
+
+def test_a_held_promotion_is_a_failing_check_with_its_fix(train_repo):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(train_repo), "-c", "user.name=t", "-c",
+                        "user.email=t@example.invalid", *args], check=True,
+                       capture_output=True)
+
+    git("add", "-A")
+    git("commit", "-qm", "the fork")
+    (train_repo / "evals" / "README.md").write_text("unreviewed\n")
+    git("add", "-A")
+    git("commit", "-qm", "notes, straight onto main")
+    result = doctor(train_repo, "--no-model", "--json")
+    (check,) = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "review"]
+    assert check["ok"] is False and "evals/README.md" in check["detail"]
+    assert "review.since" in check["fix"]

@@ -1,7 +1,8 @@
 """``modelsmith doctor``: is this fork ready to run the loop? One line per check, pass or
 fail, and for every failure the fix.
 
-Checks, in order: the declarative files; the event log; every host of the pool and the
+Checks, in order: the declarative files; the event log; the review holds (guarded changes
+without an approved merge); every host of the pool and the
 eval host (probed in parallel); the DVC remote (reachable and writable, without changing
 anything); the ML stack; a smoke generation with the base model; a 10-scenario evaluation
 (not recorded). A check that cannot run because an earlier one failed is skipped with the
@@ -53,11 +54,13 @@ def run_checks(root: Path, *, model: str | None = None, with_model: bool = True,
                 f"{len(issues)} problems, first: {issues[0]}",
                 "run `modelsmith validate` and fix each line it names")
     if issues:
-        for name in ("event log", "hosts", "dvc remote", "ml stack", "generation", "eval"):
+        for name in ("event log", "review", "hosts", "dvc remote", "ml stack", "generation",
+                     "eval"):
             yield Check(name, None, "skipped: the specs are invalid")
         return
     repo = load_repository(root)
     yield _timed("event log", lambda: _event_log(root))
+    yield _timed("review", lambda: _review(root, repo))
     yield from _host_checks(repo)
     yield _timed("dvc remote", lambda: _dvc_remote(root))
     missing = [name for name in ML_PACKAGES if importlib.util.find_spec(name) is None]
@@ -70,6 +73,22 @@ def run_checks(root: Path, *, model: str | None = None, with_model: bool = True,
         yield Check("eval", None, why)
         return
     yield from _model_checks(repo, root, specialist or sorted(repo.specialists)[0], model)
+
+
+def _review(root: Path, repo: Any) -> tuple[bool, str, str]:
+    """Whether a guarded change without an approved merge holds any promotion."""
+    from .facade import Modelsmith
+
+    found = Modelsmith(root).review(repo)
+    holds = [(name, hold) for name, held in sorted(found.holds.items()) for hold in held]
+    if not holds:
+        return True, "every guarded change came in with an approved merge", ""
+    name, first = holds[0]
+    return (False, f"{len(holds)} held promotion(s), first: {name}: {first.entry} changed by "
+                   f"{first.commit[:12]} without an approved merge",
+            "land an approved change to each file `modelsmith plan` lists under 'Held for "
+            "review', or, in a fork of a repository with history, set the policy's "
+            "review.since to the commit the fork starts from (in an approved change)")
 
 
 def _event_log(root: Path) -> tuple[bool, str, str]:

@@ -1,0 +1,163 @@
+"""Declarative files that cannot stall the engine: linear-time regexes, parse limits enforced
+while parsing, duplicate keys that never expand aliases, files that stay inside their suite,
+and numbers that stay finite and bounded.
+
+Every case is refused with exit 2 (or the loader's issue) naming file and line, with no
+traceback. Elapsed-time bounds here are hang guards, far above the real cost (measured in
+bench/); a regression they catch is seconds-to-hours, not a few percent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from modelsmith.cli import cli
+from modelsmith.evaluation.criteria import score_regex
+from modelsmith.serving.router import Request, Router
+from modelsmith.specs import SpecIssue, validate_repository
+from modelsmith.specs.models import RoutingSpec
+from modelsmith.specs.regex import compile_regex
+from modelsmith.specs.rubric import RegexCriterion
+
+ROUTING = "policies/routing.yaml"
+SUITE = "evals/rtb-quality/suite.yaml"
+ROUTING_REGEX = '        regex: "(?i)\\\\bdomain=\\\\S+.*\\\\bctr="\n'
+#: A hang guard: RE2 takes microseconds to milliseconds for these; backtracking takes hours.
+HANG_GUARD_S = 5.0
+
+
+@pytest.fixture
+def repo(spec_files: Path) -> Path:
+    return spec_files
+
+
+def validate(root: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["-C", str(root), "validate"])
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def only(root: Path, file: str) -> SpecIssue:
+    issues = validate_repository(root)
+    assert [i.file for i in issues] == [file], "\n".join(map(str, issues))
+    return issues[0]
+
+
+def set_routing_regex(root: Path, pattern: str) -> int:
+    """Replace the fixture's routing regex; returns the 1-based line of ``regex:``."""
+    path = root / ROUTING
+    text = path.read_text()
+    assert ROUTING_REGEX in text
+    quoted = pattern.replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(text.replace(ROUTING_REGEX, f'        regex: "{quoted}"\n'))
+    return text[: text.index(ROUTING_REGEX)].count("\n") + 1
+
+
+# --------------------------------------------------------------------------- regexes (RE2)
+
+NOT_RE2 = [
+    (r"(?<=domain=)\S+", "lookbehind"),
+    (r"(?<!x)ctr=", "lookbehind"),
+    (r"ctr=(?=\d)", "lookahead"),
+    (r"ctr=(?!0)", "lookahead"),
+    (r"(\w)\1", "backreferences"),
+    (r"(?P<x>a)(?P=x)", "backreferences"),
+    (r"(?>a+)b", "atomic groups"),
+    (r"a++b", "possessive"),
+    (r"ctr=\d+\Z", "\\z"),
+    (r"a{1001}", "limited to 1000"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "why"), NOT_RE2)
+def test_routing_regex_outside_re2_is_refused_at_its_line(
+    repo: Path, pattern: str, why: str
+) -> None:
+    line = set_routing_regex(repo, pattern)
+    code, output = validate(repo)
+    assert code == 2, output
+    assert f"{ROUTING}:{line}:" in output and "spec.rules[1].when.regex" in output
+    assert "RE2 syntax is required" in output and why in output
+
+
+@pytest.mark.parametrize(("pattern", "why"), NOT_RE2[:5])
+def test_rubric_regex_outside_re2_is_refused_at_its_line(
+    repo: Path, pattern: str, why: str
+) -> None:
+    path = repo / SUITE
+    text = path.read_text()
+    quoted = pattern.replace("'", "''")
+    path.write_text(text.replace("    - kind: label\n",
+                                 f"    - kind: regex\n      pattern: '{quoted}'\n", 1))
+    issue = only(repo, SUITE)
+    assert issue.field == "spec.rubric[0].pattern"
+    assert issue.line == path.read_text().splitlines().index(f"      pattern: '{quoted}'") + 1
+    assert "RE2 syntax is required" in issue.message and why in issue.message
+
+
+#: Patterns that backtrack catastrophically on Python's ``re``, a text that makes them, and
+#: whether they match it.
+CATASTROPHIC = [
+    (r"(a+)+$", "a" * 10_000 + "!", False),
+    (r"(a|a)*$", "a" * 10_000 + "!", True),  # the empty match at the end
+    (r"(a|aa)+$", "a" * 10_000 + "!", False),
+    (r"(a*)*b", "a" * 10_000, False),
+    (r"(.*a){20}$", "a" * 10_000 + "!", False),
+    (r"(\w+\s?)+$", "word " * 2_000 + "!", False),
+    (r"^(([a-z])+.)+[A-Z]([a-z])+$", "a" * 10_000 + "!", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "text", "matches"), CATASTROPHIC)
+def test_catastrophic_routing_regex_routes_a_10k_request_in_linear_time(
+    repo: Path, pattern: str, text: str, matches: bool
+) -> None:
+    set_routing_regex(repo, pattern)
+    assert validate(repo)[0] == 0
+    rules = RoutingSpec.model_validate({"rules": [
+        {"name": "r", "when": {"regex": pattern}, "route": "x"}], "default": "d"}).rules
+    router = Router(rules, "d")
+    started = time.perf_counter()
+    decision = router.route(Request(text))
+    why = router.explain(Request(text))
+    assert time.perf_counter() - started < HANG_GUARD_S
+    assert decision.specialist == ("x" if matches else "d")
+    assert (why[0][2] is None) is matches
+
+
+@pytest.mark.parametrize(("pattern", "text", "matches"), CATASTROPHIC)
+def test_catastrophic_rubric_regex_scores_a_long_output_in_linear_time(
+    pattern: str, text: str, matches: bool
+) -> None:
+    criterion = RegexCriterion(kind="regex", pattern=pattern)
+    started = time.perf_counter()
+    score, _ = score_regex(criterion, text, None)  # type: ignore[arg-type]
+    assert time.perf_counter() - started < HANG_GUARD_S
+    assert score == (1.0 if matches else 0.0)
+
+
+def test_re2_keeps_the_python_syntax_teams_use() -> None:
+    cases = [
+        (r"(?i)\bdomain=\S+.*\bctr=", "x DOMAIN=a.com CTR=1", True),
+        (r"^INV-[0-9]{4}$", "INV-0042", True),
+        (r"(?P<id>ID-\d+)", "see ID-7", True),
+        (r"(?s)a.b", "a\nb", True),
+        (r"(?m)^b$", "a\nb\nc", True),
+        (r"café|naïve", "un café", True),
+        (r"\p{Greek}+", "αβγ", True),
+        (r"\bfoo\b", "foobar", False),
+    ]
+    for pattern, text, expected in cases:
+        assert compile_regex(pattern).search(text) is expected, pattern
+
+
+def test_request_text_with_a_lone_surrogate_is_routed() -> None:
+    rules = RoutingSpec.model_validate({"rules": [
+        {"name": "r", "when": {"regex": "ctr=."}, "route": "x"}], "default": "d"}).rules
+    assert Router(rules, "d").route(Request("ctr=\ud800")).specialist == "x"
+    assert Router(rules, "d").route(Request("\udfff")).specialist == "d"

@@ -161,3 +161,49 @@ def test_request_text_with_a_lone_surrogate_is_routed() -> None:
         {"name": "r", "when": {"regex": "ctr=."}, "route": "x"}], "default": "d"}).rules
     assert Router(rules, "d").route(Request("ctr=\ud800")).specialist == "x"
     assert Router(rules, "d").route(Request("\udfff")).specialist == "d"
+
+
+# --------------------------------------------------------------------------- duplicate keys
+
+SPECIALIST = "specialists/rtb-quality.yaml"
+CLUSTERS = "config/clusters.json"
+
+
+def laughs(levels: int = 9, width: int = 9) -> list[str]:
+    """A billion-laughs anchor chain: ``a8`` expands to ``width ** levels`` values."""
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * width) + "]")
+    return lines
+
+
+def test_duplicate_key_whose_value_is_an_alias_bomb_is_refused_at_its_line(repo: Path) -> None:
+    lines = [*laughs(), "x: 1", "x: *a8"]
+    (repo / SPECIALIST).write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    code, output = validate(repo)
+    assert time.perf_counter() - started < HANG_GUARD_S
+    assert code == 2, output
+    assert f"{SPECIALIST}:{len(lines)}:1: duplicate key 'x'" in output
+    assert "lol" not in output and len(output) < 2000
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("a: &a [1, 2]\nb: {c: *a, c: *a}\n", 2, "duplicate key 'c'"),
+    ("a: 1\n'a': 2\n", 2, "duplicate key 'a'"),
+    (f"{'k' * 500}: 1\n{'k' * 500}: 2\n", 2, "duplicate key '" + "k" * 77 + "...'"),
+])
+def test_duplicate_and_collection_keys_never_render_values(
+    repo: Path, text: str, line: int, message: str
+) -> None:
+    (repo / SPECIALIST).write_text(text)
+    code, output = validate(repo)
+    assert code == 2 and f"{SPECIALIST}:{line}:" in output and message in output, output
+
+
+def test_json_duplicate_key_is_located(repo: Path) -> None:
+    path = repo / CLUSTERS
+    text = path.read_text()
+    path.write_text(text.replace('{\n', '{\n  "defaults": {},\n', 1))
+    code, output = validate(repo)
+    assert code == 2 and f"{CLUSTERS}:" in output and "duplicate key 'defaults'" in output

@@ -21,7 +21,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet, TaggedScalar
-from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import (
     AliasEvent,
@@ -125,16 +125,35 @@ def text_position(text: str, offset: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- YAML
 
 
+class _Constructor(RoundTripConstructor):
+    """Round-trip construction whose duplicate-key error names the key only: ruamel's own
+    message renders both values, and rendering an alias bomb never finishes."""
+
+    def check_mapping_key(self, node: Any, key_node: Any, mapping: Any, key: Any,
+                          value: Any) -> bool:
+        if key in mapping:
+            raise DuplicateKeyError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key '{_short(key)}'", key_node.start_mark)
+        return True
+
+
+def _short(key: Any) -> str:
+    text = str(key) if isinstance(key, str | int | float | bool) or key is None else "?"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def roundtrip_yaml() -> YAML:
-    """A ruamel.yaml instance for round-trip use; YAML objects are not thread-safe, so one
-    per call."""
+    """A ruamel.yaml instance for round-trip use, whose duplicate-key errors never render
+    values; YAML objects are not thread-safe, so one per call."""
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     yaml.preserve_quotes = True
     yaml.allow_duplicate_keys = False
     return yaml
 
 
-_DUPLICATE_KEY = re.compile(r'found duplicate key "(.*?)" with value')
+_DUPLICATE_KEY = re.compile(r"found duplicate key '(.*)'$", re.DOTALL)
 
 
 def parse_yaml_documents(text: str) -> list[Any]:

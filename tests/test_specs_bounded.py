@@ -9,7 +9,9 @@ bench/); a regression they catch is seconds-to-hours, not a few percent.
 
 from __future__ import annotations
 
+import json
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,12 @@ from modelsmith.specs import SpecIssue, validate_repository
 from modelsmith.specs.models import RoutingSpec
 from modelsmith.specs.regex import compile_regex
 from modelsmith.specs.rubric import RegexCriterion
+from modelsmith.specs.yamlio import (
+    MAX_YAML_NODES,
+    ParseFailure,
+    parse_json_document,
+    parse_yaml_documents,
+)
 
 ROUTING = "policies/routing.yaml"
 SUITE = "evals/rtb-quality/suite.yaml"
@@ -190,6 +198,8 @@ def test_duplicate_key_whose_value_is_an_alias_bomb_is_refused_at_its_line(repo:
 
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("a: &a [1, 2]\nb: {c: *a, c: *a}\n", 2, "duplicate key 'c'"),
+    ("a: &k [1]\n*k : 2\n", 2, "mapping keys must be plain scalars"),
+    ("? [a, b]\n: 1\n", 1, "mapping keys must be plain scalars"),
     ("a: 1\n'a': 2\n", 2, "duplicate key 'a'"),
     (f"{'k' * 500}: 1\n{'k' * 500}: 2\n", 2, "duplicate key '" + "k" * 77 + "...'"),
 ])
@@ -207,3 +217,68 @@ def test_json_duplicate_key_is_located(repo: Path) -> None:
     path.write_text(text.replace('{\n', '{\n  "defaults": {},\n', 1))
     code, output = validate(repo)
     assert code == 2 and f"{CLUSTERS}:" in output and "duplicate key 'defaults'" in output
+
+
+# --------------------------------------------------------------------------- limits while parsing
+
+#: Generous bounds: the refusals below take about a second and 16 MB here.
+MEMORY_GUARD = 200 * 1024 * 1024
+
+HUGE_YAML_LIST = "items:\n" + "- 1\n" * 1_000_000  # 4 MB, a million values
+HUGE_JSON_ARRAY = json.dumps({"hosts": [1] * 1_200_000})  # 3.6 MB
+
+
+def peak_memory(parse, text: str) -> tuple[ParseFailure, int]:
+    tracemalloc.start()
+    try:
+        with pytest.raises(ParseFailure) as refused:
+            parse(text)
+        return refused.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("parse", "text", "line"), [
+    (parse_yaml_documents, HUGE_YAML_LIST, MAX_YAML_NODES - 1),
+    (parse_json_document, HUGE_JSON_ARRAY, 1),
+])
+def test_huge_documents_are_refused_while_parsing(parse, text: str, line: int) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ParseFailure) as refused:
+        parse(text)
+    assert time.perf_counter() - started < HANG_GUARD_S
+    failure, peak = peak_memory(parse, text)
+    assert peak < MEMORY_GUARD
+    for found in (refused.value, failure):
+        assert f"more than {MAX_YAML_NODES} values" in found.message
+        assert found.line == line and found.column is not None
+
+
+def test_huge_spec_files_are_refused_with_their_line(repo: Path) -> None:
+    (repo / SPECIALIST).write_text(HUGE_YAML_LIST)
+    (repo / CLUSTERS).write_text(HUGE_JSON_ARRAY)
+    started = time.perf_counter()
+    code, output = validate(repo)
+    assert time.perf_counter() - started < 2 * HANG_GUARD_S
+    assert code == 2
+    assert f"{SPECIALIST}:{MAX_YAML_NODES - 1}:3: file has more than" in output
+    assert f"{CLUSTERS}:1:" in output and "values (limit for a spec file)" in output
+
+
+def test_a_spec_file_just_under_the_limit_loads() -> None:
+    text = "items:\n" + "- 1\n" * (MAX_YAML_NODES - 3)  # with the mapping, key and list
+    assert len(parse_yaml_documents(text)[0]["items"]) == MAX_YAML_NODES - 3
+    data, tree = parse_json_document(json.dumps({"a": [1] * (MAX_YAML_NODES - 3)}))
+    assert len(data["a"]) == MAX_YAML_NODES - 3 and tree is not None
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("a: &a [1, *a]\n", 1, "recursive alias '*a'"),
+    ("a: &a {b: [*a]}\n", 1, "recursive alias '*a'"),
+    ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 80)), None, "nested too deeply"),
+])
+def test_structure_limits_are_located(text: str, line: int | None, message: str) -> None:
+    with pytest.raises(ParseFailure) as refused:
+        parse_yaml_documents(text)
+    assert message in refused.value.message
+    assert line is None or refused.value.line == line

@@ -10,6 +10,8 @@ bench/); a regression they catch is seconds-to-hours, not a few percent.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -282,3 +284,71 @@ def test_structure_limits_are_located(text: str, line: int | None, message: str)
         parse_yaml_documents(text)
     assert message in refused.value.message
     assert line is None or refused.value.line == line
+
+
+# --------------------------------------------------------------------------- files stay inside
+
+SUITE_DIR = "evals/rtb-quality"
+
+
+def name_generator(root: Path, module: str) -> int:
+    """Point the fixture suite's generator at ``module``; returns the line of the field."""
+    path = root / SUITE
+    text = path.read_text()
+    assert "generator: null" in text
+    path.write_text(text.replace("generator: null", f"generator: {module}:make"))
+    return text[: text.index("generator: null")].count("\n") + 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+@pytest.mark.parametrize("how", ["file", "folder", "chain"])
+def test_generator_symlinked_out_of_the_suite_is_refused_at_validate(
+    repo: Path, tmp_path: Path, how: str
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "gen.py").write_text("def make(n):\n    return []\n")
+    suite = repo / SUITE_DIR
+    if how == "file":
+        os.symlink(outside / "gen.py", suite / "gen.py")
+        module = "gen.py"
+    elif how == "folder":
+        os.symlink(outside, suite / "lib")
+        module = "lib/gen.py"
+    else:  # a link inside the suite to a link that leaves it
+        os.symlink(outside / "gen.py", suite / "hop.py")
+        os.symlink(suite / "hop.py", suite / "gen.py")
+        module = "gen.py"
+    line = name_generator(repo, module)
+    code, output = validate(repo)
+    assert code == 2, output
+    assert f"{SUITE}:{line}:" in output and "spec.generator" in output
+    assert f"{module}: resolves outside the suite folder" in output
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_generator_symlink_loop_and_inside_link(repo: Path) -> None:
+    suite = repo / SUITE_DIR
+    (suite / "real.py").write_text("def make(n):\n    return []\n")
+    os.symlink(suite / "real.py", suite / "gen.py")  # stays inside: fine
+    line = name_generator(repo, "gen.py")
+    assert validate(repo)[0] == 0
+    (suite / "gen.py").unlink()
+    os.symlink(suite / "gen.py", suite / "gen.py")
+    issue = only(repo, SUITE)
+    assert (issue.field, issue.line) == ("spec.generator", line)
+    assert "symlink loop" in issue.message
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_scenario_file_in_a_folder_linked_out_of_the_suite(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "data"
+    outside.mkdir()
+    (outside / "more.jsonl").write_text((repo / SUITE_DIR / "scenarios.jsonl").read_text())
+    os.symlink(outside, repo / SUITE_DIR / "data")
+    path = repo / SUITE
+    listed = "[scenarios.jsonl, data/more.jsonl]"
+    path.write_text(path.read_text().replace("[scenarios.jsonl]", listed))
+    issue = only(repo, SUITE)
+    assert issue.field == "spec.scenarios[1]" and issue.line is not None
+    assert "data/more.jsonl: resolves outside the suite folder" in issue.message

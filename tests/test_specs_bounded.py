@@ -352,3 +352,37 @@ def test_scenario_file_in_a_folder_linked_out_of_the_suite(repo: Path, tmp_path:
     issue = only(repo, SUITE)
     assert issue.field == "spec.scenarios[1]" and issue.line is not None
     assert "data/more.jsonl: resolves outside the suite folder" in issue.message
+
+
+# --------------------------------------------------------------------------- numbers
+
+@pytest.mark.parametrize(("file", "old", "new", "field", "message"), [
+    (SUITE, "      weight: 1.0", "      weight: .inf", "spec.rubric[0].weight", "finite"),
+    (SUITE, "      weight: 1.0", "      weight: .nan", "spec.rubric[0].weight", "finite"),
+    (SUITE, "      weight: 1.0", "      weight: 1e999", "spec.rubric[0].weight", "finite"),
+    (SUITE, "      budget_ms: 2000", "      budget_ms: .inf", "budget_ms", "finite"),
+    (CLUSTERS, '"learning_rate": 0.001', '"learning_rate": 1e999', "learning_rate", "finite"),
+    (CLUSTERS, '"beta": 0.0, "seed": 0', '"beta": 1e999, "seed": 0', "beta", "finite"),
+    (CLUSTERS, '"beta": 0.0, "seed": 0', '"beta": 0.0, "seed": 1e29', "seed", "integer"),
+    (CLUSTERS, '"beta": 0.0, "seed": 0', '"beta": 0.0, "seed": 4294967296', "seed", "4294967295"),
+    (CLUSTERS, '"beta": 0.0, "seed": 0', '"beta": 0.0, "seed": -1', "seed", ">= 0"),
+    (CLUSTERS, '"probe_timeout_s": 5', '"probe_timeout_s": 1e999', "probe_timeout_s", "finite"),
+    (CLUSTERS, '"seed": 0, "hidden_size"', '"seed": 10000000000, "hidden_size"', "seed",
+     "4294967295"),
+    (CLUSTERS, '"max_steps": 80', '"max_steps": ' + "9" * 5000, None, "more than 4300 digits"),
+    (SUITE, "      budget_ms: 2000", "      budget_ms: " + "9" * 5000, None,
+     "more than 100 digits"),
+])
+def test_numbers_are_finite_and_bounded(
+    repo: Path, file: str, old: str, new: str, field: str | None, message: str
+) -> None:
+    path = repo / file
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    line = text[: text.index(old)].count("\n") + 1
+    issue = only(repo, file)
+    assert issue.line == line and message in issue.message, issue
+    assert field is None or (issue.field or "").endswith(field), issue
+    code, output = validate(repo)
+    assert code == 2 and f"{file}:{line}:" in output

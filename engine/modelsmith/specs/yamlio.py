@@ -21,6 +21,7 @@ import json
 import os
 import re
 import stat
+import sys
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ MAX_NODES = 200_000
 #: Nodes (scalars, aliases, collections) a YAML or JSON spec file may spell out, counted while
 #: parsing. A spec file holds hundreds; a 1,000-rule routing table about 13,000.
 MAX_YAML_NODES = 20_000
+#: Digits an integer may have (Python refuses to convert more than 4300 at all).
+MAX_INT_DIGITS = 100
 #: Nesting depth; deeper documents are refused before Python's recursion limit is near.
 MAX_DEPTH = 64
 
@@ -136,6 +139,11 @@ def text_position(text: str, offset: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- YAML
 
 
+_LONG_INT = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0o[0-7_]+|[0-9][0-9_]*)")
+#: An integer json.loads refuses to convert (Python's limit on int digits).
+_JSON_LONG_INT = re.compile(rf"(?<![0-9.eE])-?[0-9]{{{sys.get_int_max_str_digits() + 1},}}")
+
+
 class _Collection:
     __slots__ = ("anchor", "expect_key", "mapping")
 
@@ -179,6 +187,9 @@ class _BoundedParser(RoundTripParser):
                     isinstance(event, AliasEvent) and event.anchor in self._collection_anchors)):
                 raise _at(event, "mapping keys must be plain scalars")
             parent.expect_key = not parent.expect_key
+        if isinstance(event, ScalarEvent) and event.style is None and len(event.value) > \
+                MAX_INT_DIGITS and _LONG_INT.fullmatch(event.value):
+            raise _at(event, f"integer has more than {MAX_INT_DIGITS} digits")
         if isinstance(event, AliasEvent):
             if any(c.anchor == event.anchor for c in self._open):
                 raise _at(event, f"recursive alias '*{event.anchor}': a collection contains itself")
@@ -482,6 +493,12 @@ def loads_json(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ParseFailure(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
     except ValueError as exc:
+        long = _JSON_LONG_INT.search(text)
+        if long is not None:
+            line, column = text_position(text, long.start())
+            raise ParseFailure(
+                f"integer has more than {sys.get_int_max_str_digits()} digits", line, column
+            ) from None
         raise ParseFailure(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise ParseFailure("JSON is nested too deeply") from None

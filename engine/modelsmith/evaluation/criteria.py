@@ -293,7 +293,7 @@ def score_not_contains(
 
 @criterion("regex")
 def score_regex(spec: RegexCriterion, output: str, ctx: ScoringContext) -> tuple[float, str]:
-    """``re.search`` of the pattern in the first ``REGEX_MAX_CHARS`` characters."""
+    """An RE2 search (linear time) of the pattern in the first ``REGEX_MAX_CHARS`` characters."""
     if spec.compiled.search(output[:REGEX_MAX_CHARS]):
         return 1.0, f"matches /{safe_text(spec.pattern, 60)}/"
     return 0.0, f"no match for /{safe_text(spec.pattern, 60)}/"

@@ -1,7 +1,8 @@
 """The deterministic router: ``policies/routing.yaml`` compiled once into a matcher.
 
 Rules are ordered; the first whose conditions all hold wins (metadata equality, whole-word
-case-insensitive keyword sets, a regex searched in the text, length bounds in characters,
+case-insensitive keyword sets, a regex searched in the text (on RE2, so matching is linear
+in the text whatever the pattern: see ``modelsmith.specs.regex``), length bounds in characters,
 the caller's task label); otherwise the default specialist, or a rejection when there is
 none. No learned component: the same request always goes to the same place.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelsmith.errors import ModelsmithError
+from modelsmith.specs.regex import SpecRegex, compile_regex
 from modelsmith.specs.routing import shadowed  # noqa: F401  (the router's own check)
 
 #: Punctuation splits words, as ``\w+`` would (``_`` stays a word character).
@@ -53,7 +55,7 @@ class _Rule:
     task: str | None
     any_words: frozenset[str]
     all_words: frozenset[str]
-    regex: re.Pattern[str] | None
+    regex: SpecRegex | None
     min_len: int | None
     max_len: int | None
 
@@ -74,34 +76,145 @@ class _Rule:
             return f"missing keywords {sorted(self.all_words - words)}"
         if self.any_words and self.any_words.isdisjoint(words):
             return f"none of the keywords {sorted(self.any_words)}"
-        if self.regex is not None and self.regex.search(text) is None:
+        if self.regex is not None and not self.regex.search(text):
             return f"regex {self.regex.pattern!r} does not match"
         return None
 
 
-def required_literal(pattern: re.Pattern[str]) -> str | None:
-    """The longest text every match of ``pattern`` contains, read from its top-level
-    sequence (None when there is none worth testing, or matching ignores case)."""
-    if pattern.flags & re.IGNORECASE:
+_META = frozenset("\\.^$*+?()[]{}|")
+_QUANTIFIERS = frozenset("*+?{")
+_COUNTED = re.compile(r"\{[0-9]+(?:,[0-9]*)?\}")
+#: An inline flag group that turns on case-insensitive matching: (?i), (?si), (?i:...).
+_IGNORE_CASE = re.compile(r"\(\?[a-zA-Z]*i[a-zA-Z-]*[:)]")
+
+
+def required_literal(pattern: str | re.Pattern[str] | SpecRegex) -> str | None:
+    """The longest text every match of ``pattern`` contains (None when there is none worth
+    testing, or matching ignores case).
+
+    Read from the pattern's top level (RE2 syntax, which Python's shares for what counts
+    here): runs of literal characters outside groups and classes; a quantified character
+    leaves its run, and top-level alternatives contribute the prefix their leading runs
+    share. Anything unclear ends a run, so the answer is conservative.
+    """
+    if isinstance(pattern, re.Pattern) and pattern.flags & re.IGNORECASE:
         return None
-    try:
-        from re import _constants as codes
-        from re import _parser as parser
-    except ImportError:  # pragma: no cover - older Pythons
+    text = pattern if isinstance(pattern, str) else pattern.pattern
+    if not isinstance(text, str) or _IGNORE_CASE.search(text):
         return None
-    try:
-        parsed = parser.parse(pattern.pattern, pattern.flags)
-    except Exception:  # any parse trouble: no prefilter
+    branches = _top_level_runs(text)
+    if branches is None:
         return None
-    best, run = "", []
-    for op, arg in parsed:
-        if op is codes.LITERAL:
-            run.append(chr(arg))
-            continue
-        best = max(best, "".join(run), key=len)
-        run = []
-    best = max(best, "".join(run), key=len)
+    if len(branches) == 1:
+        best = max(branches[0][1], key=len, default="")
+    else:  # alternatives: what every branch starts with
+        leads = [lead for lead, _ in branches]
+        best = leads[0]
+        for lead in leads[1:]:
+            n = 0
+            while n < min(len(best), len(lead)) and best[n] == lead[n]:
+                n += 1
+            best = best[:n]
     return best if len(best) >= 2 else None
+
+
+def _top_level_runs(text: str) -> list[tuple[str, list[str]]] | None:
+    """Per top-level alternative: (its leading literal run, all its literal runs)."""
+    branches: list[tuple[str, list[str]]] = []
+    runs: list[str] = []
+    run: list[str] = []
+    lead: str | None = None  # the branch's leading run, once something ended it
+    depth = 0
+    i, n = 0, len(text)
+
+    def close() -> None:
+        nonlocal run, lead
+        runs.append("".join(run))
+        if lead is None:
+            lead = "".join(run)
+        run = []
+
+    while i < n:
+        char = text[i]
+        if char == "\\":
+            if i + 1 >= n:
+                return None
+            nxt = text[i + 1]
+            if nxt == "Q":  # \Q...\E quotes metacharacters: skip it whole
+                end = text.find("\\E", i + 2)
+                i = n if end < 0 else end + 2
+                close()
+                continue
+            if depth == 0 and not nxt.isalnum() and nxt.isascii() and nxt.isprintable():
+                run.append(nxt)  # an escaped punctuation character is itself
+            elif depth == 0:
+                close()
+            i += 2
+            continue
+        if char == "[":
+            i = _class_end(text, i)
+            if i < 0:
+                return None
+            if depth == 0:
+                close()
+            continue
+        if char == "(":
+            if depth == 0:
+                close()
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 0:
+            if char == "|":
+                close()
+                branches.append((lead or "", runs))
+                runs, lead = [], None
+            elif char in _QUANTIFIERS:
+                counted = _COUNTED.match(text, i) if char == "{" else None
+                if char != "{" or counted:
+                    if run:
+                        run.pop()  # the quantified character is not required
+                    close()
+                    if counted:
+                        i = counted.end()
+                        continue
+                else:  # RE2 reads a '{' that opens no repetition as itself
+                    close()
+            elif char in _META:
+                close()
+            else:
+                run.append(char)
+        i += 1
+    if depth != 0:
+        return None
+    close()
+    branches.append((lead or "", runs))
+    return branches
+
+
+def _class_end(text: str, start: int) -> int:
+    """Index just past the character class opening at ``start`` (-1: unterminated)."""
+    i = start + 1
+    if i < len(text) and text[i] == "^":
+        i += 1
+    if i < len(text) and text[i] == "]":  # a leading ']' is a literal
+        i += 1
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "[" and text.startswith("[:", i):
+            end = text.find(":]", i + 2)
+            if end >= 0:
+                i = end + 2
+                continue
+        if char == "]":
+            return i + 1
+        i += 1
+    return -1
 
 
 def _matcher(rule: _Rule) -> Any:
@@ -123,9 +236,9 @@ def _matcher(rule: _Rule) -> Any:
         literal = required_literal(rule.regex)
         if literal:  # a substring test in C rules most texts out before the regex runs
             checks.append(lambda t, w, m, k, lit=literal, search=rule.regex.search:
-                          lit in t and search(t) is not None)
+                          lit in t and search(t))
         else:
-            checks.append(lambda t, w, m, k, search=rule.regex.search: search(t) is not None)
+            checks.append(lambda t, w, m, k, search=rule.regex.search: search(t))
     if len(checks) == 1:
         return checks[0]
     return lambda t, w, m, k: all(check(t, w, m, k) for check in checks)
@@ -150,7 +263,7 @@ class Router:
                 tuple(sorted((when.meta or {}).items())), when.task,
                 frozenset(w.lower() for w in keywords.any) if keywords else frozenset(),
                 frozenset(w.lower() for w in keywords.all) if keywords else frozenset(),
-                re.compile(when.regex) if when.regex is not None else None,
+                compile_regex(when.regex) if when.regex is not None else None,
                 length.min if length else None, length.max if length else None))
         # The index: what a request must carry for a rule to be worth checking.
         self._always: list[int] = []

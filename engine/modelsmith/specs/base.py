@@ -42,6 +42,8 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 # pydantic's PositiveInt reports "must be > 0"; ">= 1" reads better for counts.
 PositiveInt = Annotated[int, Field(ge=1)]
+#: A random seed: what numpy, random and torch all accept.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Random seed, 0 to 2**32 - 1.")]
 
 
 def spec_error(message: str, *at: str | int) -> PydanticCustomError:
@@ -56,7 +58,9 @@ def spec_error(message: str, *at: str | int) -> PydanticCustomError:
 class SpecModel(BaseModel):
     """Base of every spec model: unknown fields are errors (typos must not pass silently)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan: every float of a spec is finite (.inf, .nan and 1e999 are errors; an
+    # infinite weight would turn scores into NaN).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Metadata(SpecModel):

@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from .base import Name, NonEmptyStr, PositiveInt, SpecModel, spec_error, unique_violations
+from .base import Name, NonEmptyStr, PositiveInt, Seed, SpecModel, spec_error, unique_violations
 
 
 class Defaults(SpecModel):
@@ -60,7 +60,7 @@ class TinySource(SpecModel):
     """A randomly initialised tiny model for tests; deterministic from ``seed``."""
 
     kind: Literal["tiny"]
-    seed: int = 0
+    seed: Seed = 0
     hidden_size: PositiveInt = 64
     layers: PositiveInt = 2
     vocab_size: PositiveInt = 384
@@ -105,7 +105,7 @@ class HyperParams(SpecModel):
         "longest label + 1 (EOS) for label tasks, else the longest reference answer with "
         "headroom, within the model's length. A value shorter than a reference is refused.")
     beta: float = Field(0.0, ge=0, description="KL coefficient.")
-    seed: int = 0
+    seed: Seed = 0
     sft_steps: PositiveInt | None = Field(None, description="SFT warm-up steps for sft+grpo.")
     grpo_learning_rate: PositiveFloat | None = Field(
         None, description="GRPO's learning rate when it should differ from SFT's "

@@ -35,8 +35,9 @@ from .base import (
     spec_error,
     unique_violations,
 )
+from .regex import SpecRegex, compile_regex
 from .review import DEFAULT_REVIEW_PATHS, GuardError, compile_guard
-from .rubric import Criterion, MicroBenchmark, compile_regex
+from .rubric import Criterion, MicroBenchmark
 
 # --------------------------------------------------------------------------- Specialist
 
@@ -525,7 +526,11 @@ class RuleCondition(SpecModel):
 
     meta: dict[str, str] | None = Field(None, description="Request metadata equality.")
     keywords: KeywordCondition | None = None
-    regex: str | None = Field(None, description="Python regex searched in the request text.")
+    regex: str | None = Field(
+        None,
+        description="A regex searched in the request text (RE2 syntax: linear time, no "
+        "lookarounds or backreferences).",
+    )
     length: LengthCondition | None = None
     task: NonEmptyStr | None = Field(None, description="Task label given by the caller.")
 
@@ -548,8 +553,8 @@ class RuleCondition(SpecModel):
         return self
 
     @cached_property
-    def compiled_regex(self) -> re.Pattern[str] | None:
-        return re.compile(self.regex) if self.regex is not None else None
+    def compiled_regex(self) -> SpecRegex | None:
+        return compile_regex(self.regex) if self.regex is not None else None
 
 
 class RoutingRule(SpecModel):

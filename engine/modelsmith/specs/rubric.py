@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import Fraction, NonEmptyStr, PositiveInt, SpecModel, spec_error, unique_violations
+from .regex import SpecRegex, compile_regex
 
 #: A key of a JSON path: a letter or ``_`` (any script), then letters, digits, ``_`` or ``-``.
 _JSON_KEY = re.compile(r"[^\W\d][\w-]*")
@@ -82,16 +83,6 @@ def _bad_key(path: str, pos: int) -> str:
             "with letters, digits, '_' or '-')")
 
 
-def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a user regex, turning ``re.error`` into a short ``ValueError``."""
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from None
-    except (RecursionError, OverflowError):
-        raise ValueError("invalid regular expression: too complex") from None
-
-
 class _Criterion(SpecModel):
     weight: float = Field(1.0, gt=0, description="Relative weight in the scenario's score.")
     required: bool = Field(False, description="A failed required criterion fails the scenario.")
@@ -152,7 +143,8 @@ class NotContainsCriterion(_SubstringCriterion):
 
 
 class RegexCriterion(_Criterion):
-    """The output matches ``pattern`` (Python ``re.search``)."""
+    """The output matches ``pattern`` somewhere (RE2 syntax, linear time: see
+    :mod:`modelsmith.specs.regex`)."""
 
     kind: Literal["regex"]
     pattern: str
@@ -164,8 +156,8 @@ class RegexCriterion(_Criterion):
         return pattern
 
     @cached_property
-    def compiled(self) -> re.Pattern[str]:
-        return re.compile(self.pattern)
+    def compiled(self) -> SpecRegex:
+        return compile_regex(self.pattern)
 
 
 class JsonSchemaCriterion(_Criterion):

@@ -167,6 +167,10 @@ def _read_scenario_file(
         line, col = path_line_col(doc.tree, "spec", "scenarios", index)
         ctx.add(doc.file, line, col, f"spec.scenarios[{index}]", f"file not found: {rel}")
         return False
+    if (why := leaves_folder(directory, path)) is not None:
+        line, col = path_line_col(doc.tree, "spec", "scenarios", index)
+        ctx.add(doc.file, line, col, f"spec.scenarios[{index}]", f"{rel}: {why}")
+        return False
     raw = ctx.read(path, JSONL_MAX_BYTES, inside=directory)
     if raw is None:
         return False
@@ -216,13 +220,30 @@ def _parse_scenarios(
 def _check_generator(
     ctx: LoadContext, doc: ParsedDocument, suite: EvalSuite, directory: Path
 ) -> None:
-    """spec.generator names a module of the suite folder, which must exist."""
+    """spec.generator names a module of the suite folder, which must exist and stay inside
+    the folder once symlinks are resolved."""
     if suite.spec.generator is None:
         return
     module = suite.spec.generator.rpartition(":")[0]
-    if not (directory / module).is_file():
-        line, col = path_line_col(doc.tree, "spec", "generator")
+    path = directory / module
+    line, col = path_line_col(doc.tree, "spec", "generator")
+    if (path.exists() or path.is_symlink()) and (why := leaves_folder(directory, path)):
+        ctx.add(doc.file, line, col, "spec.generator", f"{module}: {why}")
+    elif not path.is_file():
         ctx.add(doc.file, line, col, "spec.generator", f"file not found: {module}")
+
+
+def leaves_folder(directory: Path, path: Path) -> str | None:
+    """Why ``path`` is not a file inside ``directory`` once every symlink (of the path and of
+    the folder) is resolved; None when it is inside."""
+    try:
+        real_folder = directory.resolve(strict=True)
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "cannot resolve the path (a broken symlink or a symlink loop)"
+    if real == real_folder or not real.is_relative_to(real_folder):
+        return f"resolves outside the suite folder (symlink?): {real}"
+    return None
 
 
 def _normalise(text: str) -> str:

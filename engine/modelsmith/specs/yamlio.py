@@ -2,9 +2,15 @@
 
 Everything here turns a bad file into a :class:`ParseFailure` with a 1-based position instead
 of a traceback: oversized files are refused before they are read, bytes are decoded strictly,
-YAML is parsed with ruamel.yaml's round-trip loader (so positions and comments survive), and
-the round-trip tree is copied into plain Python under a node budget, which defuses alias bombs
-and recursive aliases.
+YAML is parsed with ruamel.yaml's round-trip loader (so positions and comments survive).
+
+Limits hold while parsing, not after: the parser counts nodes as it emits them and stops at
+:data:`MAX_YAML_NODES` (ruamel builds about 20k nodes a second, so a 4 MiB list is refused
+after a fraction of its bytes), refuses deep nesting, keys that are collections and aliases
+to an enclosing collection as it meets them, and a duplicate key is reported by its scalar
+key alone (ruamel's own message renders the value, which for an alias bomb never ends). The
+round-trip tree is then copied into plain Python under a budget of expanded values, which
+defuses alias bombs.
 """
 
 from __future__ import annotations
@@ -15,21 +21,24 @@ import json
 import os
 import re
 import stat
+import sys
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet, TaggedScalar
-from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import (
     AliasEvent,
-    MappingEndEvent,
+    CollectionEndEvent,
+    DocumentStartEvent,
     MappingStartEvent,
-    SequenceEndEvent,
+    ScalarEvent,
     SequenceStartEvent,
 )
+from ruamel.yaml.parser import RoundTripParser
 from ruamel.yaml.reader import ReaderError
 
 #: Size limits, checked with ``os.stat`` before a byte is read.
@@ -37,6 +46,11 @@ SPEC_MAX_BYTES = 4 * 1024 * 1024
 JSONL_MAX_BYTES = 32 * 1024 * 1024
 #: Values a document may expand to; a YAML alias bomb expands past this within milliseconds.
 MAX_NODES = 200_000
+#: Nodes (scalars, aliases, collections) a YAML or JSON spec file may spell out, counted while
+#: parsing. A spec file holds hundreds; a 1,000-rule routing table about 13,000.
+MAX_YAML_NODES = 20_000
+#: Digits an integer may have (Python refuses to convert more than 4300 at all).
+MAX_INT_DIGITS = 100
 #: Nesting depth; deeper documents are refused before Python's recursion limit is near.
 MAX_DEPTH = 64
 
@@ -125,25 +139,114 @@ def text_position(text: str, offset: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- YAML
 
 
+_LONG_INT = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0o[0-7_]+|[0-9][0-9_]*)")
+#: An integer json.loads refuses to convert (Python's limit on int digits).
+_JSON_LONG_INT = re.compile(rf"(?<![0-9.eE])-?[0-9]{{{sys.get_int_max_str_digits() + 1},}}")
+
+
+class _Collection:
+    __slots__ = ("anchor", "expect_key", "mapping")
+
+    def __init__(self, anchor: str | None, mapping: bool) -> None:
+        self.anchor = anchor
+        self.mapping = mapping
+        self.expect_key = mapping
+
+
+class _BoundedParser(RoundTripParser):
+    """ruamel's round-trip parser, checking every event as the composer pulls it: a node
+    budget, the nesting depth, keys that are collections, and aliases to a collection that
+    encloses them (which ruamel would load as ``None``)."""
+
+    def reset_parser(self) -> None:
+        super().reset_parser()
+        self._nodes = 0
+        self._open: list[_Collection] = []
+        self._collection_anchors: set[str] = set()
+
+    def get_event(self) -> Any:
+        event = super().get_event()
+        if isinstance(event, ScalarEvent | AliasEvent | MappingStartEvent | SequenceStartEvent):
+            self._check_node(event)
+        elif isinstance(event, CollectionEndEvent):
+            if self._open:
+                self._open.pop()
+        elif isinstance(event, DocumentStartEvent):
+            self._open.clear()
+            self._collection_anchors.clear()
+        return event
+
+    def _check_node(self, event: Any) -> None:
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _at(event, f"file has more than {MAX_YAML_NODES} values (limit for a spec file)")
+        collection = isinstance(event, MappingStartEvent | SequenceStartEvent)
+        parent = self._open[-1] if self._open else None
+        if parent is not None and parent.mapping:
+            if parent.expect_key and (collection or (
+                    isinstance(event, AliasEvent) and event.anchor in self._collection_anchors)):
+                raise _at(event, "mapping keys must be plain scalars")
+            parent.expect_key = not parent.expect_key
+        if isinstance(event, ScalarEvent) and event.style is None and len(event.value) > \
+                MAX_INT_DIGITS and _LONG_INT.fullmatch(event.value):
+            raise _at(event, f"integer has more than {MAX_INT_DIGITS} digits")
+        if isinstance(event, AliasEvent):
+            if any(c.anchor == event.anchor for c in self._open):
+                raise _at(event, f"recursive alias '*{event.anchor}': a collection contains itself")
+            return
+        if event.anchor is not None:
+            if collection:
+                self._collection_anchors.add(event.anchor)
+            else:
+                self._collection_anchors.discard(event.anchor)
+        if collection:
+            if len(self._open) >= MAX_DEPTH:
+                raise _at(event, f"document is nested too deeply (limit {MAX_DEPTH} levels)")
+            self._open.append(_Collection(event.anchor, isinstance(event, MappingStartEvent)))
+
+
+def _at(event: Any, message: str) -> ParseFailure:
+    mark = event.start_mark
+    return ParseFailure(message, mark.line + 1, mark.column + 1)
+
+
+class _Constructor(RoundTripConstructor):
+    """Round-trip construction whose duplicate-key error names the key only: ruamel's own
+    message renders both values, and rendering an alias bomb never finishes."""
+
+    def check_mapping_key(self, node: Any, key_node: Any, mapping: Any, key: Any,
+                          value: Any) -> bool:
+        if key in mapping:
+            raise DuplicateKeyError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key '{_short(key)}'", key_node.start_mark)
+        return True
+
+
+def _short(key: Any) -> str:
+    text = str(key) if isinstance(key, str | int | float | bool) or key is None else "?"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def roundtrip_yaml() -> YAML:
-    """A ruamel.yaml instance for round-trip use; YAML objects are not thread-safe, so one
-    per call."""
+    """A ruamel.yaml instance for round-trip use, with the bounded parser and constructor;
+    YAML objects are not thread-safe, so one per call."""
     yaml = YAML(typ="rt")
+    yaml.Parser = _BoundedParser
+    yaml.Constructor = _Constructor
     yaml.preserve_quotes = True
     yaml.allow_duplicate_keys = False
     return yaml
 
 
-_DUPLICATE_KEY = re.compile(r'found duplicate key "(.*?)" with value')
+_DUPLICATE_KEY = re.compile(r"found duplicate key '(.*)'$", re.DOTALL)
 
 
 def parse_yaml_documents(text: str) -> list[Any]:
     """Parse every document of a YAML stream into round-trip nodes (not yet plain data)."""
     _check_flow_depth(text)
     try:
-        docs = list(roundtrip_yaml().load_all(text))
-        _check_recursive_aliases(text)
-        return docs
+        return list(roundtrip_yaml().load_all(text))
     except DuplicateKeyError as exc:
         match = _DUPLICATE_KEY.search(exc.problem or "")
         key = match.group(1) if match else "?"
@@ -205,30 +308,6 @@ def _check_flow_depth(text: str, limit: int = MAX_DEPTH) -> None:
                 )
         elif depth:
             depth -= 1
-
-
-def _check_recursive_aliases(text: str) -> None:
-    """Report an alias to a collection that encloses it (``&a [*a]``).
-
-    ruamel.yaml silently loads such an alias as ``None``; a second pass over the parse
-    events (cheap: aliases are not expanded) finds it. Only runs when the text has anchors.
-    """
-    if "&" not in text or "*" not in text:
-        return
-    open_anchors: list[str | None] = []
-    for event in roundtrip_yaml().parse(text):
-        if isinstance(event, MappingStartEvent | SequenceStartEvent):
-            open_anchors.append(event.anchor)
-        elif isinstance(event, MappingEndEvent | SequenceEndEvent):
-            if open_anchors:
-                open_anchors.pop()
-        elif isinstance(event, AliasEvent) and event.anchor in open_anchors:
-            mark = event.start_mark
-            raise ParseFailure(
-                f"recursive alias '*{event.anchor}': a collection contains itself",
-                mark.line + 1,
-                mark.column + 1,
-            )
 
 
 def _marked_failure(exc: MarkedYAMLError, message: str) -> ParseFailure:
@@ -414,27 +493,51 @@ def loads_json(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ParseFailure(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
     except ValueError as exc:
+        long = _JSON_LONG_INT.search(text)
+        if long is not None:
+            line, column = text_position(text, long.start())
+            raise ParseFailure(
+                f"integer has more than {sys.get_int_max_str_digits()} digits", line, column
+            ) from None
         raise ParseFailure(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise ParseFailure("JSON is nested too deeply") from None
+
+
+#: A JSON value's first token: a string, a number, a literal or a collection's opening bracket.
+_JSON_NODE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]|-?[0-9][0-9.eE+-]*|true|false|null')
+
+
+def _check_json_nodes(text: str, limit: int = MAX_YAML_NODES) -> None:
+    """Refuse valid JSON that spells out more than ``limit`` values (keys count, as they do
+    for YAML), at the first value past the limit; stops scanning there."""
+    for count, match in enumerate(_JSON_NODE.finditer(text), 1):
+        if count > limit:
+            line, column = text_position(text, match.start())
+            raise ParseFailure(
+                f"file has more than {limit} values (limit for a spec file)", line, column
+            )
 
 
 def parse_json_document(text: str) -> tuple[Any, Any]:
     """Parse a JSON file: returns ``(plain data, round-trip tree or None)``.
 
     ``json`` is the authority on syntax; ruamel.yaml re-parses the text (JSON is YAML 1.2)
-    only to learn line and column of every key, and to place a duplicate key.
+    only to learn line and column of every key, and to place a duplicate key. The node limit
+    is checked between the two, so the slow re-parse never sees a huge document.
     """
     try:
         data = loads_json(text)
     except ParseFailure as failure:
         if failure.line is None and failure.message.startswith("duplicate key"):
+            _check_json_nodes(text)
             try:
                 parse_yaml_documents(text)
             except ParseFailure as located:
                 if located.message.startswith("duplicate key"):
                     raise located from None
         raise
+    _check_json_nodes(text)
     tree: Any = None
     try:
         docs = parse_yaml_documents(text)

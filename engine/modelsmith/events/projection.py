@@ -253,6 +253,15 @@ def fold(store: EventStore, cache: Path | None = None) -> FleetState:
     state = _load(cache) if cache else None
     if state is not None and state.tip is not None and state.tip == tip:
         return state
+    # A store that can fold without its index (the git store: from the cached state's tip
+    # or the newest snapshot in the log, walking back from the tip) does so first.
+    fold_cold = getattr(store, "fold_cold", None)
+    if fold_cold is not None and tip is not None:
+        quick = fold_cold(tip, state if state is not None and state.tip is not None else None)
+        if quick is not None:
+            if cache:
+                _save(cache, quick)
+            return quick
     if state is not None and state.last_event_id is not None:
         last = store.get(state.last_event_id)
         if last is None or last.position != state.position:

@@ -283,7 +283,7 @@ def _rewrite_snapshot(repo, commit: pygit2.Commit, edit_blobs, *, fix_trailer=Tr
 def _newest_stream_blob(commit: pygit2.Commit) -> str:
     """The first stream file of the commit's snapshot."""
     tree = commit.tree[snap.SNAPSHOT_TREE].peel(pygit2.Tree)
-    return next(e.name for e in tree if e.name != snap.META_NAME)
+    return next(e.name for e in tree if not e.name.startswith("_"))
 
 
 def test_a_tampered_snapshot_fails_verify_naming_its_commit(log):
@@ -436,3 +436,72 @@ def test_bad_interval_setting_is_a_clear_error(monkeypatch, tmp_path):
         GitEventStore(pygit2.init_repository(str(tmp_path / "r")))
     monkeypatch.setenv(snap.EVERY_ENV, "25")
     assert GitEventStore(str(tmp_path / "r")).snapshot_every == 25
+
+
+def test_modelsmith_verify_names_a_tampered_snapshot_and_exits_non_zero(log, monkeypatch):
+    from click.testing import CliRunner
+
+    from modelsmith.cli import cli
+
+    monkeypatch.setenv("MODELSMITH_NO_FETCH", "1")
+    repo = log
+    root = Path(repo.path).parent
+    clean = CliRunner().invoke(cli, ["-C", str(root), "verify"], catch_exceptions=False)
+    assert clean.exit_code == 0 and f"{TOTAL // EVERY} state snapshots match" in clean.output
+    newest = _snapshot_commits(repo)[0]
+    name = _newest_stream_blob(newest)
+    doc = json.loads(repo[newest.tree[snap.SNAPSHOT_TREE].peel(pygit2.Tree)[name].id].data)
+    doc["history"]["version"] = ["v999"] * len(doc["history"]["version"])
+    forged = _rewrite_snapshot(repo, newest, {name: json.dumps(doc).encode()})
+    result = CliRunner().invoke(cli, ["-C", str(root), "verify"], catch_exceptions=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert forged in result.output and "snapshot" in result.output
+
+
+def test_cold_status_reads_the_status_rows_and_decodes_only_touched_streams(log, tmp_path,
+                                                                            monkeypatch):
+    repo = log
+    store = GitEventStore(repo, snapshot_every=EVERY)
+    _append_all_from(store, "spec-0003", 7)  # a tail after the newest snapshot
+    expected = _full(GitEventStore(repo)).to_dict()
+    decoded: list[str] = []
+    real = snap.decode_specialist
+    monkeypatch.setattr(snap, "decode_specialist",
+                        lambda data, name: decoded.append(name) or real(data, name))
+    summary = fleet_status(GitEventStore(repo), tmp_path / "fresh")
+    assert decoded == ["spec-0003"]
+    assert summary["events"] == expected["events"] == TOTAL + 7
+    assert summary["specialists"] == expected["specialists"]
+    assert summary["tip"] == GitEventStore(repo).tip()
+
+
+@pytest.mark.parametrize("edit", ["garbage", "short", "wrong type", "does not add up",
+                                  "disagrees with state"])
+def test_hostile_status_rows_are_ignored_and_fail_verify(log, tmp_path, edit, capsys):
+    repo = log
+    store = GitEventStore(repo, snapshot_every=EVERY)
+    _append_all_from(store, "spec-0004", 2)
+    newest = _snapshot_commits(repo)[0]
+    tree = newest.tree[snap.SNAPSHOT_TREE].peel(pygit2.Tree)
+    rows = json.loads(repo[tree[snap.STATUS_NAME].id].data)
+    index = next(i for i, r in enumerate(rows) if r["name"] == "spec-0004")
+    if edit == "garbage":
+        blob = b"\xff{"
+    else:
+        if edit == "short":
+            rows = rows[:-1]
+        elif edit == "wrong type":
+            rows[0]["candidates"] = "many"
+        elif edit == "does not add up":
+            rows[0]["events"] += 1
+            rows[0]["last_seq"] += 1
+        else:  # the row of a stream the tail touches, against its own state
+            rows[index]["rejections"] += 5
+        blob = json.dumps(rows).encode()
+    forged = _rewrite_snapshot(repo, newest, {snap.STATUS_NAME: blob})
+    snap._warned.clear()
+    summary = fleet_status(GitEventStore(repo), tmp_path / "fresh")
+    assert summary["specialists"] == _full(GitEventStore(repo)).to_dict()["specialists"]
+    assert forged in capsys.readouterr().err
+    report = GitEventStore(repo).verify()
+    assert any(p.where == forged and "status" in p.message for p in report.problems)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pygit2
 from pydantic import ValidationError
@@ -40,6 +41,7 @@ from modelsmith.events.snapshot import (
     StaleSnapshot,
     continue_from,
     load_snapshot,
+    load_status,
     snapshot_trailer,
     snapshots_trusted,
     warn_once,
@@ -232,12 +234,47 @@ class GitEventStore:
         state.tip = tip
         return state
 
-    def _walk_to_base(self, tip: str, since: FleetState | None
-                      ) -> tuple[FleetState, dict[str, pygit2.Oid], set[str]] | None:
-        """(state at ``tip``, the blobs of the snapshot it grew from, the streams touched
-        after that snapshot), or None (see :meth:`fold_cold`)."""
+    def status_cold(self, tip: str | None = None) -> dict[str, Any] | None:
+        """The status table (``FleetState.to_dict``) at ``tip`` from the newest snapshot's
+        status rows, decoding only the streams the events after it touch; None when no
+        snapshot is within reach or it does not match the log (warned once)."""
+        tip = tip or self.tip()
+        if tip is None or not snapshots_trusted():
+            return None
+        walked = self._walk_back(tip, None)
+        if walked is None or not isinstance(walked[0], pygit2.Commit):
+            return None
+        base, tail = walked
+        events = self._tail_events(tail, None)  # positions follow the snapshot's
+        try:
+            summary = load_status(self.repo, base, parse_trailers(base.message), events)
+        except StaleSnapshot:
+            return None
+        except SnapshotError as exc:
+            warn_once(str(base.id), None, str(exc))
+            return None
+        summary["tip"] = tip
+        return summary
+
+    def _tail_events(self, tail: list[pygit2.Commit], start: int | None) -> list[Event]:
+        """The events of ``tail`` (newest first) in log order, at positions ``start`` + 1
+        on (None: 0, for the fold to count on from where it is)."""
+        out = []
+        for i, commit in enumerate(reversed(tail), start=1):
+            try:
+                out.append(parse_event(commit.message, 0 if start is None else start + i))
+            except InvalidEventError as exc:
+                raise EventStoreError(
+                    f"commit {commit.id} on {self.ref} is not a valid event ({exc}); "
+                    "run `modelsmith verify`") from None
+        return out
+
+    def _walk_back(self, tip: str, stop: str | None
+                   ) -> tuple[pygit2.Commit | str | None, list[pygit2.Commit]] | None:
+        """Walk back by first parent from ``tip`` to ``stop`` (returned as "since"), to the
+        newest commit with a snapshot, or to the log's first event (None): (base, the
+        commits after it, newest first). None when none is within reach."""
         trusted = snapshots_trusted()
-        stop = since.tip if since is not None else None
         limit = 2 * max(self.snapshot_every, DEFAULT_EVERY)
         tail: list[pygit2.Commit] = []
         base: pygit2.Commit | str | None = None
@@ -255,10 +292,21 @@ class GitEventStore:
             if not commit.parent_ids:
                 break
             commit = self.repo.get(commit.parent_ids[0])
+        if base is None and (
+                not tail or parse_trailers(tail[-1].message).get("Previous") != "none"):
+            return None  # a shallow clone's cut, not the log's first event
+        return base, tail
+
+    def _walk_to_base(self, tip: str, since: FleetState | None
+                      ) -> tuple[FleetState, dict[str, pygit2.Oid], set[str]] | None:
+        """(state at ``tip``, the blobs of the snapshot it grew from, the streams touched
+        after that snapshot), or None (see :meth:`fold_cold`)."""
+        walked = self._walk_back(tip, since.tip if since is not None else None)
+        if walked is None:
+            return None
+        base, tail = walked
         blobs: dict[str, pygit2.Oid] = {}
-        if base is None:  # the whole log is short: fold it, if it really starts here
-            if not tail or parse_trailers(tail[-1].message).get("Previous") != "none":
-                return None  # a shallow clone's cut, not the log's first event
+        if base is None:  # the whole log is short: fold it
             state = FleetState()
         elif base == "since":
             assert since is not None
@@ -274,13 +322,7 @@ class GitEventStore:
         start = state.position
         touched = set()
         try:
-            for i, commit in enumerate(reversed(tail), start=1):
-                try:
-                    event = parse_event(commit.message, start + i)
-                except InvalidEventError as exc:
-                    raise EventStoreError(
-                        f"commit {commit.id} on {self.ref} is not a valid event ({exc}); "
-                        "run `modelsmith verify`") from None
+            for event in self._tail_events(tail, start):
                 continue_from(state, event)
                 touched.add(event.stream)
         except SnapshotError as exc:

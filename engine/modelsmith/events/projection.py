@@ -298,6 +298,16 @@ def fleet_status(store: EventStore, cache_dir: Path | None = None) -> dict[str, 
         cached = _load(summary_path, dict)
         if cached is not None and cached.get("tip") == tip:
             return cached
+    # No folded state here (a fresh clone): a store that keeps status rows in its log's
+    # snapshots (the git store) answers from the newest one and the events after it.
+    status_cold = getattr(store, "status_cold", None)
+    if status_cold is not None and tip is not None and not (
+            cache_dir and (cache_dir / "fleet.pickle").exists()):
+        quick = status_cold(tip)
+        if quick is not None:
+            if summary_path:
+                _save(summary_path, quick)
+            return quick
     state = fold(store, cache_dir / "fleet.pickle" if cache_dir else None)
     summary = state.to_dict()
     if summary_path and state.tip is not None:

@@ -5,10 +5,11 @@ takes seconds. A snapshot is the fleet state folded up to one event, so a cold r
 the newest snapshot at or before the tip and applies only the events after it.
 
 Where it lives -- the choice, and why. A snapshot rides in the tree of the event commit it
-folds up to, under the reserved name ``.modelsmith-snapshot`` (a tree: ``meta.json`` plus
-one ``<stream>.json`` per stream), and the commit message names it in a ``Snapshot:``
-trailer. It is therefore inside the log's hash chain: the commit that carries it is an
-event commit on ``modelsmith/events``, so a snapshot can only be added by appending to the
+folds up to, under the reserved name ``.modelsmith-snapshot`` (a tree: ``_meta.json``,
+``_status.json`` -- the status table's rows -- and one ``<stream>.json`` per stream; a
+stream name has no ``_``), and the commit message names it in a ``Snapshot:`` trailer.
+It is therefore inside the log's hash chain: the commit that carries it is an event commit
+on ``modelsmith/events``, so a snapshot can only be added by appending to the
 protected branch (no force push), it shows in ``git log`` next to the event, every later
 commit's id depends on it, and ``fetch``/``push`` of the branch carry it with nothing
 else to share (a separate ref would be a second thing to protect and sync, and could be
@@ -18,7 +19,7 @@ dot, which no evidence name can (``EVIDENCE_NAME_RE``), and ``evidence()`` leave
 What a reader trusts, and what it checks:
 
 - on the cold path (``GitEventStore.fold_cold``) the snapshot must be bound to the commit
-  that carries it: its ``meta.json`` names the event id and the parent commit of that
+  that carries it: its ``_meta.json`` names the event id and the parent commit of that
   commit, the trailer names the snapshot tree's id, the streams' event counts add up to the
   position it claims, each stream's last seq equals its event count, the carrying event is
   the last of its stream, and the events after it continue each stream's seqs. Anything
@@ -36,7 +37,7 @@ The log is immutable, so a bad snapshot stays in history. ``MODELSMITH_SNAPSHOTS
 makes readers ignore every snapshot (fold the whole log); appenders then build the next
 snapshot from the whole fold too, so the snapshots written after it are sound again.
 
-Format (``SNAPSHOT_FORMAT``, in ``meta.json``): JSON, never pickle (a clone's content is
+Format (``SNAPSHOT_FORMAT``, in ``_meta.json``): JSON, never pickle (a clone's content is
 not to be trusted). One blob per stream means consecutive snapshots share every stream
 that did not change: git stores it once, and the appender re-encodes only the streams
 touched since its last snapshot. Records are JSON arrays in a fixed field order (below),
@@ -70,7 +71,8 @@ from modelsmith.events.types import STREAM_RE, Event, Lineage, git_blob_hash
 SNAPSHOT_TREE = ".modelsmith-snapshot"
 SNAPSHOT_TRAILER = "Snapshot"
 SNAPSHOT_FORMAT = 1
-META_NAME = "meta.json"
+META_NAME = "_meta.json"
+STATUS_NAME = "_status.json"  # the status table's rows (SpecialistState.to_dict), in order
 #: Events between two snapshots (``MODELSMITH_SNAPSHOT_EVERY``); 0 writes none.
 DEFAULT_EVERY = 1000
 EVERY_ENV = "MODELSMITH_SNAPSHOT_EVERY"
@@ -201,6 +203,13 @@ def encode_specialist(s: SpecialistState) -> bytes:
     """The bytes of a stream's snapshot blob: deterministic for a given state, so its git
     id is what ``verify`` compares."""
     return json.dumps(specialist_doc(s), ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def encode_status(state: FleetState) -> bytes:
+    """The status rows of every stream, in the fold's order: what a cold ``status`` reads
+    instead of decoding every stream's state."""
+    return json.dumps([s.to_dict() for s in state.specialists.values()], ensure_ascii=False,
                       separators=(",", ":")).encode("utf-8")
 
 
@@ -363,7 +372,7 @@ def decode_specialist(data: bytes, name: str) -> SpecialistState:
 
 
 def decode_meta(data: bytes) -> dict[str, Any]:
-    """``meta.json``, checked for shape and format version."""
+    """``_meta.json``, checked for shape and format version."""
     try:
         meta = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -388,6 +397,70 @@ def decode_meta(data: bytes) -> dict[str, Any]:
         raise SnapshotError(f"{META_NAME}: position, event_id, parent, stream, seq or "
                             "streams missing or of the wrong type")
     return meta
+
+
+def _held(v: Any) -> bool:
+    return v is None or (type(v) is dict and tuple(v) == ("version", "since", "traffic")
+                         and type(v["version"]) is str and type(v["since"]) is str
+                         and (v["traffic"] is None or type(v["traffic"]) is float))
+
+
+def _latest(v: Any) -> bool:
+    return v is None or (type(v) is dict and tuple(v) == ("version", "composite",
+                                                           "evaluations")
+                         and type(v["version"]) is str and _count(v["evaluations"])
+                         and (v["composite"] is None or type(v["composite"]) is float))
+
+
+_ROW = ("name", "production", "canary", "shadow", "candidates", "latest_candidate",
+        "rejections", "events", "last_seq", "last_event_at")
+
+
+def decode_status(data: bytes, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """``_status.json``: one row per stream of ``meta``, in its order, each of the shape
+    ``SpecialistState.to_dict`` gives, and adding up to the position meta claims."""
+    try:
+        rows = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise SnapshotError(f"{STATUS_NAME} is not JSON ({str(exc)[:200]})") from None
+    if type(rows) is not list or len(rows) != len(meta["streams"]):
+        raise SnapshotError(f"{STATUS_NAME} is not a list of one row per stream")
+    for i, (row, name) in enumerate(zip(rows, meta["streams"], strict=True)):
+        if not (type(row) is dict and tuple(row) == _ROW and row["name"] == name
+                and _held(row["production"]) and _held(row["canary"])
+                and _held(row["shadow"]) and _count(row["candidates"])
+                and _latest(row["latest_candidate"]) and _count(row["rejections"])
+                and _count(row["events"]) and row["last_seq"] == row["events"]
+                and (row["last_event_at"] is None or type(row["last_event_at"]) is str)):
+            raise SnapshotError(f"{STATUS_NAME}: row {i} is not a status row of stream "
+                                f"{name} (fields, types, or seqs that do not add up)")
+    if sum(row["events"] for row in rows) != meta["position"]:
+        raise SnapshotError(f"{STATUS_NAME}: its rows do not add up to the "
+                            f"{meta['position']} events it claims")
+    return rows
+
+
+def load_status(repo: pygit2.Repository, commit: pygit2.Commit, trailers: dict[str, str],
+                tail: list[Event]) -> dict[str, Any]:
+    """The status table (``FleetState.to_dict``) at the end of ``tail`` (the events after
+    the commit's snapshot, in order), decoding only the streams ``tail`` touches."""
+    meta, blobs, status = snapshot_entries(repo, commit, trailers)
+    rows = {row["name"]: row for row in decode_status(repo[status].data, meta)}
+    state = FleetState(position=meta["position"], last_event_id=meta["event_id"])
+    with _no_gc():
+        for name in dict.fromkeys(e.stream for e in tail):
+            if name in blobs:
+                held = state.specialists[name] = decode_specialist(repo[blobs[name]].data,
+                                                                   name)
+                if held.to_dict() != rows[name]:
+                    raise SnapshotError(f"{STATUS_NAME}: the row of stream {name} is not "
+                                        "what its state says")
+    for event in tail:
+        continue_from(state, event)
+    for name, held in state.specialists.items():
+        rows[name] = held.to_dict()
+    return {"tip": None, "events": state.position,
+            "specialists": [rows[n] for n in sorted(rows)]}
 
 
 def check_state(state: FleetState, meta: dict[str, Any]) -> None:
@@ -420,9 +493,9 @@ def snapshot_trailer(message: str) -> str | None:
 
 def snapshot_entries(repo: pygit2.Repository, commit: pygit2.Commit,
                      trailers: dict[str, str]
-                     ) -> tuple[dict[str, Any], dict[str, pygit2.Oid]]:
+                     ) -> tuple[dict[str, Any], dict[str, pygit2.Oid], pygit2.Oid]:
     """A commit's snapshot, bound to it (``trailers``: its message's): (meta, stream ->
-    blob id). SnapshotError says what does not match; nothing but ``meta.json`` is read."""
+    blob id). SnapshotError says what does not match; nothing but ``_meta.json`` is read."""
     named = snapshot_trailer(commit.message)
     try:
         entry = commit.tree[SNAPSHOT_TREE]
@@ -435,16 +508,20 @@ def snapshot_entries(repo: pygit2.Repository, commit: pygit2.Commit,
         raise SnapshotError(f"its message names snapshot {named}, its tree holds {entry.id}")
     tree = repo[entry.id]
     blobs: dict[str, pygit2.Oid] = {}
-    meta_blob = None
+    meta_blob = status_blob = None
     for item in tree:
         if item.type_str != "blob" or not item.name.endswith(".json"):
             raise SnapshotError(f"{SNAPSHOT_TREE}/{item.name} is not a JSON file")
         if item.name == META_NAME:
             meta_blob = item.id
-        else:
+        elif item.name == STATUS_NAME:
+            status_blob = item.id
+        elif STREAM_RE.match(item.name[:-5]):
             blobs[item.name[:-5]] = item.id
-    if meta_blob is None:
-        raise SnapshotError(f"{SNAPSHOT_TREE} has no {META_NAME}")
+        else:
+            raise SnapshotError(f"{SNAPSHOT_TREE}/{item.name} names no stream")
+    if meta_blob is None or status_blob is None:
+        raise SnapshotError(f"{SNAPSHOT_TREE} lacks {META_NAME} or {STATUS_NAME}")
     meta = decode_meta(repo[meta_blob].data)
     parent = str(commit.parent_ids[0]) if commit.parent_ids else None
     for key, claimed, actual in (
@@ -458,14 +535,14 @@ def snapshot_entries(repo: pygit2.Repository, commit: pygit2.Commit,
     if set(meta["streams"]) != set(blobs):
         raise SnapshotError(f"{META_NAME} lists {len(meta['streams'])} streams, the folder "
                             f"holds {len(blobs)}")
-    return meta, blobs
+    return meta, blobs, status_blob
 
 
 def load_snapshot(repo: pygit2.Repository, commit: pygit2.Commit, trailers: dict[str, str]
                   ) -> tuple[FleetState, dict[str, pygit2.Oid]]:
     """The fleet state a commit's snapshot holds, checked as far as is cheap (its binding
     to the commit, types, counts); SnapshotError otherwise. Never unpickles."""
-    meta, blobs = snapshot_entries(repo, commit, trailers)
+    meta, blobs, _status = snapshot_entries(repo, commit, trailers)
     state = FleetState()
     with _no_gc():
         for name in meta["streams"]:
@@ -508,6 +585,8 @@ class LiveState:
         builder = repo.TreeBuilder()
         builder.insert(META_NAME, repo.create_blob(
             encode_meta(state, parent, event.stream, event.seq)), pygit2.enums.FileMode.BLOB)
+        builder.insert(STATUS_NAME, repo.create_blob(encode_status(state)),
+                       pygit2.enums.FileMode.BLOB)
         for name, oid in self.blobs.items():
             builder.insert(f"{name}.json", oid, pygit2.enums.FileMode.BLOB)
         return builder.write()
@@ -545,7 +624,7 @@ class SnapshotChecker:
             return
         self.snapshots += 1
         try:
-            meta, blobs = snapshot_entries(self.repo, commit, trailers)
+            meta, blobs, status = snapshot_entries(self.repo, commit, trailers)
         except StaleSnapshot:
             return  # another projection version: nothing here to compare it with
         except SnapshotError as exc:
@@ -558,6 +637,9 @@ class SnapshotChecker:
         if meta["streams"] != list(state.specialists):
             self.problem(where, position, f"{say} lists streams other than the log's (or in "
                          "another order)")
+        if str(status) != git_blob_hash(encode_status(state)):
+            self.problem(where, position, f"{say}: its {STATUS_NAME} (the status table) "
+                         "differs from the log's fold")
         bad = set()
         changed = {n for n, oid in blobs.items() if self.last.get(n) != oid}
         for name in sorted(self.dirty | changed | (set(self.last) ^ set(blobs))):

@@ -299,6 +299,10 @@ def main() -> None:
         t_snap = median(cold_status)
         rows.append(("status cold (snapshots), first", "s", t_naive_status, t_snap_first, False))
         rows.append(("status cold (snapshots)", "s", t_naive_status, t_snap, False))
+        t_fold_snap, state = timed(fold, GitEventStore(repo_path), None)
+        assert state.to_dict()["specialists"] == fleet.to_dict()["specialists"]
+        rows.append(("fold cold (snapshots; plan's state)", "s", t_naive_status, t_fold_snap,
+                     False))
         shutil.rmtree(repo_path / ".git" / "modelsmith", ignore_errors=True)
         t_fold = median(lambda: fold(GitEventStore(repo_path), cache))
         rows.append(("full fold, warm cache", "s", t_naive_status, t_fold, False))

@@ -22,14 +22,16 @@ What a reader trusts, and what it checks:
   that carries it: its ``_meta.json`` names the event id and the parent commit of that
   commit, the trailer names the snapshot tree's id, the streams' event counts add up to the
   position it claims, each stream's last seq equals its event count, the carrying event is
-  the last of its stream, and the events after it continue each stream's seqs. Anything
+  the last of its stream, and the events after it continue each stream's seqs (a cold
+  ``status`` reads only ``_status.json`` and the streams those events touch, whose rows
+  must match their decoded state; a cold fold for ``plan`` decodes every stream). Anything
   else -- garbage, wrong types, an unknown format -- and the snapshot is ignored with one
   warning on stderr naming its commit (run ``modelsmith verify``), and the log is folded
   whole, as it would be without snapshots;
 - ``verify`` folds the whole log and compares every snapshot with the fold at its
-  position (a stream blob's git id against the id of the fold's encoding, so a stream that
-  did not change costs nothing): a snapshot that says anything else is a verify failure
-  naming its commit, position and stream. A forged snapshot can thus change what a cold
+  position (each stream blob's and the status rows' git ids against those of the fold's
+  encodings, so a stream that did not change costs nothing): a snapshot that says
+  anything else is a verify failure naming its commit, position and stream. A forged snapshot can thus change what a cold
   read sees only by being appended to the protected log, and never without ``verify``
   naming it.
 
@@ -40,8 +42,12 @@ snapshot from the whole fold too, so the snapshots written after it are sound ag
 Format (``SNAPSHOT_FORMAT``, in ``_meta.json``): JSON, never pickle (a clone's content is
 not to be trusted). One blob per stream means consecutive snapshots share every stream
 that did not change: git stores it once, and the appender re-encodes only the streams
-touched since its last snapshot. Records are JSON arrays in a fixed field order (below),
-timestamps ISO 8601 with their offset, dicts keep their insertion order.
+touched since its last snapshot. Each list of records is stored as named columns of
+equal length (faster to check and build than one object per record), timestamps as
+ISO 8601 with their offset; dicts keep their insertion order. ``_meta.json`` also records
+the projection version (``projection._CACHE_FORMAT``): a snapshot of another one is
+simply not used (the fold's shape changed in an upgrade), and the next appends write
+current ones.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ What a reader trusts, and what it checks:
 - ``verify`` folds the whole log and compares every snapshot with the fold at its
   position (each stream blob's and the status rows' git ids against those of the fold's
   encodings, so a stream that did not change costs nothing): a snapshot that says
-  anything else is a verify failure naming its commit, position and stream. A forged snapshot can thus change what a cold
-  read sees only by being appended to the protected log, and never without ``verify``
-  naming it.
+  anything else is a verify failure naming its commit, position and stream. A forged
+  snapshot can thus change what a cold read sees only by being appended to the
+  protected log, and never without ``verify`` naming it.
 
 The log is immutable, so a bad snapshot stays in history. ``MODELSMITH_SNAPSHOTS=off``
 makes readers ignore every snapshot (fold the whole log); appenders then build the next

@@ -155,12 +155,15 @@ def lineage(ctx: click.Context, specialist: str, version: str, as_json: bool) ->
 @click.pass_context
 @guard
 def verify(ctx: click.Context, as_json: bool) -> None:
-    """Walk the event log: linear, seqs contiguous, ids unique, every event valid."""
+    """Walk the event log: linear, seqs contiguous, ids unique, every event valid, every
+    state snapshot equal to the fold of the log up to it."""
     report = app(ctx).verify()
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
-        click.echo(f"ok: {report.events} events, tip {report.tip or '-'}")
+        snaps = (f", {report.snapshots} state snapshot{'s' * (report.snapshots != 1)} match "
+                 "the fold" if report.snapshots else "")
+        click.echo(f"ok: {report.events} events, tip {report.tip or '-'}{snaps}")
     else:
         for problem in report.problems:
             click.echo(f"commit {problem}", err=True)

@@ -23,12 +23,32 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pygit2
 from pydantic import ValidationError
 from pygit2.enums import SortMode
 
 from modelsmith.errors import WorkspaceError
+from modelsmith.events.projection import FleetState
+from modelsmith.events.snapshot import (
+    DEFAULT_EVERY,
+    SNAPSHOT_TRAILER,
+    SNAPSHOT_TREE,
+    LiveState,
+    SnapshotChecker,
+    SnapshotError,
+    StaleSnapshot,
+    continue_from,
+    load_snapshot,
+    load_status,
+    snapshot_trailer,
+    snapshots_trusted,
+    warn_once,
+)
+from modelsmith.events.snapshot import (
+    snapshot_every as _snapshot_every,
+)
 from modelsmith.events.store import (
     ConcurrencyError,
     EventStoreError,
@@ -45,8 +65,9 @@ _SAVE_AFTER = 256  # new commits in the index before its cache is rewritten
 _MAX_ATTEMPTS = 500
 
 
-def format_message(event: Event, previous: str | None) -> str:
-    """Summary, blank line, canonical JSON, blank line, trailers."""
+def format_message(event: Event, previous: str | None, snapshot: str | None = None) -> str:
+    """Summary, blank line, canonical JSON, blank line, trailers (``Snapshot`` names the
+    state snapshot the commit's tree carries, if any)."""
     trailers = (
         f"Event-Id: {event.id}\n"
         f"Event-Type: {event.type}\n"
@@ -54,6 +75,8 @@ def format_message(event: Event, previous: str | None) -> str:
         f"Seq: {event.seq}\n"
         f"Previous: {previous or 'none'}\n"
     )
+    if snapshot is not None:
+        trailers += f"{SNAPSHOT_TRAILER}: {snapshot}\n"
     summary = " ".join(event.summary().split())[:200]
     return f"{summary}\n\n{event.canonical_json()}\n\n{trailers}"
 
@@ -107,8 +130,11 @@ class GitEventStore:
     """EventStore on ``refs/heads/modelsmith/events`` of a git repository."""
 
     def __init__(
-        self, repo: pygit2.Repository | str | os.PathLike[str], ref: str = EVENTS_REF
+        self, repo: pygit2.Repository | str | os.PathLike[str], ref: str = EVENTS_REF,
+        snapshot_every: int | None = None,
     ) -> None:
+        """``snapshot_every``: events between state snapshots the appender writes into the
+        log (default ``MODELSMITH_SNAPSHOT_EVERY`` or 1000; 0 writes none)."""
         if not isinstance(repo, pygit2.Repository):
             found = pygit2.discover_repository(str(repo))
             if found is None:
@@ -121,6 +147,8 @@ class GitEventStore:
         self._index_loaded = False
         self._unsaved = 0
         self._empty_tree: pygit2.Oid | None = None
+        self.snapshot_every = _snapshot_every(snapshot_every)
+        self._live: LiveState | None = None  # the appender's fold, once a snapshot was due
         # The index is shared by the threads of a process; other processes are kept apart
         # by the compare-and-swap on the ref.
         self._lock = threading.RLock()
@@ -167,7 +195,8 @@ class GitEventStore:
         if pos is None:
             raise EventStoreError(f"no event {event_id} in {self.ref}")
         tree = self.repo[idx.commits[pos - 1]].tree
-        return {entry.name: self.repo[entry.id].data for entry in tree}
+        return {entry.name: self.repo[entry.id].data for entry in tree
+                if entry.name != SNAPSHOT_TREE}
 
     def _event_at(self, idx: _Index, pos: int) -> Event:
         commit = self.repo[idx.commits[pos - 1]]
@@ -185,6 +214,145 @@ class GitEventStore:
             return idx.commits.index(commit) + 1
         except ValueError:
             return None
+
+    # ------------------------------------------------------------------ snapshots
+
+    def fold_cold(self, tip: str | None = None,
+                  since: FleetState | None = None) -> FleetState | None:
+        """The fleet state at commit ``tip`` (default: the tip) without the index: walk
+        back by first parent to ``since`` (a state folded earlier at ``since.tip``) or to
+        the newest snapshot, whichever comes first, and apply the events after it. None
+        when neither is within reach, or the snapshot does not match the log (warned once
+        on stderr): the caller folds the whole log."""
+        tip = tip or self.tip()
+        if tip is None:
+            return FleetState()
+        found = self._walk_to_base(tip, since)
+        if found is None:
+            return None
+        state, _blobs, _tail = found
+        state.tip = tip
+        return state
+
+    def status_cold(self, tip: str | None = None) -> dict[str, Any] | None:
+        """The status table (``FleetState.to_dict``) at ``tip`` from the newest snapshot's
+        status rows, decoding only the streams the events after it touch; None when no
+        snapshot is within reach or it does not match the log (warned once)."""
+        tip = tip or self.tip()
+        if tip is None or not snapshots_trusted():
+            return None
+        walked = self._walk_back(tip, None)
+        if walked is None or not isinstance(walked[0], pygit2.Commit):
+            return None
+        base, tail = walked
+        events = self._tail_events(tail, None)  # positions follow the snapshot's
+        try:
+            summary = load_status(self.repo, base, parse_trailers(base.message), events)
+        except StaleSnapshot:
+            return None
+        except SnapshotError as exc:
+            warn_once(str(base.id), None, str(exc))
+            return None
+        summary["tip"] = tip
+        return summary
+
+    def _tail_events(self, tail: list[pygit2.Commit], start: int | None) -> list[Event]:
+        """The events of ``tail`` (newest first) in log order, at positions ``start`` + 1
+        on (None: 0, for the fold to count on from where it is)."""
+        out = []
+        for i, commit in enumerate(reversed(tail), start=1):
+            try:
+                out.append(parse_event(commit.message, 0 if start is None else start + i))
+            except InvalidEventError as exc:
+                raise EventStoreError(
+                    f"commit {commit.id} on {self.ref} is not a valid event ({exc}); "
+                    "run `modelsmith verify`") from None
+        return out
+
+    def _walk_back(self, tip: str, stop: str | None
+                   ) -> tuple[pygit2.Commit | str | None, list[pygit2.Commit]] | None:
+        """Walk back by first parent from ``tip`` to ``stop`` (returned as "since"), to the
+        newest commit with a snapshot, or to the log's first event (None): (base, the
+        commits after it, newest first). None when none is within reach."""
+        trusted = snapshots_trusted()
+        limit = 2 * max(self.snapshot_every, DEFAULT_EVERY)
+        tail: list[pygit2.Commit] = []
+        base: pygit2.Commit | str | None = None
+        commit = self.repo.get(tip)
+        while isinstance(commit, pygit2.Commit):  # by first parent, as the log is linear
+            if str(commit.id) == stop:
+                base = "since"
+                break
+            if trusted and snapshot_trailer(commit.message) is not None:
+                base = commit
+                break
+            tail.append(commit)
+            if len(tail) > limit:
+                return None
+            if not commit.parent_ids:
+                break
+            commit = self.repo.get(commit.parent_ids[0])
+        if base is None and (
+                not tail or parse_trailers(tail[-1].message).get("Previous") != "none"):
+            return None  # a shallow clone's cut, not the log's first event
+        return base, tail
+
+    def _walk_to_base(self, tip: str, since: FleetState | None
+                      ) -> tuple[FleetState, dict[str, pygit2.Oid], set[str]] | None:
+        """(state at ``tip``, the blobs of the snapshot it grew from, the streams touched
+        after that snapshot), or None (see :meth:`fold_cold`)."""
+        walked = self._walk_back(tip, since.tip if since is not None else None)
+        if walked is None:
+            return None
+        base, tail = walked
+        blobs: dict[str, pygit2.Oid] = {}
+        if base is None:  # the whole log is short: fold it
+            state = FleetState()
+        elif base == "since":
+            assert since is not None
+            state = since
+        else:
+            try:
+                state, blobs = load_snapshot(self.repo, base, parse_trailers(base.message))
+            except StaleSnapshot:
+                return None
+            except SnapshotError as exc:
+                warn_once(str(base.id), None, str(exc))
+                return None
+        start = state.position
+        touched = set()
+        try:
+            for event in self._tail_events(tail, start):
+                continue_from(state, event)
+                touched.add(event.stream)
+        except SnapshotError as exc:
+            if isinstance(base, pygit2.Commit):
+                warn_once(str(base.id), start, str(exc))
+            return None
+        return state, blobs, touched
+
+    def _live_at(self, idx: _Index, tip: str | None) -> LiveState | None:
+        """The appender's fold at ``tip``: kept from its last append, caught up from the
+        index, or loaded from the newest snapshot (the whole log, failing that)."""
+        live = self._live
+        if live is not None and live.commit == tip:
+            return live
+        if tip is None:
+            return LiveState(None, FleetState())
+        pos = live.state.position if live is not None else 0
+        if live is not None and 0 < pos <= len(idx.commits) and idx.commits[pos - 1] == live.commit:
+            for p in range(pos + 1, len(idx.commits) + 1):
+                live.apply(self._event_at(idx, p))
+            live.commit = tip
+            return live
+        found = self._walk_to_base(tip, None)
+        if found is not None:
+            state, blobs, touched = found
+            return LiveState(tip, state, blobs, touched)
+        state = FleetState()
+        for p in range(1, len(idx.commits) + 1):
+            state.apply(self._event_at(idx, p))
+        return LiveState(tip, state, {}, set(state.specialists))
 
     # ------------------------------------------------------------------ appending
 
@@ -210,10 +378,20 @@ class GitEventStore:
             last = len(idx.streams.get(stream, ()))
             if last != expected_seq:
                 raise ConcurrencyError(stream, expected_seq, last)
+            base, every = len(idx.commits), self.snapshot_every
+            due = every > 0 and (base + len(events)) // every > base // every
+            live = self._live_at(idx, tip) if due else self._live
+            if live is not None and live.commit != tip:
+                live = self._live = None  # another writer appended: rebuilt when next due
             recorded, parent = [], tip
             for i, event in enumerate(events, start=1):
-                rec = event.recorded(stream, expected_seq + i, len(idx.commits) + i)
-                parent = str(self._write_commit(rec, parent))
+                rec = event.recorded(stream, expected_seq + i, base + i)
+                snapshot = None
+                if due and live is not None:
+                    live.apply(rec)
+                    if rec.position % every == 0:
+                        snapshot = str(live.write(self.repo, parent, rec))
+                parent = str(self._write_commit(rec, parent, snapshot))
                 recorded.append((parent, rec))
             try:
                 if ref is None:
@@ -224,23 +402,35 @@ class GitEventStore:
                 # A stale tip (GitError, AlreadyExists) or a ref locked by another writer
                 # (OSError): back off a little and decide again on the new tip.
                 time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
+                if due:
+                    self._live = None  # it holds events that did not land
                 continue
+            if live is not None:
+                if not due:
+                    for _, rec in recorded:
+                        live.apply(rec)
+                live.commit = parent
+                self._live = live
             for commit, rec in recorded:
                 idx.add(commit, rec.id, stream)
             self._note_unsaved(len(recorded))
             return [rec for _, rec in recorded]
         raise EventStoreError(f"could not append to {self.ref}: {_MAX_ATTEMPTS} lost races")
 
-    def _write_commit(self, event: Event, parent: str | None) -> pygit2.Oid:
+    def _write_commit(self, event: Event, parent: str | None,
+                      snapshot: str | None = None) -> pygit2.Oid:
         if event.evidence and not event.blobs:
             raise InvalidEventError(f"event {event.id} names evidence but carries no bytes")
-        if event.blobs:
+        if event.blobs or snapshot:
             builder = self.repo.TreeBuilder()
             for name, data in sorted(event.blobs.items()):
                 oid = self.repo.create_blob(data)
                 if str(oid) != event.evidence[name]:
                     raise InvalidEventError(f"event {event.id}: evidence {name} digest differs")
                 builder.insert(name, oid, pygit2.enums.FileMode.BLOB)
+            if snapshot:
+                builder.insert(SNAPSHOT_TREE, pygit2.Oid(hex=snapshot),
+                               pygit2.enums.FileMode.TREE)
             tree = builder.write()
         else:
             if self._empty_tree is None:
@@ -250,7 +440,7 @@ class GitEventStore:
         author = pygit2.Signature(name, "modelsmith@localhost", int(event.at.timestamp()), 0)
         committer = pygit2.Signature("modelsmith", "modelsmith@localhost")
         return self.repo.create_commit(
-            None, author, committer, format_message(event, parent), tree,
+            None, author, committer, format_message(event, parent, snapshot), tree,
             [parent] if parent else [],
         )
 
@@ -382,8 +572,13 @@ class GitEventStore:
                 break
             commit = commit.parents[0]
         chain.reverse()
+        snapshots = SnapshotChecker(self.repo, checker.problem)
         for pos, commit in enumerate(chain, start=1):
-            self._verify_commit(checker, commit, pos)
+            event = self._verify_commit(checker, commit, pos)
+            if event is not None:
+                snapshots.feed(event)
+            snapshots.check(commit, pos, parse_trailers(commit.message))
+        report.snapshots = snapshots.snapshots
         self._verify_reflog(checker)
         self._verify_anchor(checker, report.tip)
         if report.ok:
@@ -394,14 +589,15 @@ class GitEventStore:
                 pass  # read-only repository: the anchor check just has nothing to compare
         return report
 
-    def _verify_commit(self, checker: EventChecker, commit: pygit2.Commit, pos: int) -> None:
+    def _verify_commit(self, checker: EventChecker, commit: pygit2.Commit,
+                       pos: int) -> Event | None:
         where = str(commit.id)
         try:
             event = parse_event(commit.message, pos)
         except InvalidEventError as exc:
             checker.report.events += 1
             checker.problem(where, pos, f"not an event commit: {exc}")
-            return
+            return None
         trailers = parse_trailers(commit.message)
         expected = {
             "Event-Id": event.id,
@@ -422,10 +618,12 @@ class GitEventStore:
                 f"records previous event commit {trailers.get('Previous')} but its parent is "
                 f"{parent}: history was rewritten at or before this commit",
             )
-        stored = {entry.name: str(entry.id) for entry in commit.tree}
+        stored = {entry.name: str(entry.id) for entry in commit.tree
+                  if entry.name != SNAPSHOT_TREE}
         if stored != event.evidence:
             checker.problem(where, pos, "evidence in the commit tree differs from the event's")
         checker.feed(event, where)
+        return event
 
     def _verify_reflog(self, checker: EventChecker) -> None:
         try:

@@ -253,6 +253,15 @@ def fold(store: EventStore, cache: Path | None = None) -> FleetState:
     state = _load(cache) if cache else None
     if state is not None and state.tip is not None and state.tip == tip:
         return state
+    # A store that can fold without its index (the git store: from the cached state's tip
+    # or the newest snapshot in the log, walking back from the tip) does so first.
+    fold_cold = getattr(store, "fold_cold", None)
+    if fold_cold is not None and tip is not None:
+        quick = fold_cold(tip, state if state is not None and state.tip is not None else None)
+        if quick is not None:
+            if cache:
+                _save(cache, quick)
+            return quick
     if state is not None and state.last_event_id is not None:
         last = store.get(state.last_event_id)
         if last is None or last.position != state.position:
@@ -289,6 +298,16 @@ def fleet_status(store: EventStore, cache_dir: Path | None = None) -> dict[str, 
         cached = _load(summary_path, dict)
         if cached is not None and cached.get("tip") == tip:
             return cached
+    # No folded state here (a fresh clone): a store that keeps status rows in its log's
+    # snapshots (the git store) answers from the newest one and the events after it.
+    status_cold = getattr(store, "status_cold", None)
+    if status_cold is not None and tip is not None and not (
+            cache_dir and (cache_dir / "fleet.pickle").exists()):
+        quick = status_cold(tip)
+        if quick is not None:
+            if summary_path:
+                _save(summary_path, quick)
+            return quick
     state = fold(store, cache_dir / "fleet.pickle" if cache_dir else None)
     summary = state.to_dict()
     if summary_path and state.tip is not None:

@@ -27,6 +27,7 @@ class VerifyProblem:
 class VerifyReport:
     events: int = 0
     tip: str | None = None
+    snapshots: int = 0  # state snapshots found in the log (each compared with the fold)
     problems: list[VerifyProblem] = field(default_factory=list)
 
     @property
@@ -38,6 +39,7 @@ class VerifyReport:
             "ok": self.ok,
             "events": self.events,
             "tip": self.tip,
+            "snapshots": self.snapshots,
             "problems": [p.to_dict() for p in self.problems],
         }
 

@@ -242,7 +242,7 @@ def catch_up(root: Path, remote: str = "origin", *, fetch: bool = True,
         except (pygit2.AlreadyExistsError, pygit2.GitError):
             return result  # another process made it meanwhile: it reads that one
         result.state, result.local = "created", theirs
-        result.new_events = sum(1 for _ in repo.walk(theirs))
+        result.new_events = _count(repo, theirs)
         result.notes.append(f"event log: modelsmith/events created from {remote}'s "
                             f"({_events(result.new_events)})")
     elif repo.descendant_of(theirs, local):
@@ -265,6 +265,15 @@ def catch_up(root: Path, remote: str = "origin", *, fetch: bool = True,
             f"`modelsmith reconcile --push` (or `modelsmith sync`) to replay yours onto "
             f"{remote}'s; until then this command sees only the local log")
     return result
+
+
+def _count(repo: pygit2.Repository, tip: str) -> int:
+    """How many events the log at ``tip`` holds: from its newest state snapshot when one is
+    within reach (a fresh clone of a long log), else by walking it."""
+    cold = GitEventStore(repo).status_cold(tip)
+    if cold is not None and isinstance(cold.get("events"), int):
+        return cold["events"]
+    return sum(1 for _ in repo.walk(tip))
 
 
 def _events(n: int) -> str:

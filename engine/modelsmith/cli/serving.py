@@ -102,11 +102,17 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
 @click.option("--request-timeout", "request_timeout_s", type=click.FloatRange(min=0.1),
               default=120.0, show_default=True,
               help="Seconds a request waits for its answer before a 504.")
+@click.option("--read-timeout", "read_timeout_s", type=click.FloatRange(min=0.1),
+              default=10.0, show_default=True,
+              help="Seconds a connection has to send its whole request before a 408.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024,
+              show_default=True, help="Connections served at once; more get a 503.")
 @click.pass_context
 @guard
 def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float,
           max_batch: int | None, batch_wait_ms: float, engine: str, device: str,
-          dtype: str, request_timeout_s: float) -> None:
+          dtype: str, request_timeout_s: float, read_timeout_s: float,
+          max_connections: int) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
     Versions follow the event log; concurrent requests to a version are batched."""
@@ -117,6 +123,8 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
             raise click.ClickException(f"--device {device}: no such device here (cpu, or "
                                        "cuda[:N] on a machine with a CUDA GPU)")
     server = app(ctx).server(host, port, token=os.environ.get(token_env) or None,
+                             limits={"read_timeout": read_timeout_s,
+                                     "max_connections": max_connections},
                              window_s=window_s, max_batch=max_batch,
                              max_wait_ms=batch_wait_ms, backend=engine, device=device,
                              dtype=dtype, request_timeout_s=request_timeout_s)

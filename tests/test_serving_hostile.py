@@ -1,16 +1,21 @@
 """``modelsmith serve`` against hostile clients, over real sockets on 127.0.0.1: lying and
 missing ``Content-Length``, slow and stalled clients, hundreds of idle connections, bursts
 of concurrent clients, replayed feedback, pathological JSON, odd methods and auth headers,
-and clients that hang up mid-answer. Every refusal is an OpenAI-style JSON error, and the
-server keeps serving."""
+clients that hang up mid-answer, and SIGINT/SIGTERM with requests in flight. Every refusal
+is an OpenAI-style JSON error, and the server keeps serving."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import json
+import os
+import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +86,7 @@ def serve(demo_repo):
     for httpd in started:
         httpd.shutdown()
         httpd.stop(grace=0)
-        httpd.service.close()
+        httpd.service.close(timeout=5)
 
 
 def read_answer(sock: socket.socket):
@@ -399,3 +404,130 @@ def test_a_client_that_hangs_up_mid_answer_is_dropped_quietly(serve, capfd):
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Error" not in err, err
     assert ask(port, "POST", "/v1/chat/completions", chat())[0] == 200
+
+
+# -- SIGINT and SIGTERM on the command ---------------------------------------------------------
+
+# ``modelsmith serve`` itself, with one change: every version is a stand-in that answers at
+# once, in 2 s for a bid saying ``slow``, in 120 s for one saying ``stuck`` (touching the
+# MARKER file when it starts on either).
+SERVE = """
+import os, sys, time
+from modelsmith.inference.base import Generation
+from modelsmith.serving import service
+
+class Stand:
+    name, model_ref, batch_size = "stand-in", "stand-in", 1
+    def generate(self, requests, progress=None):
+        for r in requests:
+            if "slow" in r.prompt or "stuck" in r.prompt:
+                open(os.environ["MARKER"], "w").close()
+                time.sleep(120 if "stuck" in r.prompt else 2)
+        return [Generation(text=" ACCEPT", completion_tokens=1, latency_ms=1.0)
+                for _ in requests]
+    def count_tokens(self, text):
+        return len(text.split())
+    def close(self):
+        pass
+
+service.Service._load_backend = lambda self, specialist, version: Stand()
+from modelsmith.cli import main
+main(sys.argv[1:])
+"""
+
+
+class Serving:
+    """A ``modelsmith serve`` process (always killed at the end of the ``with``)."""
+
+    def __init__(self, root: Path, marker: Path, *options: str) -> None:
+        self.marker = marker
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "-C", str(root), "serve", "--port", "0",
+             "--window", "600", *options],
+            env={**os.environ, "MARKER": str(marker)}, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> Serving:
+        line = self.process.stderr.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+        assert found, line + self.process.stderr.read()
+        self.port = int(found.group(1))
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self.process.stderr.close()
+
+    def ask_in_background(self, content: str) -> list:
+        got: list = []
+
+        def run():
+            try:
+                got.append(ask(self.port, "POST", "/v1/chat/completions", chat(content)))
+            except OSError as exc:
+                got.append(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        wait_for(self.marker.exists, "the request never reached the model")
+        return got
+
+    def signal_and_wait(self, signum: int, within_s: float = 20.0) -> str:
+        self.process.send_signal(signum)
+        try:
+            _, err = self.process.communicate(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {within_s} s after {signum!r}") from None
+        return err
+
+
+def windows(root: Path) -> list[dict]:
+    return [e.data for e in GitEventStore(root).read("rtb-quality")
+            if e.type == "MetricsObserved"]
+
+
+def test_sigterm_and_sigint_stop_the_server_and_record_the_last_window(demo_repo, tmp_path):
+    production_v1(demo_repo)
+    with Serving(demo_repo, tmp_path / "marker") as idle:
+        assert ask(idle.port, "POST", "/v1/chat/completions", chat())[0] == 200
+        err = idle.signal_and_wait(signal.SIGTERM)
+    assert idle.process.returncode == 0, err
+    assert "Traceback" not in err
+    assert [w["requests"] for w in windows(demo_repo)] == [1]
+    # SIGINT with an answer under way, a connection still sending its request and one that
+    # hung up: the answer finishes (within the grace), the rest are cut, no traceback.
+    with Serving(demo_repo, tmp_path / "marker") as busy:
+        stalled = socket.create_connection(("127.0.0.1", busy.port), timeout=20)
+        stalled.sendall(post("/v1/chat/completions", b"{", length="100"))
+        hung_up = socket.create_connection(("127.0.0.1", busy.port), timeout=20)
+        hung_up.sendall(post("/v1/chat/completions", json.dumps(chat()).encode()))
+        hung_up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        hung_up.close()
+        answer = busy.ask_in_background(f"slow {BID}")
+        err = busy.signal_and_wait(signal.SIGINT)
+        stalled.close()
+    assert busy.process.returncode == 0, err
+    assert "Traceback" not in err
+    wait_for(lambda: answer, "the answer under way never came back")
+    assert answer[0][0] == 200, answer
+    assert sum(w["requests"] for w in windows(demo_repo)) >= 2
+
+
+def test_a_stuck_answer_does_not_hold_the_stop_and_a_second_sigint_exits_at_once(demo_repo,
+                                                                                tmp_path):
+    production_v1(demo_repo)
+    # The grace runs out: the process leaves without the stuck answer.
+    with Serving(demo_repo, tmp_path / "stuck", "--shutdown-grace", "1") as stuck:
+        stuck.ask_in_background(f"stuck {BID}")
+        err = stuck.signal_and_wait(signal.SIGINT)
+    assert stuck.process.returncode == 0, err
+    assert "Traceback" not in err and "still under way" in err
+    # A long grace: a second SIGINT ends the wait.
+    with Serving(demo_repo, tmp_path / "again", "--shutdown-grace", "300") as again:
+        again.ask_in_background(f"stuck {BID}")
+        again.process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        assert again.process.poll() is None  # still waiting for the stuck answer
+        err = again.signal_and_wait(signal.SIGINT)
+    assert again.process.returncode == 128 + signal.SIGINT, err
+    assert "SIGINT again: exiting now" in err and "Traceback" not in err

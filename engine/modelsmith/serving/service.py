@@ -217,14 +217,22 @@ class Service:
                              code="feedback_already_counted")
         return {"ok": True, "specialist": key[0], "version": key[1], "stage": key[2]}
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: the shadows and scores under way (they belong to the last window), the
+        last window recorded, the versions unloaded. ``timeout``: seconds to wait for the
+        work under way (shadows, batches), after which what is still running is left to
+        the process's exit; ``None`` waits for all of it."""
         self._stop.set()
-        self._side.shutdown(wait=True)  # the shadows and scores belong to the last window
+        if timeout is None:
+            self._side.shutdown(wait=True)
+        else:
+            self.settle(timeout)
+            self._side.shutdown(wait=False, cancel_futures=True)
         if self._flusher is not None:
-            self._flusher.join(timeout=30)
+            self._flusher.join(timeout=30 if timeout is None else max(timeout, 5.0))
             self.flush()
         for batcher in self._backends.values():
-            batcher.close()
+            batcher.close(timeout=timeout)
         for scorer in self._scorers.values():
             scorer.close()
 

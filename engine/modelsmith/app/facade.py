@@ -982,11 +982,14 @@ class Modelsmith:
         return Service(repo, self.store, self.registry(repo), **options)
 
     def server(self, host: str, port: int, *, token: str | None = None,
-               **options: Any) -> Any:
-        """The OpenAI-compatible HTTP server over :meth:`service` (not yet serving)."""
+               limits: dict[str, Any] | None = None, **options: Any) -> Any:
+        """The OpenAI-compatible HTTP server over :meth:`service` (not yet serving);
+        ``limits`` are :func:`~modelsmith.serving.http.make_server`'s (``read_timeout``,
+        ``max_connections``, ``backlog``, ``max_body``)."""
         from modelsmith.serving.http import make_server
 
-        return make_server(self.service(**options), host, port, token=token)
+        return make_server(self.service(**options), host, port, token=token,
+                           **(limits or {}))
 
     def replay(self, source: str | Path | IO[bytes] | None = None, *, url: str,
                suite: str | None = None, split: str = "core", model: str | None = None,

@@ -102,14 +102,27 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
 @click.option("--request-timeout", "request_timeout_s", type=click.FloatRange(min=0.1),
               default=120.0, show_default=True,
               help="Seconds a request waits for its answer before a 504.")
+@click.option("--read-timeout", "read_timeout_s", type=click.FloatRange(min=0.1),
+              default=10.0, show_default=True,
+              help="Seconds a connection has to send its whole request before a 408.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024,
+              show_default=True, help="Connections served at once; more get a 503.")
+@click.option("--shutdown-grace", "grace_s", type=click.FloatRange(min=0), default=5.0,
+              show_default=True,
+              help="On SIGINT/SIGTERM, seconds the answers under way get to finish.")
 @click.pass_context
 @guard
 def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float,
           max_batch: int | None, batch_wait_ms: float, engine: str, device: str,
-          dtype: str, request_timeout_s: float) -> None:
+          dtype: str, request_timeout_s: float, read_timeout_s: float, max_connections: int,
+          grace_s: float) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
-    Versions follow the event log; concurrent requests to a version are batched."""
+    Versions follow the event log; concurrent requests to a version are batched.
+
+    SIGINT or SIGTERM stops it: no new connections, the answers under way get
+    --shutdown-grace seconds, the last metrics window is recorded. A second signal exits
+    at once (without that window)."""
     if engine == "transformers" and device != "cpu":
         import torch
 
@@ -117,18 +130,74 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
             raise click.ClickException(f"--device {device}: no such device here (cpu, or "
                                        "cuda[:N] on a machine with a CUDA GPU)")
     server = app(ctx).server(host, port, token=os.environ.get(token_env) or None,
+                             limits={"read_timeout": read_timeout_s,
+                                     "max_connections": max_connections},
                              window_s=window_s, max_batch=max_batch,
                              max_wait_ms=batch_wait_ms, backend=engine, device=device,
                              dtype=dtype, request_timeout_s=request_timeout_s)
     bound = server.server_address
     say(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)")
+    restore = _stop_on_signals(server)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
-        server.server_close()
-        server.service.close()
+        try:
+            left = server.stop(grace_s)
+            if left:
+                say(f"stopping: {left} answer(s) still under way after {grace_s:g} s; "
+                    "not waiting for them")
+            server.service.close(timeout=grace_s)
+        finally:
+            restore()
+    _exit_if_busy()
+
+
+def _stop_on_signals(server: Any) -> Any:
+    """SIGINT and SIGTERM stop ``server`` (its ``serve_forever`` returns: ``shutdown`` on
+    a thread, as it waits for that loop); a second one exits the process at once. Returns
+    what puts the previous handlers back. Only the main thread can take signals: elsewhere
+    (a test's thread) nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            os.write(2, f"{name} again: exiting now, without the last metrics window\n"
+                        .encode())
+            os._exit(128 + signum)
+        stopping.set()
+        os.write(2, f"{name}: stopping (again to exit at once)\n".encode())
+        threading.Thread(target=server.shutdown, daemon=True, name="serve-stop").start()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
+
+
+def _exit_if_busy() -> None:
+    """After a stop: threads still busy past the grace (a generation that does not end, a
+    shadow) would hold the interpreter's exit; leave without them."""
+    import threading
+    import time
+
+    busy = [t for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    until = time.monotonic() + 1.0  # idle pool threads are on their way out
+    for thread in busy:
+        thread.join(max(0.0, until - time.monotonic()))
+    if any(t.is_alive() for t in busy):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @click.command()

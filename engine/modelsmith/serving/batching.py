@@ -87,16 +87,17 @@ class Batcher:
                 raise
             return len(text.split())
 
-    def close(self, *, backend: bool = True) -> None:
+    def close(self, *, backend: bool = True, timeout: float | None = None) -> None:
         """Answer what is queued, stop the worker, and close the backend (unless
-        ``backend=False``: another batcher shares it)."""
+        ``backend=False``: another batcher shares it). ``timeout``: seconds to wait for the
+        worker; a worker still generating then keeps its backend (the process is ending)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._queue.put(_STOP)
-        self._worker.join()
-        if backend:
+        self._worker.join(timeout)
+        if backend and not self._worker.is_alive():
             self.backend.close()
 
     @property

@@ -28,7 +28,8 @@ from typing import Any
 
 from modelsmith.evaluation.stats import percentile
 
-#: Response ids remembered for feedback (oldest forgotten first).
+#: Response ids remembered for feedback (oldest forgotten first): the ids this server
+#: issued, each with what answered it and the feedback it got (counted once).
 REMEMBERED = 100_000
 
 
@@ -50,7 +51,8 @@ class LiveMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str, str], _Window] = {}
-        self._responses: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        # response id -> [its (specialist, version, stage), its feedback score or None]
+        self._responses: OrderedDict[str, list[Any]] = OrderedDict()
         self.totals: dict[tuple[str, str, str], dict[str, float]] = {}
 
     def _window(self, key: tuple[str, str, str]) -> _Window:
@@ -90,7 +92,7 @@ class LiveMetrics:
             if bootstrap:
                 window.bootstrap += 1
                 self._totals(key)["bootstrap"] += 1
-            self._responses[response_id] = key
+            self._responses[response_id] = [key, None]
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
 
@@ -120,17 +122,25 @@ class LiveMetrics:
         if scored is not None:
             self.rubric(key, scored.score, scored.passed)
 
-    def feedback(self, response_id: str, score: float) -> tuple[str, str, str] | None:
-        """Record a score in [0, 1] for an earlier response; its key, or None if unknown."""
+    def feedback(self, response_id: str, score: float
+                 ) -> tuple[tuple[str, str, str], float | None] | None:
+        """Record a score in [0, 1] for an earlier response, once: its key and ``None`` when
+        counted now; its key and the score already counted when it had feedback (this one
+        is not counted); ``None`` when this server issued no such response (or it is older
+        than the last :data:`REMEMBERED`)."""
         with self._lock:
-            key = self._responses.get(response_id)
-            if key is None:
+            issued = self._responses.get(response_id)
+            if issued is None:
                 return None
+            key, counted = issued
+            if counted is not None:
+                return key, counted
+            issued[1] = score
             self._window(key).scores.append(score)
             totals = self.totals[key]
             totals["feedback"] += 1
             totals["score_sum"] += score
-            return key
+            return key, None
 
     def flush(self, store: Any, actor: str = "serve") -> list[Any]:
         """Append one ``MetricsObserved`` per key with traffic since the last flush, in one

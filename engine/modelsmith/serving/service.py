@@ -57,10 +57,14 @@ BackendFactory = Callable[[str, str], "Backend"]
 
 
 class ServeError(ModelsmithError):
+    """A request the service cannot answer: the HTTP status, an OpenAI-style error body,
+    and any headers the answer needs (``Allow`` for a 405, ``Retry-After``)."""
+
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "code": self.code}}
@@ -192,26 +196,43 @@ class Service:
         return self.metrics.flush(self.store)
 
     def feedback(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A feedback score for a response this server gave, counted once per response id:
+        a 404 for an id it did not issue (or has forgotten), a 409 for one that already has
+        feedback (the metrics do not change)."""
         response_id, score = body.get("id"), body.get("score")
         if not isinstance(response_id, str):
-            raise ServeError(400, "'id' must be the id of an earlier response")
+            raise ServeError(400, "'id' must be the id of an earlier response",
+                             code="invalid_id")
         if isinstance(score, bool) or not isinstance(score, int | float) \
                 or not 0.0 <= score <= 1.0:
-            raise ServeError(400, "'score' must be a number from 0 to 1")
-        key = self.metrics.feedback(response_id, float(score))
-        if key is None:
-            raise ServeError(404, f"no response {response_id} (or it is too old)",
+            raise ServeError(400, "'score' must be a number from 0 to 1", code="invalid_score")
+        found = self.metrics.feedback(response_id, float(score))
+        if found is None:
+            raise ServeError(404, f"no response {response_id[:80]} (or it is too old)",
                              code="unknown_response")
+        key, counted = found
+        if counted is not None:
+            raise ServeError(409, f"the response {response_id} already has feedback (score "
+                                  f"{counted:g}); feedback counts once per response",
+                             code="feedback_already_counted")
         return {"ok": True, "specialist": key[0], "version": key[1], "stage": key[2]}
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: the shadows and scores under way (they belong to the last window), the
+        last window recorded, the versions unloaded. ``timeout``: seconds to wait for the
+        work under way (shadows, batches), after which what is still running is left to
+        the process's exit; ``None`` waits for all of it."""
         self._stop.set()
-        self._side.shutdown(wait=True)  # the shadows and scores belong to the last window
+        if timeout is None:
+            self._side.shutdown(wait=True)
+        else:
+            self.settle(timeout)
+            self._side.shutdown(wait=False, cancel_futures=True)
         if self._flusher is not None:
-            self._flusher.join(timeout=30)
+            self._flusher.join(timeout=30 if timeout is None else max(timeout, 5.0))
             self.flush()
         for batcher in self._backends.values():
-            batcher.close()
+            batcher.close(timeout=timeout)
         for scorer in self._scorers.values():
             scorer.close()
 
@@ -224,16 +245,20 @@ class Service:
             {"id": "auto", "object": "model", "created": 0, "owned_by": "modelsmith"}]}
 
     def route(self, body: dict[str, Any]) -> dict[str, Any]:
-        text = body.get("input")
+        text, task = body.get("input"), body.get("task")
         if not isinstance(text, str):
             raise ServeError(400, "'input' must be a string", code="invalid_input")
-        decision = self._route(text, body.get("metadata"), body.get("task"))
+        if task is not None and not isinstance(task, str):
+            raise ServeError(400, "'task' must be a string (the caller's task label)",
+                             code="invalid_task")
+        decision = self._route(text, body.get("metadata"), task)
         return {"specialist": decision[0], "rule": decision[1]}
 
     def _route(self, text: str, meta: Any, task: Any) -> tuple[str, str | None]:
         if meta is not None and not (isinstance(meta, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
-            raise ServeError(400, "'metadata' must map strings to strings")
+            raise ServeError(400, "'metadata' must map strings to strings",
+                             code="invalid_metadata")
         try:
             decision = self.router.route(Request(text, meta or {}, task))
         except NoRoute as exc:
@@ -426,8 +451,10 @@ def sampling(body: dict[str, Any], output_kind: str) -> dict[str, Any]:
         settings[name] = float(value)
     seed = body.get("seed")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ServeError(400, "'seed' must be an integer", code="invalid_seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) \
+                or not -(2 ** 63) <= seed < 2 ** 63:
+            raise ServeError(400, "'seed' must be an integer from -2**63 to 2**63-1",
+                             code="invalid_seed")
         settings["seed"] = seed
     stop = body.get("stop")
     if stop is not None:

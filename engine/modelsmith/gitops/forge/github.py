@@ -39,7 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from .base import Approval, ForgeError, Proposal
-from .repository import PROPOSAL_PREFIX, ForgeRepository, parse_proposal_branch
+from .repository import (
+    PROPOSAL_PREFIX,
+    ForgeRepository,
+    ReleaseApprovals,
+    parse_proposal_branch,
+)
 
 DEFAULT_API = "https://api.github.com"
 #: Where the github forge reads a commit's code owners, first found wins.
@@ -82,7 +87,7 @@ def why(exc: Exception, api: str) -> str:
     return f"cannot reach {api} ({type(exc).__name__})"
 
 
-class GitHubForge:
+class GitHubForge(ReleaseApprovals):
     """Proposals as pull requests, approvals from their reviews (see the module docstring)."""
 
     name = "github"
@@ -119,12 +124,6 @@ class GitHubForge:
 
     def _failure(self, doing: str, exc: Exception) -> ForgeError:
         return ForgeError(f"GitHub {self.full_name}: {doing}{why(exc, self.api)}")
-
-    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
-        commit = self.git.asking_change(specialist, stage, version)
-        if commit is None:
-            return None
-        return self.change_approval(str(commit.id), self.sources[specialist])
 
     def change_approval(self, commit: str, path: str) -> Approval | None:
         import github

@@ -12,14 +12,14 @@ import re
 from pathlib import Path
 
 from .base import Approval, Proposal
-from .repository import ForgeRepository, parse_proposal_branch
+from .repository import ForgeRepository, ReleaseApprovals, parse_proposal_branch
 
 TRAILER_RE = re.compile(r"^Approved-by:\s*(.+?)\s*$", re.MULTILINE)
 #: Where the local forge reads a commit's code owners, first found wins.
 CODEOWNERS_FILES = ("CODEOWNERS", ".github/CODEOWNERS")
 
 
-class LocalForge:
+class LocalForge(ReleaseApprovals):
     """Proposals as branches, approvals as merge commits (see the module docstring)."""
 
     name = "local"
@@ -28,12 +28,6 @@ class LocalForge:
         self.git = ForgeRepository(root, sources)
         self.root = self.git.root
         self.sources = sources
-
-    def approval(self, specialist: str, stage: str, version: str) -> Approval | None:
-        commit = self.git.asking_change(specialist, stage, version)
-        if commit is None:
-            return None
-        return self.change_approval(str(commit.id), self.sources[specialist])
 
     def change_approval(self, commit: str, path: str) -> Approval | None:
         found = self.git.commit(commit)

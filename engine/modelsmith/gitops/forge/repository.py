@@ -222,6 +222,24 @@ class ForgeRepository:
         return found
 
 
+class ReleaseApprovals:
+    """``approval(specialist, stage, version)`` for a forge that answers
+    ``change_approval(commit, path)``: the approval of the commit on the branch that asked for
+    the release, with the specialist's file as the path its code owners are read for."""
+
+    git: ForgeRepository
+    sources: dict[str, str]
+
+    def approval(self, specialist: str, stage: str, version: str) -> Any | None:
+        commit = self.git.asking_change(specialist, stage, version)
+        if commit is None:
+            return None
+        return self.change_approval(str(commit.id), self.sources[specialist])
+
+    def change_approval(self, commit: str, path: str) -> Any | None:
+        raise NotImplementedError
+
+
 def _release_change(text: str, stage: str, version: str | None,
                     traffic: float | None) -> str:
     """``text`` asking for ``version`` in ``stage`` and in no other stage (a version holds

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing import Registry
 
+from modelsmith.specs.regex import SpecRegex, compile_regex
 from modelsmith.specs.rubric import (
     ContainsCriterion,
     ExactCriterion,
@@ -168,14 +169,146 @@ def parse_json_output(output: str) -> tuple[bool, Any, str]:
         return False, None, f"invalid JSON: {exc}"
 
 
-def schema_validator(schema: dict[str, Any]) -> Draft202012Validator | None:
-    """A cached Draft 2020-12 validator for ``schema``; ``None`` when the schema is invalid."""
+# --- JSON Schema regexes on RE2 -----------------------------------------------------------
+# jsonschema runs `pattern`, `patternProperties` (and the additionalProperties and
+# unevaluatedProperties that consult it) on Python's backtracking `re`: `(a+)+$` against a
+# model output of 30 characters would hold the GIL for seconds. These keyword functions are
+# jsonschema's own with each search on RE2 (linear time), and schemas are checked with a
+# format checker whose "regex" format is RE2's syntax, as the spec loader checks them.
+
+
+@lru_cache(maxsize=1024)
+def _schema_regex(pattern: str) -> SpecRegex:
+    return compile_regex(pattern)
+
+
+def _re2_search(pattern: str, text: str) -> bool:
+    return _schema_regex(pattern).search(text)
+
+
+def _is_valid(errors: Any) -> bool:
+    return next(iter(errors), None) is None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string") and not _re2_search(pattern, instance):
+        yield ValidationError(f"{safe_text(instance, 60)!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _re2_search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional(instance: Any, schema: Any) -> list[str]:
+    properties = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    return [key for key in instance if key not in properties
+            and not any(_re2_search(pattern, key) for pattern in patterns)]
+
+
+def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    extras = _additional(instance, schema)
+    if validator.is_type(ap, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], ap, path=extra)
+    elif not ap and extras:
+        shown = ", ".join(repr(each) for each in sorted(extras))
+        if "patternProperties" in schema:
+            patterns = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
+            yield ValidationError(f"{shown} do(es) not match any of the regexes: {patterns}")
+        else:
+            yield ValidationError(f"Additional properties are not allowed ({shown} unexpected)")
+
+
+def _evaluated_keys(validator: Any, instance: Any, schema: Any) -> set[str]:
+    """jsonschema's find_evaluated_property_keys_by_schema, patternProperties on RE2."""
+    if validator.is_type(schema, "boolean"):
+        return set()
+    keys: set[str] = set()
+    for keyword in ("$ref", "$dynamicRef"):
+        ref = schema.get(keyword)
+        if ref is not None:
+            resolved = validator._resolver.lookup(ref)
+            keys |= _evaluated_keys(
+                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+                instance, resolved.contents)
+    properties = schema.get("properties")
+    if validator.is_type(properties, "object"):
+        keys |= properties.keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        if (subschema := schema.get(keyword)) is not None:
+            keys |= {key for key, value in instance.items()
+                     if _is_valid(validator.descend(value, subschema))}
+    for pattern in schema.get("patternProperties", {}):
+        keys |= {key for key in instance if _re2_search(pattern, key)}
+    for key, subschema in schema.get("dependentSchemas", {}).items():
+        if key in instance:
+            keys |= _evaluated_keys(validator, instance, subschema)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword, []):
+            if _is_valid(validator.descend(instance, subschema)):
+                keys |= _evaluated_keys(validator, instance, subschema)
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys |= _evaluated_keys(validator, instance, schema["if"])
+            if "then" in schema:
+                keys |= _evaluated_keys(validator, instance, schema["then"])
+        elif "else" in schema:
+            keys |= _evaluated_keys(validator, instance, schema["else"])
+    return keys
+
+
+def _unevaluated_properties(validator: Any, up: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    evaluated = _evaluated_keys(validator, instance, schema)
+    bad = [key for key in instance if key not in evaluated
+           and not _is_valid(validator.descend(instance[key], up, path=key, schema_path=key))]
+    if bad:
+        shown = ", ".join(repr(each) for each in sorted(bad))
+        if up is False:
+            yield ValidationError(f"Unevaluated properties are not allowed ({shown} unexpected)")
+        else:
+            yield ValidationError("Unevaluated properties are not valid under the given "
+                                  f"schema ({shown} unevaluated and invalid)")
+
+
+def _re2_syntax(pattern: object) -> bool:
+    if not isinstance(pattern, str):
+        return True  # formats apply to strings only
+    compile_regex(pattern)  # ValueError: not RE2 syntax
+    return True
+
+
+#: Schemas are checked against the meta-schema with "regex" meaning RE2 syntax.
+SCHEMA_FORMATS = FormatChecker()
+SCHEMA_FORMATS.checks("regex", raises=ValueError)(_re2_syntax)
+
+#: Draft 2020-12 with every regex on RE2.
+RE2Validator: Any = validators.extend(Draft202012Validator, {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+    "unevaluatedProperties": _unevaluated_properties,
+})
+
+
+def schema_validator(schema: dict[str, Any]) -> Any:
+    """A cached Draft 2020-12 validator for ``schema``, its regexes on RE2; ``None`` when
+    the schema is invalid (a pattern outside RE2 syntax included)."""
     entry = _VALIDATORS.get(id(schema))
     if entry is not None and entry[0] is schema:
         return entry[1]
     try:
-        Draft202012Validator.check_schema(schema)
-        validator: Draft202012Validator | None = Draft202012Validator(schema, registry=_NO_REGISTRY)
+        RE2Validator.check_schema(schema, format_checker=SCHEMA_FORMATS)
+        validator: Any = RE2Validator(schema, registry=_NO_REGISTRY)
     except SchemaError:
         validator = None
     if len(_VALIDATORS) >= 1024:
@@ -185,10 +318,10 @@ def schema_validator(schema: dict[str, Any]) -> Draft202012Validator | None:
     return validator
 
 
-_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator | None]] = {}
+_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
 
 
-def schema_error(validator: Draft202012Validator, value: Any) -> str | None:
+def schema_error(validator: Any, value: Any) -> str | None:
     """The most relevant validation error as ``"$.path: message"``, or ``None`` if valid."""
     error = best_match(validator.iter_errors(value))
     if error is None:

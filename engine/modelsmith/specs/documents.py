@@ -70,7 +70,8 @@ def yaml_documents(
         return [], raw
     present = [(index, node) for index, node in enumerate(nodes) if node is not None]
     if not present:
-        ctx.add(display, None, None, None, f"file is empty; expected a {expected} document")
+        # line 1: where the document should start (an editor opens the file there)
+        ctx.add(display, 1, None, None, f"file is empty; expected a {expected} document")
         return [], raw
     starts = _document_lines(text)
     if single and len(present) > 1:
@@ -232,7 +233,7 @@ def read_clusters(ctx: LoadContext, path: Path) -> ClustersConfig | None:
     try:
         text = decode_utf8(raw)
         if not text.strip():
-            raise ParseFailure("file is empty; expected a JSON object")
+            raise ParseFailure("file is empty; expected a JSON object", 1)
         data, tree = parse_json_document(text)
     except ParseFailure as failure:
         ctx.add_failure(display, failure)

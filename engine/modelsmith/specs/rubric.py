@@ -161,10 +161,58 @@ class RegexCriterion(_Criterion):
 
 
 class JsonSchemaCriterion(_Criterion):
-    """The output parses as JSON and conforms to ``schema``."""
+    """The output parses as JSON and conforms to ``schema``. Its ``pattern`` and
+    ``patternProperties`` regexes run on RE2 like every spec regex, so they must be RE2
+    syntax (checked here, where the file and line are known)."""
 
     kind: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("schema_")
+    @classmethod
+    def _patterns_compile(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        for at, pattern in schema_patterns(schema):
+            if not isinstance(pattern, str):
+                raise spec_error("must be a string (a regular expression)", *at)
+            try:
+                compile_regex(pattern)
+            except ValueError as exc:
+                raise spec_error(str(exc), *at) from None
+        return schema
+
+
+#: JSON Schema keywords whose value is one subschema, a list of them, or a mapping of them.
+_ONE_SCHEMA = ("additionalProperties", "unevaluatedProperties", "items", "additionalItems",
+               "unevaluatedItems", "contains", "not", "if", "then", "else", "propertyNames",
+               "contentSchema")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def schema_patterns(schema: Any, at: tuple[str | int, ...] = ()
+                    ) -> list[tuple[tuple[str | int, ...], Any]]:
+    """Every regex of a JSON Schema with where it is: ``pattern`` values and the keys of
+    ``patternProperties``, in subschemas too (a property *named* "pattern" is not one)."""
+    found: list[tuple[tuple[str | int, ...], Any]] = []
+    if not isinstance(schema, dict):
+        return found
+    if "pattern" in schema:
+        found.append(((*at, "pattern"), schema["pattern"]))
+    patterns = schema.get("patternProperties")
+    if isinstance(patterns, dict):
+        found.extend(((*at, "patternProperties", key), key) for key in patterns)
+    for keyword in _ONE_SCHEMA:
+        if isinstance(schema.get(keyword), dict):
+            found.extend(schema_patterns(schema[keyword], (*at, keyword)))
+    for keyword in _SCHEMA_LISTS:
+        if isinstance(schema.get(keyword), list):
+            for index, item in enumerate(schema[keyword]):
+                found.extend(schema_patterns(item, (*at, keyword, index)))
+    for keyword in _SCHEMA_MAPS:
+        if isinstance(schema.get(keyword), dict):
+            for key, item in schema[keyword].items():
+                found.extend(schema_patterns(item, (*at, keyword, key)))
+    return found
 
 
 class JsonFieldCriterion(_Criterion):

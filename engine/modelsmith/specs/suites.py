@@ -7,6 +7,7 @@ suite's scenarios are checked as a set (unique ids, at least one core, no held-o
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,14 @@ from typing import Any
 from .context import MAX_ISSUES_PER_FILE, LoadContext
 from .documents import ParsedDocument, check_file_name, yaml_documents
 from .models import EvalSuite, Scenario, check_relative_path
-from .validation import validate_model
-from .yamlio import JSONL_MAX_BYTES, ParseFailure, decode_utf8, loads_json, path_line_col, to_plain
+from .validation import format_field_path, validate_model
+from .yamlio import (
+    JSONL_MAX_BYTES,
+    ParseFailure,
+    decode_utf8,
+    loads_json_row,
+    path_line_col,
+)
 
 SUITE_FILE = "suite.yaml"
 
@@ -171,6 +178,12 @@ def _read_scenario_file(
         line, col = path_line_col(doc.tree, "spec", "scenarios", index)
         ctx.add(doc.file, line, col, f"spec.scenarios[{index}]", f"{rel}: {why}")
         return False
+    if not path.is_file():
+        # a directory or a FIFO: what is wrong is the suite's entry, so point at it
+        line, col = path_line_col(doc.tree, "spec", "scenarios", index)
+        why = "is a directory, not a scenarios file" if path.is_dir() else "not a regular file"
+        ctx.add(doc.file, line, col, f"spec.scenarios[{index}]", f"{rel}: {why}")
+        return False
     raw = ctx.read(path, JSONL_MAX_BYTES, inside=directory)
     if raw is None:
         return False
@@ -202,7 +215,7 @@ def _parse_scenarios(
         if ctx.issue_count(file) > MAX_ISSUES_PER_FILE:
             break
         try:
-            row = to_plain(loads_json(line))
+            row = loads_json_row(line)
         except ParseFailure as failure:
             ctx.add(file, number, failure.column, None, failure.message)
             continue
@@ -210,11 +223,28 @@ def _parse_scenarios(
             got = "a list" if isinstance(row, list) else f"{type(row).__name__} {row!r}"[:40]
             ctx.add(file, number, None, None, f"each line must be a JSON object; got {got}")
             continue
+        if (where := _non_finite(row)) is not None:
+            ctx.add(file, number, None, format_field_path(where),
+                    "number out of range: every number must be finite")
+            continue
         scenario, issues = validate_model(Scenario, row, file=file, line=number)
         ctx.extend(issues)
         if scenario is not None:
             rows.append((number, scenario))
     return rows
+
+
+def _non_finite(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Path of the first infinite number in a row (JSON's 1e999 parses as infinity; NaN and
+    Infinity themselves are refused by the parser); None when every number is finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        if (found := _non_finite(item, (*path, key))) is not None:
+            return found
+    return None
 
 
 def _check_generator(
@@ -229,6 +259,8 @@ def _check_generator(
     line, col = path_line_col(doc.tree, "spec", "generator")
     if (path.exists() or path.is_symlink()) and (why := leaves_folder(directory, path)):
         ctx.add(doc.file, line, col, "spec.generator", f"{module}: {why}")
+    elif path.is_dir():
+        ctx.add(doc.file, line, col, "spec.generator", f"{module}: is a directory, not a module")
     elif not path.is_file():
         ctx.add(doc.file, line, col, "spec.generator", f"file not found: {module}")
 

@@ -186,7 +186,10 @@ def format_field_path(parts: Sequence[str | int]) -> str | None:
 def short_value(value: Any, limit: int = 60) -> str:
     """A value for a message, cut short: hostile input can be megabytes long."""
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    if not text.isprintable():  # control characters would reach the terminal raw
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text
 
 
 # Comparison errors -> the operator a message shows ("must be <= 1").

@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ from ruamel.yaml.events import (
 )
 from ruamel.yaml.parser import RoundTripParser
 from ruamel.yaml.reader import ReaderError
+
+try:  # libyaml's C event parser, through PyYAML: counts a huge file's nodes in milliseconds
+    import yaml as _pyyaml
+
+    _FAST_LOADER: Any = _pyyaml.CSafeLoader
+except (ImportError, AttributeError):  # no PyYAML, or one built without libyaml
+    _pyyaml = None
+    _FAST_LOADER = None
 
 #: Size limits, checked with ``os.stat`` before a byte is read.
 SPEC_MAX_BYTES = 4 * 1024 * 1024
@@ -245,6 +253,7 @@ _DUPLICATE_KEY = re.compile(r"found duplicate key '(.*)'$", re.DOTALL)
 def parse_yaml_documents(text: str) -> list[Any]:
     """Parse every document of a YAML stream into round-trip nodes (not yet plain data)."""
     _check_flow_depth(text)
+    _check_node_count(text)
     try:
         return list(roundtrip_yaml().load_all(text))
     except DuplicateKeyError as exc:
@@ -265,6 +274,31 @@ def parse_yaml_documents(text: str) -> list[Any]:
         raise ParseFailure(f"document is nested too deeply (limit {MAX_DEPTH} levels)") from None
     except YAMLError as exc:
         raise ParseFailure(f"invalid YAML: {_first_line(str(exc))}") from None
+
+
+def _check_node_count(text: str, limit: int = MAX_YAML_NODES) -> None:
+    """Refuse a file of more than ``limit`` nodes before ruamel reads it.
+
+    ruamel's pure-Python round-trip scanner takes about a second to reach the limit; libyaml's
+    event parser (C) counts the same events in milliseconds and stops at the first node past
+    it. It only counts: a file libyaml cannot parse is left to ruamel, whose own count still
+    holds (so a missing libyaml only costs time). Shorter texts cannot hold that many nodes.
+    """
+    if _FAST_LOADER is None or len(text) <= limit:
+        return
+    nodes = (_pyyaml.ScalarEvent, _pyyaml.AliasEvent, _pyyaml.MappingStartEvent,
+             _pyyaml.SequenceStartEvent)
+    count = 0
+    try:
+        for event in _pyyaml.parse(text, Loader=_FAST_LOADER):
+            if isinstance(event, nodes):
+                count += 1
+                if count > limit:
+                    mark = event.start_mark
+                    raise ParseFailure(f"file has more than {limit} values (limit for a spec "
+                                       "file)", mark.line + 1, mark.column + 1)
+    except _pyyaml.YAMLError:
+        return
 
 
 _FLOW_CHARS = re.compile(r"[\[\]{}'\"\n#]")
@@ -385,8 +419,39 @@ def to_plain(node: Any, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) 
     is bounded by ``max_nodes`` (an alias bomb fails fast) and a reference to an enclosing
     collection (``&a [*a]``) is reported instead of recursing forever.
     """
+    _check_expansion(node, max_nodes, max_depth)
     budget = [max_nodes, max_nodes]  # [remaining, limit]
     return _plain(node, node, 0, set(), budget, max_depth)
+
+
+def _check_expansion(root: Any, max_nodes: int, max_depth: int) -> None:
+    """Refuse an alias bomb before copying a value of it: the expanded size of every
+    collection, counted once per collection (aliases share them), so the cost is the written
+    size of the tree, not the expanded one. The error points at the innermost collection
+    that expands past the limit (the bomb's first level that does). Recursion and depth are
+    left to the copy, which reports them."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        if not isinstance(node, dict | list) or depth > max_depth or id(node) in active:
+            return 1
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        active.add(id(node))
+        children = node.values() if isinstance(node, dict) else node
+        total = 1 + sum(size(child, depth + 1) for child in children)
+        active.discard(id(node))
+        if total > max_nodes:
+            line, col = node_line_col(node)
+            raise ParseFailure(
+                f"document expands to more than {max_nodes} values (alias bomb?)", line, col
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
 
 
 def _plain(
@@ -476,22 +541,69 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _RejectedConstant(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _RejectedConstant(f"{name} is not valid JSON")
+
+
+#: A JSON string, or a token outside strings that matters to the scans below.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|-?Infinity|NaN')
+
+
+def _json_tokens(text: str) -> Iterator[re.Match[str]]:
+    """Brackets and NaN/Infinity outside strings (strings are matched and skipped)."""
+    for match in _JSON_TOKEN.finditer(text):
+        if match.group()[0] != '"':
+            yield match
+
+
+def _check_json_depth(text: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` at the first bracket past it (json.loads
+    would hit Python's recursion limit, or build what :func:`to_plain` refuses unlocated)."""
+    if text.count("[") + text.count("{") <= limit:
+        return
+    depth = 0
+    for match in _json_tokens(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                line, column = text_position(text, match.start())
+                raise ParseFailure(
+                    f"document is nested too deeply (limit {limit} levels)", line, column
+                )
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+
+
+def _constant_position(text: str) -> tuple[int | None, int | None]:
+    """Where the first NaN/Infinity outside a string is (json.loads does not say)."""
+    for match in _json_tokens(text):
+        if match.group()[-1] in "yN":
+            return text_position(text, match.start())
+    return None, None
 
 
 def loads_json(text: str) -> Any:
-    """Strict ``json.loads``: duplicate keys and NaN/Infinity are errors.
+    """Strict ``json.loads``: duplicate keys, NaN/Infinity and nesting deeper than
+    :data:`MAX_DEPTH` are errors.
 
-    Raises :class:`ParseFailure` with the JSON error's line and column; a duplicate key is
+    Raises :class:`ParseFailure` with the line and column of the error; a duplicate key is
     reported without a position (the caller may locate it, see :func:`parse_json_document`).
     """
+    _check_json_depth(text)
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except _DuplicateJSONKey as exc:
         raise ParseFailure(f"duplicate key '{exc.key}'") from None
     except json.JSONDecodeError as exc:
         raise ParseFailure(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except _RejectedConstant as exc:
+        line, column = _constant_position(text)
+        raise ParseFailure(f"invalid JSON: {exc}", line, column) from None
     except ValueError as exc:
         long = _JSON_LONG_INT.search(text)
         if long is not None:
@@ -508,15 +620,28 @@ def loads_json(text: str) -> Any:
 _JSON_NODE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]|-?[0-9][0-9.eE+-]*|true|false|null')
 
 
-def _check_json_nodes(text: str, limit: int = MAX_YAML_NODES) -> None:
+def _check_json_nodes(
+    text: str, limit: int = MAX_YAML_NODES, what: str = "file has", why: str = "a spec file"
+) -> None:
     """Refuse valid JSON that spells out more than ``limit`` values (keys count, as they do
     for YAML), at the first value past the limit; stops scanning there."""
     for count, match in enumerate(_JSON_NODE.finditer(text), 1):
         if count > limit:
             line, column = text_position(text, match.start())
-            raise ParseFailure(
-                f"file has more than {limit} values (limit for a spec file)", line, column
-            )
+            raise ParseFailure(f"{what} more than {limit} values (limit for {why})", line, column)
+
+
+def loads_json_row(text: str) -> Any:
+    """One JSONL row as plain data: :func:`loads_json`, refusing a row of more than
+    :data:`MAX_NODES` values by a scan before parsing (a huge row costs no parse)."""
+    if len(text) > MAX_NODES:
+        _check_json_nodes(text, MAX_NODES, "row has", "one row")
+    return to_plain(loads_json(text))
+
+
+_YAML_UNPRINTABLE = re.compile(
+    "[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 
 
 def parse_json_document(text: str) -> tuple[Any, Any]:
@@ -540,7 +665,9 @@ def parse_json_document(text: str) -> tuple[Any, Any]:
     _check_json_nodes(text)
     tree: Any = None
     try:
-        docs = parse_yaml_documents(text)
+        # Characters JSON allows in strings and YAML does not (DEL, C1 controls, U+FFFE)
+        # become '?' for the positions pass, which keeps every line and column.
+        docs = parse_yaml_documents(_YAML_UNPRINTABLE.sub("?", text))
         tree = docs[0] if len(docs) == 1 else None
     except ParseFailure:
         tree = None  # valid JSON that YAML cannot read (rare): positions are unavailable

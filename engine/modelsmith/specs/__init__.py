@@ -1,6 +1,6 @@
 """Declarative files: pydantic models, loading with file:line:column errors, JSON Schema.
 
-Importing this package pulls in pydantic and ruamel.yaml only.
+Importing this package pulls in pydantic, ruamel.yaml, PyYAML (libyaml's node count) and RE2 only.
 """
 
 from .base import API_VERSION, SUPPORTED_API_VERSIONS, Document, Metadata

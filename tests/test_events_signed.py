@@ -461,3 +461,47 @@ def test_the_pure_plan_takes_the_signature_check_with_the_evidence(fork):
     assert [a.kind for a in trusting if a.stage == "shadow"] == ["promote"]
     assert [a.kind for a in refusing if a.stage == "shadow"] != ["promote"]
     assert gates[0].name == "version" and "registration" in gates[0].detail
+
+
+# ---------------------------------------------------------------------------- workflows
+
+
+@pytest.mark.parametrize("workflow", [".github/workflows/reconcile.yml",
+                                      "engine/modelsmith/gitops/templates/reconcile.yml"])
+def test_the_reconcile_workflow_signs_with_the_secret_key(workflow, fork, keys, tmp_path,
+                                                          monkeypatch):
+    """The workflow's step, run as Actions would: the secret becomes a 0600 key file named
+    in $GITHUB_ENV, and events appended with it verify as the reconciler's."""
+    import os
+    import stat
+
+    import yaml
+
+    from conftest import REPO_ROOT
+
+    steps = yaml.safe_load((REPO_ROOT / workflow).read_text())["jobs"]["reconcile"]["steps"]
+    names = [s.get("name", "") for s in steps]
+    index = next(i for i, n in enumerate(names) if "signing key" in n)
+    assert index < names.index("Reconcile and share the event log")
+    step = steps[index]
+    assert step["env"]["SIGNING_KEY"] == "${{ secrets.MODELSMITH_SIGNING_KEY }}"
+    runner, env_file = tmp_path / "runner", tmp_path / "github_env"
+    runner.mkdir()
+    env = {**os.environ, "RUNNER_TEMP": str(runner), "GITHUB_ENV": str(env_file)}
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], capture_output=True, text=True,
+                          env={**env, "SIGNING_KEY": ""})
+    assert done.returncode == 0 and "::warning::no MODELSMITH_SIGNING_KEY secret" in \
+        done.stdout
+    assert not env_file.exists()
+    secret = keys["reconciler"].read_text().rstrip("\n")  # as a pasted secret may come
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], capture_output=True, text=True,
+                          env={**env, "SIGNING_KEY": secret})
+    assert done.returncode == 0, done.stderr
+    name, _, value = env_file.read_text().strip().partition("=")
+    assert name == KEY_ENV and stat.S_IMODE(os.stat(value).st_mode) == 0o600
+    monkeypatch.setenv(KEY_ENV, value)
+    store = GitEventStore(fork)
+    (rec,) = store.append(NAME, [Event.new(Promoted(version="v1", stage="shadow"),
+                                           actor="reconcile")], store.last_seq(NAME))
+    assert store.signatures.verdict(store.commit_of(rec.id)).principals == ("reconciler",)
+    assert verify_cli(fork)[0] == 0

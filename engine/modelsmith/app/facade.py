@@ -520,8 +520,33 @@ class Modelsmith:
                 "evaluations": evals, "stages": stages}
 
     def verify(self) -> VerifyReport:
-        """Walk the event log: linear, seqs contiguous, ids unique, every event valid."""
-        return self.store.verify()
+        """Walk the event log: linear, seqs contiguous, ids unique, every event valid, and
+        signed as the policies' ``signatures`` blocks require."""
+        from modelsmith.errors import ModelsmithError
+
+        try:
+            policy = self.signature_policy(self.specs())
+        except ModelsmithError as exc:  # the log is still checked, signatures required nowhere
+            report = self.store.verify()
+            report.warnings.append(f"signature rules not read (the specs do not load: "
+                                   f"{str(exc).splitlines()[0]})")
+            return report
+        return self.store.verify(policy)
+
+    def signature_policy(self, repo: Repository) -> Any:
+        """Each specialist's writer rule (its policy's ``signatures`` block), and the
+        fleet-wide one (:class:`modelsmith.events.signing.SignaturePolicy`)."""
+        from modelsmith.events.signing import SignaturePolicy, WriterRule
+
+        return SignaturePolicy.of({name: WriterRule.of(repo.policy_for(spec).spec.signatures)
+                                   for name, spec in repo.specialists.items()})
+
+    def _evidence(self, store: Any, repo: Repository) -> Any:
+        """The gates' evidence check, with the signature check the policies ask for."""
+        from modelsmith.gitops.plan import logged_evidence, logged_signatures
+
+        return logged_evidence(store, repo,
+                               logged_signatures(store, self.signature_policy(repo)))
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -779,10 +804,10 @@ class Modelsmith:
     def _plan_inputs(self, repo: Repository) -> dict[str, Any]:
         """The lookups every plan decides its gates with: held-out comparisons and evidence
         from the log, approvals from the forge."""
-        from modelsmith.gitops.plan import logged_evidence, logged_heldout
+        from modelsmith.gitops.plan import logged_heldout
 
         return {"heldout": logged_heldout(self.store), "approval": self._approvals(repo),
-                "evidence": logged_evidence(self.store, repo)}
+                "evidence": self._evidence(self.store, repo)}
 
     def plan(self) -> list[Action]:
         """What reconciling would do, per specialist and stage, with every gate (from the
@@ -795,7 +820,7 @@ class Modelsmith:
     def plan_report(self) -> PlanReport:
         """:meth:`plan`, and the proposals that wait for review on the forge, each with the
         gates the plan would apply to it once merged."""
-        from modelsmith.gitops.plan import desired_state, plan
+        from modelsmith.gitops.plan import desired_state, plan, signed_of, untrusted_holders
 
         repo = self.specs()
         fleet = self.fleet()
@@ -804,6 +829,7 @@ class Modelsmith:
         desired = desired_state(repo, found.details())
         report = PlanReport(self.store.tip(), plan(desired, fleet, **inputs))
         report.warnings += found.warnings
+        report.warnings += untrusted_holders(fleet, signed_of(inputs["evidence"]))
         report.holds = {name: [h.to_dict() for h in holds]
                         for name, holds in found.holds.items() if holds}
         report.proposals = self._open_proposals(repo, fleet, inputs, report.warnings, desired)
@@ -867,7 +893,7 @@ class Modelsmith:
                 traffic: float | None = None) -> tuple[Any, str, bool]:
         """Open the release change on the forge with its evidence: (proposal, body, whether
         every gate but the approval passes today)."""
-        from modelsmith.gitops.plan import logged_evidence, logged_heldout
+        from modelsmith.gitops.plan import logged_heldout
         from modelsmith.gitops.propose import propose
 
         repo = self.specs()
@@ -875,7 +901,7 @@ class Modelsmith:
         return propose(self.forge(repo), repo, self.fleet(), specialist, stage, version,
                        traffic=traffic,
                        heldout=logged_heldout(self.store),
-                       sound=logged_evidence(self.store, repo),
+                       sound=self._evidence(self.store, repo),
                        holds=self.review(repo).details())
 
     def _propose_rollback(self, repo: Repository, specialist: str, stage: str,
@@ -913,16 +939,22 @@ class Modelsmith:
         ``evaluate``, the evaluations the plan waits for run first (``on_evaluate(specialist,
         version)`` runs each; default :meth:`evaluate`); with ``push``, decide on the
         shared log and push it."""
-        from modelsmith.gitops.plan import logged_evidence, logged_heldout
+        from modelsmith.gitops.plan import logged_heldout
         from modelsmith.gitops.reconcile import reconcile
 
         repo = self.specs()
         desired = self._desired(repo)
+        if self.signature_policy(repo).required and self.store.signer is None:
+            from modelsmith.events.signing import KEY_ENV
+
+            raise WorkspaceError(f"a policy requires signed events, and no signing key is "
+                                 f"configured: set {KEY_ENV} to the reconciler's key (see "
+                                 "README, Signed events)")
 
         def apply(store: Any) -> ReconcileResult:
             return reconcile(store, desired, cause=self.head_commit(),
                              heldout=logged_heldout(store), approval=self._approvals(repo),
-                             evidence=logged_evidence(store, repo), cache=self.fold_cache)
+                             evidence=self._evidence(store, repo), cache=self.fold_cache)
 
         if push:
             from modelsmith.gitops.sync import CatchUp, sync

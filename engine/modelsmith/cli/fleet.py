@@ -158,12 +158,16 @@ def verify(ctx: click.Context, as_json: bool) -> None:
     """Walk the event log: linear, seqs contiguous, ids unique, every event valid, every
     state snapshot equal to the fold of the log up to it."""
     report = app(ctx).verify()
+    if not as_json:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
         snaps = (f", {report.snapshots} state snapshot{'s' * (report.snapshots != 1)} match "
                  "the fold" if report.snapshots else "")
-        click.echo(f"ok: {report.events} events, tip {report.tip or '-'}{snaps}")
+        signed = f", {report.signed} signed" if report.signed else ""
+        click.echo(f"ok: {report.events} events{signed}, tip {report.tip or '-'}{snaps}")
     else:
         for problem in report.problems:
             click.echo(f"commit {problem}", err=True)

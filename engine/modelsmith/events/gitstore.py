@@ -31,6 +31,13 @@ from pygit2.enums import SortMode
 
 from modelsmith.errors import WorkspaceError
 from modelsmith.events.projection import FleetState
+from modelsmith.events.signing import (
+    AllowedSigners,
+    SignatureChecker,
+    SignaturePolicy,
+    Signer,
+    signer_for,
+)
 from modelsmith.events.snapshot import (
     DEFAULT_EVERY,
     SNAPSHOT_TRAILER,
@@ -131,10 +138,13 @@ class GitEventStore:
 
     def __init__(
         self, repo: pygit2.Repository | str | os.PathLike[str], ref: str = EVENTS_REF,
-        snapshot_every: int | None = None,
+        snapshot_every: int | None = None, signer: Signer | None = ...,  # type: ignore[assignment]
     ) -> None:
         """``snapshot_every``: events between state snapshots the appender writes into the
-        log (default ``MODELSMITH_SNAPSHOT_EVERY`` or 1000; 0 writes none)."""
+        log (default ``MODELSMITH_SNAPSHOT_EVERY`` or 1000; 0 writes none). ``signer``:
+        what signs each event commit (default: the configured key,
+        :func:`modelsmith.events.signing.configured_key`, looked up at the first append;
+        None writes unsigned commits)."""
         if not isinstance(repo, pygit2.Repository):
             found = pygit2.discover_repository(str(repo))
             if found is None:
@@ -152,6 +162,8 @@ class GitEventStore:
         # The index is shared by the threads of a process; other processes are kept apart
         # by the compare-and-swap on the ref.
         self._lock = threading.RLock()
+        self._signer = signer
+        self._signatures: SignatureChecker | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -439,10 +451,97 @@ class GitEventStore:
         name = "".join(c for c in event.actor if c.isprintable() and c not in "<>") or "unknown"
         author = pygit2.Signature(name, "modelsmith@localhost", int(event.at.timestamp()), 0)
         committer = pygit2.Signature("modelsmith", "modelsmith@localhost")
-        return self.repo.create_commit(
-            None, author, committer, format_message(event, parent, snapshot), tree,
-            [parent] if parent else [],
-        )
+        message = format_message(event, parent, snapshot)
+        parents = [pygit2.Oid(hex=parent)] if parent else []
+        signer = self.signer
+        if signer is None:
+            return self.repo.create_commit(None, author, committer, message, tree, parents)
+        # As `git commit -S` with gpg.format=ssh: the object without its signature, signed.
+        content = self.repo.create_commit_string(author, committer, message, tree, parents)
+        return self.repo.create_commit_with_signature(content, signer.sign(content.encode()))
+
+    # ------------------------------------------------------------------ signatures
+
+    @property
+    def signer(self) -> Signer | None:
+        """What signs this store's appends (the configured key, found on first use)."""
+        if self._signer is ...:
+            self._signer = signer_for(self.repo)
+        return self._signer
+
+    @property
+    def signatures(self) -> SignatureChecker:
+        """Verdicts on the log's signatures against the checked-out branch's allowed
+        signers (cached under the git directory)."""
+        with self._lock:
+            allowed = AllowedSigners.at_head(self.repo)
+            if self._signatures is None or self._signatures.allowed != allowed:
+                if self._signatures is not None:
+                    self._signatures.close()
+                self._signatures = SignatureChecker(self.repo, allowed, self.cache_dir)
+            return self._signatures
+
+    def commit_of(self, event_id: str) -> str | None:
+        """The commit that records event ``event_id``, or None."""
+        idx = self._sync()
+        pos = idx.ids.get(event_id)
+        return None if pos is None else idx.commits[pos - 1]
+
+    def untrusted(self, event_id: str, policy: SignaturePolicy) -> str | None:
+        """Why event ``event_id`` may not be trusted under ``policy`` (its stream's rule:
+        unsigned where signatures are required, a bad signature, a signer not allowed for
+        its type); None when it may, or when no such event is in the log."""
+        idx = self._sync()
+        pos = idx.ids.get(event_id)
+        if pos is None:
+            return None
+        event = self._event_at(idx, pos)
+        rule = policy.rule(event.stream)
+        if not rule.required:
+            return None
+        return rule.judge(self.signatures.verdict(idx.commits[pos - 1]), event.type)
+
+    def _verify_signatures(self, checker: EventChecker, chain: list[pygit2.Commit],
+                           policy: SignaturePolicy | None) -> None:
+        """Each event commit's signature, against the allowed signers of the checked-out
+        branch and ``policy``'s writer rules: a problem where the event's stream requires
+        signatures, a count (unsigned) or a warning otherwise."""
+        report = checker.report
+        policy = policy or SignaturePolicy()
+        signatures = self.signatures
+        report.signers_file = signatures.allowed.oid
+        for problem in signatures.allowed.problems():
+            report.warnings.append(problem)
+        unsigned = doubtful = 0
+        for pos, commit in enumerate(chain, start=1):
+            trailers = parse_trailers(commit.message)
+            stream, kind = trailers.get("Stream"), trailers.get("Event-Type")
+            if not stream or not kind:
+                continue  # not an event commit: reported already
+            verdict = signatures.verdict(str(commit.id))
+            if verdict.status == "signed":
+                report.signed += 1
+            elif verdict.status == "unsigned":
+                unsigned += 1
+            else:
+                doubtful += 1
+            rule = policy.rule(stream)
+            why = rule.judge(verdict, kind)
+            if why is not None:
+                checker.problem(str(commit.id), pos, f"{kind} on {stream}: {why}")
+            elif verdict.status in ("bad", "unknown"):
+                report.warnings.append(f"commit {commit.id} (event {pos}): {kind} on "
+                                       f"{stream}: {verdict.describe()}")
+        report.unsigned = unsigned
+        if unsigned:
+            report.warnings.append(
+                f"{unsigned} event{'s' * (unsigned != 1)} unsigned"
+                + ("" if policy.required else " (no policy requires signatures; configure "
+                   "MODELSMITH_SIGNING_KEY to sign appends)"))
+        if doubtful and not policy.required:
+            report.warnings.append(f"{doubtful} event signature{'s' * (doubtful != 1)} "
+                                   "not verified by the allowed signers")
+        signatures.save()
 
     # ------------------------------------------------------------------ the index
 
@@ -493,6 +592,8 @@ class GitEventStore:
         with self._lock:
             if self._unsaved:
                 self.save_index()
+            if self._signatures is not None:
+                self._signatures.close()
 
     def __enter__(self) -> GitEventStore:
         return self
@@ -556,8 +657,10 @@ class GitEventStore:
             return moment, position
         return moment + timedelta(seconds=1), None
 
-    def verify(self) -> VerifyReport:
-        """Walk the whole log and check it; names the commit of each problem."""
+    def verify(self, signatures: SignaturePolicy | None = None) -> VerifyReport:
+        """Walk the whole log and check it; names the commit of each problem.
+        ``signatures``: who may write what (default: nothing required; unsigned events
+        are counted and warned about)."""
         report = VerifyReport(tip=self.tip())
         checker = EventChecker(report)
         if report.tip is None:
@@ -579,6 +682,7 @@ class GitEventStore:
                 snapshots.feed(event)
             snapshots.check(commit, pos, parse_trailers(commit.message))
         report.snapshots = snapshots.snapshots
+        self._verify_signatures(checker, chain, signatures)
         self._verify_reflog(checker)
         self._verify_anchor(checker, report.tip)
         if report.ok:

@@ -29,6 +29,10 @@ class VerifyReport:
     tip: str | None = None
     snapshots: int = 0  # state snapshots found in the log (each compared with the fold)
     problems: list[VerifyProblem] = field(default_factory=list)
+    signed: int = 0  # events whose signature verifies against the allowed signers
+    unsigned: int = 0  # events with no signature at all
+    signers_file: str | None = None  # the allowed-signers blob the signatures were checked by
+    warnings: list[str] = field(default_factory=list)  # not problems: the log is still ok
 
     @property
     def ok(self) -> bool:
@@ -41,6 +45,10 @@ class VerifyReport:
             "tip": self.tip,
             "snapshots": self.snapshots,
             "problems": [p.to_dict() for p in self.problems],
+            "signed": self.signed,
+            "unsigned": self.unsigned,
+            "signers_file": self.signers_file,
+            "warnings": list(self.warnings),
         }
 
 

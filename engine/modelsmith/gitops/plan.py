@@ -105,6 +105,30 @@ HeldoutFn = Callable[[str, str, str], HeldoutResult | None]  # specialist, cand,
 ApprovalFn = Callable[[str, str, str], Approval | None]  # specialist, stage, version
 #: (specialist, evaluation event id) -> why its evidence does not bear out its numbers.
 EvidenceFn = Callable[[str, str], str | None]
+#: (specialist, event id) -> why its event's signature may not be trusted: unsigned where
+#: the policy requires signatures, a bad signature, a signer not allowed for its type.
+SignedFn = Callable[[str, str], str | None]
+
+
+def _trusted(*_: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class SignedEvidence:
+    """An :data:`EvidenceFn` that carries the signature check along (:func:`signed_of`), so
+    every caller handing ``evidence`` to the gates hands them the signatures too."""
+
+    evidence: EvidenceFn
+    signed: SignedFn
+
+    def __call__(self, specialist: str, event_id: str) -> str | None:
+        return self.signed(specialist, event_id) or self.evidence(specialist, event_id)
+
+
+def signed_of(evidence: EvidenceFn) -> SignedFn:
+    """The signature check ``evidence`` carries (none: every event is trusted)."""
+    return getattr(evidence, "signed", None) or _trusted
 
 
 def plan(desired: Mapping[str, Desired], actual: FleetState, *,
@@ -150,7 +174,7 @@ def _plan_stage(name: str, want: Desired, state: SpecialistState, stage: Any,
                       + (f" (bootstrap: {boot['evidence']})" if boot else ""), tuple(gates),
                       traffic, approval(name, stage.name, target) if ok else None,
                       bootstrap=boot)
-    unevaluated = counted_evaluations(want, state, target).unevaluated \
+    unevaluated = counted_evaluations(want, state, target, signed_of(evidence)).unevaluated \
         if target in state.candidates else ()
     if unevaluated and any(g.name in ("suite", "composite") and not g.passed for g in gates):
         return Action("evaluate", name, stage.name, target, current,
@@ -197,6 +221,11 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
         known = ", ".join(state.candidates) or "none"
         return [Gate("version", False, f"{version} is not a registered candidate of {name} "
                                        f"(registered: {known})")]
+    signed = signed_of(evidence)
+    if (why := signed(name, candidate.event_id)) is not None:
+        return [Gate("version", False, f"{version}'s registration (event "
+                                       f"{candidate.event_id[:12]}) is not trusted: {why}",
+                     {"event_id": candidate.event_id})]
     gates: list[Gate] = [_review_gate(want)]
     current = [e for e in candidate.evals if e.suite_hash == want.suite_hash]
     if policy.gates.suite_unchanged or not candidate.evals:
@@ -205,7 +234,7 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
             f"{len(current)} of {len(candidate.evals)} evaluations of {version} ran on the "
             f"current suite {want.suite_hash[:12]}",
             {"current": len(current), "evaluations": len(candidate.evals)}))
-    counted = counted_evaluations(want, state, version)
+    counted = counted_evaluations(want, state, version, signed)
     recent = list(counted.records)
     unsound = next(((e, why) for e in recent if (why := evidence(name, e.event_id))), None)
     if unsound is not None:
@@ -216,8 +245,8 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
         gates.append(_composite_gate(version, counted, want.target))
     gates.append(_overfitting_gate(version, recent, policy.gates.decision.overfit_margin))
     own = [e for e in recent[:1] if e in candidate.evals]
-    gates.append(_heldout_gate(name, want, state, version, own, heldout))
-    gates += _stage_order_gates(want, state, stage, version)
+    gates.append(_heldout_gate(name, want, state, version, own, heldout, signed))
+    gates += _stage_order_gates(want, state, stage, version, signed)
     boot = bootstrap_step(want, state, stage, version)
     if stage.approval or (boot is not None and boot["rule"] == "approval"):
         gates.append(_approval_gate(name, stage, version, approval))
@@ -294,15 +323,19 @@ class Counted:
     ignored: tuple[str, ...]  # "<event id>: why it does not count"
 
 
-def counted_evaluations(want: Desired, state: SpecialistState, version: str) -> Counted:
-    """The evaluations the composite gate counts for ``version`` (see :class:`Counted`)."""
+def counted_evaluations(want: Desired, state: SpecialistState, version: str,
+                        signed: SignedFn = _trusted) -> Counted:
+    """The evaluations the composite gate counts for ``version`` (see :class:`Counted`);
+    ``signed`` says which events' signatures may not be trusted (never counted)."""
     need = want.policy.gates.composite.sustained or want.sustained
     current_only = want.policy.gates.suite_unchanged
     everything = [e for c in state.candidates.values() for e in c.evals] + state.model_evals
     first_run: dict[str, str] = {}
     for record in sorted(everything, key=lambda e: e.seq):
-        if record.run_id:
-            first_run.setdefault(record.run_id, record.event_id)
+        # A forged evaluation naming a run must not make the real one "already counted".
+        if record.run_id and record.run_id not in first_run \
+                and signed(state.name, record.event_id) is None:
+            first_run[record.run_id] = record.event_id
     chain: list[str] = []
     at: str | None = version
     while at in state.candidates and at not in chain and len(chain) < need:
@@ -321,7 +354,10 @@ def counted_evaluations(want: Desired, state: SpecialistState, version: str) -> 
                 continue
             on_suite = True
             why = None
-            if record.partial:
+            untrusted = signed(state.name, record.event_id)
+            if untrusted is not None:
+                why = f"its event is not trusted: {untrusted}"
+            elif record.partial:
                 why = "a partial run (--limit) counts for nothing"
             elif record.run_id and first_run.get(record.run_id) != record.event_id:
                 why = (f"its run {record.run_id} was already counted (event "
@@ -407,7 +443,7 @@ def _overfitting_gate(version: str, recent: list[Any], margin: float) -> Gate:
 
 
 def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str,
-                  recent: list[Any], heldout: HeldoutFn) -> Gate:
+                  recent: list[Any], heldout: HeldoutFn, signed: SignedFn = _trusted) -> Gate:
     allowed = want.policy.gates.heldout.max_regression
     production = state.holder("production")
     if production is None or production.version == version:
@@ -422,8 +458,8 @@ def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str
                     f"held-out {scores[-1]:.3f} vs the floor {floor} (nothing in production "
                     "to compare with)", {"floor": floor, "heldout": round(scores[-1], 4)})
     held = state.candidates.get(production.version)
-    baseline = next((e for e in reversed(held.evals) if e.suite_hash == want.suite_hash),
-                    None) if held else None
+    baseline = next((e for e in reversed(held.evals) if e.suite_hash == want.suite_hash
+                     and signed(name, e.event_id) is None), None) if held else None
     if not recent or baseline is None:
         return Gate("heldout", False, f"no evaluations of {version} and production "
                                       f"{production.version} on the current suite to compare",
@@ -442,15 +478,21 @@ def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str
 
 
 def _stage_order_gates(want: Desired, state: SpecialistState, stage: Any,
-                       version: str) -> list[Gate]:
-    """The version must have held the stage before this one, with that stage's minimum
-    observed traffic and metric floors met."""
+                       version: str, signed: SignedFn = _trusted) -> list[Gate]:
+    """The version must have held the stage before this one -- by a promotion whose event
+    may be trusted --, with that stage's minimum observed traffic and metric floors met."""
     names = [s.name for s in want.policy.stages]
     index = names.index(stage.name)
     if index == 0:
         return [Gate("order", True, f"{stage.name} is the first stage")]
     before = want.policy.stages[index - 1]
     held = [a for a in state.history if a.version == version and a.stage == before.name]
+    forged = [(a, why) for a in held if (why := signed(state.name, a.event_id)) is not None]
+    held = [a for a in held if a not in [f for f, _ in forged]]
+    if not held and forged:
+        a, why = forged[0]
+        return [Gate("order", False, f"{version} held {before.name} only by event "
+                                     f"{a.event_id[:12]}, which is not trusted: {why}")]
     if not held:
         return [Gate("order", False, f"{version} never held {before.name}, the stage before "
                                      f"{stage.name}")]
@@ -570,9 +612,41 @@ def logged_heldout(store: Any) -> HeldoutFn:
     return compare_heldout
 
 
-def logged_evidence(store: Any, repo: Any) -> EvidenceFn:
+def logged_signatures(store: Any, policy: Any) -> SignedFn:
+    """For :func:`plan`: why an event's signature may not be trusted under ``policy`` (a
+    :class:`modelsmith.events.signing.SignaturePolicy`), from the store's verdicts (cached
+    by commit). Nothing is refused unless the event's stream requires signatures."""
+    untrusted = getattr(store, "untrusted", None)
+    if untrusted is None or policy is None or not policy.required:
+        return _trusted
+
+    def signed(specialist: str, event_id: str) -> str | None:
+        return untrusted(event_id, policy)
+
+    return signed
+
+
+def untrusted_holders(actual: FleetState, signed: SignedFn) -> list[str]:
+    """A warning for each stage held by a promotion whose event may not be trusted (the
+    gates never count it as having held the stage; ``verify`` fails on it)."""
+    out = []
+    for name, state in sorted(actual.specialists.items()):
+        for stage, held in sorted(state.stages.items()):
+            why = signed(name, held.event_id)
+            if why is not None:
+                out.append(f"{name}: the log has {held.version} holding {stage} by event "
+                           f"{held.event_id[:12]}, which is not trusted ({why}); the gates "
+                           "do not count it, and `modelsmith verify` fails")
+    return out
+
+
+def logged_evidence(store: Any, repo: Any, signed: SignedFn | None = None) -> EvidenceFn:
     """For :func:`plan`: an evaluation counts only when its evidence is intact (each blob
-    hashes to the digest its event recorded) and recomputes to the composite it claims."""
+    hashes to the digest its event recorded) and recomputes to the composite it claims;
+    with ``signed`` (:func:`logged_signatures`), only when its signature may be trusted
+    too (the gates read it from the result, :func:`signed_of`)."""
+    if signed is not None:
+        return SignedEvidence(logged_evidence(store, repo), signed)
     verdicts: dict[str, str | None] = {}  # an event's evidence never changes
 
     def check(specialist: str, event_id: str) -> str | None:

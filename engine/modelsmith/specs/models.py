@@ -435,6 +435,48 @@ class Review(SpecModel):
         return self
 
 
+#: The event types a policy's ``signatures.writers`` may name (the registered payload
+#: types of :mod:`modelsmith.events.types`, which this layer cannot import: a test keeps
+#: the two equal), and ``*`` for every type not named.
+EVENT_TYPE_NAMES: tuple[str, ...] = (
+    "EvalStarted", "EvalCompleted", "FailuresExtracted", "DatasetBuilt", "TrainingStarted",
+    "TrainingFailed", "TrainingCompleted", "CandidateRegistered", "OverfittingDetected",
+    "PromotionProposed", "PromotionRejected", "Promoted", "MetricsObserved", "RolledBack",
+    "IterationCompleted",
+)
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9_.@+-][A-Za-z0-9_.@+*?-]*$")
+
+
+class Signatures(SpecModel):
+    """Who may write the event log (see :mod:`modelsmith.events.signing`)."""
+
+    required: bool = Field(
+        False, description="Whether this policy's specialists' events must be signed by a "
+                           "key in .modelsmith/allowed_signers on main: verify fails and the "
+                           "gates ignore an unsigned or wrongly signed event. Default: no (an "
+                           "unsigned log still runs; verify counts unsigned events).")
+    writers: dict[str, list[NonEmptyStr]] = Field(
+        default_factory=dict,
+        description="Event type -> the principals (names in .modelsmith/allowed_signers) "
+                    "that may sign it; '*' for every type not named. Empty: any listed "
+                    "signer may write any type.")
+
+    @field_validator("writers")
+    @classmethod
+    def _types(cls, writers: dict[str, list[str]]) -> dict[str, list[str]]:
+        for kind, names in writers.items():
+            if kind != "*" and kind not in EVENT_TYPE_NAMES:
+                close = [n for n in EVENT_TYPE_NAMES if n.lower() == kind.lower()]
+                hint = (f" (did you mean {close[0]}?)" if close
+                        else f"; event types are {', '.join(EVENT_TYPE_NAMES)} and '*'")
+                raise spec_error(f"unknown event type {kind!r}{hint}", kind)
+            for index, name in enumerate(names):
+                if not _PRINCIPAL.match(name):
+                    raise spec_error(f"{name!r} is not a principal of an allowed-signers "
+                                     "file (no spaces, commas or quotes)", kind, index)
+        return writers
+
+
 #: How a specialist's first version gets the evidence its first promotion needs, when no
 #: version holds production or canary (there is no live traffic to mirror).
 BootstrapMode = Literal["replay", "approval", "off"]
@@ -459,6 +501,10 @@ class PolicySpec(SpecModel):
         default_factory=Review,
         description="Which changes to suites, policies and specialists need an approved "
                     "merge before the specialists they concern may be promoted.")
+    signatures: Signatures = Field(
+        default_factory=Signatures,
+        description="Whether events must be signed, and which signers may write which event "
+                    "types (e.g. only the reconciler's key may append Promoted).")
 
     @field_validator("stages")
     @classmethod

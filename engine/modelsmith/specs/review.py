@@ -23,8 +23,9 @@ DEFAULT_REVIEW_PATHS: tuple[str, ...] = (
     "config/clusters.json#profiles",
 )
 #: Guarded whatever a policy says, so the review rules guard themselves: the policies, and
-#: which policy a specialist answers to.
-ALWAYS_REVIEWED: tuple[str, ...] = ("policies/**", "specialists/**#spec.policy")
+#: which policy a specialist answers to, and who may sign the event log.
+ALWAYS_REVIEWED: tuple[str, ...] = ("policies/**", "specialists/**#spec.policy",
+                                    ".modelsmith/allowed_signers")
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 

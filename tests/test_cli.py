@@ -218,8 +218,10 @@ def model_cache(tmp_path_factory):
 
 
 SPEC = "specialists/rtb-quality.yaml"
+# Each case: the file, how to break it, and where the message points (an alias bomb: at the
+# alias whose expansion passes the budget).
 HOSTILE = {
-    "alias-bomb": (SPEC, lambda t: t.split("spec:")[0] + "spec:\n" + _laughs(), ":9:"),
+    "alias-bomb": (SPEC, lambda t: t.split("spec:")[0] + "spec:\n" + _laughs(), ":14:"),
     "duplicate-key": (SPEC, lambda t: t.replace("  base:", "  base: x\n  base:"), ":14:"),
     "tab": (SPEC, lambda t: t.replace("  base:", "\tbase:"), ":13:"),
     "non-utf8": (SPEC, lambda t: t.replace("Accept", "Acc\udcffept"), ":10:"),

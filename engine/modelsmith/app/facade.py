@@ -959,7 +959,7 @@ class Modelsmith:
         if push:
             from modelsmith.gitops.sync import CatchUp, sync
 
-            sync(self.root, remote)  # decide on the shared log, not a stale copy
+            first = sync(self.root, remote)  # decide on the shared log, not a stale copy
             if self.log_sync is None:
                 self.log_sync = CatchUp("same")  # the sync just fetched: no second fetch
         result = apply(self.store)
@@ -977,6 +977,7 @@ class Modelsmith:
 
             synced = sync(self.root, remote, replan=apply)
             keep_what_stands(result, synced)
+            synced = synced.after(first)  # what was pushed before deciding counts too
         warnings: list[str] = []
         proposals = {event.id: self._propose_rollback(repo, action.specialist, action.stage,
                                                       action.version, event, warnings)

@@ -150,6 +150,21 @@ def lineage(ctx: click.Context, specialist: str, version: str, as_json: bool) ->
         click.echo(f"  held {a['stage']} from {a['since'][:19]} to {(a['until'] or 'now')[:19]}")
 
 
+def _anchored(report) -> str:
+    """What the anchors on main vouch for (a clone of a rewritten origin fails them)."""
+    if not report.anchors:
+        return ("note: main names no event-log anchor yet (a merged proposal adds one); "
+                "a rewrite of origin's log would pass unseen")
+    many = report.anchors != 1
+    line = (f"anchored: {report.anchors} anchor{'s' * many} on main "
+            f"match{'' if many else 'es'} the log")
+    if report.unanchored:
+        one = report.unanchored == 1
+        line += (f"; {report.unanchored} event{'' if one else 's'} after the newest anchor "
+                 f"on main {'is' if one else 'are'} not anchored")
+    return line
+
+
 @click.command()
 @json_option
 @click.pass_context
@@ -168,6 +183,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
                  "the fold" if report.snapshots else "")
         signed = f", {report.signed} signed" if report.signed else ""
         click.echo(f"ok: {report.events} events{signed}, tip {report.tip or '-'}{snaps}")
+        click.echo(_anchored(report))
     else:
         for problem in report.problems:
             click.echo(f"commit {problem}", err=True)

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from pygit2.enums import SortMode
 
 from modelsmith.errors import WorkspaceError
+from modelsmith.events import anchors as _anchors
 from modelsmith.events.projection import FleetState
 from modelsmith.events.signing import (
     AllowedSigners,
@@ -664,6 +665,8 @@ class GitEventStore:
         report = VerifyReport(tip=self.tip())
         checker = EventChecker(report)
         if report.tip is None:
+            self._verify_main_anchors(checker, [])
+            self._verify_anchor(checker, None)
             return report
         chain = []
         commit = self.repo[report.tip]
@@ -685,6 +688,7 @@ class GitEventStore:
         self._verify_signatures(checker, chain, signatures)
         self._verify_reflog(checker)
         self._verify_anchor(checker, report.tip)
+        self._verify_main_anchors(checker, [str(c.id) for c in chain])
         if report.ok:
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -730,11 +734,15 @@ class GitEventStore:
         return event
 
     def _verify_reflog(self, checker: EventChecker) -> None:
+        """Every move of the branch in the reflog went forward, or was one of our own
+        replays (``reconcile --push``) that the log bears out (:mod:`.anchors`)."""
         try:
             entries = list(self.repo.references[self.ref].log())
         except (KeyError, pygit2.GitError):
             return
         zero = "0" * 40
+        recorded: dict[tuple[str, str], dict[str, Any]] | None = None
+        current: tuple[dict[str, Event], dict[str, int]] | None = None
         for entry in reversed(entries):  # oldest first
             old, new = str(entry.oid_old), str(entry.oid_new)
             if old in (zero, new):
@@ -743,18 +751,50 @@ class GitEventStore:
                 forward = self.repo.descendant_of(new, old)
             except (pygit2.GitError, KeyError, ValueError):
                 forward = False
-            if not forward:
-                checker.problem(
-                    new,
-                    None,
-                    f"the branch was moved from {old} to {new}, which does not contain it: "
-                    "history was rewritten (forced update)",
-                )
+            if forward:
+                continue
+            if recorded is None:
+                recorded = _anchors.replays(self.cache_dir, self.ref)
+            record = recorded.get((old, new))
+            if record is not None:
+                if current is None:
+                    current = self._current_events()
+                why = _anchors.check_replay(self.repo, record, *current)
+                if why is None:
+                    continue
+                checker.problem(new, None, f"the branch was moved from {old} to {new} by a "
+                                f"recorded replay that the log does not bear out: {why}")
+                continue
+            checker.problem(
+                new,
+                None,
+                f"the branch was moved from {old} to {new}, which does not contain it: "
+                "history was rewritten (forced update)",
+            )
+
+    def _current_events(self) -> tuple[dict[str, Event], dict[str, int]]:
+        """The log's events by id, and their positions (unreadable commits skipped: the
+        walk in :meth:`verify` names them)."""
+        events: dict[str, Event] = {}
+        positions: dict[str, int] = {}
+        tip = self.tip()
+        if tip is None:
+            return events, positions
+        walker = self.repo.walk(tip, SortMode.TOPOLOGICAL | SortMode.REVERSE)
+        walker.simplify_first_parent()
+        for pos, commit in enumerate(walker, start=1):
+            try:
+                event = parse_event(commit.message, pos)
+            except InvalidEventError:
+                continue
+            events[event.id], positions[event.id] = event, pos
+        return events, positions
 
     def _anchor_path(self) -> Path:
-        return self.cache_dir / f"verified-{self.ref.replace('/', '_')}"
+        return _anchors.verified_path(self.cache_dir, self.ref)
 
-    def _verify_anchor(self, checker: EventChecker, tip: str) -> None:
+    def _verify_anchor(self, checker: EventChecker, tip: str | None) -> None:
+        """The tip ``verify`` last found sound here is still in the log."""
         try:
             anchor = self._anchor_path().read_text().strip()
         except OSError:
@@ -762,7 +802,8 @@ class GitEventStore:
         if not anchor or anchor == tip:
             return
         try:
-            contained = anchor in self.repo and self.repo.descendant_of(tip, anchor)
+            contained = tip is not None and anchor in self.repo \
+                and self.repo.descendant_of(tip, anchor)
         except (pygit2.GitError, ValueError):
             contained = False
         if not contained:
@@ -770,5 +811,16 @@ class GitEventStore:
                 anchor,
                 None,
                 f"commit {anchor} was verified as the log's tip before, but the log no longer "
-                "contains it: history was rewritten",
+                "contains it: history was rewritten" + ("" if tip else " (the branch is gone)"),
             )
+
+    def _verify_main_anchors(self, checker: EventChecker, chain: list[str]) -> None:
+        """The log against the anchors merged proposals left on main (:mod:`.anchors`):
+        each names a commit that must be the log's at exactly its position."""
+        found = _anchors.main_anchors(self.repo)
+        problems, newest = _anchors.check_anchors(found, chain, self.ref, self.repo)
+        for where, position, message in problems:
+            checker.problem(where, position, message)
+        report = checker.report
+        report.anchors = len(found)
+        report.unanchored = len(chain) - newest

@@ -28,6 +28,8 @@ class VerifyReport:
     events: int = 0
     tip: str | None = None
     snapshots: int = 0  # state snapshots found in the log (each compared with the fold)
+    anchors: int = 0  # anchors found on main (each names a commit and its position)
+    unanchored: int = 0  # events after the newest anchor that holds (no anchor: all)
     problems: list[VerifyProblem] = field(default_factory=list)
     signed: int = 0  # events whose signature verifies against the allowed signers
     unsigned: int = 0  # events with no signature at all
@@ -44,6 +46,8 @@ class VerifyReport:
             "events": self.events,
             "tip": self.tip,
             "snapshots": self.snapshots,
+            "anchors": self.anchors,
+            "unanchored": self.unanchored,
             "problems": [p.to_dict() for p in self.problems],
             "signed": self.signed,
             "unsigned": self.unsigned,

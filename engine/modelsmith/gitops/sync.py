@@ -13,7 +13,19 @@ both moved. Then the events recorded only here are replayed on the remote tip, i
 
 Then a plain push; a push rejected because the remote moved again starts over. A
 candidate version registered on both sides under one name is a conflict for a person: it
-stops with both events named.
+stops with both events named, before anything moved.
+
+A replay moves the local ref backwards (to the remote's tip) before appending again, which
+the reflog shows as a forced update. So that the clone's own ``verify`` does not take it
+for a rewrite, the replay records the move first (old tip, the remote's tip, the local-only
+event ids; then what was re-appended and dropped) in ``.git/modelsmith`` and carries the
+last-verified tip over to the replayed copy of the same events; ``verify`` accepts exactly
+that move, and only when the log bears it out (:mod:`modelsmith.events.anchors`).
+
+:class:`SyncResult` says what happened: ``pushed`` (a push landed), ``pushed_events`` (the
+ids that push added to the remote's log), ``replayed`` (ids re-appended onto the remote's
+tip and pushed), ``dropped`` (decisions that no longer held), each counted once over the
+retries.
 
 :func:`catch_up` is the read-only half, run before any command reads or appends the log
 (so a fresh clone continues the shared log instead of starting a second one at seq 1): the
@@ -35,11 +47,11 @@ from typing import Any
 import pygit2
 
 from modelsmith.errors import ModelsmithError
-from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
+from modelsmith.events.anchors import DECISIONS, record_replay, verified_path
+from modelsmith.events.gitstore import EVENTS_REF, GitEventStore, parse_event, parse_trailers
 from modelsmith.events.store import ConcurrencyError, append_observation
 from modelsmith.events.types import Event
 
-DECISIONS = frozenset({"Promoted", "PromotionRejected", "RolledBack", "PromotionProposed"})
 REMOTE_REF = "refs/remotes/origin/modelsmith/events"
 ATTEMPTS = 20
 #: Seconds the fetch before a read may take (``MODELSMITH_FETCH_TIMEOUT``); past it the
@@ -64,13 +76,35 @@ class SyncResult:
     replayed: list[str] = field(default_factory=list)  # event ids
     dropped: list[str] = field(default_factory=list)  # decisions that no longer held
     attempts: int = 0
+    pushed_events: list[str] = field(default_factory=list)  # what the push added, in order
     #: What ``replan`` returned each time it ran on the merged log (not part of to_dict).
     replans: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"pushed": self.pushed, "fast_forwarded": self.fast_forwarded,
                 "replayed": self.replayed, "dropped": self.dropped,
-                "attempts": self.attempts}
+                "pushed_events": self.pushed_events, "attempts": self.attempts}
+
+    def after(self, earlier: SyncResult) -> SyncResult:
+        """This sync's result together with an ``earlier`` one's of the same command
+        (``reconcile --push`` syncs before deciding and after): what both did."""
+        dropped = list(dict.fromkeys(earlier.dropped + self.dropped))
+        gone = set(dropped)
+        return SyncResult(
+            pushed=earlier.pushed or self.pushed,
+            fast_forwarded=earlier.fast_forwarded or self.fast_forwarded,
+            replayed=[i for i in dict.fromkeys(earlier.replayed + self.replayed)
+                      if i not in gone],
+            dropped=dropped, attempts=earlier.attempts + self.attempts,
+            pushed_events=list(dict.fromkeys(earlier.pushed_events + self.pushed_events)),
+            replans=self.replans)
+
+    def _settle(self) -> SyncResult:
+        """Each id once: replayed in several attempts, or replayed and dropped later."""
+        self.dropped = list(dict.fromkeys(self.dropped))
+        gone = set(self.dropped)
+        self.replayed = [i for i in dict.fromkeys(self.replayed) if i not in gone]
+        return self
 
 
 def _git(root: Path, *args: str, timeout: float | None = None,
@@ -149,17 +183,24 @@ def sync(root: Path, remote: str = "origin",
         tracking = repo.references.get(remote_ref(remote)) if fetched.outcome == "ok" else None
         theirs = str(tracking.target) if tracking is not None else None
         if local == theirs:
-            return result
+            return result._settle()
         if local is None or (theirs is not None and repo.descendant_of(theirs, local)):
             repo.references.create(EVENTS_REF, theirs, force=True)  # fast-forward
             result.fast_forwarded = True
-            return result
-        if theirs is not None and not repo.descendant_of(local, theirs):
-            _replay(store, local, theirs, result, replan)
-        pushed = _git(root, "push", "--quiet", remote, f"{EVENTS_REF}:{EVENTS_REF}")
+            return result._settle()
+        if theirs is not None and not repo.descendant_of(local, theirs) \
+                and not _replay(store, local, theirs, result, replan):
+            continue  # a local append moved the branch meanwhile: start over
+        outgoing = store.tip()
+        assert outgoing is not None
+        # The commit itself, not the branch: what was pushed is exactly what is counted.
+        pushed = _git(root, "push", "--quiet", remote, f"{outgoing}:{EVENTS_REF}")
         if pushed.returncode == 0:
             result.pushed = True
-            return result
+            result.pushed_events += _event_ids(repo, outgoing, theirs)
+            if repo.references.get(remote_ref(remote)) is not None or theirs is None:
+                repo.references.create(remote_ref(remote), outgoing, force=True)
+            return result._settle()
         if "rejected" not in pushed.stderr and "fetch first" not in pushed.stderr \
                 and "non-fast-forward" not in pushed.stderr:
             raise SyncError(f"git push {remote} failed: {pushed.stderr.strip()}")
@@ -280,46 +321,127 @@ def _events(n: int) -> str:
     return f"{n} event{'' if n == 1 else 's'}"
 
 
+def _event_ids(repo: pygit2.Repository, tip: str, stop: str | None) -> list[str]:
+    """The event ids of the commits after ``stop`` up to ``tip`` (first parents), oldest
+    first."""
+    ids = []
+    commit = repo.get(tip)
+    while isinstance(commit, pygit2.Commit) and str(commit.id) != stop:
+        ids.append(parse_trailers(commit.message).get("Event-Id", str(commit.id)))
+        commit = repo.get(commit.parent_ids[0]) if commit.parent_ids else None
+    return ids[::-1]
+
+
+def _clash(pool: list[Event], event: Event) -> Event | None:
+    """A candidate registered under ``event``'s version by another event in ``pool``."""
+    return next((e for e in pool if e.type == "CandidateRegistered"
+                 and e.stream == event.stream and e.data.get("version") == event.data["version"]
+                 and e.id != event.id), None)
+
+
 def _replay(store: GitEventStore, local: str, theirs: str, result: SyncResult,
-            replan: Callable[[GitEventStore], None]) -> None:
+            replan: Callable[[GitEventStore], None]) -> bool:
+    """Replay the events only on ``local`` onto ``theirs`` (module docstring); False when
+    the local branch moved before it could start (the caller starts over)."""
     repo = store.repo
     base = repo.merge_base(local, theirs)
     base_pos = 0
     if base is not None:
         base_pos = sum(1 for _ in repo.walk(base))
     mine = list(store.read(after=base_pos))  # the local-only events, in order
+    # A version registered on both sides stops it before anything moves.
+    registering = {e.stream for e in mine if e.type == "CandidateRegistered"}
+    pool: list[Event] = []
+    if registering:
+        commit = repo.get(theirs)
+        while isinstance(commit, pygit2.Commit) and commit.id != base:
+            pool.append(parse_event(commit.message))
+            commit = repo.get(commit.parent_ids[0]) if commit.parent_ids else None
+        pool += [e for stream in sorted(registering) for e in store.read(stream)
+                 if e.position <= base_pos]
+    for event in mine:
+        if event.type == "CandidateRegistered":
+            clash = _clash(pool, event)
+            if clash is not None:
+                raise SyncError(
+                    f"{event.stream} {event.data['version']} was registered here (event "
+                    f"{event.id}) and on the remote (event {clash.id}): rename one "
+                    "before sharing the log")
+        pool.append(event)
     fresh = [_fresh(store, e) for e in mine]
     seqs = [e.seq for e in mine]
-    repo.references.create(EVENTS_REF, theirs, force=True)  # the reflog keeps the old tip
+    # Recorded before the move, so verify knows this forced update for our own.
+    record_replay(store.cache_dir, store.ref,
+                  {"old": local, "onto": theirs, "events": [e.id for e in mine]})
+    try:
+        ref = repo.references[EVENTS_REF]
+        if str(ref.target) != local:
+            return False
+        ref.set_target(theirs, f"modelsmith: replay {len(mine)} local event(s) onto "
+                               f"{theirs}")  # compare-and-swap; the reflog keeps the old tip
+    except (KeyError, pygit2.GitError, OSError):
+        return False
     store = GitEventStore(repo)
     dropped_streams: set[str] = set()
+    replayed, dropped = [], []
     for event, old, seq in zip(fresh, mine, seqs, strict=True):
         stream = old.stream
         if event.type in DECISIONS:
             if stream in dropped_streams:
-                result.dropped.append(event.id)
+                dropped.append(event.id)
                 continue
             try:
                 store.append(stream, [event], seq - 1)
             except ConcurrencyError:
                 dropped_streams.add(stream)
-                result.dropped.append(event.id)
+                dropped.append(event.id)
                 continue
         else:
-            if event.type == "CandidateRegistered":
-                clash = next((e for e in store.read(stream) if e.type == "CandidateRegistered"
-                              and e.data["version"] == event.data["version"]
-                              and e.id != event.id), None)
-                if clash is not None:
-                    repo.references.create(EVENTS_REF, local, force=True)  # undo
-                    raise SyncError(
-                        f"{stream} {event.data['version']} was registered here (event "
-                        f"{event.id}) and on the remote (event {clash.id}): rename one "
-                        "before sharing the log")
             append_observation(store, stream, [event])
-        result.replayed.append(event.id)
-    if result.dropped:
+        replayed.append(event.id)
+    tip = store.tip()
+    record_replay(store.cache_dir, store.ref, {"old": local, "onto": theirs, "tip": tip,
+                                                "replayed": replayed, "dropped": dropped})
+    _carry_verified(store, local, base, theirs, replayed)
+    result.replayed += replayed
+    result.dropped += dropped
+    if dropped:
         result.replans.append(replan(store))
+    return True
+
+
+def _carry_verified(store: GitEventStore, old: str, base: Any, theirs: str,
+                    replayed: list[str]) -> None:
+    """Move the last-verified tip from a local-only commit of ``old`` to the replayed copy
+    of the newest of the same events (to the commit both logs share, when none of them was
+    replayed), so the clone's ``verify`` does not take its own replay for a rewrite."""
+    path = verified_path(store.cache_dir, store.ref)
+    try:
+        verified = path.read_text().strip()
+    except OSError:
+        return
+    repo, covered, found = store.repo, set(), False
+    commit = repo.get(old)
+    while isinstance(commit, pygit2.Commit) and commit.id != base:
+        found = found or str(commit.id) == verified
+        if found:
+            covered.add(parse_trailers(commit.message).get("Event-Id"))
+        commit = repo.get(commit.parent_ids[0]) if commit.parent_ids else None
+    if not found:
+        return  # verified at a commit both logs hold (or not on this branch at all)
+    covered &= set(replayed)
+    target = str(base) if base is not None else None
+    commit = repo.get(store.tip() or theirs)  # newest first: the first match is the newest
+    while covered and isinstance(commit, pygit2.Commit) and str(commit.id) != theirs:
+        if parse_trailers(commit.message).get("Event-Id") in covered:
+            target = str(commit.id)
+            break
+        commit = repo.get(commit.parent_ids[0]) if commit.parent_ids else None
+    if target is None:
+        path.unlink(missing_ok=True)  # nothing of it is left to compare with
+        return
+    with contextlib.suppress(OSError):
+        path.write_text(target + "\n")
 
 
 def keep_what_stands(result: Any, synced: SyncResult) -> None:

@@ -14,6 +14,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from modelsmith.events.anchors import anchor_trailers
+from modelsmith.events.gitstore import EVENTS_REF
 from modelsmith.stages import STAGES
 
 from .base import ForgeError
@@ -196,8 +198,12 @@ class ForgeRepository:
         blob = self.repo.create_blob(changed.encode("utf-8"))
         tree = _replace_in_tree(self.repo, head.tree, path.split("/"), blob)
         signature = pygit2.Signature("modelsmith", "modelsmith@localhost")
-        commit = self.repo.create_commit(None, signature, signature,
-                                         f"{title}\n\n{body}\n", tree, [head.id])
+        # Trailers naming the event log as it stood: once merged, main anchors the log
+        # for every clone's `modelsmith verify` (modelsmith.events.anchors).
+        anchor = anchor_trailers(self.repo, EVENTS_REF)
+        message = f"{title}\n\n{body}\n" + (f"\n{anchor}" if anchor else "")
+        commit = self.repo.create_commit(None, signature, signature, message, tree,
+                                         [head.id])
         self.repo.branches.local.create(branch, self.repo[commit], force=True)
         return branch, str(commit)
 

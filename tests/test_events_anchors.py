@@ -18,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pygit2
 import pytest
 from click.testing import CliRunner
 
@@ -143,7 +144,7 @@ FORGERIES = {"deleted": delete, "amended-tip": amend_tip, "truncated-2": truncat
 
 
 def _anchor_of(repo: Path) -> str:
-    (anchor,) = main_anchors(__import__("pygit2").Repository(str(repo)))
+    (anchor,) = main_anchors(pygit2.Repository(str(repo)))
     return anchor.tip
 
 
@@ -170,7 +171,7 @@ def test_each_forgery_is_rejected_in_a_fresh_clone_of_a_force_pushed_origin(
     fresh = clone(bare, tmp_path / "ci")
     result = verify(fresh)
     assert result.exit_code != 0, result.output
-    assert f"main commit" in result.output
+    assert "main commit" in result.output
     assert f"anchors the log at {anchored} (event {EVENTS})" in result.output
     # What CI lacks: no reflog of the rewrite, no tip verified before.
     assert "forced update" not in result.output and "verified as" not in result.output
@@ -243,6 +244,27 @@ def test_a_recorded_replay_that_lost_an_observation_is_still_a_rewrite(fork, tmp
     result = verify(fork)
     assert result.exit_code != 0
     assert f"observation {event.id} (MetricsObserved) was lost in the replay" in result.output
+
+
+@pytest.mark.parametrize("line", [
+    "not json", "[1, 2]", '{"old": 5, "onto": "x"}', '{"old": "%(old)s"}',
+    '{"old": "%(old)s", "onto": "%(onto)s", "events": 7}',
+    '{"old": "%(old)s", "onto": "%(onto)s"}',
+    '{"old": "%(old)s", "onto": "%(onto)s", "events": ["someone-else"]}',
+    "\x00\xff",
+])
+def test_hostile_replay_records_never_excuse_a_forced_update(fork, line):
+    store = GitEventStore(fork)
+    before = store.tip()
+    store.append("rtb-quality", [observed("serve")], store.last_seq("rtb-quality"))
+    after = store.tip()
+    store.cache_dir.mkdir(exist_ok=True)
+    (store.cache_dir / "replays-refs_heads_modelsmith_events.jsonl").write_text(
+        line % {"old": after, "onto": before} + "\n", errors="surrogateescape")
+    git(fork, "update-ref", EVENTS_REF, before)
+    result = verify(fork)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"moved from {after} to {before}" in result.output
 
 
 def observed(actor: str) -> Event:

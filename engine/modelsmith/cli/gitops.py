@@ -207,7 +207,13 @@ def _render(done, remote: str, as_json: bool) -> None:
         if synced.dropped:
             click.echo(f"{len(synced.dropped)} decision(s) no longer held on {remote}'s log "
                        "and were decided again")
-        click.echo(f"event log {'pushed to' if synced.pushed else 'in step with'} {remote}")
+        if synced.pushed:
+            n, again = len(synced.pushed_events), len(synced.replayed)
+            onto = f", {again} replayed onto its tip" if again else ""
+            click.echo(f"event log pushed to {remote} ({n} event{'' if n == 1 else 's'}"
+                       f"{onto})")
+        else:
+            click.echo(f"event log in step with {remote}")
 
 
 @click.command("sync")
@@ -230,7 +236,8 @@ def sync_cmd(ctx: click.Context, remote: str, as_json: bool) -> None:
         click.echo(f"{len(synced.dropped)} decision(s) no longer held on {remote}'s log and "
                    "were dropped: run `modelsmith reconcile` to decide again")
     if synced.pushed:
-        click.echo(f"event log pushed to {remote}")
+        n = len(synced.pushed_events)
+        click.echo(f"event log pushed to {remote} ({n} event{'' if n == 1 else 's'})")
     elif synced.fast_forwarded:
         click.echo(f"event log fast-forwarded to {remote}'s")
     else:

@@ -121,7 +121,7 @@ def parse_anchors(source: str, message: str) -> list[Anchor]:
     for i, (at, tip) in enumerate(tips):
         until = tips[i + 1][0] if i + 1 < len(tips) else len(message)
         count = next((n for where, n in counts if at < where < until), None)
-        if count is not None:
+        if count is not None and count >= 1:  # a log's first event is event 1
             out.append(Anchor(source, tip, count))
     return out
 
@@ -242,11 +242,15 @@ def replays(cache_dir: Path, ref: str) -> dict[tuple[str, str], dict[str, Any]]:
     for line in text.splitlines():
         try:
             entry = json.loads(line)
-            key = (str(entry["old"]), str(entry["onto"]))
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             continue
-        if isinstance(entry, dict):
-            out.setdefault(key, {}).update(entry)
+        if not isinstance(entry, dict) or not all(
+                isinstance(entry.get(k), str) for k in ("old", "onto")):
+            continue
+        if "events" in entry and not (isinstance(entry["events"], list) and all(
+                isinstance(i, str) for i in entry["events"])):
+            continue
+        out.setdefault((entry["old"], entry["onto"]), {}).update(entry)
     return out
 
 
@@ -267,6 +271,8 @@ def check_replay(repo: pygit2.Repository, record: dict[str, Any], current: dict[
     from modelsmith.events.types import InvalidEventError
 
     old, onto = record["old"], record["onto"]
+    if "events" not in record:
+        return "the record does not name the events the old tip held"
     try:
         base = repo.merge_base(old, onto)
         only = [parse_event(c.message) for c in _first_parents(repo, old, base)]

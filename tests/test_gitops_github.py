@@ -609,3 +609,17 @@ def test_plan_says_when_github_cannot_list_proposals(world, monkeypatch):
     (warning,) = done.stderr.splitlines()
     assert warning.startswith("open proposals not listed: GitHub team/rtb: ")
     assert "Traceback" not in done.stderr
+
+
+def test_a_squash_merge_that_keeps_the_description_anchors_the_log(world):
+    """A team whose squash message is the pull request's description: the body ends with
+    the log's anchor trailers, so main still anchors the event log for a fresh clone."""
+    fake, clones = world
+    propose(clones, "v1")
+    pull = pull_as(fake.url, "alice-token", 1)
+    assert "Event-Log-Tip: " in pull.body and "Event-Log-Events: " in pull.body
+    pull.create_review(body="ok", event="APPROVE")
+    assert pull.merge(merge_method="squash", commit_message=pull.body).merged
+    git(clones["reconciler"], "pull", "-q", "origin", "main")
+    report = json.loads(modelsmith(clones["reconciler"], "verify", "--json"))
+    assert report["ok"] and report["anchors"] >= 1, report

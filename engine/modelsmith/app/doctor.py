@@ -92,9 +92,9 @@ def _review(root: Path, repo: Any) -> tuple[bool, str, str]:
 
 
 def _event_log(root: Path) -> tuple[bool, str, str]:
-    from modelsmith.events.gitstore import GitEventStore
+    from .facade import Modelsmith
 
-    report = GitEventStore(root).verify()
+    report = Modelsmith(root).verify()  # as `modelsmith verify`: signatures, anchors
     tip = f"tip {str(report.tip)[:12]}" if report.tip else "empty so far"
     detail = (f"{report.events} events, {tip}" if report.ok
               else f"{len(report.problems)} problems: {report.problems[0]}")

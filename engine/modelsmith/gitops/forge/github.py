@@ -233,8 +233,13 @@ class GitHubForge(ReleaseApprovals):
         if pushed.returncode != 0:
             raise ForgeError(f"git push {self.remote} {branch}: {pushed.stderr.strip()}")
         try:
-            pull = self._repository().create_pull(base=self.git.branch, head=branch,
-                                                  title=title, body=body)
+            # The body ends with the commit's anchor trailers too: a squash merge whose
+            # message is the pull request's description keeps them on main.
+            anchor = "\n".join(line for line in self.git.repo[commit].message.splitlines()
+                               if line.startswith(("Event-Log-Tip:", "Event-Log-Events:")))
+            pull = self._repository().create_pull(
+                base=self.git.branch, head=branch, title=title,
+                body=f"{body}\n\n{anchor}\n" if anchor else body)
             number, url = pull.number, pull.html_url
         except (github.GithubException, requests.RequestException) as exc:
             raise self._failure("refused the pull request: ", exc) from None

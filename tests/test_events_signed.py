@@ -28,7 +28,7 @@ from modelsmith.events.signing import (
     configured_key,
     merged,
 )
-from modelsmith.events.types import EVENT_TYPES, Event, Promoted
+from modelsmith.events.types import EVENT_TYPES, EvalCompleted, Event, Promoted
 from modelsmith.gitops.plan import gates_for, logged_evidence, plan
 from modelsmith.specs import load_repository
 from modelsmith.specs.errors import SpecError
@@ -505,3 +505,31 @@ def test_the_reconcile_workflow_signs_with_the_secret_key(workflow, fork, keys, 
                                            actor="reconcile")], store.last_seq(NAME))
     assert store.signatures.verdict(store.commit_of(rec.id)).principals == ("reconciler",)
     assert verify_cli(fork)[0] == 0
+
+
+@pytest.mark.parametrize("forgery", ["repeated", "relabelled"])
+def test_a_repeated_or_relabelled_evaluation_made_with_plain_git_never_counts(
+        demo_repo, keys, tmp_path, forgery):
+    """Without signatures required, the composite gate alone still refuses what issue
+    17's probe forged: v102's good evaluation appended again (a new event id, the same
+    run), or relabelled as v1's -- with plain git, pushed, and read in a fresh clone."""
+    fork = make_fork(demo_repo, keys, required=False)
+    bare = published(fork, tmp_path / "origin.git")
+    mallory = clone(bare, tmp_path / "mallory")
+    git(mallory, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    good = next(e for e in GitEventStore(mallory).read(NAME)
+                if e.type == "EvalCompleted" and e.data["version"] == "v102")
+    data = dict(good.data)
+    if forgery == "relabelled":
+        data.update(version="v1", model="v1")
+    copy = Event.new(EvalCompleted.model_validate(data), actor="mallory",
+                     evidence=GitEventStore(mallory).evidence(good.id))
+    forge(mallory, copy)
+    git(mallory, "push", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    fresh = clone(bare, tmp_path / "fresh")
+    git(fresh, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
+    ask(fresh, shadow="v1")
+    action = shadow_action(fresh)
+    assert action.kind != "promote", action
+    composite = gate(action, "composite")
+    assert not composite.passed and composite.numbers["ignored"] >= 1, composite.detail

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pygit2
@@ -29,6 +28,7 @@ from modelsmith.cli import cli
 from modelsmith.events.anchors import COUNT_TRAILER, TIP_TRAILER, main_anchors, parse_anchors
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import Event, MetricsObserved
+from processes import RACING_RECONCILER
 
 SPEC = "specialists/rtb-quality.yaml"
 EVENTS = 6  # lineage(v1): three registrations, three evaluations (with evidence)
@@ -278,26 +278,6 @@ def observed(actor: str) -> Event:
 
 # ------------------------------------------------------------------ racing reconcilers
 
-RECONCILER = textwrap.dedent("""
-    import sys
-    from datetime import UTC, datetime
-    from modelsmith.cli import main
-    from modelsmith.events.gitstore import GitEventStore
-    from modelsmith.events.types import Event, MetricsObserved
-
-    clone, n = sys.argv[1], sys.argv[2]
-    store = GitEventStore(clone)
-    now = datetime.now(UTC)
-    seen = MetricsObserved(version="v1", stage="shadow", window_start=now, window_end=now,
-                           requests=1, metrics={"format_rate": 1.0})
-    (mine,) = store.append("rtb-quality", [Event.new(seen, actor=f"serve-{n}")],
-                           store.last_seq("rtb-quality"))
-    assert store.verify().ok  # the local-only event is the last verified tip
-    print(mine.id, file=sys.stderr)
-    main(["-C", clone, "reconcile", "--push", "--json"])
-""")
-
-
 def test_eight_racing_replays_leave_every_clone_verified_and_truthful(tmp_path):
     root = tmp_path / "fork"
     for part in DEMO_PARTS:
@@ -313,7 +293,7 @@ def test_eight_racing_replays_leave_every_clone_verified_and_truthful(tmp_path):
     for path in clones:
         git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
     script = tmp_path / "reconciler.py"
-    script.write_text(RECONCILER)
+    script.write_text(RACING_RECONCILER)
     procs = [subprocess.Popen([sys.executable, str(script), str(path), str(n)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for n, path in enumerate(clones)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from evaluations import lineage
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import Event
 from modelsmith.gitops.sync import sync
+from processes import RACING_RECONCILER
 
 SPEC = "specialists/rtb-quality.yaml"
 
@@ -41,30 +41,12 @@ def origin_log(origin: Path, tmp_path: Path) -> list:
     return list(GitEventStore(reader).read("rtb-quality"))
 
 
-RECONCILER = textwrap.dedent("""
-    import sys
-    from datetime import UTC, datetime
-    from modelsmith.cli import main
-    from modelsmith.events.gitstore import GitEventStore
-    from modelsmith.events.types import Event, MetricsObserved
-
-    clone, n = sys.argv[1], sys.argv[2]
-    store = GitEventStore(clone)
-    now = datetime.now(UTC)
-    seen = MetricsObserved(version="v1", stage="shadow", window_start=now, window_end=now,
-                           requests=1, metrics={"format_rate": 1.0})
-    store.append("rtb-quality", [Event.new(seen, actor=f"serve-{n}")],
-                 store.last_seq("rtb-quality"))
-    main(["-C", clone, "reconcile", "--push", "--json"])
-""")
-
-
 def test_eight_reconcilers_in_eight_clones_promote_once_and_lose_nothing(origin, tmp_path):
     clones = [clone(origin, tmp_path / f"clone-{n}") for n in range(8)]
     for path in clones:  # each has the log, then records something of its own
         git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
     script = tmp_path / "reconciler.py"
-    script.write_text(RECONCILER)
+    script.write_text(RACING_RECONCILER)
     procs = [subprocess.Popen([sys.executable, str(script), str(path), str(n)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for n, path in enumerate(clones)]

@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from pygit2.enums import SortMode
 
 from modelsmith.errors import WorkspaceError
 from modelsmith.events import anchors as _anchors
+from modelsmith.events.cachefile import write_cache
 from modelsmith.events.projection import FleetState
 from modelsmith.events.signing import (
     AllowedSigners,
@@ -619,18 +619,10 @@ class GitEventStore:
         """Write the index cache (atomic); a reader that finds none simply rebuilds it."""
         idx = self._index
         self._unsaved = 0
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".index-")
-        except OSError:
-            return  # a read-only repository: the index is rebuilt on each run instead
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                state = (_INDEX_FORMAT, idx.tip, idx.commits, idx.ids, idx.streams)
-                pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self._index_path())
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+        state = (_INDEX_FORMAT, idx.tip, idx.commits, idx.ids, idx.streams)
+        # A read-only repository: the index is rebuilt on each run instead.
+        write_cache(self._index_path(),
+                    lambda fh: pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL))
 
     # ------------------------------------------------------------------ verify
 

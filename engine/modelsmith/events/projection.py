@@ -8,9 +8,7 @@ log that gained events is caught up by folding only the new ones.
 from __future__ import annotations
 
 import gc
-import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from modelsmith.events.cachefile import write_cache
 from modelsmith.events.store import EventStore
 from modelsmith.events.types import (
     CandidateRegistered,
@@ -339,14 +338,8 @@ def _load(path: Path, kind: type = FleetState) -> Any:
 
 def _save(path: Path, value: Any) -> None:
     """Best effort: a cache that cannot be written (read-only checkout) costs only time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cache-")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as fh, _no_gc():
+    def write(fh: Any) -> None:
+        with _no_gc():
             pickle.dump((_CACHE_FORMAT, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_cache(path, write)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import pygit2
 
 from modelsmith.errors import ModelsmithError
+from modelsmith.events.cachefile import write_cache
 
 ALLOWED_SIGNERS_PATH = ".modelsmith/allowed_signers"
 KEY_ENV = "MODELSMITH_SIGNING_KEY"
@@ -233,17 +234,7 @@ class SignatureChecker:
         self._unsaved = 0
         body = {"format": _CACHE_FORMAT, "verdicts": {
             c: [v.status, list(v.principals), v.detail] for c, v in self._verdicts.items()}}
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".signatures-")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(body, fh)
-            os.replace(tmp, self._cache_path())
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+        write_cache(self._cache_path(), lambda fh: fh.write(json.dumps(body).encode()))
 
     def close(self) -> None:
         self.save()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
+from pathlib import Path
 
 
 def assert_gone(pid: int, within_s: float, what: str) -> None:
@@ -40,3 +44,16 @@ RACING_RECONCILER = textwrap.dedent("""
     print(mine.id, file=sys.stderr)
     main(["-C", clone, "reconcile", "--push", "--json"])
 """)
+
+
+def race_reconcilers(clones: list[Path], folder: Path) -> tuple[list[dict], list[str]]:
+    """Run :data:`RACING_RECONCILER` in every clone at once; each one's ``--json`` result and
+    its stderr (first line: the id of the event it appended), once all succeeded."""
+    script = folder / "reconciler.py"
+    script.write_text(RACING_RECONCILER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n, path in enumerate(clones)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    return [json.loads(out) for out, _ in outputs], [err for _, err in outputs]

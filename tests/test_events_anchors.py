@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pygit2
@@ -28,7 +27,7 @@ from modelsmith.cli import cli
 from modelsmith.events.anchors import COUNT_TRAILER, TIP_TRAILER, main_anchors, parse_anchors
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import Event, MetricsObserved
-from processes import RACING_RECONCILER
+from processes import race_reconcilers
 
 SPEC = "specialists/rtb-quality.yaml"
 EVENTS = 6  # lineage(v1): three registrations, three evaluations (with evidence)
@@ -292,15 +291,8 @@ def test_eight_racing_replays_leave_every_clone_verified_and_truthful(tmp_path):
     clones = [clone(bare, tmp_path / f"clone-{n}") for n in range(8)]
     for path in clones:
         git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
-    script = tmp_path / "reconciler.py"
-    script.write_text(RACING_RECONCILER)
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(n)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for n, path in enumerate(clones)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
-    results = [json.loads(out) for out, _ in outputs]
-    own = [err.strip().splitlines()[0] for _, err in outputs]
+    results, errors = race_reconcilers(clones, tmp_path)
+    own = [err.strip().splitlines()[0] for err in errors]
 
     reader = clone(bare, tmp_path / "reader")
     git(reader, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")

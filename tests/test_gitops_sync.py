@@ -17,7 +17,7 @@ from evaluations import lineage
 from modelsmith.events.gitstore import EVENTS_REF, GitEventStore
 from modelsmith.events.types import Event
 from modelsmith.gitops.sync import sync
-from processes import RACING_RECONCILER
+from processes import race_reconcilers
 
 SPEC = "specialists/rtb-quality.yaml"
 
@@ -45,14 +45,7 @@ def test_eight_reconcilers_in_eight_clones_promote_once_and_lose_nothing(origin,
     clones = [clone(origin, tmp_path / f"clone-{n}") for n in range(8)]
     for path in clones:  # each has the log, then records something of its own
         git(path, "fetch", "-q", "origin", f"{EVENTS_REF}:{EVENTS_REF}")
-    script = tmp_path / "reconciler.py"
-    script.write_text(RACING_RECONCILER)
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(n)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for n, path in enumerate(clones)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
-    results = [json.loads(out) for out, _ in outputs]
+    results, _errors = race_reconcilers(clones, tmp_path)
     log = origin_log(origin, tmp_path)
     promoted = [e for e in log if e.type == "Promoted"]
     assert [e.data["stage"] for e in promoted] == ["shadow"]

@@ -30,7 +30,9 @@ def executor_for(name: str, host: Host) -> Executor:
         assert host.address is not None
         return SshExecutor(name, host.address)
     assert host.address is not None
-    return RayExecutor(name, host.address)
+    wants = host.ray_resources()
+    return RayExecutor(name, host.address, cpus=wants.cpus, gpus=wants.gpus or 0,
+                       memory_mb=wants.memory_mb)
 
 
 @dataclass

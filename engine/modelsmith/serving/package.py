@@ -3,8 +3,11 @@
 The folder holds the merged weights and the tokenizer (a plain Hugging Face folder, as
 vLLM or an OpenAI-compatible server loads it) and ``modelsmith.json``: the specialist's
 prompt contract (template, system prompt, whether a chat template applies, the output
-kind and labels), the version's lineage, the artifact hash, and the rollback contract --
-the version to fall back to and its artifact hash. The weights are checked against the
+kind and labels, the eval's decoding), the version's lineage, the artifact hash, and the
+rollback contract -- the version to fall back to and its artifact hash. The tokenizer's
+chat template and ``generation_config.json`` make plain transformers or ``vllm serve``
+prompt and decode it as its eval did, and ``README.md`` is its model card
+(:mod:`.prompting`). The weights are checked against the
 hash their lineage recorded before anything is written: a corrupt checkpoint is never
 packaged.
 """
@@ -91,16 +94,39 @@ def package(repo: Repository, fleet: Callable[[], FleetState], registry: ModelRe
         "rollback": {"version": back_to,
                      "artifact_hash": back.lineage.weights_hash if back else None},
     }
-    _write(model.path, manifest, out)
+    files = _prompt_contract(repo, spec, version, candidate, model, manifest)
+    _write(model.path, manifest, out, files)
     return manifest
 
 
-def _write(weights: Path, manifest: dict[str, Any], out: Path) -> None:
-    """The weights and the manifest into ``out``, staged beside it first: ``out`` holds a
-    whole artifact or nothing."""
+def _prompt_contract(repo: Repository, spec: Any, version: str, candidate: Any, model: Any,
+                     manifest: dict[str, Any]) -> dict[str, str]:
+    """The files that make plain transformers / ``vllm serve`` prompt and decode the
+    artifact as its eval did, and its model card (:mod:`.prompting`); the decoding goes
+    into the manifest's prompt contract."""
+    from .prompting import PromptContractError, model_card, prompt_files
+
+    chat = bool(model.base.chat_template)
+    suite = repo.suite_for(spec)
+    try:
+        files, decoding = prompt_files(model.path, spec, suite, chat=chat)
+    except PromptContractError as exc:
+        raise PackageError(str(exc)) from exc
+    manifest["prompt"]["decoding"] = decoding
+    files["README.md"] = model_card(spec, version, candidate, manifest, decoding, suite.name,
+                                    chat)
+    return files
+
+
+def _write(weights: Path, manifest: dict[str, Any], out: Path,
+           files: dict[str, str] | None = None) -> None:
+    """The weights, ``files`` (name -> text, replacing the weights' own) and the manifest
+    into ``out``, staged beside it first: ``out`` holds a whole artifact or nothing."""
     staged = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(weights, staged, ignore=shutil.ignore_patterns(".*"))
+    for name, text in (files or {}).items():
+        (staged / name).write_text(text, encoding="utf-8")
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                    encoding="utf-8")
     if out.exists():

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     model_validator,
@@ -21,6 +22,21 @@ class Defaults(SpecModel):
     eval_host: Name
 
 
+class RayJobResources(SpecModel):
+    """What a job's entrypoint reserves on a Ray cluster (Ray Jobs' ``entrypoint_num_cpus``,
+    ``entrypoint_num_gpus``, ``entrypoint_memory``). Ray reserves nothing for an entrypoint
+    by default: the trainer would run unaccounted on the head, beside whatever else the
+    cluster schedules there."""
+
+    cpus: PositiveFloat = Field(1, description="CPUs the job reserves.")
+    gpus: NonNegativeFloat | None = Field(
+        None, description="GPUs the job reserves (Ray sets CUDA_VISIBLE_DEVICES to them); "
+        "null: the host's gpus.")
+    memory_mb: PositiveInt | None = Field(
+        None, description="Memory the job reserves, in MB (Ray's scheduling resource, not "
+        "a limit: memory_limit_mb is the limit); null: none.")
+
+
 class Host(SpecModel):
     kind: Literal["local", "ssh", "ray"]
     address: NonEmptyStr | None = Field(
@@ -32,12 +48,30 @@ class Host(SpecModel):
     memory_limit_mb: PositiveInt | None = Field(
         None, description="Cap on a training job's address space on this host (RLIMIT_AS); "
         "a job that runs out is retried with half the batch.")
+    job_resources: RayJobResources | None = Field(
+        None, description="ray: what each job reserves on the cluster; null: 1 CPU, the "
+        "host's gpus, no memory.")
 
     @model_validator(mode="after")
     def _address(self) -> Host:
         if self.kind in ("ssh", "ray") and self.address is None:
             raise spec_error(f"a {self.kind} host needs an address", "address")
+        if self.job_resources is not None:
+            if self.kind != "ray":
+                raise spec_error(f"job_resources applies to ray hosts only, not {self.kind}",
+                                 "job_resources")
+            asked = self.job_resources.gpus
+            if asked is not None and asked > self.gpus:
+                raise spec_error(f"the job asks for {asked:g} GPUs, more than the host's "
+                                 f"gpus ({self.gpus})", "job_resources", "gpus")
         return self
+
+    def ray_resources(self) -> RayJobResources:
+        """What a job reserves on this (ray) host, defaults filled in."""
+        chosen = self.job_resources or RayJobResources()
+        if chosen.gpus is None:
+            chosen = chosen.model_copy(update={"gpus": float(self.gpus)})
+        return chosen
 
 
 class PypiGgufSource(SpecModel):

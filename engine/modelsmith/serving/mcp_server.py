@@ -1,4 +1,6 @@
-"""``modelsmith mcp``: the fleet as MCP tools over stdio (the ``mcp`` package, version 2).
+"""``modelsmith mcp``: the fleet as MCP tools (the ``mcp`` package, version 2), over stdio
+or the streamable-HTTP transport (:func:`serve_streamable_http`: the package's own Starlette
+app at ``/mcp`` under uvicorn, sessions, SSE answers, DNS-rebinding checks on loopback).
 
 One tool per specialist, named after it: the input is the task's text (``input``, with an
 optional ``user`` key for the canary split), the output is structured -- the answer, the
@@ -120,3 +122,38 @@ def _specialist_tool(service: Service, name: str, spec: Any) -> Callable[..., An
         "return": Answer,
     }
     return answer
+
+
+def serve_streamable_http(mcp: MCPServer, host: str, port: int,
+                          ready: Callable[[str], None]) -> None:
+    """Serve ``mcp`` over streamable HTTP at ``http://host:port/mcp`` until SIGINT or
+    SIGTERM: no new connections, open ones finish (a second signal stops waiting for them),
+    then this returns (uvicorn would re-raise the signal and kill the process before the
+    caller closes its service). The socket is
+    listening before ``ready`` gets the URL, so port 0 names the port it got."""
+    import socket
+
+    import uvicorn
+
+    app = mcp.streamable_http_app(host=host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)  # connections wait in the backlog while uvicorn starts
+    except OSError as exc:
+        sock.close()
+        from modelsmith.errors import ModelsmithError
+
+        raise ModelsmithError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") \
+            from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    ready(f"http://{shown}:{bound}/mcp")
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.force_exit = self.should_exit
+            self.should_exit = True
+
+    Server(uvicorn.Config(app, log_level="warning", lifespan="on")).run(sockets=[sock])

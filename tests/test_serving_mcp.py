@@ -1,6 +1,6 @@
 """``modelsmith mcp`` with the real ``mcp`` client over stdio: the tools are listed, a
 specialist answers with structured output from the version the log puts in production,
-and a bad argument is an MCP error, not a crash."""
+and a bad argument is an MCP error, not a crash; the same over streamable HTTP."""
 
 from __future__ import annotations
 
@@ -82,14 +82,16 @@ def _start_http(root, tmp_path, *args):
 
 
 def test_the_fleet_over_streamable_http(demo_repo, tmp_path, monkeypatch):
-    """The same tools through the real client over streamable HTTP; a request naming
-    another Host (DNS rebinding) is refused; SIGTERM stops the server cleanly."""
+    """The same tools through the real client over streamable HTTP; an unknown tool is a
+    JSON-RPC error (-32602), a request naming another Host (DNS rebinding) is refused;
+    SIGTERM stops the server cleanly."""
     import json
     import signal
     import urllib.error
     import urllib.request
 
     from mcp import Client
+    from mcp.shared.exceptions import MCPError
 
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="production")])
@@ -103,10 +105,13 @@ def test_the_fleet_over_streamable_http(demo_repo, tmp_path, monkeypatch):
                 answer = await client.call_tool("rtb-quality", {
                     "input": "domain=news.example ctr=0.7% floor=$1.20"})
                 bad = await client.call_tool("rtb-quality", {"input": 42})
+                with pytest.raises(MCPError) as unknown:  # a protocol error, not a result
+                    await client.call_tool("no-such-tool", {"input": "x"})
                 status = await client.call_tool("fleet_status", {})
-                return tools, answer, bad, status
+                return tools, answer, bad, unknown.value, status
 
-        tools, answer, bad, status = asyncio.run(session())
+        tools, answer, bad, unknown, status = asyncio.run(session())
+        assert unknown.code == -32602 and "no-such-tool" in unknown.error.message
         assert tools == {"rtb-quality", "fleet_status", "evaluation_summary"}
         assert not answer.is_error
         result = answer.structured_content

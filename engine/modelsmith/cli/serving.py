@@ -326,17 +326,36 @@ def render_replay(s: dict[str, Any]) -> None:
 
 
 @click.command()
+@click.option("--transport", type=click.Choice(["stdio", "streamable-http"]),
+              default="stdio", show_default=True,
+              help="stdio (a client starts this process) or streamable-http (a server at "
+                   "http://HOST:PORT/mcp).")
+@click.option("--host", default=None,
+              help="With streamable-http: interface to bind [default: 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="With streamable-http: port to bind, 0 for any free one "
+                   "[default: 8001].")
 @click.pass_context
 @guard
-def mcp(ctx: click.Context) -> None:
-    """A stdio MCP server: one tool per specialist (structured answer, version, latency),
-    plus fleet_status and evaluation_summary."""
+def mcp(ctx: click.Context, transport: str, host: str | None, port: int | None) -> None:
+    """An MCP server: one tool per specialist (structured answer, version, latency), plus
+    fleet_status and evaluation_summary. Over stdio, or streamable HTTP at /mcp (loopback
+    requests are checked for DNS rebinding; no token: bind loopback)."""
+    if transport == "stdio" and (host is not None or port is not None):
+        raise click.UsageError("--host and --port are for --transport streamable-http")
     try:
         server, service = app(ctx).mcp_server()
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise click.ClickException(f"modelsmith mcp needs the mcp package: pip install "
                                    f"-e '.[serve]' ({exc})") from None
     try:
-        server.run("stdio")
+        if transport == "stdio":
+            server.run("stdio")
+        else:
+            from modelsmith.serving.mcp_server import serve_streamable_http
+
+            serve_streamable_http(server, host or "127.0.0.1", 8001 if port is None else port,
+                                  ready=lambda url: say(f"serving MCP on {url} (Ctrl-C "
+                                                        "stops)"))
     finally:
         service.close()

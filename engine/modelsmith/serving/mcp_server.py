@@ -1,4 +1,6 @@
-"""``modelsmith mcp``: the fleet as MCP tools over stdio (the ``mcp`` package, version 2).
+"""``modelsmith mcp``: the fleet as MCP tools (the ``mcp`` package, version 2), over stdio
+or the streamable-HTTP transport (:func:`serve_streamable_http`: the package's own Starlette
+app at ``/mcp`` under uvicorn, sessions, SSE answers, DNS-rebinding checks on loopback).
 
 One tool per specialist, named after it: the input is the task's text (``input``, with an
 optional ``user`` key for the canary split), the output is structured -- the answer, the
@@ -6,7 +8,9 @@ version that gave it, its stage and the latency; for a label task the answer is 
 labels or the raw text, with ``valid`` saying which. Two read-only tools: ``fleet_status``
 (who holds which stage) and ``evaluation_summary`` (a specialist's latest evaluation). The
 answers go through the same service as ``modelsmith serve`` (split from the event log, one
-model load per version). ``mcp`` is imported only here: it costs 1-2 s.
+model load per version). A call of a tool (or prompt) that is not there is the JSON-RPC
+error -32602, as the MCP spec asks (``./dev conformance`` runs the MCP conformance suite).
+``mcp`` is imported only here: it costs 1-2 s.
 """
 
 from __future__ import annotations
@@ -73,7 +77,30 @@ def build(service: Service, fleet: Callable[[], FleetState]) -> MCPServer:
 
     mcp.add_tool(fleet_status, name="fleet_status")
     mcp.add_tool(evaluation_summary, name="evaluation_summary")
+    mcp.middleware.append(_unknown_names_are_protocol_errors(mcp))
     return mcp
+
+
+def _unknown_names_are_protocol_errors(mcp: MCPServer) -> Any:
+    """A middleware: ``tools/call`` of a tool we do not have, or ``prompts/get`` of a
+    prompt (we have none), is the JSON-RPC error -32602 (invalid params) the MCP spec asks
+    for; the package answers the first with a tool result flagged ``isError`` (which reads
+    as the tool having run and failed) and the second with error code 0."""
+    from mcp.shared.exceptions import MCPError
+
+    invalid_params = -32602
+
+    async def middleware(ctx: Any, call_next: Any) -> Any:
+        name = (ctx.params or {}).get("name") if ctx.request_id is not None else None
+        if ctx.method == "tools/call" and isinstance(name, str) and \
+                name not in {tool.name for tool in await mcp.list_tools()}:
+            raise MCPError(invalid_params, f"Unknown tool: {name}")
+        if ctx.method == "prompts/get" and isinstance(name, str) and \
+                name not in {prompt.name for prompt in await mcp.list_prompts()}:
+            raise MCPError(invalid_params, f"Unknown prompt: {name}")
+        return await call_next(ctx)
+
+    return middleware
 
 
 def _specialist_tool(service: Service, name: str, spec: Any) -> Callable[..., Answer]:
@@ -120,3 +147,38 @@ def _specialist_tool(service: Service, name: str, spec: Any) -> Callable[..., An
         "return": Answer,
     }
     return answer
+
+
+def serve_streamable_http(mcp: MCPServer, host: str, port: int,
+                          ready: Callable[[str], None]) -> None:
+    """Serve ``mcp`` over streamable HTTP at ``http://host:port/mcp`` until SIGINT or
+    SIGTERM: no new connections, open ones finish (a second signal stops waiting for them),
+    then this returns (uvicorn would re-raise the signal and kill the process before the
+    caller closes its service). The socket is
+    listening before ``ready`` gets the URL, so port 0 names the port it got."""
+    import socket
+
+    import uvicorn
+
+    app = mcp.streamable_http_app(host=host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)  # connections wait in the backlog while uvicorn starts
+    except OSError as exc:
+        sock.close()
+        from modelsmith.errors import ModelsmithError
+
+        raise ModelsmithError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") \
+            from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    ready(f"http://{shown}:{bound}/mcp")
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.force_exit = self.should_exit
+            self.should_exit = True
+
+    Server(uvicorn.Config(app, log_level="warning", lifespan="on")).run(sockets=[sock])

@@ -7,7 +7,8 @@ exponential backoff (``Retry-After`` honoured, capped). A request the endpoint r
 with ``finish_reason="error"``; the batch goes on. But a wrong key, model or endpoint (401,
 403, 404, or no connection) on the first call raises :class:`InferenceError`, since every
 other request would fail the same way. The API key is sent only as a bearer header and never
-appears in a message.
+appears in a message. A request's listener gets its whole answer as soon as that answer is
+in (requests are not streamed from the endpoint).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .base import Generation, GenerationRequest, InferenceError, ProgressFn
+from .base import Generation, GenerationRequest, InferenceError, Listeners, ProgressFn
+from .streaming import emit_whole
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -248,9 +250,17 @@ class OpenAIBackend:
         return estimate_tokens(text)
 
     def generate(
-        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
+        listeners: Listeners | None = None,
     ) -> list[Generation]:
         total = len(requests)
+        listening = list(listeners or [])
+
+        def heard(index: int) -> None:
+            generation = results[index]
+            if index < len(listening) and generation is not None:
+                emit_whole([listening[index]], [generation])
+
         results: list[Generation | None] = [None] * total
         done = 0
         pending = list(range(total))
@@ -261,6 +271,7 @@ class OpenAIBackend:
                 raise InferenceError(first.fatal)
             self._verified = True
             results[0] = first.generation
+            heard(0)
             pending = pending[1:]
             done = 1
             if progress is not None:
@@ -270,6 +281,7 @@ class OpenAIBackend:
                 futures = {pool.submit(self._one, requests[i]): i for i in pending}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result().generation
+                    heard(futures[future])
                     done += 1
                     if progress is not None:
                         progress(done, total)

@@ -43,16 +43,16 @@ class Typist:
         self.version = version
         self.hold = hold
         self.finished: float | None = None
-        self.calls = 0
+        self.prompts: list[str] = []
 
     def generate(self, requests, progress=None, listeners=None):
-        self.calls += 1
         listening = list(listeners or [None] * len(requests))
         out = []
         for request, listener in zip(requests, listening, strict=True):
             pieces = [*PIECES, f" {self.version}"] if request.max_new_tokens > 4 else PIECES
             if "fail" in request.prompt:
                 raise RuntimeError("the typist's keyboard broke")
+            self.prompts.append(request.prompt)
             stream = TextStream(listener, request.stop)
             text = ""
             for index, piece in enumerate(pieces):
@@ -248,6 +248,7 @@ def test_content_part_arrays_are_read_as_text(serve):
                                 {"role": "user", "content": parts}])
     assert answer.choices[0].message.content == "".join(PIECES)
     assert answer.model_extra["modelsmith"]["rule"] is not None  # the router read the text
+    assert typists["v1"].prompts[-1] == f"Bid: domain=news.example\n{BID}\nVerdict:"
     streamed = list(client(port).chat.completions.create(
         model="rtb-quality", stream=True, messages=[
             {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
@@ -256,6 +257,7 @@ def test_content_part_arrays_are_read_as_text(serve):
             {"role": "tool", "content": "ok", "tool_call_id": "t1"},
             {"role": "user", "content": [{"type": "text", "text": BID}]}]))
     assert "".join(p.choices[0].delta.content or "" for p in streamed) == "".join(PIECES)
+    assert typists["v1"].prompts[-1] == f"Bid: {BID}\nVerdict:"  # the last user message
     status, body = post(port, chat([{"type": "text", "text": BID},
                                     {"type": "image_url", "image_url": {"url": "x"}}]))
     assert status == 400 and body["error"]["param"] == "messages[0].content[1].type"
@@ -358,7 +360,7 @@ def test_errors_after_the_first_chunk_end_the_stream_and_are_counted(serve):
 
 def test_a_stream_dropped_midway_still_counts_its_answer(serve):
     hold = threading.Event()
-    service, port, _ = serve(hold=hold)
+    service, _, _ = serve(hold=hold)
     stream = service.stream(chat(stream=True))
     assert next(stream)["choices"][0]["delta"]["role"] == "assistant"
     assert next(stream)["choices"][0]["delta"]["content"] == PIECES[0]

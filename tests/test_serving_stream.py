@@ -406,3 +406,34 @@ def test_a_listener_that_fails_is_dropped_and_generation_goes_on():
     stream.update("abc")
     stream.update("abcd")
     assert stream.close("abcde") == "abcde"
+
+
+def test_a_streamed_answer_is_mirrored_and_scored_as_a_whole_one_is(serve):
+    """The shadow answers a streamed request on the side; a streamed request with a
+    reference is scored by the rubric; both are in the window."""
+    service, port, _ = serve(Promoted(version="v1", stage="production"),
+                             Promoted(version="v2", stage="shadow"))
+    for reference in ("ACCEPT", "REJECT"):
+        chunks = [json.loads(data) for _, data in
+                  events(port, chat(stream=True, reference=reference))[:-1]]
+        assert chunks[0]["modelsmith"]["shadow"] == "v2"
+    service.settle()
+    assert [s["shadow"] for s in service.shadow_log] == ["v2", "v2"]
+    assert all(s["answered"] == "".join(PIECES) for s in service.shadow_log)
+    window = {(e.data["version"], e.data["stage"]): e.data for e in service.flush()}
+    assert window[("v1", "production")]["metrics"]["rubric_score"] == pytest.approx(0.5)
+    assert window[("v2", "shadow")]["requests"] == 2
+
+
+def test_a_json_response_format_needs_a_json_task():
+    from modelsmith.serving.openai_api import parse_chat
+
+    for kind in ("json_object", "json_schema"):
+        request = parse_chat(chat(response_format={"type": kind, "json_schema": {}}))
+        request.check_output("json")  # honoured
+        for other in ("label", "text"):
+            with pytest.raises(ServeError) as refused:
+                request.check_output(other)
+            assert refused.value.param == "response_format.type"
+            assert kind in refused.value.message and other in refused.value.message
+    parse_chat(chat(response_format={"type": "text"})).check_output("label")

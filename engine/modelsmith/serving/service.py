@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     from modelsmith.inference.base import Backend, Generation
     from modelsmith.specs import Repository
 
-__all__ = ["DEFAULT_MAX_TOKENS", "MAX_TOKENS", "ServeError", "Service", "completion"]
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_TOKENS", "ServeError", "Service", "chat_input",
+           "completion", "request_key", "sampling"]
 
 #: Loads a version: (specialist, version) -> its backend.
 BackendFactory = Callable[[str, str], "Backend"]
@@ -516,6 +517,22 @@ class Service:
                                 "shadow_answer": text, "agree": agree,
                                 "error": error,
                                 "rubric_score": scored.score if scored else None})
+
+
+def chat_input(body: dict[str, Any]) -> tuple[str, str]:
+    """The model a chat completion body names and its last user message, checked."""
+    chat = parse_chat(body)
+    return chat.model, chat.user_text()
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """What the canary split hashes (:meth:`.openai_api.ChatRequest.key`)."""
+    return parse_chat(body).key()
+
+
+def sampling(body: dict[str, Any], output_kind: str) -> dict[str, Any]:
+    """The generation settings a chat completion body asks for, checked."""
+    return parse_chat(body).sampling(output_kind)
 
 
 def completion(response_id: str, assignment: Assignment, rule: str | None,

@@ -437,3 +437,17 @@ def test_a_json_response_format_needs_a_json_task():
             assert refused.value.param == "response_format.type"
             assert kind in refused.value.message and other in refused.value.message
     parse_chat(chat(response_format={"type": "text"})).check_output("label")
+
+
+def test_a_stream_never_read_still_counts_its_answer(serve):
+    service, _, _ = serve()
+    stream = service.stream(chat(stream=True))
+    del stream  # the caller never read a chunk
+    deadline = time.monotonic() + 30
+    windows = []
+    while not windows and time.monotonic() < deadline:
+        service.settle()
+        windows = service.flush()
+        time.sleep(0.05)
+    (window,) = windows
+    assert window.data["requests"] == 1 and window.data["metrics"]["error_rate"] == 0.0

@@ -35,10 +35,12 @@ sends it).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -86,6 +88,8 @@ class _Call:
     response_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     pieces: queue.SimpleQueue[Any] | None = None
+    #: the answer was counted (or its error said): nothing is left to do when it is dropped
+    settled: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -303,7 +307,9 @@ class Service:
         call = self._begin(body, pieces.put)
         call.pieces = pieces
         call.future.add_done_callback(lambda _f: pieces.put(_DONE))
-        return self._chunks(call)
+        chunks = self._chunks(call)
+        weakref.finalize(chunks, self._abandoned, call)  # dropped before it was started
+        return chunks
 
     def _begin(self, body: dict[str, Any],
                listener: Callable[[str], None] | None = None) -> _Call:
@@ -364,7 +370,7 @@ class Service:
         assert call.pieces is not None
         deadline = None if self.request_timeout_s is None \
             else time.monotonic() + self.request_timeout_s
-        concluded, sent = False, ""
+        sent = ""
         try:
             yield {**chunk({"role": "assistant", "content": ""}),
                    "modelsmith": _served(call.assignment, call.rule)}
@@ -373,7 +379,7 @@ class Service:
                     piece = call.pieces.get(timeout=None if deadline is None
                                             else max(deadline - time.monotonic(), 0.0))
                 except queue.Empty:
-                    concluded = True
+                    call.settled = True
                     self._timed_out(call)
                 if piece is _DONE:
                     break
@@ -381,7 +387,7 @@ class Service:
                     self.metrics.first_token(call.key, time.perf_counter() - call.started)
                 sent += piece
                 yield chunk({"content": piece})
-            concluded = True
+            call.settled = True
             generation = call.future.result()
             answer = self._conclude(call, generation)
             if generation.text.startswith(sent) and generation.text != sent:
@@ -392,11 +398,19 @@ class Service:
         except ServeError as exc:
             yield exc.body()
         except Exception as exc:  # the backend failed: said in the stream, as a 500 would
-            concluded = True
+            call.settled = True
             yield ServeError(500, f"{type(exc).__name__}: {exc}", kind="server_error").body()
         finally:
-            if not concluded:  # the caller went away: the answer still counts when ready
-                self._aside(self._conclude_quietly, call)
+            self._abandoned(call)
+
+    def _abandoned(self, call: _Call) -> None:
+        """A stream whose caller went away before its end: its answer still counts when
+        it is ready."""
+        if call.settled:
+            return
+        call.settled = True
+        with contextlib.suppress(RuntimeError):  # the service is closing: nothing counts
+            self._aside(self._conclude_quietly, call)
 
     def _conclude_quietly(self, call: _Call) -> None:
         try:

@@ -41,7 +41,7 @@ class Generation:
 ProgressFn = Callable[[int, int], None]  # (done, total)
 #: Per request, ``None`` or a function called with each new piece of its text as it is
 #: generated; the pieces add up to the Generation's text (:mod:`.streaming`).
-Listeners = Sequence["Callable[[str], None] | None"]
+Listeners = Sequence[Callable[[str], None] | None]
 
 
 @runtime_checkable

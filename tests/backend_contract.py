@@ -1,6 +1,9 @@
 """One contract for every inference Backend: the transformers backend (on the tiny test
 model) and the OpenAI-compatible one (against a real HTTP server on 127.0.0.1) both pass it.
 
+``generate(..., listeners=...)`` hands each request's text to its listener as it is made
+(or whole at the end), adding up to the Generation's text.
+
 Each subclass provides a ``backend`` fixture (a loaded model may serve the whole module), a
 ``fresh_backend`` one (closed by the test), a ``missing_backend`` fixture that builds a
 backend for a model that is not there, and ``model_ref``, what the backend says it loaded."""
@@ -83,6 +86,27 @@ class BackendContract:
         pair = backend.generate([greedy(self.prompts[0], 12, stop=(stop,)),
                                  greedy(self.prompts[0], 12)])
         assert pair[0].text == stopped.text and pair[1].text == full.text
+
+    def test_listeners_get_exactly_the_text(self, backend):
+        """Each listener's pieces add up to its request's text, stop strings trimmed (never
+        streamed and then taken back); requests without a listener are answered the same."""
+        requests = [greedy(p, 10) for p in self.prompts]
+        plain = backend.generate(requests)
+        heard: list[list[str]] = [[] for _ in requests]
+        listeners = [None if i % 3 == 2 else heard[i].append for i in range(len(requests))]
+        streamed = backend.generate(requests, listeners=listeners)
+        assert texts(streamed) == texts(plain)
+        for index, generation in enumerate(streamed):
+            if listeners[index] is not None:
+                assert "".join(heard[index]) == generation.text, heard[index]
+            else:
+                assert heard[index] == []
+        full = plain[0].text
+        stop = full.strip()[-1]
+        pieces: list[str] = []
+        (stopped,) = backend.generate([greedy(self.prompts[0], 10, stop=(stop,))],
+                                      listeners=[pieces.append])
+        assert "".join(pieces) == stopped.text == full[:full.index(stop)]
 
     def test_count_tokens(self, backend):
         assert backend.count_tokens("Bid: domain=news.example ctr=1.2%") > 0

@@ -1,5 +1,6 @@
 """A small OpenAI-compatible chat-completions server on 127.0.0.1 for tests: scripted
-replies, a request log and a concurrency meter. The real clients talk to it over HTTP."""
+replies (streamed as server-sent chunks when the request says ``stream: true``), a request
+log and a concurrency meter. The real clients talk to it over HTTP."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class FakeOpenAI:
         self.responder: Callable[[dict], Reply] | None = None
         self.delay_s: Callable[[dict], float] = lambda _body: 0.0
         self.active = 0
+        #: Whether ``stream: true`` requests get server-sent chunks (else a whole answer).
+        self.streams = True
+        self.chunk_delay_s = 0.0
         self.max_active = 0
         self.lock = threading.Lock()
         fake = self
@@ -70,12 +74,45 @@ class FakeOpenAI:
                     # may send its next request, and that must not look like one too many.
                     with fake.lock:
                         fake.active -= 1
+                if body.get("stream") and reply[0] == 200 and isinstance(reply[1], dict) \
+                        and fake.streams:
+                    self._stream(reply[1], bool((body.get("stream_options") or {})
+                                                .get("include_usage")))
+                    return
                 self._send(*reply)
+
+            def _stream(self, answer: dict, usage: bool) -> None:
+                """A completion as OpenAI streams it: a chunk per word, then the finish
+                (and the usage when asked), then ``[DONE]``."""
+                choice = answer["choices"][0]
+                text = choice["message"]["content"] or ""
+                words = [w for w in text.replace(" ", "\0 ").split("\0") if w]
+                head = {"id": answer["id"], "object": "chat.completion.chunk",
+                        "model": answer["model"], "created": answer["created"]}
+                events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                                "finish_reason": None}]}]
+                events += [{**head, "choices": [{"index": 0, "delta": {"content": w},
+                                                 "finish_reason": None}]} for w in words]
+                events.append({**head, "choices": [{"index": 0, "delta": {},
+                                                    "finish_reason": choice["finish_reason"]}]})
+                if usage and answer.get("usage"):
+                    events.append({**head, "choices": [], "usage": answer["usage"]})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for event in events:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(fake.chunk_delay_s)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.close_connection = True
 
             def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                headers = dict(headers)
+                self.send_header("Content-Type", headers.pop("Content-Type",
+                                                             "application/json"))
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in headers.items():
                     self.send_header(key, value)

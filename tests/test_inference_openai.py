@@ -233,3 +233,44 @@ def test_factory_openai_prefix(fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
         make_backend("openai:", None)
     with pytest.raises(InferenceError, match="served by the openai backend"):
         make_backend("openai:fake-model", None, backend="vllm")
+
+
+def test_a_listened_request_is_streamed_from_the_endpoint(fake: FakeOpenAI) -> None:
+    """With a listener the request says ``stream: true``: the listener hears each chunk as
+    the server sends it (the first one before the server has sent the rest), and the
+    chunks add up to the answer; a stop string spread over chunks is never heard."""
+    fake.chunk_delay_s = 0.05
+    text = "ACCEPT because the domain is clean and the rate is high"
+    fake.responder = lambda body: (200, completion(text, tokens=11), {})
+    heard: list[tuple[float, str]] = []
+    backend = backend_for(fake)
+    (result,) = backend.generate([req("a bid", max_new_tokens=16)],
+                                 listeners=[lambda piece: heard.append((time.monotonic(),
+                                                                        piece))])
+    done = time.monotonic()
+    body = fake.calls[-1][1]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert result.text == text == "".join(p for _, p in heard)
+    assert len(heard) > 5 and heard[0][0] < done
+    assert result.completion_tokens == 11 and result.finish_reason == "stop"
+    pieces: list[str] = []
+    (stopped,) = backend.generate([req("a bid", stop=("clean and",))],
+                                  listeners=[pieces.append])
+    assert stopped.text == "".join(pieces) == "ACCEPT because the domain is "
+    # A server that answers a stream request whole: its answer is heard whole.
+    fake.streams = False
+    whole: list[str] = []
+    (plain,) = backend.generate([req("a bid")], listeners=[whole.append])
+    assert whole == [text] and plain.text == text
+
+
+def test_a_broken_stream_is_an_error_generation(fake: FakeOpenAI) -> None:
+    backend = backend_for(fake)
+    backend.generate([req("first")])  # verified
+    event = b'data: {"choices": [{"delta": {"content": "ACCEPT because"}}]}\n\n'
+    fake.responder = lambda body: (200, event + b"data: {oops\n\n",
+                                   {"Content-Type": "text/event-stream"})
+    heard: list[str] = []
+    (broken,) = backend.generate([req("x")], listeners=[heard.append])
+    assert broken.finish_reason == "error" and "malformed" in (broken.error or "")
+    assert "{oops" in (broken.error or "") and heard == ["ACCEPT because"]  # what came before

@@ -80,6 +80,28 @@ def test_seeded_sampling_is_reproducible(backend: Backend) -> None:
     assert mixed[0].text == backend.generate([greedy(PROMPTS[1])])[0].text
 
 
+def test_streamed_text_comes_token_by_token_and_equals_the_answer(backend: Backend) -> None:
+    """The listener hears the text while ``generate()`` runs, in more than one piece, and
+    the pieces are the answer; with a stop string taken from the middle of the answer,
+    nothing from the stop string on is ever heard, batched beside a row without one."""
+    request = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=12, temperature=1.5,
+                                seed=7)  # varied text (the tiny model's greedy text repeats)
+    (whole,) = backend.generate([request])
+    pieces: list[str] = []
+    (streamed,) = backend.generate([request], listeners=[pieces.append])
+    assert streamed.text == whole.text == "".join(pieces)
+    assert len(pieces) > 1, pieces  # growth per step, not the answer at the end
+    cut = whole.text[len(whole.text) // 2:][:2]
+    assert len(cut) == 2 and whole.text.index(cut) > 0, whole.text
+    heard: list[list[str]] = [[], []]
+    pair = backend.generate([dataclasses.replace(request, stop=(cut, "never-seen")),
+                             greedy(PROMPTS[-1], 12)],
+                            listeners=[heard[0].append, heard[1].append])
+    assert pair[0].text == whole.text[:whole.text.index(cut)] == "".join(heard[0])
+    assert cut not in "".join(heard[0])
+    assert "".join(heard[1]) == pair[1].text == backend.generate([greedy(PROMPTS[-1], 12)])[0].text
+
+
 def test_max_new_tokens_respected(backend: Backend) -> None:
     requests = [greedy(PROMPTS[0], 1), greedy(PROMPTS[1], 3), greedy(PROMPTS[2], 6),
                 greedy(PROMPTS[0], 3)]

@@ -1,6 +1,7 @@
 """Concurrent requests to one version coalesce into batched backend calls: each caller gets
-its own answer, a lone request waits for nothing, one bad request fails alone, and on the
-real tiny model a batched answer equals the answer given alone."""
+its own answer, a lone request waits for nothing, one bad request fails alone, a listener
+hears its answer as the backend makes it, and on the real tiny model a batched answer
+equals the answer given alone."""
 
 from __future__ import annotations
 
@@ -111,6 +112,72 @@ def test_close_answers_what_is_queued_then_refuses_more():
     with pytest.raises(BatcherClosed):
         batcher.submit(ask("late"))
     batcher.close()  # twice is fine
+
+
+class Streamer(SlowEcho):
+    """A backend that streams: each listener hears its answer a letter at a time. A call
+    holding a prompt that says ``break`` fails after the others' first letters."""
+
+    def generate(self, requests, progress=None, listeners=None):
+        self.gate.wait()
+        self.calls.append([r.prompt for r in requests])
+        listening = listeners or [None] * len(requests)
+        for listener, request in zip(listening, requests, strict=True):
+            if listener is not None:
+                listener(request.prompt.upper()[:1])
+        if any("break" in r.prompt for r in requests):
+            raise InferenceError("the stream broke")
+        for listener, request in zip(listening, requests, strict=True):
+            for letter in request.prompt.upper()[1:]:
+                if listener is not None:
+                    listener(letter)
+        return [Generation(text=r.prompt.upper(), completion_tokens=1, latency_ms=1.0)
+                for r in requests]
+
+
+def test_a_listener_hears_its_answer_whichever_the_backend():
+    """Through a streaming backend, a letter at a time; through one whose ``generate``
+    takes no listeners, whole at the end; a request without a listener is answered as
+    before, beside them in one batch."""
+    for backend, pieces in ((Streamer(), ["H", "E", "Y"]), (SlowEcho(), ["HEY"])):
+        batcher = Batcher(backend)
+        backend.gate.clear()
+        blocker = batcher.submit(ask("block"))
+        time.sleep(0.05)
+        heard: list[str] = []
+        listened = batcher.submit(ask("hey"), listener=heard.append)
+        quiet = batcher.submit(ask("quiet"))
+        backend.gate.set()
+        assert blocker.result(timeout=10).text == "BLOCK"
+        assert listened.result(timeout=10).text == "HEY" and heard == pieces
+        assert quiet.result(timeout=10).text == "QUIET"
+        assert batcher.sizes[2] == 1  # the listened and the quiet request shared a call
+        batcher.close()
+
+
+def test_a_request_partly_streamed_is_not_retried_alone():
+    """A failed batch is retried request by request, except a request whose listener
+    already heard part of its answer: that one fails with the batch's error (a retry
+    would tell its listener the beginning twice)."""
+    backend = Streamer()
+    batcher = Batcher(backend)
+    backend.gate.clear()
+    blocker = batcher.submit(ask("block"))
+    time.sleep(0.05)
+    heard: list[str] = []
+    listened = batcher.submit(ask("hey"), listener=heard.append)
+    quiet = batcher.submit(ask("quiet"))
+    broken = batcher.submit(ask("break"))
+    backend.gate.set()
+    assert blocker.result(timeout=10).text == "BLOCK"
+    with pytest.raises(InferenceError, match="broke"):
+        listened.result(timeout=10)
+    assert heard == ["H"]
+    assert quiet.result(timeout=10).text == "QUIET"  # retried alone
+    with pytest.raises(InferenceError, match="broke"):
+        broken.result(timeout=10)
+    assert ["quiet"] in backend.calls and ["hey"] not in backend.calls
+    batcher.close()
 
 
 def test_bad_settings_are_refused():

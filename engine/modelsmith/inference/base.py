@@ -39,6 +39,9 @@ class Generation:
 
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
+#: Per request, ``None`` or a function called with each new piece of its text as it is
+#: generated; the pieces add up to the Generation's text (:mod:`.streaming`).
+Listeners = Sequence[Callable[[str], None] | None]
 
 
 @runtime_checkable
@@ -49,9 +52,12 @@ class Backend(Protocol):
     model_ref: str  # what was loaded: a path, a hub id, an endpoint model name
 
     def generate(
-        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
+        listeners: Listeners | None = None,
     ) -> list[Generation]:
-        """One Generation per request, in order. Batches internally where it can."""
+        """One Generation per request, in order. Batches internally where it can.
+        ``listeners`` (one per request, or None): each gets its request's text as it is
+        generated -- token by token where the backend can, else all of it at the end."""
         ...
 
     def count_tokens(self, text: str) -> int:

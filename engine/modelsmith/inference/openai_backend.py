@@ -7,12 +7,18 @@ exponential backoff (``Retry-After`` honoured, capped). A request the endpoint r
 with ``finish_reason="error"``; the batch goes on. But a wrong key, model or endpoint (401,
 403, 404, or no connection) on the first call raises :class:`InferenceError`, since every
 other request would fail the same way. The API key is sent only as a bearer header and never
-appears in a message.
+appears in a message. A request with a listener is sent with ``stream: true``: the
+server-sent chunks are passed on as they arrive (through a
+:class:`~.streaming.TextStream`, which holds back what could still become a stop string)
+and put back together into the one chat completion the rest of the backend reads; a
+server that answers such a request whole gets its answer passed on whole. A stream that
+breaks after part of it was passed on is not retried (the request is an error).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .base import Generation, GenerationRequest, InferenceError, ProgressFn
+from .base import Generation, GenerationRequest, InferenceError, Listeners, ProgressFn
+from .streaming import TextStream
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -121,10 +128,11 @@ class OpenAIBackend:
             body["stop"] = list(request.stop)
         return body
 
-    def _post(self, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _post(self, payload: bytes, stream: TextStream | None = None
+              ) -> tuple[int, dict[str, str], bytes]:
         headers = {
             "Content-Type": "application/json",
-            "Accept": "application/json",
+            "Accept": "application/json" if stream is None else "text/event-stream",
             "User-Agent": USER_AGENT,
         }
         if self._api_key:
@@ -134,6 +142,9 @@ class OpenAIBackend:
         )
         try:
             with self._opener.open(http_request, timeout=self.timeout_s) as response:
+                kind = response.headers.get("Content-Type", "")
+                if stream is not None and kind.startswith("text/event-stream"):
+                    return response.status, dict(response.headers), _gather(response, stream)
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
             try:
@@ -164,16 +175,34 @@ class OpenAIBackend:
             )
         )
 
-    def _one(self, request: GenerationRequest) -> _Outcome:
-        payload = json.dumps(self._body(request)).encode()
+    def _one(self, request: GenerationRequest, listener: Any = None) -> _Outcome:
+        """One request, retried as the module says; with a ``listener``, streamed to it."""
+        body = self._body(request)
+        stream = None
+        if listener is not None:
+            body.update(stream=True, stream_options={"include_usage": True})
+            stream = TextStream(listener, request.stop)
+        outcome = self._send(json.dumps(body).encode(), request, stream)
+        if stream is not None and outcome.generation is not None \
+                and outcome.generation.error is None:
+            outcome.generation = dataclasses.replace(
+                outcome.generation, text=stream.close(outcome.generation.text))
+        return outcome
+
+    def _send(self, payload: bytes, request: GenerationRequest,
+              stream: TextStream | None) -> _Outcome:
         started = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
             try:
-                status, headers, raw = self._post(payload)
+                status, headers, raw = self._post(payload, stream)
             except (urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
+                if stream is not None and stream.sent:
+                    return self._error(f"the stream from {self.endpoint} broke after "
+                                       f"{len(stream.sent)} characters: {reason}",
+                                       started, attempt)
                 if attempt <= self.max_retries:
                     self._wait(attempt - 1, None)
                     continue
@@ -248,15 +277,18 @@ class OpenAIBackend:
         return estimate_tokens(text)
 
     def generate(
-        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
+        listeners: Listeners | None = None,
     ) -> list[Generation]:
         total = len(requests)
+        listening = list(listeners or [])
+        listening += [None] * (total - len(listening))
         results: list[Generation | None] = [None] * total
         done = 0
         pending = list(range(total))
         if not self._verified and pending:
             # The first call alone: a wrong key, model or endpoint fails here, once, loudly.
-            first = self._one(requests[0])
+            first = self._one(requests[0], listening[0])
             if first.fatal is not None:
                 raise InferenceError(first.fatal)
             self._verified = True
@@ -267,7 +299,8 @@ class OpenAIBackend:
                 progress(done, total)
         if pending:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pending))) as pool:
-                futures = {pool.submit(self._one, requests[i]): i for i in pending}
+                futures = {pool.submit(self._one, requests[i], listening[i]): i
+                           for i in pending}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result().generation
                     done += 1
@@ -277,6 +310,40 @@ class OpenAIBackend:
 
     def close(self) -> None:
         """Nothing is held between calls (a connection per request)."""
+
+
+def _gather(response: Any, stream: TextStream) -> bytes:
+    """Read a streamed chat completion (server-sent ``chat.completion.chunk`` events),
+    passing its content on as it arrives; the chat completion it adds up to, as JSON
+    bytes (an ``{"error": ...}`` event, or a stream without ``[DONE]``, ends it as what
+    it is, for the caller to judge)."""
+    content, finish, usage, head = "", None, None, {}
+    for raw_line in response:
+        line = raw_line.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):  # the caller reports it as a malformed answer
+            return f"a stream event that is not a JSON object: {data[:160]}".encode()
+        if "error" in chunk:
+            return json.dumps({"error": chunk["error"]}).encode()
+        head = head or {k: chunk.get(k) for k in ("id", "model")}
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content")
+            if isinstance(piece, str) and piece:
+                content += piece
+                stream.update(content)
+            finish = choice.get("finish_reason") or finish
+    return json.dumps({**head, "object": "chat.completion", "usage": usage, "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": content},
+         "finish_reason": finish}]}).encode()
 
 
 def _error_detail(raw: bytes) -> str:

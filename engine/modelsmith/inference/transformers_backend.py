@@ -6,6 +6,10 @@ batch: sampling happens in a logits processor with one ``torch.Generator`` per r
 from the request's seed, so a seeded request gives the same text whichever batch it lands in.
 Stop strings end a row early (per row) and are trimmed from its text. A prompt that leaves
 no room for its ``max_new_tokens`` within the model's ``max_length`` is refused, not cut.
+A request's listener gets its text as it is generated: a stopping criterion that never
+stops sees every row after each step and hands the decoded text to a
+:class:`~.streaming.TextStream` (which holds back what a later token or a stop string may
+still change), so the final text is exactly what was streamed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..artifacts.models import ResolvedModel
-from .base import Generation, GenerationRequest, InferenceError, ProgressFn
+from .base import Generation, GenerationRequest, InferenceError, Listeners, ProgressFn
+from .streaming import TextStream
 
 try:
     import torch
@@ -154,6 +159,33 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
+class _Streams(StoppingCriteria):
+    """Never stops a row: after each step, hands each streamed row's text so far (up to
+    its first EOS; nothing after a stop string ended it) to its :class:`TextStream`."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, eos_ids: set[int],
+                 streams: list[TextStream | None], stops: _StopStrings) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.eos_ids = eos_ids
+        self.streams = streams
+        self.stops = stops
+        self.ended = [stream is None for stream in streams]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        for index, stream in enumerate(self.streams):
+            if stream is None or self.ended[index]:
+                continue
+            tokens = input_ids[index, self.prompt_len:].tolist()
+            for position, token in enumerate(tokens):
+                if token in self.eos_ids:
+                    tokens, self.ended[index] = tokens[:position], True
+                    break
+            stream.update(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            self.ended[index] = self.ended[index] or self.stops.done[index] or stream.stopped
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def _trim(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
@@ -262,9 +294,12 @@ class TransformersBackend:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(
-        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
+        listeners: Listeners | None = None,
     ) -> list[Generation]:
         self._check()
+        listening = list(listeners or [])
+        listening += [None] * (len(requests) - len(listening))
         total = len(requests)
         results: list[Generation | None] = [None] * total
         groups: dict[int, list[int]] = {}
@@ -283,7 +318,8 @@ class TransformersBackend:
                 batch = order[start:start + self.batch_size]
                 for index, generation in zip(
                     batch, self._generate_batch(
-                        [requests[i] for i in batch], [encoded[i] for i in batch], max_new
+                        [requests[i] for i in batch], [encoded[i] for i in batch], max_new,
+                        [listening[i] for i in batch],
                     ), strict=True,
                 ):
                     results[index] = generation
@@ -297,12 +333,20 @@ class TransformersBackend:
         requests: list[GenerationRequest],
         encoded: list[list[int]],
         max_new_tokens: int,
+        listeners: list[Any] | None = None,
     ) -> list[Generation]:
         input_ids, attention = self._pad_left(encoded)
         width = input_ids.shape[1]
         samplers = self._samplers(requests)
         stops = _StopStrings(self.tokenizer, width, [tuple(r.stop) for r in requests])
-        output, latency_ms = self._run(input_ids, attention, samplers, stops, max_new_tokens)
+        streams = [None if listener is None else TextStream(listener, request.stop)
+                   for listener, request in zip(listeners or [None] * len(requests),
+                                                requests, strict=True)]
+        criteria: list[StoppingCriteria] = [stops]
+        if any(streams):
+            criteria.append(_Streams(self.tokenizer, width, self.eos_ids, streams, stops))
+        output, latency_ms = self._run(input_ids, attention, samplers, criteria,
+                                       max_new_tokens)
         new = output[:, width:].tolist()
         generations = []
         for row, request in enumerate(requests):
@@ -310,6 +354,8 @@ class TransformersBackend:
             # the rest of a finished row with padding.
             end = len(new[row]) if stops.done_at[row] is None else stops.done_at[row]
             text, tokens, finish = self._finish(new[row][:end], request, max_new_tokens)
+            if streams[row] is not None:
+                text = streams[row].close(text)  # what was streamed, and the rest
             generations.append(
                 Generation(
                     text=text,
@@ -351,7 +397,8 @@ class TransformersBackend:
 
     def _run(self, input_ids: torch.Tensor, attention: torch.Tensor,
              samplers: list[tuple[float, float, torch.Generator] | None],
-             stops: _StopStrings, max_new_tokens: int) -> tuple[torch.Tensor, float]:
+             criteria: list[StoppingCriteria],
+             max_new_tokens: int) -> tuple[torch.Tensor, float]:
         """One ``generate()`` call over the batch: prompt and new tokens per row, and the
         call's wall time in milliseconds."""
         config = transformers.GenerationConfig(
@@ -369,7 +416,7 @@ class TransformersBackend:
                     attention_mask=attention.to(self.device),
                     generation_config=config,
                     logits_processor=transformers.LogitsProcessorList([_PerRowSampler(samplers)]),
-                    stopping_criteria=transformers.StoppingCriteriaList([stops]),
+                    stopping_criteria=transformers.StoppingCriteriaList(criteria),
                 )
         except RuntimeError as exc:
             raise InferenceError(

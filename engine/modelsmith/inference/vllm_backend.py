@@ -4,6 +4,8 @@ vLLM batches and schedules internally, so every request goes in one call. Chat-t
 models go through ``LLM.chat`` (the template in the tokenizer), the others through
 ``LLM.generate`` with plain prompts. Written against the vLLM 0.33 offline API
 (``LLM``, ``SamplingParams``, ``RequestOutput``); it is not exercised on CPU machines.
+Listeners get each request's whole text when the call returns (the offline API has no
+per-token hook).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..artifacts.models import ResolvedModel
-from .base import Generation, GenerationRequest, InferenceError, ProgressFn
+from .base import Generation, GenerationRequest, InferenceError, Listeners, ProgressFn
+from .streaming import emit_whole
 
 MISSING = "vllm is not installed: pip install -e '.[gpu]' on a CUDA machine"
 
@@ -83,7 +86,8 @@ class VLLMBackend:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(
-        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
+        listeners: Listeners | None = None,
     ) -> list[Generation]:
         if not requests:
             return []
@@ -119,6 +123,7 @@ class VLLMBackend:
                     meta={"batch_size": len(requests), "finish_reason": completion.finish_reason},
                 )
             )
+        emit_whole(listeners, results)
         if progress is not None:
             progress(len(requests), len(requests))
         return results

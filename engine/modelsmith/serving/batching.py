@@ -11,20 +11,29 @@ sends it concurrently. ``max_wait_ms`` adds a short wait for company before a ba
 
 One caller's failure stays its own: a backend error on a batch is every member's error, but
 a request the backend refuses alone (a bad ``max_new_tokens``) is retried singly first so
-that it does not fail the requests batched with it.
+that it does not fail the requests batched with it (unless part of its answer was already
+streamed: that request then fails with the batch's error).
+
+A request may come with a listener (``submit(request, listener)``): the backend calls it
+with each new piece of the answer as it is generated (``generate(..., listeners=...)``); a
+backend whose ``generate`` takes no ``listeners`` hands it the whole answer at the end.
 """
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from modelsmith.inference.base import Generation, GenerationRequest
+from modelsmith.inference.streaming import emit_whole
+
+Listener = Callable[[str], None]
 
 #: Requests per backend call when the backend does not say (``batch_size``).
 DEFAULT_MAX_BATCH = 16
@@ -34,6 +43,25 @@ _STOP = object()
 
 class BatcherClosed(RuntimeError):
     """The batcher was closed; its backend takes no more requests."""
+
+
+class _Heard:
+    """A request's listener, remembering whether it was told anything."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.told = False
+
+    def __call__(self, piece: str) -> None:
+        self.told = True
+        self.listener(piece)
+
+
+def _takes_listeners(backend: Any) -> bool:
+    try:
+        return "listeners" in inspect.signature(backend.generate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class Batcher:
@@ -49,6 +77,7 @@ class Batcher:
         self.backend = backend
         self.max_batch = int(size)
         self.max_wait_s = max_wait_ms / 1000.0
+        self._streams = _takes_listeners(backend)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
@@ -59,12 +88,16 @@ class Batcher:
 
     # ------------------------------------------------------------------ callers
 
-    def submit(self, request: GenerationRequest) -> Future[Generation]:
+    def submit(self, request: GenerationRequest,
+               listener: Listener | None = None) -> Future[Generation]:
+        """Queue ``request``; ``listener`` (optional) gets its answer's text as it is
+        generated, all of it before the future is done."""
         future: Future[Generation] = Future()
+        heard = None if listener is None else _Heard(listener)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("this version is no longer served")
-            self._queue.put((request, future))
+            self._queue.put((request, future, heard))
         return future
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation:
@@ -106,7 +139,7 @@ class Batcher:
 
     # ------------------------------------------------------------------ the worker
 
-    def _take(self) -> tuple[list[tuple[GenerationRequest, Future[Generation]]], bool]:
+    def _take(self) -> tuple[list[Any], bool]:
         """The next batch (blocking for its first member), and whether to stop after it."""
         first = self._queue.get()
         if first is _STOP:
@@ -131,24 +164,40 @@ class Batcher:
             if batch:
                 self._answer(batch)
 
-    def _answer(self, batch: Sequence[tuple[GenerationRequest, Future[Generation]]]) -> None:
-        live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+    def _call(self, requests: list[GenerationRequest],
+              listeners: list[_Heard | None]) -> list[Generation]:
+        if not any(listeners):
+            return self.backend.generate(requests)
+        if self._streams:
+            return self.backend.generate(requests, listeners=listeners)
+        generations = self.backend.generate(requests)
+        emit_whole(listeners, generations)
+        return generations
+
+    def _answer(self, batch: Sequence[tuple[GenerationRequest, Future[Generation],
+                                            _Heard | None]]) -> None:
+        live = [item for item in batch if item[1].set_running_or_notify_cancel()]
         if not live:
             return
         self.sizes[len(live)] = self.sizes.get(len(live), 0) + 1
         try:
-            generations = self.backend.generate([r for r, _ in live])
+            generations = self._call([r for r, _, _ in live], [h for _, _, h in live])
         except Exception as exc:
             if len(live) == 1:
                 live[0][1].set_exception(exc)
                 return
-            for request, future in live:  # find whose request it was; the rest are answered
+            # Find whose request it was; the rest are answered (but a request whose answer
+            # was partly streamed already cannot start again).
+            for request, future, heard in live:
+                if heard is not None and heard.told:
+                    future.set_exception(exc)
+                    continue
                 try:
-                    (generation,) = self.backend.generate([request])
+                    (generation,) = self._call([request], [heard])
                 except Exception as alone:
                     future.set_exception(alone)
                 else:
                     future.set_result(generation)
             return
-        for (_, future), generation in zip(live, generations, strict=True):
+        for (_, future, _), generation in zip(live, generations, strict=True):
             future.set_result(generation)

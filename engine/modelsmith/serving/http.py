@@ -33,7 +33,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -349,11 +349,10 @@ class Handler(BaseHTTPRequestHandler):
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ServeError(400, "'stream' must be true or false", code="invalid_stream")
-        answer = self.server.service.complete(body)
         if stream:
-            self._stream(chunks(answer))
+            self._stream(self.server.service.stream(body))
         else:
-            self._send(200, answer)
+            self._send(200, self.server.service.complete(body))
 
     routes: ClassVar[dict[tuple[str, str], Callable[[Handler], None]]] = {
         ("GET", "/metrics"): _metrics,
@@ -408,9 +407,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def _stream(self, events: list[dict[str, Any]]) -> None:
-        """Server-sent events, as OpenAI streams; the answer is whole before the first
-        event (a specialist's answers are a few tokens), then the connection closes."""
+    def _stream(self, events: Iterable[dict[str, Any]]) -> None:
+        """Server-sent events, as OpenAI streams: each chunk as the service yields it
+        (while the answer is generated), then ``[DONE]``; then the connection closes."""
         self._answered = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

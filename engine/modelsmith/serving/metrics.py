@@ -96,6 +96,9 @@ class LiveMetrics:
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
 
+    def first_token(self, key: tuple[str, str, str], seconds: float) -> None:
+        """Time to a streamed answer's first token (a histogram in the asgi branch)."""
+
     def rubric(self, key: tuple[str, str, str], score: float | None,
                passed: bool | None) -> None:
         """The rubric score of an answer whose request carried a reference."""

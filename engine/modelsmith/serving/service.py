@@ -11,6 +11,16 @@ contract (``format_rate``); a request that carries a ``reference`` (the expected
 a scenario's ``expected``) is also scored by the suite's rubric with the eval's own scorer
 (``rubric_score``, ``pass_rate``) -- the live answer and the shadow's alike.
 
+The request is OpenAI's (:mod:`.openai_api` checks it: content-part arrays, the fields a
+specialist refuses, the request key from ``safety_identifier``, ``prompt_cache_key`` or
+``user``). :meth:`Service.complete` answers it whole; :meth:`Service.stream` answers it as
+``chat.completion.chunk`` dicts while it is generated: the role (with what served it,
+``modelsmith``), the content as it comes, the finish reason, and with
+``stream_options.include_usage`` a last chunk with ``"choices": []`` and the usage (the
+other chunks then carry ``"usage": null``). Both go one way: the metrics, feedback ids,
+shadow, rubric score, bootstrap and timeout are the same; the stream also records the time
+to its first token.
+
 A specialist's first version has no production to mirror: while nothing holds production
 or canary and its policy's ``bootstrap`` is ``replay``, a request that carries a
 ``reference`` is answered by the shadow (returned, ``stage: "shadow"``, ``bootstrap:
@@ -25,20 +35,26 @@ sends it).
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modelsmith.errors import InferenceError, ModelsmithError
+from modelsmith.errors import InferenceError
 from modelsmith.inference.base import GenerationRequest
 
 from .batching import Batcher, BatcherClosed
 from .live_scoring import LiveScorer
 from .metrics import LiveMetrics
+from .openai_api import DEFAULT_MAX_TOKENS, MAX_TOKENS, ChatRequest, ServeError, parse_chat
 from .router import NoRoute, Request, Router
 from .split import Assignment, NoVersion, TrafficSplit
 
@@ -48,26 +64,36 @@ if TYPE_CHECKING:
     from modelsmith.inference.base import Backend, Generation
     from modelsmith.specs import Repository
 
-#: Completion tokens when the request does not say, per output kind (as the eval uses).
-DEFAULT_MAX_TOKENS = {"label": 4, "json": 256, "text": 128}
-MAX_TOKENS = 1024
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_TOKENS", "ServeError", "Service", "chat_input",
+           "completion", "request_key", "sampling"]
 
 #: Loads a version: (specialist, version) -> its backend.
 BackendFactory = Callable[[str, str], "Backend"]
 
 
-class ServeError(ModelsmithError):
-    """A request the service cannot answer: the HTTP status, an OpenAI-style error body,
-    and any headers the answer needs (``Allow`` for a 405, ``Retry-After``)."""
+_DONE = object()
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code = status, message, kind, code
-        self.headers = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.code}}
+@dataclass
+class _Call:
+    """A chat completion under way: what answers it and how far it got."""
+
+    chat: ChatRequest
+    rule: str | None
+    assignment: Assignment
+    batcher: Batcher
+    request: GenerationRequest
+    future: Future[Generation]
+    started: float
+    response_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    pieces: queue.SimpleQueue[Any] | None = None
+    #: the answer was counted (or its error said): nothing is left to do when it is dropped
+    settled: bool = False
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.assignment.specialist, self.assignment.version, self.assignment.stage)
 
 
 class Service:
@@ -268,22 +294,129 @@ class Service:
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer a chat completion ``body`` (OpenAI's request shape) with the specialist it
         names or the router picks, at the version the split gives its request key."""
-        model, text = chat_input(body)
-        specialist, rule = self._specialist(model, text, body.get("metadata"))
+        call = self._begin(body)
+        return self._conclude(call, self._wait(call))
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Answer ``body`` as ``chat.completion.chunk`` dicts while it is generated. The
+        request is checked and its generation started before this returns (a bad request
+        raises :class:`ServeError` here); an error after that is the last item, an
+        ``{"error": ...}`` body. The iterator blocks (run it on a thread of its own); one
+        dropped before its end still has its answer counted when it is ready."""
+        pieces: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        call = self._begin(body, pieces.put)
+        call.pieces = pieces
+        call.future.add_done_callback(lambda _f: pieces.put(_DONE))
+        chunks = self._chunks(call)
+        weakref.finalize(chunks, self._abandoned, call)  # dropped before it was started
+        return chunks
+
+    def _begin(self, body: dict[str, Any],
+               listener: Callable[[str], None] | None = None) -> _Call:
+        """Check ``body``, pick the specialist and its version, and queue the request."""
+        chat = parse_chat(body)
+        text = chat.user_text()
+        specialist, rule = self._specialist(chat.model, text, chat.metadata)
         task = self.repo.specialists[specialist].spec.task
-        key = request_key(body)
+        chat.check_output(task.output.kind)
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
-                                    **sampling(body, task.output.kind))
-        reference = body.get("reference")
-        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+                                    **chat.sampling(task.output.kind))
         started = time.perf_counter()
-        assignment, batcher, generation = self._generate(specialist, key, request,
-                                                         referenced=reference is not None)
-        self._observe(response_id, assignment, generation,
-                      (time.perf_counter() - started) * 1000)
-        self._beside(assignment, batcher, request, generation.text, reference)
-        return completion(response_id, assignment, rule, generation,
-                          batcher.count_tokens(request.prompt))
+        assignment, batcher, future = self._submit(
+            specialist, chat.key(), request, referenced=chat.reference is not None,
+            listener=listener)
+        return _Call(chat, rule, assignment, batcher, request, future, started)
+
+    def _wait(self, call: _Call, timeout: float | None = None) -> Generation:
+        """The call's generation, within the request timeout (else a 504, counted)."""
+        try:
+            return call.future.result(timeout=self.request_timeout_s
+                                      if timeout is None else timeout)
+        except FutureTimeout:
+            self._timed_out(call)
+            raise  # not reached: _timed_out raises
+
+    def _timed_out(self, call: _Call) -> None:
+        call.future.cancel()
+        assignment = call.assignment
+        self.metrics.request(f"timeout-{uuid.uuid4().hex}", assignment.specialist,
+                             assignment.version, assignment.stage,
+                             (self.request_timeout_s or 0) * 1000, error=True,
+                             bootstrap=assignment.bootstrap)
+        raise ServeError(504, f"{assignment.specialist} {assignment.version}: no answer "
+                              f"within {self.request_timeout_s:g} s", kind="server_error",
+                         code="timeout")
+
+    def _conclude(self, call: _Call, generation: Generation) -> dict[str, Any]:
+        """Count the answer, start the work beside it, and build its completion body."""
+        self._observe(call.response_id, call.assignment, generation,
+                      (time.perf_counter() - call.started) * 1000)
+        self._beside(call.assignment, call.batcher, call.request, generation.text,
+                     call.chat.reference)
+        answer = completion(call.response_id, call.assignment, call.rule, generation,
+                            call.batcher.count_tokens(call.request.prompt))
+        answer["created"] = call.created
+        return answer
+
+    def _chunks(self, call: _Call) -> Iterator[dict[str, Any]]:
+        head = {"id": call.response_id, "object": "chat.completion.chunk",
+                "created": call.created, "model": call.assignment.specialist}
+        usage = {"usage": None} if call.chat.include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                         "finish_reason": finish}], **usage}
+
+        assert call.pieces is not None
+        deadline = None if self.request_timeout_s is None \
+            else time.monotonic() + self.request_timeout_s
+        sent = ""
+        try:
+            yield {**chunk({"role": "assistant", "content": ""}),
+                   "modelsmith": _served(call.assignment, call.rule)}
+            while True:
+                try:
+                    piece = call.pieces.get(timeout=None if deadline is None
+                                            else max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    call.settled = True
+                    self._timed_out(call)
+                if piece is _DONE:
+                    break
+                if not sent:
+                    self.metrics.first_token(call.key, time.perf_counter() - call.started)
+                sent += piece
+                yield chunk({"content": piece})
+            call.settled = True
+            generation = call.future.result()
+            answer = self._conclude(call, generation)
+            if generation.text.startswith(sent) and generation.text != sent:
+                yield chunk({"content": generation.text[len(sent):]})
+            yield chunk({}, generation.finish_reason)
+            if usage:
+                yield {**head, "choices": [], "usage": answer["usage"]}
+        except ServeError as exc:
+            yield exc.body()
+        except Exception as exc:  # the backend failed: said in the stream, as a 500 would
+            call.settled = True
+            yield ServeError(500, f"{type(exc).__name__}: {exc}", kind="server_error").body()
+        finally:
+            self._abandoned(call)
+
+    def _abandoned(self, call: _Call) -> None:
+        """A stream whose caller went away before its end: its answer still counts when
+        it is ready."""
+        if call.settled:
+            return
+        call.settled = True
+        with contextlib.suppress(RuntimeError):  # the service is closing: nothing counts
+            self._aside(self._conclude_quietly, call)
+
+    def _conclude_quietly(self, call: _Call) -> None:
+        try:
+            self._conclude(call, self._wait(call))
+        except Exception:  # nobody is listening: an error is in the metrics, or nowhere
+            return
 
     def _specialist(self, model: str, text: str, meta: Any) -> tuple[str, str | None]:
         """The specialist ``model`` names, or the router's pick for ``auto`` (and its
@@ -326,11 +459,13 @@ class Service:
         spec = self.repo.specialists[specialist]
         return self.repo.policy_for(spec).spec.bootstrap
 
-    def _generate(self, specialist: str, key: str, request: GenerationRequest, *,
-                  referenced: bool = False) -> tuple[Assignment, Batcher, Generation]:
-        """The split's version for ``key`` answers ``request`` (``referenced``: it carries
-        a reference, which a bootstrapping shadow answers). A version retired between the
-        lookup and the call (the log moved) sends the request to the split again."""
+    def _submit(self, specialist: str, key: str, request: GenerationRequest, *,
+                referenced: bool = False, listener: Callable[[str], None] | None = None
+                ) -> tuple[Assignment, Batcher, Future[Generation]]:
+        """Queue ``request`` for the split's version for ``key`` (``referenced``: it
+        carries a reference, which a bootstrapping shadow answers; ``listener`` gets the
+        text as it is generated). A version retired between the lookup and the call (the
+        log moved) sends the request to the split again."""
         bootstrap = self.bootstrap_mode(specialist)
         for _ in range(3):
             try:
@@ -342,16 +477,9 @@ class Service:
             self._retire()
             batcher = self.batcher(specialist, assignment.version)
             try:
-                return assignment, batcher, batcher.generate(request, self.request_timeout_s)
+                return assignment, batcher, batcher.submit(request, listener)
             except BatcherClosed:
                 continue
-            except TimeoutError as exc:
-                self.metrics.request(f"timeout-{uuid.uuid4().hex}", specialist,
-                                     assignment.version, assignment.stage,
-                                     (self.request_timeout_s or 0) * 1000, error=True,
-                                     bootstrap=assignment.bootstrap)
-                raise ServeError(504, f"{specialist} {assignment.version}: {exc}",
-                                 kind="server_error", code="timeout") from None
         raise ServeError(503, f"{specialist}: the versions kept changing while this request "
                               "waited; try again", kind="server_error", code="no_version")
 
@@ -407,64 +535,18 @@ class Service:
 
 def chat_input(body: dict[str, Any]) -> tuple[str, str]:
     """The model a chat completion body names and its last user message, checked."""
-    model = body.get("model")
-    messages = body.get("messages")
-    if not isinstance(model, str) or not model:
-        raise ServeError(400, "'model' must be a specialist name or 'auto'",
-                         code="invalid_model")
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-        raise ServeError(400, "'messages' must be a non-empty list of {role, content}",
-                         code="invalid_messages")
-    users = [m["content"] for m in messages if m.get("role") == "user"]
-    if not users:
-        raise ServeError(400, "'messages' has no user message", code="invalid_messages")
-    return model, users[-1]
+    chat = parse_chat(body)
+    return chat.model, chat.user_text()
 
 
 def request_key(body: dict[str, Any]) -> str:
-    """What the canary split hashes: the request's ``user``, else a fresh id."""
-    user = body.get("user")
-    return user if isinstance(user, str) and user else uuid.uuid4().hex
+    """What the canary split hashes (:meth:`.openai_api.ChatRequest.key`)."""
+    return parse_chat(body).key()
 
 
 def sampling(body: dict[str, Any], output_kind: str) -> dict[str, Any]:
-    """The generation settings a chat completion body asks for, checked. Greedy unless
-    ``temperature`` says otherwise (a specialist answers as it was evaluated)."""
-    if body.get("n", 1) != 1:
-        raise ServeError(400, "'n' must be 1: a specialist gives one answer per request",
-                         code="invalid_n")
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is None:
-        limit = DEFAULT_MAX_TOKENS.get(output_kind, 64)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
-        raise ServeError(400, f"'max_tokens' must be an integer from 1 to {MAX_TOKENS}")
-    settings: dict[str, Any] = {"max_new_tokens": limit}
-    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not low <= value <= high or (name == "top_p" and value == 0):
-            raise ServeError(400, f"'{name}' must be a number in {'(' if name == 'top_p' else '['}"
-                                  f"{low:g}, {high:g}]", code=f"invalid_{name}")
-        settings[name] = float(value)
-    seed = body.get("seed")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) \
-                or not -(2 ** 63) <= seed < 2 ** 63:
-            raise ServeError(400, "'seed' must be an integer from -2**63 to 2**63-1",
-                             code="invalid_seed")
-        settings["seed"] = seed
-    stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not 1 <= len(stops) <= 4 or not all(
-                isinstance(x, str) and x for x in stops):
-            raise ServeError(400, "'stop' must be a string or a list of 1 to 4 strings",
-                             code="invalid_stop")
-        settings["stop"] = tuple(stops)
-    return settings
+    """The generation settings a chat completion body asks for, checked."""
+    return parse_chat(body).sampling(output_kind)
 
 
 def completion(response_id: str, assignment: Assignment, rule: str | None,
@@ -478,7 +560,11 @@ def completion(response_id: str, assignment: Assignment, rule: str | None,
         "usage": {"prompt_tokens": prompt_tokens,
                   "completion_tokens": generation.completion_tokens,
                   "total_tokens": prompt_tokens + generation.completion_tokens},
-        "modelsmith": {"version": assignment.version, "stage": assignment.stage,
-                       "rule": rule, "shadow": assignment.shadow,
-                       "bootstrap": assignment.bootstrap},
+        "modelsmith": _served(assignment, rule),
     }
+
+
+def _served(assignment: Assignment, rule: str | None) -> dict[str, Any]:
+    """What served an answer: its version, stage, routing rule, shadow, bootstrap."""
+    return {"version": assignment.version, "stage": assignment.stage, "rule": rule,
+            "shadow": assignment.shadow, "bootstrap": assignment.bootstrap}

@@ -55,8 +55,7 @@ def main() -> None:
 
         def serving(max_batch: int | None) -> tuple[Service, Any, int]:
             service = ws.service(max_batch=max_batch)
-            httpd = make_server(service, port=0)
-            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            httpd = make_server(service, port=0).start()
             return service, httpd, httpd.server_address[1]
 
         def caller(port: int) -> Any:
@@ -125,8 +124,7 @@ def main() -> None:
 
 
 def stop(service: Service, httpd: Any) -> None:
-    httpd.shutdown()
-    httpd.server_close()
+    httpd.stop(grace=0)
     service.close()
 
 

@@ -60,12 +60,23 @@ def server(demo_repo, tmp_path, monkeypatch):
     fleet(demo_repo, [Promoted(version="v1", stage="production"),
                       Promoted(version="v2", stage="shadow")])
     service = service_of(demo_repo)
-    httpd = make_server(service, port=0, token=TOKEN, max_body=4096)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN, max_body=4096).start()
     yield service, httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
+    httpd.stop(grace=0)
     service.close()
+
+
+def sample(text, name, version, stage, specialist="rtb-quality"):
+    """The value of the sample ``name`` for (specialist, version, stage) in the Prometheus
+    text ``text`` (parsed by prometheus_client's own parser); ``None`` when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels.get("specialist") == specialist and \
+                    s.labels.get("version") == version and s.labels.get("stage") == stage:
+                return s.value
+    return None
 
 
 def client(port, token=TOKEN):
@@ -148,8 +159,7 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
     spec = demo_repo / "specialists" / "rtb-quality.yaml"
     spec.write_text(spec.read_text().replace("  production: null", "  production: v2"))
     service = service_of(demo_repo)
-    httpd = make_server(service, port=0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0).start()
     port = httpd.server_address[1]
     try:
         ask = json.dumps({"model": "rtb-quality", "messages": [
@@ -166,8 +176,12 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
-        assert ('modelsmith_requests_total{specialist="rtb-quality",version="v2",'
-                'stage="production"} 200') in text
+        assert sample(text, "modelsmith_requests_total", "v2", "production") == 200
+        assert sample(text, "modelsmith_feedback_total", "v2", "production") == 200
+        assert sample(text, "modelsmith_feedback_score_mean", "v2", "production") == \
+            pytest.approx(0.2)
+        assert sample(text, "modelsmith_request_duration_seconds_count", "v2",
+                      "production") == 200
         (observed,) = service.flush()
         assert observed.data["requests"] == 200
         assert observed.data["metrics"]["score_mean"] == pytest.approx(0.2)
@@ -178,8 +192,7 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
         status, answer = raw(port, "POST", "/v1/chat/completions", ask)
         assert status == 200 and answer["modelsmith"]["version"] == "v1"
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -234,8 +247,7 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
                       Promoted(version="v2", stage="shadow")])
     service = service_of(demo_repo,
                          backend_factory=lambda _specialist, version: Screener(version))
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     port = httpd.server_address[1]
     try:
         for i in range(60):
@@ -275,12 +287,15 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
         response = conn.getresponse()
         text = response.read().decode()
         assert response.status == 200
-        assert ('modelsmith_rubric_pass_rate{specialist="rtb-quality",version="v1",'
-                'stage="production"} 0.75') in text
+        assert response.getheader("Content-Type").startswith("text/plain; version=")
+        assert sample(text, "modelsmith_rubric_pass_rate", "v1", "production") == 0.75
+        # The window just recorded: its ratios, as gauges.
+        assert sample(text, "modelsmith_window_pass_rate", "v1", "production") == 0.75
+        assert sample(text, "modelsmith_window_agreement_rate", "v2", "shadow") == \
+            pytest.approx(42 / 60)
         assert text.count("# TYPE modelsmith_requests_total counter") == 1
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -321,8 +336,7 @@ def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(d
         raise InferenceError(f"weights of {version} are gone")
 
     service = service_of(demo_repo, backend_factory=broken)
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     try:
         with pytest.raises(openai.InternalServerError, match="weights of v1 are gone"):
             client(httpd.server_address[1]).chat.completions.create(
@@ -330,8 +344,7 @@ def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(d
         status, body = raw(httpd.server_address[1], "GET", "/v1/models")
         assert status == 200 and body["data"][0]["id"] == "rtb-quality"
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
     import torch
 
@@ -478,8 +491,7 @@ def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, mon
 
     service = service_of(demo_repo, backend_factory=lambda _s, v: Stuck(v),
                       request_timeout_s=0.5)
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     port = httpd.server_address[1]
     try:
         ask = json.dumps({"model": "rtb-quality", "messages": [
@@ -493,8 +505,7 @@ def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, mon
         (window,) = service.flush()
         assert window.data["requests"] == 2 and window.data["metrics"]["error_rate"] == 0.5
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -507,8 +518,7 @@ def test_a_fleet_with_only_a_shadow_bootstraps_on_replayed_requests(demo_repo, t
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
     service = service_of(demo_repo)
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     port = httpd.server_address[1]
     try:
         answers = [client(port).chat.completions.create(
@@ -545,11 +555,9 @@ def test_a_fleet_with_only_a_shadow_bootstraps_on_replayed_requests(demo_repo, t
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         text = conn.getresponse().read().decode()
-        assert ('modelsmith_bootstrap_requests_total{specialist="rtb-quality",version="v1",'
-                'stage="shadow"} 4') in text
+        assert sample(text, "modelsmith_bootstrap_requests_total", "v1", "shadow") == 4
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -562,8 +570,7 @@ def test_without_bootstrap_replay_a_lone_shadow_answers_nothing(demo_repo, tmp_p
     fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
     service = service_of(demo_repo,
                          backend_factory=lambda _specialist, version: Screener(version))
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     try:
         status, body = raw(httpd.server_address[1], "POST", "/v1/chat/completions",
                            json.dumps({"model": "rtb-quality", "reference": "ACCEPT",
@@ -574,8 +581,7 @@ def test_without_bootstrap_replay_a_lone_shadow_answers_nothing(demo_repo, tmp_p
         assert f"(policy bootstrap: {mode})" in body["error"]["message"]
         assert service.flush() == [] and not service._backends  # nothing ran, nothing counted
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 

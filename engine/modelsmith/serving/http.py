@@ -360,17 +360,19 @@ def _failure(exc: BaseException) -> Response:
                                  kind="server_error").body())
 
 
-def _note(request: Request, served: Any, response_id: Any = None) -> None:
-    """What answered, for the access log."""
+def _note(request: Request, answer: Any) -> None:
+    """What answered (a completion, a chunk, a feedback answer), for the access log."""
     entry = request.scope.get("modelsmith.log")
-    if entry is None:
+    if entry is None or not isinstance(answer, dict):
         return
-    if isinstance(served, dict):
-        for key in ("specialist", "version", "stage"):
-            if isinstance(served.get(key), str):
-                entry[key] = served[key]
-    if isinstance(response_id, str):
-        entry["response_id"] = response_id
+    served = answer.get("modelsmith")
+    found = {"specialist": answer.get("model", answer.get("specialist")),
+             **(served if isinstance(served, dict) else answer)}
+    for key in ("specialist", "version", "stage"):
+        if isinstance(found.get(key), str):
+            entry[key] = found[key]
+    if isinstance(answer.get("id"), str) and answer.get("object") is not None:
+        entry["response_id"] = answer["id"]
 
 
 def build_app(service: Service, *, token: str | None = None, max_body: int = MAX_BODY,
@@ -435,7 +437,7 @@ def build_app(service: Service, *, token: str | None = None, max_body: int = MAX
         if stream:
             return await streamed(request, body)
         answer = await _call(service.complete, body)
-        _note(request, answer.get("modelsmith"), answer.get("id"))
+        _note(request, answer)
         return _json(200, answer)
 
     async def streamed(request: Request, body: dict[str, Any]) -> Response:
@@ -459,7 +461,7 @@ def build_app(service: Service, *, token: str | None = None, max_body: int = MAX
                     event = _failure_event(exc)
                 if event is end:
                     break
-                _note(request, event.get("modelsmith"), event.get("id"))
+                _note(request, event)
                 yield f"data: {json.dumps(event)}\n\n".encode()
                 if "error" in event:
                     return
@@ -622,10 +624,10 @@ def _quiet_uvicorn() -> None:
         if not any(getattr(h, "_modelsmith", False) for h in logger.handlers):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(OneLine())
-            # A stop past its grace is the caller's to report (it knows how many).
-            handler.addFilter(lambda record: "graceful shutdown" not in str(record.msg))
             handler._modelsmith = True  # type: ignore[attr-defined]
             logger.addHandler(handler)
+            # A stop past its grace is the caller's to report (it knows how many).
+            logger.addFilter(lambda record: "graceful shutdown" not in str(record.msg))
         logger.setLevel(logging.ERROR)
         logger.propagate = False
 

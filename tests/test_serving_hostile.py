@@ -1,8 +1,11 @@
 """``modelsmith serve`` against hostile clients, over real sockets on 127.0.0.1: lying and
-missing ``Content-Length``, slow and stalled clients, hundreds of idle connections, bursts
-of concurrent clients, replayed feedback, pathological JSON, odd methods and auth headers,
-clients that hang up mid-answer, and SIGINT/SIGTERM with requests in flight. Every refusal
-is an OpenAI-style JSON error, and the server keeps serving."""
+missing ``Content-Length`` (1 GB with no body), slow and stalled clients (a byte at a time,
+in the headers or the body), hundreds of idle connections, bursts of concurrent clients
+(``/healthz`` answering meanwhile), replayed feedback, pathological JSON, invalid UTF-8,
+odd methods and auth headers, clients that hang up mid-answer; keep-alive and the access
+log; and SIGINT/SIGTERM on the command (idle, loading, mid-batch, under load: every answer
+under way delivered, the last window recorded, no process left). Every refusal is an
+OpenAI-style JSON error, and the server keeps serving."""
 
 from __future__ import annotations
 
@@ -30,7 +33,6 @@ from modelsmith.inference.base import Generation
 from modelsmith.serving.http import make_server
 from modelsmith.serving.service import Service
 from modelsmith.specs import load_repository
-
 from processes import assert_gone
 
 TOKEN = "s3cret-token"

@@ -616,3 +616,95 @@ def test_replayed_requests_give_a_lone_shadow_the_traffic_its_stage_gates_need(
         assert gates["floors"].passed, gates["floors"].detail
     finally:
         service.close()
+
+
+class Streaming:
+    """A stand-in service with ``stream`` (the interface of ``Service.stream``): a bad
+    request raises from the call itself; the chunks come one at a time, 0.1 s apart, for
+    ``max_tokens`` pieces; ``"fail"`` in the message fails after the first chunk."""
+
+    def __init__(self):
+        from modelsmith.serving.metrics import LiveMetrics
+
+        self.metrics = LiveMetrics()
+        self.closed = threading.Event()
+        self.pieces = 0
+
+    def stream(self, body):
+        from modelsmith.serving.service import ServeError
+
+        if body.get("model") != "rtb-quality":
+            raise ServeError(404, f"the model '{body.get('model')}' does not exist",
+                             code="model_not_found")
+        text = body["messages"][-1]["content"]
+        count = body.get("max_tokens", 3)
+
+        def chunks():
+            head = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0,
+                    "model": "rtb-quality"}
+            try:
+                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                  "content": ""},
+                                            "finish_reason": None}],
+                       "modelsmith": {"version": "v1", "stage": "production"}}
+                for i in range(count):
+                    if "fail" in text:
+                        yield {"error": {"message": "the backend failed", "type":
+                                         "server_error", "code": None}}
+                        return
+                    time.sleep(0.1)
+                    self.pieces += 1
+                    yield {**head, "choices": [{"index": 0, "delta": {"content": f"t{i} "},
+                                                "finish_reason": None}]}
+                yield {**head, "choices": [{"index": 0, "delta": {},
+                                            "finish_reason": "stop"}]}
+            finally:
+                self.closed.set()
+        return chunks()
+
+
+def test_streams_from_service_stream_and_a_client_gone_mid_stream_stops_it(capfd):
+    service = Streaming()
+    httpd = make_server(service, port=0).start()
+    port = httpd.port
+    ask = {"model": "rtb-quality", "messages": [{"role": "user", "content": "a bid"}]}
+    try:
+        parts = list(client(port).chat.completions.create(**ask, stream=True))
+        assert "".join(p.choices[0].delta.content or "" for p in parts) == "t0 t1 t2 "
+        assert parts[-1].choices[0].finish_reason == "stop"
+        assert parts[0].model_extra["modelsmith"]["version"] == "v1"
+        service.closed.clear()
+        # A bad request is a 4xx before the first event.
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client(port).chat.completions.create(model="nope", messages=ask["messages"],
+                                                 stream=True)
+        # An error after the first event ends the stream with an error event.
+        with pytest.raises(openai.APIError, match="the backend failed"):
+            list(client(port).chat.completions.create(
+                model="rtb-quality", messages=[{"role": "user", "content": "fail"}],
+                stream=True))
+        # The raw events: data lines, then [DONE].
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({**ask, "stream": True}))
+        response = conn.getresponse()
+        assert response.getheader("Content-Type").startswith("text/event-stream")
+        events = response.read().decode().split("\n\n")
+        assert events[-2:] == ["data: [DONE]", ""] and all(
+            e.startswith("data: {") for e in events[:-2])
+        conn.close()
+        # A client that goes away after the first pieces: the stream stops, quietly.
+        capfd.readouterr()
+        service.closed.clear()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions",
+                     body=json.dumps({**ask, "stream": True, "max_tokens": 200}))
+        response = conn.getresponse()
+        response.fp.readline()
+        conn.sock.close()
+        response.close()
+        assert service.closed.wait(30), "the stream went on after its client left"
+        assert service.pieces < 100
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Error" not in err, err
+    finally:
+        httpd.stop(grace=1)

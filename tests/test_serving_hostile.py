@@ -491,6 +491,23 @@ def test_keep_alive_serves_two_requests_on_one_connection(serve):
         assert first.getheader("Server") is None  # no server header
     finally:
         conn.close()
+    # Pipelined: two requests in one write, two answers in order; the second one's bad
+    # version is refused as JSON like a first one's.
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 2 and data.count(b'{"ok":true}') == 2
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 1, data
+    assert b"HTTP/1.1 505 " in data and b"HTTP/7.0 is not supported" in data, data
 
 
 def test_the_access_log_has_a_json_line_per_request_without_token_or_body(demo_repo,

@@ -184,6 +184,8 @@ class Protocol(H11Protocol):
         self._deadline_at: float | None = None
         self._seen: Any = None  # the request cycle the deadline was handed to
         self._draining = -1  # bytes dropped since a refusal (-1: not draining)
+        self._head: bytearray | None = None  # the request head arriving (not yet parsed)
+        self._line_end = -1  # where its request line ends, once it does
         self._opened = time.monotonic()
 
     # -- the connection ----------------------------------------------------------------------
@@ -211,14 +213,34 @@ class Protocol(H11Protocol):
             return
         if self.conn.their_state is h11.IDLE:  # a request starting, or its head arriving
             self._arm()
-            problem = head_problem(self.conn.trailing_data[0] + data, self.limits.max_body)
+            problem = self._head_arrived(data)
             if problem is not None:
                 self._refuse(problem)
                 return
         super().data_received(data)
 
+    def _head_arrived(self, data: bytes) -> ServeError | None:
+        """Add ``data`` to the head of the request arriving; what :func:`head_problem`
+        finds once its line is too long, it is too long, or it is complete. Linear in the
+        head's length however it is cut into pieces (searches start where the last one
+        ended)."""
+        if self._head is None:  # what h11 holds already (pipelined) counts too
+            self._head = bytearray(self.conn.trailing_data[0])
+        head, before = self._head, len(self._head)
+        head += data
+        if self._line_end < 0:
+            self._line_end = head.find(b"\r\n", max(0, before - 1))
+        end = head.find(b"\r\n\r\n", max(0, before - 3))
+        if end >= 0:
+            return head_problem(bytes(head[:end + 4]), self.limits.max_body)
+        if (self._line_end < 0 and len(head) > MAX_LINE) or len(head) > MAX_HEAD:
+            return head_problem(bytes(head), self.limits.max_body)
+        return None
+
     def handle_events(self) -> None:
         super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # its head is parsed: the next is new
+            self._head, self._line_end = None, -1
         cycle = self.cycle
         if cycle is not None and cycle is not self._seen:  # a new request: its deadline
             self._seen = cycle
@@ -535,7 +557,11 @@ def build_app(service: Service, *, token: str | None = None, max_body: int = MAX
 
 def _refusal(scope: dict[str, Any], method: str, path: str,
              token: str | None) -> ServeError | None:
-    """Why the guard answers instead of a route: the method, the token, the path."""
+    """Why the guard answers instead of a route: the HTTP version (of a pipelined request:
+    the protocol checks the others), the method, the token, the path."""
+    if scope["http_version"] not in ("1.0", "1.1"):
+        return ServeError(505, f"HTTP/{scope['http_version'][:10]} is not supported "
+                               "(HTTP/1.1 or 1.0)", code="bad_request")
     allowed = ALLOWED.get(path)
     if method not in ("GET", "POST") or (allowed is not None and method not in allowed):
         allow = ", ".join(allowed or ("GET", "POST"))

@@ -474,14 +474,14 @@ def build_app(service: Service, *, token: str | None = None, max_body: int = MAX
                                  headers={"cache-control": "no-cache"})
 
     async def sse(request: Request, events: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-        end = object()
+        pump = _Pump(events)
         try:
             while True:
                 try:
-                    event = await _call(next, events, end)
+                    event = await _call(pump.next)
                 except Exception as exc:  # after the first event: an error event ends it
                     event = _failure_event(exc)
-                if event is end:
+                if event is None:
                     break
                 _note(request, event)
                 yield f"data: {json.dumps(event)}\n\n".encode()
@@ -489,10 +489,7 @@ def build_app(service: Service, *, token: str | None = None, max_body: int = MAX
                     return
             yield b"data: [DONE]\n\n"
         finally:  # done, or the client went away: the generation stops with it
-            close = getattr(events, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    close()
+            pump.stop()
 
     def endpoint(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
         @functools.wraps(fn)
@@ -581,6 +578,46 @@ def _refusal(scope: dict[str, Any], method: str, path: str,
     if allowed is None:
         return ServeError(404, f"no endpoint {method} {path[:200]}", code="not_found")
     return None
+
+
+class _Pump:
+    """A stream's events, taken one at a time on worker threads, and closed once when the
+    answer ends -- by the thread taking an event if one is (a generator cannot be closed
+    while it runs), else on a thread of its own (never blocking the event loop)."""
+
+    def __init__(self, events: Iterator[dict[str, Any]]) -> None:
+        self._events = events
+        self._lock = threading.Lock()
+        self._stopped = self._closed = False
+
+    def next(self) -> dict[str, Any] | None:
+        """The next event; ``None`` at the end (or once stopped)."""
+        with self._lock:
+            try:
+                event = None if self._stopped else next(self._events, None)
+                self._closed |= event is None and not self._stopped  # ran out: nothing to close
+                return event
+            finally:
+                if self._stopped:
+                    self._close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if not self._closed and self._lock.acquire(blocking=False):  # none being taken
+            self._lock.release()
+            threading.Thread(target=self._closing, daemon=True, name="stream-close").start()
+
+    def _closing(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
 
 
 def _failure_event(exc: Exception) -> dict[str, Any]:

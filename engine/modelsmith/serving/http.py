@@ -191,6 +191,12 @@ class Protocol(H11Protocol):
     # -- the connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets it only on sockets whose proto says TCP: a kept-alive
+            # connection's answer must not wait for the client's delayed ACK (~40 ms).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self.connections.discard(self)  # it holds no slot: it is closed at once

@@ -21,6 +21,7 @@ from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promote
 from modelsmith.serving.http import make_server
 from modelsmith.serving.service import Service
 from modelsmith.specs import load_repository
+from processes import assert_gone
 
 openai = pytest.importorskip("openai")
 TOKEN = "s3cret"
@@ -386,9 +387,21 @@ def test_modelsmith_serve_as_a_process(demo_repo, tmp_path, monkeypatch):
             model="rtb-quality", messages=[{"role": "user", "content": BIDS[0][0]}])
     finally:
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    assert_gone(process.pid, 10, "modelsmith serve")
     assert process.returncode == 0, err
     assert "Traceback" not in err
+    # Its access log (stderr by default): one JSON line per request, no token.
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith('{"time"')]
+    completions = [line for line in logged if line["path"] == "/v1/chat/completions"]
+    assert len(completions) == 5 and all(line["status"] == 200 for line in completions)
+    assert {line["specialist"] for line in completions} == {"rtb-quality"}
+    assert TOKEN not in err
     windows = [e.data for e in GitEventStore(demo_repo).read("rtb-quality")
                if e.type == "MetricsObserved"]
     assert sum(w["requests"] for w in windows) == 5 and len(windows) >= 2

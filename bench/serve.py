@@ -5,6 +5,9 @@
    directly, one request at a time (the overhead ratio).
 2. ``--clients`` concurrent clients through ``serve``: concurrent requests coalesced into
    batched backend calls, against the same server with batching off (``max_batch=1``).
+3. ``GET /healthz`` while those clients keep the server busy, against an idle server (it is
+   answered on the event loop, never behind the service's threads), and the same one
+   client over one keep-alive connection against a new connection per request.
 
     python bench/serve.py
     python bench/serve.py --requests 500 --clients 16 --model auto
@@ -55,14 +58,15 @@ def main() -> None:
 
         def serving(max_batch: int | None) -> tuple[Service, Any, int]:
             service = ws.service(max_batch=max_batch)
-            httpd = make_server(service, port=0)
-            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            httpd = make_server(service, port=0).start()
             return service, httpd, httpd.server_address[1]
 
-        def caller(port: int) -> Any:
+        def caller(port: int, keep_alive: bool = True) -> Any:
             conn = http.client.HTTPConnection("127.0.0.1", port)
 
             def through_serve(text: str) -> None:
+                if not keep_alive:
+                    conn.close()
                 body = json.dumps({"model": args.model,
                                    "messages": [{"role": "user", "content": text}]})
                 conn.request("POST", "/v1/chat/completions", body=body,
@@ -103,8 +107,16 @@ def main() -> None:
 
         results["direct"] = run([direct])
         results["serve"] = run([caller(port)])
+        results["serve, new connection each"] = run([caller(port, keep_alive=False)])
+        health_idle = healthz(port, threading.Event(), 50)
+        busy = threading.Event()
+        checked: list[float] = []
+        probe = threading.Thread(target=lambda: checked.extend(healthz(port, busy)))
+        probe.start()
         results[f"serve x{args.clients} batched"] = run(
             [caller(port) for _ in range(args.clients)])
+        busy.set()
+        probe.join()
         sizes = dict(sorted(service.batcher("rtb-quality", "v1").sizes.items()))
         stop(service, httpd)
         service, httpd, port = serving(1)
@@ -122,11 +134,34 @@ def main() -> None:
     unbatched = results[f"serve x{args.clients} unbatched"][0]
     print(f"{args.clients} clients: batching serves {batched / unbatched:.2f}x the requests/s "
           f"of one request per backend call (batch sizes seen: {sizes})")
+    fresh = results["serve, new connection each"][0]
+    print(f"one client: keep-alive serves {results['serve'][0] / fresh:.2f}x the requests/s "
+          "of a new connection per request")
+    idle_p95, busy_p95 = percentile(health_idle, 95), percentile(checked, 95)
+    print(f"/healthz p95: {idle_p95:.2f} ms idle, {busy_p95:.2f} ms with {args.clients} "
+          f"clients busy ({busy_p95 / idle_p95:.1f}x; max {max(checked):.1f} ms of "
+          f"{len(checked)})")
+
+
+def healthz(port: int, stop: threading.Event, count: int | None = None) -> list[float]:
+    """Milliseconds per ``GET /healthz`` (new connection each), until ``stop`` or
+    ``count``."""
+    took: list[float] = []
+    while not stop.is_set() and (count is None or len(took) < count):
+        t0 = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        assert response.status == 200, response.status
+        took.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.01)
+    return took
 
 
 def stop(service: Service, httpd: Any) -> None:
-    httpd.shutdown()
-    httpd.server_close()
+    httpd.stop(grace=0)
     service.close()
 
 

@@ -206,13 +206,12 @@ class Served:
         self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
 
     def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop(grace=0)
 
     def completions(self):
         """Chat answers given so far (read under the metrics' lock: the server is busy)."""
         text = self.service.metrics.prometheus()
-        return sum(int(row.rsplit(" ", 1)[1]) for row in text.splitlines()
+        return sum(int(float(row.rsplit(" ", 1)[1])) for row in text.splitlines()
                    if row.startswith("modelsmith_requests_total{"))
 
 
@@ -250,8 +249,7 @@ def serve(demo_repo, model_cache, monkeypatch):
             # leave it unable to load any model (meta tensors), whatever serves them.
             for version in sorted({p.version for p in promotions}):
                 service.batcher("rtb-quality", version)
-        httpd = make_server(service, port=0, token=token)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        httpd = make_server(service, port=0, token=token).start()
         started.append(Served(service, httpd))
         return started[-1]
 

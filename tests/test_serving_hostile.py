@@ -1,8 +1,11 @@
 """``modelsmith serve`` against hostile clients, over real sockets on 127.0.0.1: lying and
-missing ``Content-Length``, slow and stalled clients, hundreds of idle connections, bursts
-of concurrent clients, replayed feedback, pathological JSON, odd methods and auth headers,
-clients that hang up mid-answer, and SIGINT/SIGTERM with requests in flight. Every refusal
-is an OpenAI-style JSON error, and the server keeps serving."""
+missing ``Content-Length`` (1 GB with no body), slow and stalled clients (a byte at a time,
+in the headers or the body), hundreds of idle connections, bursts of concurrent clients
+(``/healthz`` answering meanwhile), replayed feedback, pathological JSON, invalid UTF-8,
+odd methods and auth headers, clients that hang up mid-answer; keep-alive and the access
+log; and SIGINT/SIGTERM on the command (idle, loading, mid-batch, under load: every answer
+under way delivered, the last window recorded, no process left). Every refusal is an
+OpenAI-style JSON error, and the server keeps serving."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from modelsmith.inference.base import Generation
 from modelsmith.serving.http import make_server
 from modelsmith.serving.service import Service
 from modelsmith.specs import load_repository
+from processes import assert_gone
 
 TOKEN = "s3cret-token"
 BID = "domain=news.example ctr=0.7% floor=$1.20 format=banner"
@@ -77,14 +81,12 @@ def serve(demo_repo):
                                  pull=lambda _path: None)
         service = Service(repo, store, registry,
                           backend_factory=lambda _specialist, _version: Screener())
-        httpd = make_server(service, port=0, **limits)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        httpd = make_server(service, port=0, **limits).start()
         started.append(httpd)
         return httpd, httpd.server_address[1]
 
     yield start
     for httpd in started:
-        httpd.shutdown()
         httpd.stop(grace=0)
         httpd.service.close(timeout=5)
 
@@ -263,18 +265,41 @@ def test_connections_past_the_bound_get_a_quick_503(serve):
             sock.close()
 
 
-def test_64_concurrent_clients_all_get_in(serve):
+def test_64_concurrent_clients_all_get_in_and_healthz_answers_meanwhile(serve):
+    """64 completions at once (half a second a batch of 8: several seconds in all), more
+    than anyio's 40 worker threads: none is reset or refused, and ``/healthz`` answers
+    within a second throughout (it never waits for a thread)."""
     httpd, port = serve()
-    assert httpd.request_queue_size >= 128
-    gate = threading.Barrier(64)
+    assert httpd.backlog >= 128
+    gate = threading.Barrier(65)
+    done = threading.Event()
 
     def one(i):
         gate.wait(timeout=60)
-        return ask(port, "POST", "/v1/chat/completions", chat(user=f"u{i}"))[0]
+        return ask(port, "POST", "/v1/chat/completions", chat(f"slow {BID}", user=f"u{i}"))[0]
 
-    with ThreadPoolExecutor(64) as pool:
+    def health():
+        gate.wait(timeout=60)
+        took = []
+        while not done.is_set():
+            started = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+            try:
+                conn.request("GET", "/healthz")
+                assert conn.getresponse().status == 200
+            finally:
+                conn.close()
+            took.append(time.monotonic() - started)
+            time.sleep(0.05)
+        return took
+
+    with ThreadPoolExecutor(65) as pool:
+        checks = pool.submit(health)
         statuses = list(pool.map(one, range(64)))
+        done.set()
+        took = checks.result()
     assert statuses == [200] * 64
+    assert took and max(took) < 1.0, took
 
 
 # -- feedback ---------------------------------------------------------------------------------
@@ -406,11 +431,134 @@ def test_a_client_that_hangs_up_mid_answer_is_dropped_quietly(serve, capfd):
     assert ask(port, "POST", "/v1/chat/completions", chat())[0] == 200
 
 
+def test_a_client_sending_its_headers_a_byte_at_a_time_runs_out_of_time(serve):
+    """uvicorn bounds only idle keep-alive connections; the request's own deadline (from
+    its first byte) cuts a client that sends its request line and headers byte by byte,
+    each byte well within any per-read timeout."""
+    httpd, port = serve(read_timeout=1)
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
+        try:
+            while sent < len(request):
+                slow.sendall(request[sent:sent + 1])
+                sent += 1
+                time.sleep(0.1)
+        except OSError:
+            pass
+        assert_error(read_answer(slow), 408, "request_timeout")
+    assert sent < len(request)
+    wait_for(lambda: httpd.connections == 0, "the timed-out connection was not closed")
+
+
+def test_a_gigabyte_content_length_with_no_body_is_refused_at_once(serve):
+    _, port = serve(read_timeout=120, token=TOKEN)  # the length alone refuses it
+    started = time.monotonic()
+    assert_error(exchange(port, post("/v1/chat/completions", b"", length=str(1 << 30))),
+                 413, "body_too_large", names="limit is 1048576")
+    assert time.monotonic() - started < 60  # at once, not after read_timeout (120 s)
+    # Invalid UTF-8: in a header value (obs-text, read as Latin-1: served), in the path
+    # (raw: not a valid request line; escaped: no such endpoint), in a bearer token.
+    status, _, body = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                     b"X-Odd: \xff\xfe\r\nConnection: close\r\n\r\n")
+    assert status == 200 and body == {"ok": True}
+    assert_error(ask(port, "GET", "/v1/%ff%fe", token=TOKEN), 404, "not_found")
+    assert_error(exchange(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n"
+                                b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"),
+                 401, "invalid_api_key")
+    assert_error(exchange(port, b"GET /v1/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n"), 400,
+                 "bad_request")
+    assert ask(port, "GET", "/healthz")[0] == 200
+
+
+def test_keep_alive_serves_two_requests_on_one_connection(serve):
+    httpd, port = serve()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and json.loads(first.read()) == {"ok": True}
+        assert first.getheader("Connection") is None and first.version == 11
+        sock = conn.sock
+        assert sock is not None  # http.client keeps it open: the server did not close it
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(chat()),
+                     headers={"Content-Type": "application/json"})
+        second = conn.getresponse()
+        assert second.status == 200 and json.loads(second.read())["object"] == \
+            "chat.completion"
+        assert conn.sock is sock  # the same connection answered both
+        assert httpd.connections == 1
+        assert first.getheader("Server") is None  # no server header
+    finally:
+        conn.close()
+    # Pipelined: two requests in one write, two answers in order; the second one's bad
+    # version is refused as JSON like a first one's.
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 2 and data.count(b'{"ok":true}') == 2
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 1, data
+    assert b"HTTP/1.1 505 " in data and b"HTTP/7.0 is not supported" in data, data
+
+
+def test_the_access_log_has_a_json_line_per_request_without_token_or_body(demo_repo,
+                                                                          tmp_path):
+    production_v1(demo_repo)
+    from modelsmith.artifacts.registry import ModelRegistry
+
+    repo = load_repository(demo_repo)
+    store = GitEventStore(demo_repo)
+    registry = ModelRegistry(demo_repo, repo.clusters,
+                             lambda s: fold(store).specialists[s].candidates,
+                             pull=lambda _path: None)
+    service = Service(repo, store, registry,
+                      backend_factory=lambda _specialist, _version: Screener())
+    log = tmp_path / "access.jsonl"
+    httpd = make_server(service, port=0, token=TOKEN, access_log=str(log)).start()
+    port = httpd.port
+    try:
+        status, headers, answer = ask(port, "POST", "/v1/chat/completions",
+                                      chat("a secret bid"), token=TOKEN)
+        assert status == 200
+        assert ask(port, "GET", "/v1/models", token="wrong")[0] == 401
+        assert ask(port, "GET", "/healthz")[0] == 200
+        exchange(port, b"GARBAGE\r\n\r\n")
+    finally:
+        httpd.stop(grace=1)
+        service.close(timeout=5)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    text = log.read_text()
+    assert TOKEN not in text and "a secret bid" not in text
+    completion, refused, health, garbage = lines
+    assert completion["method"] == "POST" and completion["path"] == "/v1/chat/completions"
+    assert completion["status"] == 200 and completion["duration_ms"] >= 0
+    assert (completion["specialist"], completion["version"], completion["stage"]) == \
+        ("rtb-quality", "v1", "production")
+    assert completion["response_id"] == answer["id"]
+    assert completion["request_id"] == headers["x-request-id"]
+    assert refused["status"] == 401 and "specialist" not in refused
+    assert health["path"] == "/healthz" and health["status"] == 200
+    assert garbage["status"] == 400 and garbage["path"] is None
+    assert len({line["request_id"] for line in lines}) == 4
+    assert all({"time", "method", "path", "status", "duration_ms", "request_id"} <= set(line)
+               for line in lines)
+
+
 # -- SIGINT and SIGTERM on the command ---------------------------------------------------------
 
 # ``modelsmith serve`` itself, with one change: every version is a stand-in that answers at
-# once, in 2 s for a bid saying ``slow``, in 120 s for one saying ``stuck`` (touching the
-# MARKER file when it starts on either).
+# once, in 0.2 s for a bid saying ``busy``, in 2 s for one saying ``slow``, in 120 s for one
+# saying ``stuck`` (touching the MARKER file when it starts on any of them); with SLOW_LOAD
+# set, loading a version takes 120 s (touching MARKER when it starts).
 SERVE = """
 import os, sys, time
 from modelsmith.inference.base import Generation
@@ -423,6 +571,9 @@ class Stand:
             if "slow" in r.prompt or "stuck" in r.prompt:
                 open(os.environ["MARKER"], "w").close()
                 time.sleep(120 if "stuck" in r.prompt else 2)
+            elif "busy" in r.prompt:
+                open(os.environ["MARKER"], "w").close()
+                time.sleep(0.2)
         return [Generation(text=" ACCEPT", completion_tokens=1, latency_ms=1.0)
                 for _ in requests]
     def count_tokens(self, text):
@@ -430,7 +581,13 @@ class Stand:
     def close(self):
         pass
 
-service.Service._load_backend = lambda self, specialist, version: Stand()
+def load(self, specialist, version):
+    if os.environ.get("SLOW_LOAD"):  # a version that takes its time to load
+        open(os.environ["MARKER"], "w").close()
+        time.sleep(120)
+    return Stand()
+
+service.Service._load_backend = load
 from modelsmith.cli import main
 main(sys.argv[1:])
 """
@@ -439,12 +596,13 @@ main(sys.argv[1:])
 class Serving:
     """A ``modelsmith serve`` process (always killed at the end of the ``with``)."""
 
-    def __init__(self, root: Path, marker: Path, *options: str) -> None:
+    def __init__(self, root: Path, marker: Path, *options: str, **env: str) -> None:
         self.marker = marker
         self.process = subprocess.Popen(
             [sys.executable, "-c", SERVE, "-C", str(root), "serve", "--port", "0",
              "--window", "600", *options],
-            env={**os.environ, "MARKER": str(marker)}, stderr=subprocess.PIPE, text=True)
+            env={**os.environ, "MARKER": str(marker), **env}, stderr=subprocess.PIPE,
+            text=True)
 
     def __enter__(self) -> Serving:
         line = self.process.stderr.readline()
@@ -458,6 +616,7 @@ class Serving:
             self.process.kill()
         self.process.wait(timeout=30)
         self.process.stderr.close()
+        assert_gone(self.process.pid, 10, "modelsmith serve")
 
     def ask_in_background(self, content: str) -> list:
         got: list = []
@@ -479,6 +638,70 @@ class Serving:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"still running {within_s} s after {signum!r}") from None
         return err
+
+
+def test_sigterm_under_load_drains_every_request_and_records_the_last_window(demo_repo,
+                                                                             tmp_path):
+    """16 clients with their requests in (each answer 0.2 s, one at a time): SIGTERM stops
+    the server, every one of them still gets its 200, the last window counts them all,
+    and the access log (a file) has their lines without the token."""
+    production_v1(demo_repo)
+    log = tmp_path / "access.jsonl"
+    with Serving(demo_repo, tmp_path / "marker", "--shutdown-grace", "60",
+                 "--access-log", str(log), MODELSMITH_SERVE_TOKEN=TOKEN) as busy:
+        sent, results = threading.Barrier(17), []
+
+        def client(i):
+            conn = http.client.HTTPConnection("127.0.0.1", busy.port, timeout=120)
+            try:
+                conn.request("POST", "/v1/chat/completions",
+                             body=json.dumps(chat(f"busy {i} {BID}")),
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+                sent.wait(timeout=60)
+                response = conn.getresponse()
+                results.append((response.status, json.loads(response.read())))
+            except OSError as exc:
+                results.append((None, exc))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        sent.wait(timeout=60)
+        wait_for(busy.marker.exists, "no request reached the model")
+        time.sleep(0.5)  # the last connections accepted
+        err = busy.signal_and_wait(signal.SIGTERM, within_s=90)
+        for thread in threads:
+            thread.join(timeout=60)
+    assert busy.process.returncode == 0, err
+    assert "Traceback" not in err
+    assert [status for status, _ in results] == [200] * 16, results
+    assert sum(w["requests"] for w in windows(demo_repo)) == 16
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(line["status"] == 200 and line["path"] == "/v1/chat/completions"
+               for line in lines) == 16
+    assert TOKEN not in log.read_text()
+
+
+@pytest.mark.parametrize("moment", ["idle", "loading", "mid-batch"])
+def test_sigint_stops_the_server_promptly_whatever_it_is_doing(demo_repo, tmp_path, moment):
+    """Idle, while a version loads (120 s), while a batch runs (120 s): SIGINT ends the
+    process within seconds (grace 1 s), no traceback."""
+    production_v1(demo_repo)
+    env = {"SLOW_LOAD": "1"} if moment == "loading" else {}
+    with Serving(demo_repo, tmp_path / "marker", "--shutdown-grace", "1", **env) as server:
+        if moment == "idle":
+            assert ask(server.port, "GET", "/healthz")[0] == 200
+        else:
+            server.ask_in_background("a bid" if moment == "loading" else f"stuck {BID}")
+        started = time.monotonic()
+        err = server.signal_and_wait(signal.SIGINT, within_s=30)
+        took = time.monotonic() - started
+        assert_gone(server.process.pid, 5, f"modelsmith serve ({moment})")
+    assert server.process.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert took < 30, took
 
 
 def windows(root: Path) -> list[dict]:

@@ -21,6 +21,7 @@ from modelsmith.events.types import CandidateRegistered, Event, Lineage, Promote
 from modelsmith.serving.http import make_server
 from modelsmith.serving.service import Service
 from modelsmith.specs import load_repository
+from processes import assert_gone
 
 openai = pytest.importorskip("openai")
 TOKEN = "s3cret"
@@ -60,12 +61,23 @@ def server(demo_repo, tmp_path, monkeypatch):
     fleet(demo_repo, [Promoted(version="v1", stage="production"),
                       Promoted(version="v2", stage="shadow")])
     service = service_of(demo_repo)
-    httpd = make_server(service, port=0, token=TOKEN, max_body=4096)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN, max_body=4096).start()
     yield service, httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
+    httpd.stop(grace=0)
     service.close()
+
+
+def sample(text, name, version, stage, specialist="rtb-quality"):
+    """The value of the sample ``name`` for (specialist, version, stage) in the Prometheus
+    text ``text`` (parsed by prometheus_client's own parser); ``None`` when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels.get("specialist") == specialist and \
+                    s.labels.get("version") == version and s.labels.get("stage") == stage:
+                return s.value
+    return None
 
 
 def client(port, token=TOKEN):
@@ -148,8 +160,7 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
     spec = demo_repo / "specialists" / "rtb-quality.yaml"
     spec.write_text(spec.read_text().replace("  production: null", "  production: v2"))
     service = service_of(demo_repo)
-    httpd = make_server(service, port=0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0).start()
     port = httpd.server_address[1]
     try:
         ask = json.dumps({"model": "rtb-quality", "messages": [
@@ -166,8 +177,12 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
-        assert ('modelsmith_requests_total{specialist="rtb-quality",version="v2",'
-                'stage="production"} 200') in text
+        assert sample(text, "modelsmith_requests_total", "v2", "production") == 200
+        assert sample(text, "modelsmith_feedback_total", "v2", "production") == 200
+        assert sample(text, "modelsmith_feedback_score_mean", "v2", "production") == \
+            pytest.approx(0.2)
+        assert sample(text, "modelsmith_request_duration_seconds_count", "v2",
+                      "production") == 200
         (observed,) = service.flush()
         assert observed.data["requests"] == 200
         assert observed.data["metrics"]["score_mean"] == pytest.approx(0.2)
@@ -178,8 +193,7 @@ def test_bad_feedback_rolls_production_back_and_the_split_follows(demo_repo, tmp
         status, answer = raw(port, "POST", "/v1/chat/completions", ask)
         assert status == 200 and answer["modelsmith"]["version"] == "v1"
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -234,8 +248,7 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
                       Promoted(version="v2", stage="shadow")])
     service = service_of(demo_repo,
                          backend_factory=lambda _specialist, version: Screener(version))
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     port = httpd.server_address[1]
     try:
         for i in range(60):
@@ -275,12 +288,15 @@ def test_requests_with_a_reference_are_scored_by_the_eval_rubric(demo_repo, tmp_
         response = conn.getresponse()
         text = response.read().decode()
         assert response.status == 200
-        assert ('modelsmith_rubric_pass_rate{specialist="rtb-quality",version="v1",'
-                'stage="production"} 0.75') in text
+        assert response.getheader("Content-Type").startswith("text/plain; version=")
+        assert sample(text, "modelsmith_rubric_pass_rate", "v1", "production") == 0.75
+        # The window just recorded: its ratios, as gauges.
+        assert sample(text, "modelsmith_window_pass_rate", "v1", "production") == 0.75
+        assert sample(text, "modelsmith_window_agreement_rate", "v2", "shadow") == \
+            pytest.approx(42 / 60)
         assert text.count("# TYPE modelsmith_requests_total counter") == 1
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -321,8 +337,7 @@ def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(d
         raise InferenceError(f"weights of {version} are gone")
 
     service = service_of(demo_repo, backend_factory=broken)
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     try:
         with pytest.raises(openai.InternalServerError, match="weights of v1 are gone"):
             client(httpd.server_address[1]).chat.completions.create(
@@ -330,8 +345,7 @@ def test_a_version_that_cannot_load_is_a_503_and_a_missing_device_a_clear_exit(d
         status, body = raw(httpd.server_address[1], "GET", "/v1/models")
         assert status == 200 and body["data"][0]["id"] == "rtb-quality"
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
     import torch
 
@@ -373,9 +387,21 @@ def test_modelsmith_serve_as_a_process(demo_repo, tmp_path, monkeypatch):
             model="rtb-quality", messages=[{"role": "user", "content": BIDS[0][0]}])
     finally:
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    assert_gone(process.pid, 10, "modelsmith serve")
     assert process.returncode == 0, err
     assert "Traceback" not in err
+    # Its access log (stderr by default): one JSON line per request, no token.
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith('{"time"')]
+    completions = [line for line in logged if line["path"] == "/v1/chat/completions"]
+    assert len(completions) == 5 and all(line["status"] == 200 for line in completions)
+    assert {line["specialist"] for line in completions} == {"rtb-quality"}
+    assert TOKEN not in err
     windows = [e.data for e in GitEventStore(demo_repo).read("rtb-quality")
                if e.type == "MetricsObserved"]
     assert sum(w["requests"] for w in windows) == 5 and len(windows) >= 2
@@ -478,8 +504,7 @@ def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, mon
 
     service = service_of(demo_repo, backend_factory=lambda _s, v: Stuck(v),
                       request_timeout_s=0.5)
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     port = httpd.server_address[1]
     try:
         ask = json.dumps({"model": "rtb-quality", "messages": [
@@ -493,8 +518,7 @@ def test_a_hung_backend_is_a_504_and_the_server_goes_on(demo_repo, tmp_path, mon
         (window,) = service.flush()
         assert window.data["requests"] == 2 and window.data["metrics"]["error_rate"] == 0.5
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -507,8 +531,7 @@ def test_a_fleet_with_only_a_shadow_bootstraps_on_replayed_requests(demo_repo, t
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
     fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
     service = service_of(demo_repo)
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     port = httpd.server_address[1]
     try:
         answers = [client(port).chat.completions.create(
@@ -545,11 +568,9 @@ def test_a_fleet_with_only_a_shadow_bootstraps_on_replayed_requests(demo_repo, t
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         text = conn.getresponse().read().decode()
-        assert ('modelsmith_bootstrap_requests_total{specialist="rtb-quality",version="v1",'
-                'stage="shadow"} 4') in text
+        assert sample(text, "modelsmith_bootstrap_requests_total", "v1", "shadow") == 4
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -562,8 +583,7 @@ def test_without_bootstrap_replay_a_lone_shadow_answers_nothing(demo_repo, tmp_p
     fleet(demo_repo, [Promoted(version="v1", stage="shadow")])
     service = service_of(demo_repo,
                          backend_factory=lambda _specialist, version: Screener(version))
-    httpd = make_server(service, port=0, token=TOKEN)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = make_server(service, port=0, token=TOKEN).start()
     try:
         status, body = raw(httpd.server_address[1], "POST", "/v1/chat/completions",
                            json.dumps({"model": "rtb-quality", "reference": "ACCEPT",
@@ -574,8 +594,7 @@ def test_without_bootstrap_replay_a_lone_shadow_answers_nothing(demo_repo, tmp_p
         assert f"(policy bootstrap: {mode})" in body["error"]["message"]
         assert service.flush() == [] and not service._backends  # nothing ran, nothing counted
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close()
 
 
@@ -610,3 +629,95 @@ def test_replayed_requests_give_a_lone_shadow_the_traffic_its_stage_gates_need(
         assert gates["floors"].passed, gates["floors"].detail
     finally:
         service.close()
+
+
+class Streaming:
+    """A stand-in service with ``stream`` (the interface of ``Service.stream``): a bad
+    request raises from the call itself; the chunks come one at a time, 0.1 s apart, for
+    ``max_tokens`` pieces; ``"fail"`` in the message fails after the first chunk."""
+
+    def __init__(self):
+        from modelsmith.serving.metrics import LiveMetrics
+
+        self.metrics = LiveMetrics()
+        self.closed = threading.Event()
+        self.pieces = 0
+
+    def stream(self, body):
+        from modelsmith.serving.service import ServeError
+
+        if body.get("model") != "rtb-quality":
+            raise ServeError(404, f"the model '{body.get('model')}' does not exist",
+                             code="model_not_found")
+        text = body["messages"][-1]["content"]
+        count = body.get("max_tokens", 3)
+
+        def chunks():
+            head = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0,
+                    "model": "rtb-quality"}
+            try:
+                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                  "content": ""},
+                                            "finish_reason": None}],
+                       "modelsmith": {"version": "v1", "stage": "production"}}
+                for i in range(count):
+                    if "fail" in text:
+                        yield {"error": {"message": "the backend failed", "type":
+                                         "server_error", "code": None}}
+                        return
+                    time.sleep(0.1)
+                    self.pieces += 1
+                    yield {**head, "choices": [{"index": 0, "delta": {"content": f"t{i} "},
+                                                "finish_reason": None}]}
+                yield {**head, "choices": [{"index": 0, "delta": {},
+                                            "finish_reason": "stop"}]}
+            finally:
+                self.closed.set()
+        return chunks()
+
+
+def test_streams_from_service_stream_and_a_client_gone_mid_stream_stops_it(capfd):
+    service = Streaming()
+    httpd = make_server(service, port=0).start()
+    port = httpd.port
+    ask = {"model": "rtb-quality", "messages": [{"role": "user", "content": "a bid"}]}
+    try:
+        parts = list(client(port).chat.completions.create(**ask, stream=True))
+        assert "".join(p.choices[0].delta.content or "" for p in parts) == "t0 t1 t2 "
+        assert parts[-1].choices[0].finish_reason == "stop"
+        assert parts[0].model_extra["modelsmith"]["version"] == "v1"
+        service.closed.clear()
+        # A bad request is a 4xx before the first event.
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client(port).chat.completions.create(model="nope", messages=ask["messages"],
+                                                 stream=True)
+        # An error after the first event ends the stream with an error event.
+        with pytest.raises(openai.APIError, match="the backend failed"):
+            list(client(port).chat.completions.create(
+                model="rtb-quality", messages=[{"role": "user", "content": "fail"}],
+                stream=True))
+        # The raw events: data lines, then [DONE].
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({**ask, "stream": True}))
+        response = conn.getresponse()
+        assert response.getheader("Content-Type").startswith("text/event-stream")
+        events = response.read().decode().split("\n\n")
+        assert events[-2:] == ["data: [DONE]", ""] and all(
+            e.startswith("data: {") for e in events[:-2])
+        conn.close()
+        # A client that goes away after the first pieces: the stream stops, quietly.
+        capfd.readouterr()
+        service.closed.clear()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions",
+                     body=json.dumps({**ask, "stream": True, "max_tokens": 200}))
+        response = conn.getresponse()
+        response.fp.readline()
+        conn.sock.close()
+        response.close()
+        assert service.closed.wait(30), "the stream went on after its client left"
+        assert service.pieces < 100
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Error" not in err, err
+    finally:
+        httpd.stop(grace=1)

@@ -1016,9 +1016,10 @@ class Modelsmith:
 
     def server(self, host: str, port: int, *, token: str | None = None,
                limits: dict[str, Any] | None = None, **options: Any) -> Any:
-        """The OpenAI-compatible HTTP server over :meth:`service` (not yet serving);
-        ``limits`` are :func:`~modelsmith.serving.http.make_server`'s (``read_timeout``,
-        ``max_connections``, ``backlog``, ``max_body``)."""
+        """The OpenAI-compatible HTTP server over :meth:`service`, bound, not yet serving
+        (``start`` serves on a thread, ``stop`` drains it); ``limits`` are
+        :func:`~modelsmith.serving.http.make_server`'s (``read_timeout``,
+        ``max_connections``, ``backlog``, ``max_body``, ``keep_alive``, ``access_log``)."""
         from modelsmith.serving.http import make_server
 
         return make_server(self.service(**options), host, port, token=token,

@@ -110,77 +110,98 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
 @click.option("--shutdown-grace", "grace_s", type=click.FloatRange(min=0), default=5.0,
               show_default=True,
               help="On SIGINT/SIGTERM, seconds the answers under way get to finish.")
+@click.option("--access-log", "access_log", default="-", show_default=True, metavar="PATH",
+              help="Where the access log goes, one JSON line per request (- is stderr, "
+                   "none turns it off).")
 @click.pass_context
 @guard
 def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: float,
           max_batch: int | None, batch_wait_ms: float, engine: str, device: str,
           dtype: str, request_timeout_s: float, read_timeout_s: float, max_connections: int,
-          grace_s: float) -> None:
+          grace_s: float, access_log: str) -> None:
     """An OpenAI-compatible endpoint: POST /v1/chat/completions (model = a specialist or
     auto), GET /v1/models, POST /v1/route, POST /v1/feedback, GET /metrics, GET /healthz.
     Versions follow the event log; concurrent requests to a version are batched.
 
     SIGINT or SIGTERM stops it: no new connections, the answers under way get
     --shutdown-grace seconds, the last metrics window is recorded. A second signal exits
-    at once (without that window)."""
-    if engine == "transformers" and device != "cpu":
-        import torch
-
-        if not device.startswith("cuda") or not torch.cuda.is_available():
-            raise click.ClickException(f"--device {device}: no such device here (cpu, or "
-                                       "cuda[:N] on a machine with a CUDA GPU)")
-    server = app(ctx).server(host, port, token=os.environ.get(token_env) or None,
-                             limits={"read_timeout": read_timeout_s,
-                                     "max_connections": max_connections},
-                             window_s=window_s, max_batch=max_batch,
-                             max_wait_ms=batch_wait_ms, backend=engine, device=device,
-                             dtype=dtype, request_timeout_s=request_timeout_s)
-    bound = server.server_address
-    say(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)")
-    restore = _stop_on_signals(server)
+    at once (without that window); one before it serves exits at once too."""
+    signals = _Signals()
     try:
-        server.serve_forever()
-    finally:
+        if engine == "transformers" and device != "cpu":
+            import torch
+
+            if not device.startswith("cuda") or not torch.cuda.is_available():
+                raise click.ClickException(f"--device {device}: no such device here (cpu, "
+                                           "or cuda[:N] on a machine with a CUDA GPU)")
+        log: Any = None if access_log == "none" else sys.stderr if access_log == "-" \
+            else access_log
+        server = app(ctx).server(host, port, token=os.environ.get(token_env) or None,
+                                 limits={"read_timeout": read_timeout_s,
+                                         "max_connections": max_connections,
+                                         "access_log": log},
+                                 window_s=window_s, max_batch=max_batch,
+                                 max_wait_ms=batch_wait_ms, backend=engine, device=device,
+                                 dtype=dtype, request_timeout_s=request_timeout_s)
         try:
-            left = server.stop(grace_s)
-            if left:
-                say(f"stopping: {left} answer(s) still under way after {grace_s:g} s; "
-                    "not waiting for them")
-            server.service.close(timeout=grace_s)
+            server.start()
+            bound = server.server_address
+            say(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)")
+            signals.serving()
+            while server.running and not signals.stop.wait(0.5):
+                pass
         finally:
-            restore()
+            try:
+                left = server.stop(grace_s)
+                if left:
+                    say(f"stopping: {left} answer(s) still under way after {grace_s:g} s; "
+                        "not waiting for them")
+                server.service.close(timeout=grace_s)
+            finally:
+                signals.restore()
+    finally:
+        signals.restore()
     _exit_if_busy()
 
 
-def _stop_on_signals(server: Any) -> Any:
-    """SIGINT and SIGTERM stop ``server`` (its ``serve_forever`` returns: ``shutdown`` on
-    a thread, as it waits for that loop); a second one exits the process at once. Returns
-    what puts the previous handlers back. Only the main thread can take signals: elsewhere
-    (a test's thread) nothing changes."""
-    import signal
-    import threading
+class _Signals:
+    """SIGINT and SIGTERM while ``serve`` runs: before it serves, the process exits at once
+    (nothing is under way); once it serves, the first one sets :attr:`stop` (the main
+    thread stops the server, on its own thread, and drains it) and a second exits at once.
+    Only the main thread can take signals: elsewhere (a test's thread) nothing changes."""
 
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    stopping = threading.Event()
+    def __init__(self) -> None:
+        import signal
+        import threading
 
-    def on_signal(signum: int, _frame: Any) -> None:
+        self.stop = threading.Event()
+        self._serving = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal)
+                              for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def serving(self) -> None:
+        self._serving = True
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        import signal
+
         name = signal.Signals(signum).name
-        if stopping.is_set():
-            os.write(2, f"{name} again: exiting now, without the last metrics window\n"
-                        .encode())
+        if not self._serving or self.stop.is_set():
+            again = "again: exiting now, without the last metrics window" \
+                if self.stop.is_set() else "before serving: exiting now"
+            os.write(2, f"{name} {again}\n".encode())
             os._exit(128 + signum)
-        stopping.set()
+        self.stop.set()
         os.write(2, f"{name}: stopping (again to exit at once)\n".encode())
-        threading.Thread(target=server.shutdown, daemon=True, name="serve-stop").start()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def restore(self) -> None:
+        import signal
 
-    def restore() -> None:
+        previous, self._previous = self._previous, {}
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-    return restore
 
 
 def _exit_if_busy() -> None:

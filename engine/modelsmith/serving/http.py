@@ -1,423 +1,635 @@
-"""``modelsmith serve``: an OpenAI-compatible HTTP endpoint in front of the :class:`.Service`.
+"""``modelsmith serve``: an OpenAI-compatible HTTP endpoint in front of the :class:`.Service`,
+a Starlette app run by uvicorn (HTTP/1.1 with keep-alive, h11).
 
 ``POST /v1/chat/completions`` answers with a specialist (``model`` names it, or ``auto``
 lets the router pick from the last user message; ``stream: true`` sends the answer as
-server-sent chunks). ``GET /v1/models`` lists the specialists, ``POST /v1/route`` shows the
-routing decision, ``POST /v1/feedback`` scores an earlier response (``{"id", "score"}``;
-once per response id), ``GET /metrics`` is Prometheus text, ``GET /healthz`` says it is up.
+server-sent events, ``data: {chunk}`` then ``data: [DONE]``, from ``Service.stream`` when
+the service has it, else the finished answer cut into :func:`chunks`). ``GET /v1/models``
+lists the specialists, ``POST /v1/route`` shows the routing decision, ``POST /v1/feedback``
+scores an earlier response (``{"id", "score"}``; once per response id), ``GET /metrics`` is
+the service's Prometheus registry, ``GET /healthz`` says it is up (answered on the event
+loop, never queued behind the service's threads).
 
-Loopback by default; with a token every request but ``/healthz`` needs
-``Authorization: Bearer <token>``. Every error is an OpenAI-style JSON body with a 4xx or
-5xx, and the server keeps serving (:mod:`.wire` has the request rules):
+The service blocks, so every call into it runs on a worker thread (anyio's, the limiter
+raised to ``max_connections``). Loopback by default; with a token every request but
+``/healthz`` needs ``Authorization: Bearer <token>``. Every error is an OpenAI-style JSON
+body with a 4xx or 5xx, and the server keeps serving (:mod:`.wire` has the request rules):
 
 - a body over ``max_body``, or a ``Content-Length`` that is not a number of bytes, is
   refused before a byte of it is read (413, 400); chunked bodies without a length get 411;
-- a connection has ``read_timeout`` seconds, in all, to send its request line, headers and
-  body (408 after that): a slow or stalled client holds its thread no longer;
-- at most ``max_connections`` connections are served at once; one more gets a 503 at once,
+- a request has ``read_timeout`` seconds, in all, to send its request line, headers and
+  body, from its first byte (408 after that, or the connection closed): a client sending a
+  byte a second runs out of time like a silent one; an idle keep-alive connection is closed
+  after ``keep_alive`` seconds;
+- at most ``max_connections`` connections are open at once; one more gets a 503 at once,
   and the listen backlog (``backlog``) holds bursts of new connections meanwhile;
 - methods other than GET and POST, or the wrong one for a path, get a 405 with ``Allow``;
-- a client that goes away mid-answer is dropped without a word.
+  request lines over 16 KiB a 414, headers over 64 KiB a 431, HTTP versions but 1.0/1.1 a 505;
+- a client that goes away mid-answer (or mid-stream) is dropped without a word.
 
-One request per connection (HTTP/1.0 answers). :meth:`ServiceServer.stop` ends serving:
-no new connections, the ones still sending their request cut, the answers under way given
-a grace period.
+Each request is one JSON line in the access log (when there is one): time, method, path,
+status, duration_ms, request_id (also the ``X-Request-Id`` of the answer), the specialist,
+version and stage that answered and the response id when known -- never the token or the
+body. :class:`ServiceServer` runs the server on a thread of its own (``start``) and stops it
+(``stop``): no new connections, the ones still sending their request cut, the answers under
+way given a grace period. Signals are the caller's (the CLI's): uvicorn installs none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import io
+import functools
 import json
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import IO, Any
+
+import anyio.to_thread
+import h11
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .service import ServeError, Service
 from .wire import bearer_ok, body_length, parse_body
 
 #: Bodies larger than this are refused (413).
 MAX_BODY = 1 << 20
-#: Seconds a connection has to send its whole request (line, headers, body).
+#: Seconds a request has to arrive whole (line, headers, body), from its first byte.
 READ_TIMEOUT = 10.0
-#: Connections served at once (one thread each); more get a 503.
+#: Connections open at once; one more gets a 503.
 MAX_CONNECTIONS = 1024
 #: The listen backlog: new connections the kernel holds until they are accepted.
 BACKLOG = 1024
-#: Request line and header lines longer than this are refused.
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE = 5
+#: A request line longer than this is refused (414).
 MAX_LINE = 16 * 1024
-#: Bytes of an unread body drained (for at most a second) before closing, so that the
-#: client reads its error instead of a reset.
+#: A request line and headers longer than this, together, are refused (431).
+MAX_HEAD = 64 * 1024
+#: After a refusal with the request still coming: bytes (and a second) read and dropped
+#: before the close, so that the client reads its error instead of a reset.
 LINGER_BYTES = 256 * 1024
+#: The scope extension holding the request's read deadline (the event loop's clock).
+DEADLINE = "modelsmith.read_deadline"
 
-_QUIET = (ConnectionError, TimeoutError)  # a client gone or too slow: nothing to report
-
-
-def _refusal(status: int, reason: str, message: str, code: str) -> bytes:
-    body = json.dumps(ServeError(status, message, kind="server_error", code=code).body())
-    return (f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-            f"{body}").encode()
+#: The methods each path answers (the ``Allow`` of a 405).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "/v1/chat/completions": ("POST",), "/v1/route": ("POST",), "/v1/feedback": ("POST",),
+    "/v1/models": ("GET",), "/metrics": ("GET",), "/healthz": ("GET",)}
 
 
-class ServiceServer(ThreadingHTTPServer):
-    """A threading HTTP server holding what its handlers answer with, with a bound on the
-    connections it serves at once."""
+def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection (sent without the app)."""
+    data = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n"
+            f"connection: close\r\n{extra}\r\n").encode() + data
 
-    daemon_threads = True  # an answer under way never keeps the process alive
-    block_on_close = False  # server_close() never waits for the answers under way
 
-    def __init__(self, address: tuple[str, int], service: Service, *,
-                 token: str | None, max_body: int, read_timeout: float = READ_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS, backlog: int = BACKLOG) -> None:
-        if read_timeout <= 0 or max_connections < 1 or backlog < 1 or max_body < 0:
-            raise ValueError("read_timeout, max_connections and backlog must be positive")
-        self.service = service
-        self.token = token
-        self.max_body = max_body
+def _error(error: ServeError) -> bytes:
+    return _answer(error.status, error.body(), error.headers)
+
+
+class _Limits:
+    """What the connections of one server share: its limits, its refusals, its log."""
+
+    def __init__(self, *, read_timeout: float, max_body: int, max_connections: int,
+                 log: AccessLog | None) -> None:
         self.read_timeout = read_timeout
+        self.max_body = max_body
         self.max_connections = max_connections
-        self.request_queue_size = backlog  # listen() reads it in the constructor
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._open: dict[socket.socket, str] = {}  # connection -> "reading" | "answering"
-        self._changed = threading.Condition()
-        self._stopping = False
-        #: Connections refused because ``max_connections`` were being served.
+        self.log = log
+        #: Connections refused because ``max_connections`` were open.
         self.refused = 0
-        super().__init__(address, Handler)
 
-    # -- connections -------------------------------------------------------------------------
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection on a thread of its own, if one of the ``max_connections``
-        slots is free; else answer 503 at once."""
-        if self._stopping or not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self._refuse(request, _refusal(503, "Service Unavailable",
-                                           "the server is busy (too many connections) "
-                                           "or stopping; try again", "server_busy"))
-            return
-        with self._changed:
-            self._open[request] = "reading"
+class _Config(uvicorn.Config):
+    limits: _Limits
+
+
+class _Recording(h11.Connection):
+    """h11's connection, keeping the protocol error it raised (for the JSON answer)."""
+
+    error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
         try:
-            super().process_request(request, client_address)
-        except RuntimeError:  # no thread to be had
-            self._forget(request)
-            self._refuse(request, _refusal(503, "Service Unavailable",
-                                           "the server is out of threads; try again",
-                                           "server_busy"))
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.error = exc
+            raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+
+def head_problem(head: bytes, max_body: int) -> ServeError | None:
+    """What is wrong with the start of a request (its line and headers, as far as they
+    came), checked before h11 parses it: a line or head too long, an HTTP version but
+    1.0/1.1, and the :func:`.wire.body_length` rules on the headers exactly as sent."""
+    line_end = head.find(b"\r\n")
+    if line_end > MAX_LINE or (line_end < 0 and len(head) > MAX_LINE):
+        return ServeError(414, f"the request line is longer than {MAX_LINE} bytes",
+                          code="bad_request")
+    end = head.find(b"\r\n\r\n")
+    if end > MAX_HEAD or (end < 0 and len(head) > MAX_HEAD):
+        return ServeError(431, f"the request's headers are longer than {MAX_HEAD} bytes",
+                          code="bad_request")
+    if end < 0:
+        return None
+    lines = head[:end].decode("latin-1").split("\r\n")
+    version = lines[0].rsplit(" ", 1)[-1]
+    if version.startswith("HTTP/") and version not in ("HTTP/1.0", "HTTP/1.1"):
+        return ServeError(505, f"{version[:20]} is not supported (HTTP/1.1 or 1.0)",
+                          code="bad_request")
+    lengths, encodings = [], []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "content-length":
+            lengths.append(value.strip())
+        elif name.lower() == "transfer-encoding":
+            encodings.append(value.strip())
+    if lengths or encodings:
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._forget(request)
-
-    def _forget(self, request: Any) -> None:
-        with self._changed:
-            self._open.pop(request, None)
-            self._changed.notify_all()
-        self._slots.release()
-
-    def answering(self, request: Any) -> None:
-        """The connection's request is read: it is being answered (a stop lets it finish)."""
-        with self._changed:
-            if request in self._open:
-                self._open[request] = "answering"
-
-    def _refuse(self, request: socket.socket, answer: bytes) -> None:
-        """Answer without a thread: never blocks the accepting loop."""
-        try:
-            request.setblocking(False)
-            with contextlib.suppress(OSError):  # what the client sent already, so that
-                request.recv(65536)  # no reset hides the answer
-            request.send(answer)
-        except OSError:
-            pass
-        self.shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """One line on stderr for what went wrong in a connection; nothing for a client that
-        went away or was too slow."""
-        error = sys.exc_info()[1]
-        if isinstance(error, _QUIET):
-            return
-        sys.stderr.write(f"modelsmith serve: {client_address[0]}: "
-                         f"{type(error).__name__}: {error}\n")
-
-    def stop(self, grace: float = 5.0) -> int:
-        """Stop serving (after ``serve_forever`` returned, or from any thread but its own
-        once ``shutdown`` did): close the listening socket, cut the connections still
-        sending their request, and give the answers under way ``grace`` seconds. Returns
-        how many connections were still open then (their threads end with the process)."""
-        self._stopping = True
-        self.server_close()
-        with self._changed:
-            for connection, phase in list(self._open.items()):
-                if phase == "reading":
-                    with contextlib.suppress(OSError):
-                        connection.shutdown(socket.SHUT_RDWR)
-            deadline = time.monotonic() + grace
-            while self._open and (left := deadline - time.monotonic()) > 0:
-                self._changed.wait(left)
-            return len(self._open)
-
-    @property
-    def connections(self) -> int:
-        """Connections being served now."""
-        with self._changed:
-            return len(self._open)
+            body_length(lengths, encodings, max_body)
+        except ServeError as exc:
+            return exc
+    return None
 
 
-class _Deadline(io.RawIOBase):
-    """The connection's reading side, with one deadline for all of its reads: a client that
-    sends a byte a second runs out of time like one that sends nothing."""
+class Protocol(H11Protocol):
+    """uvicorn's h11 protocol with what a hostile client needs: one deadline for the whole
+    request from its first byte (uvicorn bounds only idle keep-alive connections: a client
+    sending its headers a byte a second held a connection for ever), the head checked
+    before h11 parses it, the connection bound enforced when a connection opens, JSON for
+    every refusal, a body cut short by the client's end of stream answered (400) instead
+    of dropped, and a linger after a refusal so that the client reads it."""
 
-    def __init__(self, connection: socket.socket, seconds: float) -> None:
-        self._connection = connection
-        self.deadline: float | None = time.monotonic() + seconds
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the request took too long to arrive")
-            self._connection.settimeout(left)
-        return self._connection.recv_into(buffer)
-
-
-class _Writer(io.BufferedIOBase):
-    """The connection's writing side: every write sent whole."""
-
-    def __init__(self, connection: socket.socket) -> None:
-        self._connection = connection
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._connection.sendall(data)
-        with memoryview(data) as view:
-            return view.nbytes
-
-
-def _methods(routes: dict[tuple[str, str], Any]) -> dict[str, tuple[str, ...]]:
-    """Each path's methods, from the route table."""
-    found: dict[str, tuple[str, ...]] = {}
-    for method, path in routes:
-        found[path] = (*found.get(path, ()), method)
-    return found
-
-
-class Handler(BaseHTTPRequestHandler):
-    """One request: read it within the deadline, check the method and the token, route it
-    to the service, send the answer or the error."""
-
-    server: ServiceServer
-    server_version = "modelsmith"
-    protocol_version = "HTTP/1.0"  # one request per connection
-    default_request_version = "HTTP/1.0"  # answers carry a status line, even to "GET /"
-
-    def log_message(self, *args: Any) -> None:  # quiet; metrics say what happened
-        pass
+    def __init__(self, config: _Config, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.conn = _Recording(h11.SERVER, config.h11_max_incomplete_event_size or MAX_HEAD)
+        self.limits = config.limits
+        self.limit_concurrency = None  # bounded in connection_made instead (JSON 503)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
+        self._seen: Any = None  # the request cycle the deadline was handed to
+        self._draining = -1  # bytes dropped since a refusal (-1: not draining)
+        self._head: bytearray | None = None  # the request head arriving (not yet parsed)
+        self._line_end = -1  # where its request line ends, once it does
+        self._opened = time.monotonic()
 
     # -- the connection ----------------------------------------------------------------------
 
-    def setup(self) -> None:
-        self.connection = self.request
-        self._reader = _Deadline(self.connection, self.server.read_timeout)
-        self.rfile = io.BufferedReader(self._reader)
-        self.wfile = _Writer(self.connection)
-        self._unread = False  # a body left unread (refused): drained before closing
-        self._answered = False
-        # What the parser sets, for an answer sent before it did (a 408 on the first line).
-        self.command, self.requestline, self.request_version = None, "", "HTTP/1.0"
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets it only on sockets whose proto says TCP: a kept-alive
+            # connection's answer must not wait for the client's delayed ACK (~40 ms).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.connections.discard(self)  # it holds no slot: it is closed at once
+            self.limits.refused += 1
+            self._refuse(ServeError(503, "the server is busy (too many connections) or "
+                                         "stopping; try again", kind="server_error",
+                                    code="server_busy", headers={"retry-after": "1"}))
+            return
+        self._arm()
 
-    def handle(self) -> None:
-        """One request, then the connection closes. A request that does not arrive in time
-        gets a 408; a client that went away, nothing."""
-        self.close_connection = True
-        try:
-            self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
-            if not self.raw_requestline:
-                return
-            if len(self.raw_requestline) > MAX_LINE:
-                self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
-                self.send_error(414, f"the request line is longer than {MAX_LINE} bytes")
-                return
-            if not self.parse_request():  # it sent its error
-                return
-            self._handle(self.command)
-        except TimeoutError:
-            if not self._answered:
-                self._quietly(self._send, 408, ServeError(
-                    408, f"the request did not arrive within {self.server.read_timeout:g} s",
-                    code="request_timeout").body())
-        except _QUIET:
-            pass
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-    def finish(self) -> None:
-        if self._unread:  # let the client read the error before the close resets it
-            self._quietly(self._linger)
-        self.rfile.close()
+    def data_received(self, data: bytes) -> None:
+        if self._draining >= 0:
+            self._draining += len(data)
+            if self._draining > LINGER_BYTES:
+                self.transport.close()
+            return
+        if self.conn.their_state is h11.IDLE:  # a request starting, or its head arriving
+            self._arm()
+            problem = self._head_arrived(data)
+            if problem is not None:
+                self._refuse(problem)
+                return
+        super().data_received(data)
+
+    def _head_arrived(self, data: bytes) -> ServeError | None:
+        """Add ``data`` to the head of the request arriving; what :func:`head_problem`
+        finds once its line is too long, it is too long, or it is complete. Linear in the
+        head's length however it is cut into pieces (searches start where the last one
+        ended)."""
+        if self._head is None:  # what h11 holds already (pipelined) counts too
+            self._head = bytearray(self.conn.trailing_data[0])
+        head, before = self._head, len(self._head)
+        head += data
+        if self._line_end < 0:
+            self._line_end = head.find(b"\r\n", max(0, before - 1))
+        end = head.find(b"\r\n\r\n", max(0, before - 3))
+        if end >= 0:
+            return head_problem(bytes(head[:end + 4]), self.limits.max_body)
+        if (self._line_end < 0 and len(head) > MAX_LINE) or len(head) > MAX_HEAD:
+            return head_problem(bytes(head), self.limits.max_body)
+        return None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # its head is parsed: the next is new
+            self._head, self._line_end = None, -1
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._seen:  # a new request: its deadline
+            self._seen = cycle
+            self._arm()
+            cycle.scope.setdefault("extensions", {})[DEADLINE] = self._deadline_at
+        if self.conn.their_state is h11.DONE:  # the request is in
+            self._disarm()
+
+    def eof_received(self) -> bool | None:
+        cycle = self.cycle
+        if self._draining < 0 and cycle is not None and not cycle.response_complete:
+            if cycle.more_body:  # the body ended early: the app answers that (400)
+                cycle.more_body = False
+                cycle.message_event.set()
+            cycle.keep_alive = False
+            return True  # the writing side stays open for the answer
+        return None
+
+    def send_400_response(self, msg: str) -> None:
+        """What h11 refuses (a bad request line, a malformed header), as JSON."""
+        error = self.conn.error
+        status = getattr(error, "error_status_hint", 400)
+        text = str(error) if error is not None else msg
+        if status == 431:
+            message = f"the request's headers are longer than {MAX_HEAD} bytes"
+        else:
+            message = f"not a valid HTTP/1.1 request: {text[:200]}"
+        self._refuse(ServeError(status, message, code="bad_request"))
+
+    def shutdown(self) -> None:
+        """The server stops: a connection still sending its request is cut, an answer under
+        way finishes (then the connection closes), an idle one closes."""
+        cycle = self.cycle
+        if (cycle is not None and not cycle.response_started
+                and self.conn.their_state is h11.SEND_BODY) or (
+                cycle is None and self.conn.their_state is h11.IDLE):
+            self.transport.close()
+            return
+        super().shutdown()
+
+    # -- the deadline and refusals -----------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline_at = self.loop.time() + self.limits.read_timeout
+            self._deadline = self.loop.call_at(self._deadline_at, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._deadline_at = None
+
+    def _expired(self, last: bool = False) -> None:
+        """The request did not arrive in time. An app reading its body answers the 408
+        itself (it reads under the same deadline); else this does, or closes."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.conn.their_state is h11.SEND_BODY and cycle is not None:
+            if cycle.response_started:
+                self.transport.close()  # answered, but the rest of its body never came
+                return
+            if not last:
+                self._deadline = self.loop.call_later(0.5, self._expired, True)
+                return
+            cycle.disconnected = True  # the app's answer, if any, goes nowhere
+            cycle.message_event.set()
+        self._refuse(ServeError(408, f"the request did not arrive within "
+                                     f"{self.limits.read_timeout:g} s", code="request_timeout"))
+
+    def _refuse(self, error: ServeError) -> None:
+        """Answer ``error`` without the app, then close (after a linger)."""
+        self._disarm()
+        if self.limits.log is not None:
+            self.limits.log.write(method=None, path=None, status=error.status,
+                                  duration_ms=(time.monotonic() - self._opened) * 1000,
+                                  request_id=uuid.uuid4().hex[:16])
+        self.transport.write(_error(error))
+        self._linger()
 
     def _linger(self) -> None:
-        self.connection.shutdown(socket.SHUT_WR)
-        self.connection.settimeout(1.0)
-        drained, until = 0, time.monotonic() + 1.0
-        while drained < LINGER_BYTES and time.monotonic() < until:
-            chunk = self.connection.recv(65536)
-            if not chunk:
-                return
-            drained += len(chunk)
-
-    @staticmethod
-    def _quietly(fn: Callable[..., Any], *args: Any) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            fn(*args)
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """The errors the request parser finds (a bad request line, headers too long or
-        too many, an HTTP version), as JSON like every other error."""
-        reason = self.responses.get(code, ("error",))[0]
-        self._send(code, ServeError(code, message or reason, code="bad_request").body())
-
-    # -- dispatch ----------------------------------------------------------------------------
-
-    def _handle(self, method: str) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
+        """Close the writing side now; read (and drop) what the client still sends, for a
+        second at most, then close: the client reads the answer, not a reset."""
+        self._draining = 0
         try:
-            self._dispatch(method, path)
-        except ServeError as exc:
-            self._send(exc.status, exc.body(), exc.headers)
-        except _QUIET as exc:
-            if self._answered or self._reader.deadline is not None:
-                raise  # the client's connection: it went away, or was too slow
-            self._fail(exc)  # from the service (a backend's connection): a 500
-        except Exception as exc:  # the server keeps serving
-            self._fail(exc)
-
-    def _fail(self, exc: Exception) -> None:
-        self._send(500, ServeError(500, f"{type(exc).__name__}: {exc}",
-                                   kind="server_error").body())
-
-    def _dispatch(self, method: str, path: str) -> None:
-        allowed = self.allowed.get(path)
-        if method not in ("GET", "POST") or (allowed is not None and method not in allowed):
-            allow = ", ".join(allowed or ("GET", "POST"))
-            raise ServeError(405, f"{method[:20]} is not allowed on {path[:200] or '/'} "
-                                  f"(allowed: {allow})", code="method_not_allowed",
-                             headers={"Allow": allow})
-        if path == "/healthz":
-            self._send(200, {"ok": True})
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self.transport.close()
             return
-        if not bearer_ok(self.headers.get("Authorization"), self.server.token):
-            raise ServeError(401, "missing or wrong bearer token",
-                             kind="authentication_error", code="invalid_api_key")
-        endpoint = self.routes.get((method, path))
-        if endpoint is None:
-            raise ServeError(404, f"no endpoint {method} {path[:200]}", code="not_found")
-        endpoint(self)
+        with contextlib.suppress(Exception):
+            self.transport.resume_reading()
+        self.loop.call_later(1.0, self.transport.close)
 
-    # -- endpoints ---------------------------------------------------------------------------
 
-    def _metrics(self) -> None:
-        self._read_done()
-        self._send_bytes(200, self.server.service.metrics.prometheus().encode("utf-8"),
-                         "text/plain; version=0.0.4")
+# -- the access log ------------------------------------------------------------------------
 
-    def _models(self) -> None:
-        self._read_done()
-        self._send(200, self.server.service.models())
 
-    def _feedback(self) -> None:
-        self._send(200, self.server.service.feedback(self._body()))
+class AccessLog:
+    """One JSON line per request, to a stream (stderr) or a file opened for appending."""
 
-    def _route(self) -> None:
-        self._send(200, self.server.service.route(self._body()))
+    def __init__(self, target: IO[str] | str) -> None:
+        self._own = isinstance(target, str)
+        self._out: IO[str] = open(target, "a", encoding="utf-8") if isinstance(target, str) \
+            else target  # noqa: SIM115 - closed by close()
+        self._lock = threading.Lock()
 
-    def _complete(self) -> None:
-        body = self._body()
+    def write(self, **fields: Any) -> None:
+        line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                           **{k: v for k, v in fields.items() if v is not None
+                              or k in ("method", "path")}})
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            self._out.write(line + "\n")
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._own:
+            self._out.close()
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a worker thread (what ``run_in_threadpool`` does), abandoned when
+    the request is cancelled (a client gone, a stop past its grace)."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args),
+                                          abandon_on_cancel=True)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _failure(exc: BaseException) -> Response:
+    if isinstance(exc, ServeError):
+        return _json(exc.status, exc.body(), exc.headers)
+    return _json(500, ServeError(500, f"{type(exc).__name__}: {exc}",
+                                 kind="server_error").body())
+
+
+def _note(request: Request, answer: Any) -> None:
+    """What answered (a completion, a chunk, a feedback answer), for the access log."""
+    entry = request.scope.get("modelsmith.log")
+    if entry is None or not isinstance(answer, dict):
+        return
+    served = answer.get("modelsmith")
+    found = {"specialist": answer.get("model", answer.get("specialist")),
+             **(served if isinstance(served, dict) else answer)}
+    for key in ("specialist", "version", "stage"):
+        if isinstance(found.get(key), str):
+            entry[key] = found[key]
+    if isinstance(answer.get("id"), str) and answer.get("object") is not None:
+        entry["response_id"] = answer["id"]
+
+
+def build_app(service: Service, *, token: str | None = None, max_body: int = MAX_BODY,
+              read_timeout: float = READ_TIMEOUT, log: AccessLog | None = None) -> Any:
+    """The ASGI app: the routes (a Starlette app) behind a guard that checks the HTTP
+    version, the method, the token and the path, turns whatever goes wrong into a JSON
+    error, and writes the access log."""
+
+    async def read(request: Request) -> dict[str, Any]:
+        """The request's JSON object: its declared length checked before the body is read,
+        all of it read by the request's deadline."""
+        close = {"connection": "close"}
+        try:
+            length = body_length(request.headers.getlist("content-length"),
+                                 request.headers.getlist("transfer-encoding"), max_body)
+        except ServeError as exc:
+            exc.headers.update(close)
+            raise
+        deadline = request.scope.get("extensions", {}).get(DEADLINE)
+        loop = asyncio.get_running_loop()
+        left = read_timeout if deadline is None else deadline - loop.time()
+        raw = bytearray()
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                async for chunk in request.stream():
+                    raw += chunk
+                    if len(raw) > length:
+                        break
+        except TimeoutError:
+            raise ServeError(408, f"the request did not arrive within {read_timeout:g} s",
+                             code="request_timeout", headers=close) from None
+        if len(raw) < length:
+            raise ServeError(400, f"the body ended after {len(raw)} of its {length} bytes",
+                             code="incomplete_body", headers=close)
+        return parse_body(bytes(raw[:length]))
+
+    async def healthz(_request: Request) -> Response:
+        return _json(200, {"ok": True})
+
+    async def models(_request: Request) -> Response:
+        return _json(200, await _call(service.models))
+
+    async def metrics(_request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        text = await _call(generate_latest, service.metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    async def feedback(request: Request) -> Response:
+        answer = await _call(service.feedback, await read(request))
+        _note(request, answer)
+        return _json(200, answer)
+
+    async def route(request: Request) -> Response:
+        return _json(200, await _call(service.route, await read(request)))
+
+    async def complete(request: Request) -> Response:
+        body = await read(request)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ServeError(400, "'stream' must be true or false", code="invalid_stream")
         if stream:
-            self._stream(self.server.service.stream(body))
+            return await streamed(request, body)
+        answer = await _call(service.complete, body)
+        _note(request, answer)
+        return _json(200, answer)
+
+    async def streamed(request: Request, body: dict[str, Any]) -> Response:
+        """Server-sent events: ``Service.stream`` validates and starts before the first
+        event (its 4xx is an ordinary answer); the events come off a worker thread."""
+        stream = getattr(service, "stream", None)
+        if stream is not None:
+            events: Iterator[dict[str, Any]] = await _call(stream, body)
         else:
-            self._send(200, self.server.service.complete(body))
+            events = iter(chunks(await _call(service.complete, body)))
+        return StreamingResponse(sse(request, events), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
 
-    routes: ClassVar[dict[tuple[str, str], Callable[[Handler], None]]] = {
-        ("GET", "/metrics"): _metrics,
-        ("GET", "/v1/models"): _models,
-        ("POST", "/v1/feedback"): _feedback,
-        ("POST", "/v1/chat/completions"): _complete,
-        ("POST", "/v1/route"): _route,
-    }
-    #: The methods each path answers (the ``Allow`` of a 405).
-    allowed: ClassVar[dict[str, tuple[str, ...]]] = {
-        **_methods(routes), "/healthz": ("GET",)}
-
-    # -- the request and the answer ----------------------------------------------------------
-
-    def _body(self) -> dict[str, Any]:
-        """The request's JSON object: its declared length checked before the body is read,
-        all of it read within the connection's deadline."""
+    async def sse(request: Request, events: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+        pump = _Pump(events)
         try:
-            length = body_length(self.headers.get_all("Content-Length") or [],
-                                 self.headers.get_all("Transfer-Encoding") or [],
-                                 self.server.max_body)
-        except ServeError:
-            self._unread = True
-            raise
-        raw = self.rfile.read(length)
-        if len(raw) < length:
-            raise ServeError(400, f"the body ended after {len(raw)} of its {length} bytes",
-                             code="incomplete_body")
-        self._read_done()
-        return parse_body(raw)
+            while True:
+                try:
+                    event = await _call(pump.next)
+                except Exception as exc:  # after the first event: an error event ends it
+                    event = _failure_event(exc)
+                if event is None:
+                    break
+                _note(request, event)
+                yield f"data: {json.dumps(event)}\n\n".encode()
+                if "error" in event:
+                    return
+            yield b"data: [DONE]\n\n"
+        finally:  # done, or the client went away: the generation stops with it
+            pump.stop()
 
-    def _read_done(self) -> None:
-        """The request is in: no more deadline for reading; writes get the timeout per
-        send, and a stop lets this answer finish."""
-        self._reader.deadline = None
-        self.connection.settimeout(self.server.read_timeout)
-        self.server.answering(self.request)
+    def endpoint(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        @functools.wraps(fn)
+        async def run(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except ClientDisconnect:
+                return Response(status_code=499)  # nobody reads it
+            except Exception as exc:  # the server keeps serving
+                return _failure(exc)
+        return run
 
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self._send_bytes(status, json.dumps(body).encode("utf-8"), "application/json",
-                         headers)
+    handlers = {"/healthz": healthz, "/v1/models": models, "/metrics": metrics,
+                "/v1/feedback": feedback, "/v1/route": route,
+                "/v1/chat/completions": complete}
+    routes = Starlette(routes=[Route(path, endpoint(fn), methods=list(ALLOWED[path]))
+                               for path, fn in handlers.items()])
 
-    def _send_bytes(self, status: int, data: bytes, content_type: str,
-                    headers: dict[str, str] | None = None) -> None:
-        self._answered = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+    async def guard(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan is off; nothing else is served
+            return
+        started = time.perf_counter()
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        entry: dict[str, Any] = {"request_id": uuid.uuid4().hex[:16]}
+        scope = {**scope, "path": path, "modelsmith.log": entry}
+        status = [0]
 
-    def _stream(self, events: Iterable[dict[str, Any]]) -> None:
-        """Server-sent events, as OpenAI streams: each chunk as the service yields it
-        (while the answer is generated), then ``[DONE]``; then the connection closes."""
-        self._answered = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        for event in events:
-            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-        self.wfile.write(b"data: [DONE]\n\n")
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [
+                    *message.get("headers", []),
+                    (b"x-request-id", entry["request_id"].encode())]}
+            await send(message)
+
+        try:
+            refusal = _refusal(scope, method, path, token)
+            if refusal is not None:
+                await _failure(refusal)(scope, receive, sending)
+            else:
+                await routes(scope, receive, sending)
+        except asyncio.CancelledError:  # a stop past its grace: the answer never comes
+            if not status[0]:
+                with contextlib.suppress(Exception):
+                    await _failure(ServeError(
+                        503, "the server stopped before this answer was ready; try again",
+                        kind="server_error", code="server_stopping",
+                        headers={"connection": "close", "retry-after": "1"}))(
+                            scope, receive, sending)
+        except Exception as exc:  # never uvicorn's traceback
+            if not status[0]:
+                with contextlib.suppress(Exception):
+                    await _failure(exc)(scope, receive, sending)
+        finally:
+            if log is not None:
+                log.write(method=method[:20], path=path[:200], status=status[0] or None,
+                          duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                          **entry)
+
+    return guard
+
+
+def _refusal(scope: dict[str, Any], method: str, path: str,
+             token: str | None) -> ServeError | None:
+    """Why the guard answers instead of a route: the HTTP version (of a pipelined request:
+    the protocol checks the others), the method, the token, the path."""
+    if scope["http_version"] not in ("1.0", "1.1"):
+        return ServeError(505, f"HTTP/{scope['http_version'][:10]} is not supported "
+                               "(HTTP/1.1 or 1.0)", code="bad_request")
+    allowed = ALLOWED.get(path)
+    if method not in ("GET", "POST") or (allowed is not None and method not in allowed):
+        allow = ", ".join(allowed or ("GET", "POST"))
+        return ServeError(405, f"{method[:20]} is not allowed on {path[:200]} "
+                               f"(allowed: {allow})", code="method_not_allowed",
+                          headers={"Allow": allow})
+    if path == "/healthz":
+        return None
+    header = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            header = value.decode("latin-1")
+            break
+    if not bearer_ok(header, token):
+        return ServeError(401, "missing or wrong bearer token", kind="authentication_error",
+                          code="invalid_api_key")
+    if allowed is None:
+        return ServeError(404, f"no endpoint {method} {path[:200]}", code="not_found")
+    return None
+
+
+class _Pump:
+    """A stream's events, taken one at a time on worker threads, and closed once when the
+    answer ends -- by the thread taking an event if one is (a generator cannot be closed
+    while it runs), else on a thread of its own (never blocking the event loop)."""
+
+    def __init__(self, events: Iterator[dict[str, Any]]) -> None:
+        self._events = events
+        self._lock = threading.Lock()
+        self._stopped = self._closed = False
+
+    def next(self) -> dict[str, Any] | None:
+        """The next event; ``None`` at the end (or once stopped)."""
+        with self._lock:
+            try:
+                event = None if self._stopped else next(self._events, None)
+                self._closed |= event is None and not self._stopped  # ran out: nothing to close
+                return event
+            finally:
+                if self._stopped:
+                    self._close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if not self._closed and self._lock.acquire(blocking=False):  # none being taken
+            self._lock.release()
+            threading.Thread(target=self._closing, daemon=True, name="stream-close").start()
+
+    def _closing(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
+
+def _failure_event(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, ServeError):
+        return exc.body()
+    return ServeError(500, f"{type(exc).__name__}: {exc}", kind="server_error").body()
 
 
 def chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
@@ -438,12 +650,157 @@ def chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# -- the server ----------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handlers (the caller's own stop them), with
+    the thread limiter raised to the connection bound."""
+
+    def __init__(self, config: _Config, threads: int) -> None:
+        super().__init__(config)
+        self.threads = threads
+        #: Requests still under way when a stop's grace ran out (they were cancelled).
+        self.unfinished = 0
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+        await super().startup(sockets)
+
+    async def _wait_tasks_to_complete(self) -> None:
+        try:
+            await super()._wait_tasks_to_complete()
+        except asyncio.CancelledError:  # the grace ran out: what is left is cancelled
+            self.unfinished = len(self.server_state.tasks)
+            raise
+
+
+def _quiet_uvicorn() -> None:
+    """uvicorn's loggers: its warnings about bad requests are answered as JSON already;
+    what is left (errors) is one line on stderr, never a traceback."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"modelsmith serve: {record.getMessage()}"
+
+    for name in ("uvicorn.error", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_modelsmith", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(OneLine())
+            handler._modelsmith = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+            # A stop past its grace is the caller's to report (it knows how many).
+            logger.addFilter(lambda record: "graceful shutdown" not in str(record.msg))
+        logger.setLevel(logging.ERROR)
+        logger.propagate = False
+
+
+class ServiceServer:
+    """The uvicorn server for a service, bound at construction (``server_address`` says
+    where), serving on a thread of its own after :meth:`start` until :meth:`stop`."""
+
+    def __init__(self, service: Service, host: str, port: int, *, token: str | None,
+                 max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS, backlog: int = BACKLOG,
+                 keep_alive: float = KEEP_ALIVE,
+                 access_log: IO[str] | str | None = None) -> None:
+        if read_timeout <= 0 or max_connections < 1 or backlog < 1 or max_body < 0 \
+                or keep_alive <= 0:
+            raise ValueError("read_timeout, max_connections, backlog and keep_alive must be "
+                             "positive")
+        self.service = service
+        self.backlog = backlog
+        self.log = AccessLog(access_log) if access_log is not None else None
+        self.limits = _Limits(read_timeout=read_timeout, max_body=max_body,
+                              max_connections=max_connections, log=self.log)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        self._socket = socket.create_server((host, port), family=family, backlog=backlog)
+        _quiet_uvicorn()
+        config = _Config(
+            build_app(service, token=token, max_body=max_body, read_timeout=read_timeout,
+                      log=self.log),
+            http=Protocol, ws="none", lifespan="off", interface="asgi3", loop="asyncio",
+            log_config=None, access_log=False, server_header=False, proxy_headers=False,
+            limit_concurrency=max_connections, backlog=backlog,
+            timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
+            h11_max_incomplete_event_size=MAX_HEAD)
+        config.limits = self.limits
+        self.server = _Server(config, threads=max(40, max_connections))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self._socket.getsockname()[:2]
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self.server.server_state.connections)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused (503) because ``max_connections`` were open."""
+        return self.limits.refused
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 30.0) -> ServiceServer:
+        """Serve on a thread of its own; returns once it accepts connections."""
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.server.run(sockets=[self._socket])
+            except BaseException as exc:  # SystemExit from a failed startup too
+                failed.append(exc)
+
+        self._thread = threading.Thread(target=run, daemon=True, name="serve")
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if failed or not self._thread.is_alive():
+                raise RuntimeError(f"the server did not start: {failed[:1]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start within {timeout:g} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, grace: float = 5.0) -> int:
+        """Stop serving: no new connections, the ones still sending their request cut, the
+        answers under way given ``grace`` seconds (then cancelled). Returns how many
+        requests were still under way then (their threads end with the process)."""
+        self.server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(grace + 2.0)
+            if self._thread.is_alive():  # the loop still ends with the process
+                self.server.force_exit = True
+        else:
+            self._socket.close()
+        if self.log is not None:
+            self.log.close()
+        return self.server.unfinished
+
+
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
                 token: str | None = None, max_body: int = MAX_BODY,
                 read_timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
-                backlog: int = BACKLOG) -> ServiceServer:
-    """A threading HTTP server for ``service`` (``serve_forever`` runs it; ``stop`` ends
-    it)."""
-    return ServiceServer((host, port), service, token=token, max_body=max_body,
+                backlog: int = BACKLOG, keep_alive: float = KEEP_ALIVE,
+                access_log: IO[str] | str | None = None) -> ServiceServer:
+    """The HTTP server for ``service``, bound but not serving (``start`` serves on a thread
+    of its own, ``stop`` ends it); ``access_log``: a stream or a path for the JSON lines."""
+    return ServiceServer(service, host, port, token=token, max_body=max_body,
                          read_timeout=read_timeout, max_connections=max_connections,
-                         backlog=backlog)
+                         backlog=backlog, keep_alive=keep_alive, access_log=access_log)

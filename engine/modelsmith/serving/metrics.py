@@ -15,7 +15,19 @@ replayed request with a reference, policy ``bootstrap: replay``) is counted unde
 format, rubric -- and the event's ``bootstrap`` says how many of its requests those were.
 
 ``format_rate``, ``score_mean``, ``pass_rate`` and ``rubric_score`` are what the stage floors
-and the rollback policy can name. ``prometheus()`` renders the running totals as Prometheus text.
+and the rollback policy can name.
+
+Each :class:`LiveMetrics` also keeps a ``prometheus_client`` registry of its own
+(``registry``; ``GET /metrics`` serves it, :meth:`LiveMetrics.prometheus` renders it), every
+family labelled specialist, version and stage: the histograms
+``modelsmith_request_duration_seconds`` and ``modelsmith_first_token_seconds``; the
+counters ``modelsmith_requests_total``, ``modelsmith_errors_total``,
+``modelsmith_feedback_total`` and ``modelsmith_bootstrap_requests_total``; the running means
+``modelsmith_feedback_score_mean``, ``modelsmith_rubric_score_mean`` and
+``modelsmith_rubric_pass_rate``; and ``modelsmith_window_<metric>`` gauges holding the
+ratios of the last window recorded (``error_rate``, ``format_rate``, ``score_mean``,
+``rubric_score``, ``pass_rate``, ``agreement_rate``). prometheus_client is imported when a
+``LiveMetrics`` is made (the ``serve`` extra), never by ``import modelsmith``.
 """
 
 from __future__ import annotations
@@ -47,6 +59,49 @@ class _Window:
     bootstrap: int = 0  # answers a shadow gave while bootstrapping (of ``requests``)
 
 
+#: Buckets (seconds) of the request-duration and first-token histograms.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: The window ratios that get a ``modelsmith_window_<name>`` gauge.
+WINDOW_GAUGES = ("error_rate", "format_rate", "score_mean", "rubric_score", "pass_rate",
+                 "agreement_rate")
+_LABELS = ("specialist", "version", "stage")
+
+
+class _Families:
+    """The Prometheus families of one :class:`LiveMetrics`, in a registry of their own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.duration = Histogram("modelsmith_request_duration_seconds",
+                                  "Time to answer a request (shadow answers included).",
+                                  _LABELS, buckets=BUCKETS, registry=r)
+        self.first_token = Histogram("modelsmith_first_token_seconds",
+                                     "Time to the first streamed token.", _LABELS,
+                                     buckets=BUCKETS, registry=r)
+        self.requests = Counter("modelsmith_requests", "Answers given (shadow answers "
+                                "included).", _LABELS, registry=r)
+        self.errors = Counter("modelsmith_errors", "Answers that failed.", _LABELS,
+                              registry=r)
+        self.feedback = Counter("modelsmith_feedback", "Feedback scores counted.", _LABELS,
+                                registry=r)
+        self.bootstrap = Counter("modelsmith_bootstrap_requests", "Answers a shadow gave "
+                                 "while its specialist bootstrapped (replayed requests).",
+                                 _LABELS, registry=r)
+        self.score_mean = Gauge("modelsmith_feedback_score_mean", "Mean feedback score.",
+                                _LABELS, registry=r)
+        self.rubric_mean = Gauge("modelsmith_rubric_score_mean", "Mean rubric score of "
+                                 "answers to requests with a reference.", _LABELS, registry=r)
+        self.pass_rate = Gauge("modelsmith_rubric_pass_rate", "Share of answers to requests "
+                               "with a reference that passed the rubric.", _LABELS,
+                               registry=r)
+        self.window = {name: Gauge(f"modelsmith_window_{name}", f"The {name} of the last "
+                                   "window recorded (MetricsObserved).", _LABELS, registry=r)
+                       for name in WINDOW_GAUGES}
+
+
 class LiveMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -54,6 +109,9 @@ class LiveMetrics:
         # response id -> [its (specialist, version, stage), its feedback score or None]
         self._responses: OrderedDict[str, list[Any]] = OrderedDict()
         self.totals: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._families = _Families()
+        #: The Prometheus registry ``GET /metrics`` serves.
+        self.registry = self._families.registry
 
     def _window(self, key: tuple[str, str, str]) -> _Window:
         window = self._windows.get(key)
@@ -79,6 +137,11 @@ class LiveMetrics:
         totals = self._totals(key)
         totals["requests"] += 1
         totals["errors"] += int(error)
+        families = self._families
+        families.requests.labels(*key).inc()
+        families.duration.labels(*key).observe(latency_ms / 1000)
+        if error:
+            families.errors.labels(*key).inc()
         return window
 
     def request(self, response_id: str, specialist: str, version: str, stage: str,
@@ -92,12 +155,10 @@ class LiveMetrics:
             if bootstrap:
                 window.bootstrap += 1
                 self._totals(key)["bootstrap"] += 1
+                self._families.bootstrap.labels(*key).inc()
             self._responses[response_id] = [key, None]
             while len(self._responses) > REMEMBERED:
                 self._responses.popitem(last=False)
-
-    def first_token(self, key: tuple[str, str, str], seconds: float) -> None:
-        """Time to a streamed answer's first token (a histogram in the asgi branch)."""
 
     def rubric(self, key: tuple[str, str, str], score: float | None,
                passed: bool | None) -> None:
@@ -112,6 +173,12 @@ class LiveMetrics:
             totals["scored"] += 1
             totals["rubric_sum"] += score
             totals["passed"] += int(bool(passed))
+            self._families.rubric_mean.labels(*key).set(totals["rubric_sum"] / totals["scored"])
+            self._families.pass_rate.labels(*key).set(totals["passed"] / totals["scored"])
+
+    def first_token(self, key: tuple[str, str, str], seconds: float) -> None:
+        """The time to the first streamed token of an answer ``key`` gave."""
+        self._families.first_token.labels(*key).observe(seconds)
 
     def shadow(self, specialist: str, version: str, latency_ms: float, agree: bool,
                error: bool = False, scored: Any = None) -> None:
@@ -143,6 +210,8 @@ class LiveMetrics:
             totals = self.totals[key]
             totals["feedback"] += 1
             totals["score_sum"] += score
+            self._families.feedback.labels(*key).inc()
+            self._families.score_mean.labels(*key).set(totals["score_sum"] / totals["feedback"])
             return key, None
 
     def flush(self, store: Any, actor: str = "serve") -> list[Any]:
@@ -171,6 +240,9 @@ class LiveMetrics:
                 metrics["pass_rate"] = sum(w.passes) / len(w.passes)
             if w.agreements:
                 metrics["agreement_rate"] = sum(w.agreements) / len(w.agreements)
+            for name, gauge in self._families.window.items():
+                if name in metrics:
+                    gauge.labels(specialist, version, stage).set(metrics[name])
             payload = MetricsObserved(version=version, stage=stage, window_start=w.started,
                                       window_end=now, requests=w.requests, metrics=metrics,
                                       bootstrap=w.bootstrap)
@@ -179,33 +251,7 @@ class LiveMetrics:
                 for recorded in append_observation(store, specialist, batch)]
 
     def prometheus(self) -> str:
-        """The running totals in the Prometheus text format, one group per metric family."""
-        with self._lock:
-            items = sorted((key, dict(t)) for key, t in self.totals.items())
-        families: list[tuple[str, str, str, Any]] = [
-            ("modelsmith_requests_total", "counter", "Answers given (shadow answers included).",
-             lambda t: t["requests"]),
-            ("modelsmith_errors_total", "counter", "Answers that failed.",
-             lambda t: t["errors"]),
-            ("modelsmith_bootstrap_requests_total", "counter",
-             "Answers a shadow gave while its specialist bootstrapped (replayed requests).",
-             lambda t: t["bootstrap"] or None),
-            ("modelsmith_feedback_score_mean", "gauge", "Mean feedback score.",
-             lambda t: t["score_sum"] / t["feedback"] if t["feedback"] else None),
-            ("modelsmith_rubric_score_mean", "gauge",
-             "Mean rubric score of answers to requests with a reference.",
-             lambda t: t["rubric_sum"] / t["scored"] if t["scored"] else None),
-            ("modelsmith_rubric_pass_rate", "gauge",
-             "Share of answers to requests with a reference that passed the rubric.",
-             lambda t: t["passed"] / t["scored"] if t["scored"] else None),
-        ]
-        lines = []
-        for name, kind, help_text, value in families:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            for (specialist, version, stage), totals in items:
-                got = value(totals)
-                if got is not None:
-                    labels = f'specialist="{specialist}",version="{version}",stage="{stage}"'
-                    shown = str(int(got)) if float(got).is_integer() else f"{got:.6g}"
-                    lines.append(f"{name}{{{labels}}} {shown}")
-        return "\n".join(lines) + "\n"
+        """The registry in the Prometheus text format (what ``GET /metrics`` serves)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode("utf-8")

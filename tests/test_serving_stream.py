@@ -104,15 +104,13 @@ def serve(demo_repo):
             return typists.setdefault(version, Typist(version, hold))
 
         service = Service(repo, store, registry, backend_factory=make, **options)
-        httpd = make_server(service, port=0, token=TOKEN)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        httpd = make_server(service, port=0, token=TOKEN).start()
         started.append((httpd, service))
         return service, httpd.server_address[1], typists
 
     yield start
     for httpd, service in started:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.stop(grace=0)
         service.close(timeout=5)
 
 
@@ -347,7 +345,7 @@ def test_errors_after_the_first_chunk_end_the_stream_and_are_counted(serve):
     assert failed[-1]["error"]["type"] == "server_error" and "keyboard" in \
         failed[-1]["error"]["message"]
     sse = events(port, chat("fail " + BID, stream=True))
-    assert json.loads(sse[-2][1])["error"]["type"] == "server_error"
+    assert json.loads(sse[-2][1])["error"]["type"] == "server_error", sse
     assert sse[-1][1] == "[DONE]"
     chunks = list(service.stream(chat("stuck " + BID, stream=True)))
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"

@@ -491,8 +491,8 @@ def build_app(service: Service, *, token: str | None = None, max_body: int = MAX
                     break
                 _note(request, event)
                 yield f"data: {json.dumps(event)}\n\n".encode()
-                if "error" in event:
-                    return
+                if "error" in event:  # the last event, then [DONE] (as vLLM ends one)
+                    break
             yield b"data: [DONE]\n\n"
         finally:  # done, or the client went away: the generation stops with it
             pump.stop()

@@ -3,6 +3,8 @@
 Every core and dev scenario runs on its own input and on each of its variants (robustness);
 held-out scenarios run on their own input only. With ``repeats`` > 1 each input is sampled
 several times and the repeat reducer (mean, majority, pass@k) gives the scenario's score.
+A label task's requests carry its labels: a backend that scores labels answers greedy ones
+with the best label from one prompt pass (``inference.labels``), the others generate.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def run_suite(
             max_new_tokens=max_new,
             temperature=settings.temperature,
             seed=settings.seed + r,
+            labels=tuple(labels or ()),  # a label task: answered by label scoring
         )
         for item in items
         for r in range(repeats)

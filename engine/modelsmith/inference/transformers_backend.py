@@ -6,6 +6,8 @@ batch: sampling happens in a logits processor with one ``torch.Generator`` per r
 from the request's seed, so a seeded request gives the same text whichever batch it lands in.
 Stop strings end a row early (per row) and are trimmed from its text. A prompt that leaves
 no room for its ``max_new_tokens`` within the model's ``max_length`` is refused, not cut.
+Greedy requests with ``labels`` are answered by label scoring instead (:mod:`.labels`), in
+batches of their own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the trai
         f"the transformers backend needs torch and transformers ({exc.name} is missing): "
         "pip install -e '.[train]'"
     ) from exc
+
+from . import labels  # after the check above: it imports torch
 
 DEFAULT_THREADS = 1
 DTYPES = ("float32", "bfloat16", "float16")
@@ -267,22 +271,23 @@ class TransformersBackend:
         self._check()
         total = len(requests)
         results: list[Generation | None] = [None] * total
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         for index, request in enumerate(requests):
             if request.max_new_tokens < 1:
                 raise InferenceError(
                     f"max_new_tokens must be at least 1 (request {index} asks for "
                     f"{request.max_new_tokens})"
                 )
-            groups.setdefault(request.max_new_tokens, []).append(index)
+            groups.setdefault((request.max_new_tokens, labels.scored(request)), []).append(index)
         encoded = [self._encode(r, i) for i, r in enumerate(requests)]
         done = 0
-        for max_new in sorted(groups):
-            order = sorted(groups[max_new], key=lambda i: len(encoded[i]))
+        for max_new, scored in sorted(groups):
+            order = sorted(groups[max_new, scored], key=lambda i: len(encoded[i]))
+            answer = self._label_batch if scored else self._generate_batch
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 for index, generation in zip(
-                    batch, self._generate_batch(
+                    batch, answer(
                         [requests[i] for i in batch], [encoded[i] for i in batch], max_new
                     ), strict=True,
                 ):
@@ -323,6 +328,12 @@ class TransformersBackend:
                 )
             )
         return generations
+
+    def _label_batch(self, requests: list[GenerationRequest], encoded: list[list[int]],
+                     max_new_tokens: int) -> list[Generation]:
+        """Greedy label requests answered by label scoring (:mod:`.labels`)."""
+        return labels.answer_batch(self, requests, encoded, max_new_tokens,
+                                   self._generate_batch)
 
     def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's input ids, padded on the left to the longest row, and its mask."""

@@ -18,7 +18,9 @@ true``) and counted and scored as the shadow's observed traffic; any other reque
 503 that says why.
 
 One model load per version, shared by all requests; concurrent requests to a version are
-coalesced into batched backend calls (:mod:`.batching`). A bad request is a
+coalesced into batched backend calls (:mod:`.batching`). A label task's request carries its
+labels: the transformers backend answers a greedy one by label scoring (one prompt pass,
+always a label; ``inference.labels``). A bad request is a
 :class:`ServeError` carrying the HTTP status and an OpenAI-style error body (:mod:`.http`
 sends it).
 """
@@ -273,6 +275,7 @@ class Service:
         task = self.repo.specialists[specialist].spec.task
         key = request_key(body)
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
+                                    labels=tuple(getattr(task.output, "labels", ())),
                                     **sampling(body, task.output.kind))
         reference = body.get("reference")
         response_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -5,6 +5,7 @@ scoring; the eval and the service ask for it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,6 +251,44 @@ def test_the_eval_asks_for_the_specialists_labels():
     run_suite(specialist, suite, backend, EvalSettings(limit=2, latency_probes=0))
     assert backend.requests
     assert {r.labels for r in backend.requests} == {("ACCEPT", "REJECT")}
+
+
+class Generating:
+    """The same backend, asked to generate: the requests' labels dropped."""
+
+    name, model_ref = "generating", "generating"
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def generate(self, requests, progress=None):
+        return self.backend.generate([dataclasses.replace(r, labels=()) for r in requests],
+                                     progress)
+
+    def count_tokens(self, text):
+        return self.backend.count_tokens(text)
+
+
+@pytest.mark.parametrize("model", ["taught", "untaught"])
+def test_an_eval_by_label_scoring_scores_what_greedy_generation_scores(model, taught,
+                                                                       tiny_model):
+    """Per scenario, variants included: the same score and pass, whether the label was
+    the model's own (taught) or forced (untaught: a forced label scores as no answer)."""
+    from modelsmith.inference.transformers_backend import TransformersBackend
+
+    backend = taught if model == "taught" else TransformersBackend(tiny_model, threads=1)
+    _, specialist, suite = demo()
+    settings = EvalSettings(limit=12, latency_probes=0)
+    scored = run_suite(specialist, suite, backend, settings)
+    generated = run_suite(specialist, suite, Generating(backend), settings)
+    assert [(r.id, r.variant, r.score, r.passed, r.format_ok) for r in scored] == \
+        [(r.id, r.variant, r.score, r.passed, r.format_ok) for r in generated]
+    passed = sum(r.passed for r in scored)
+    assert passed > len(scored) // 2 if model == "taught" else passed == 0
+    if model == "untaught":
+        assert all(o in ("ACCEPT", "REJECT") for r in scored for o in r.outputs)
+        assert all(c.reason.startswith("forced ") for r in scored for c in r.criteria)
+        backend.close()
 
 
 def test_the_service_asks_for_the_specialists_labels(demo_repo, tmp_path, monkeypatch):

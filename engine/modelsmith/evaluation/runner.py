@@ -3,20 +3,25 @@
 Every core and dev scenario runs on its own input and on each of its variants (robustness);
 held-out scenarios run on their own input only. With ``repeats`` > 1 each input is sampled
 several times and the repeat reducer (mean, majority, pass@k) gives the scenario's score.
+A label task's requests carry its labels: a backend that scores labels answers greedy ones
+with the best label from one prompt pass (``inference.labels``), the others generate. A
+label it had to force (the model would not have written one) scores as no answer, so the
+scores are greedy generation's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from modelsmith.evaluation.budget import answer_budget, label_forms, longest, reference_text
 from modelsmith.evaluation.criteria import ScoringContext
-from modelsmith.evaluation.results import ScenarioRun
+from modelsmith.evaluation.results import ScenarioRun, ScenarioScore
 from modelsmith.evaluation.scoring import output_labels, rubric_for, score_output
 from modelsmith.evaluation.stats import reduce_repeats
-from modelsmith.inference.base import Backend, GenerationRequest, ProgressFn
+from modelsmith.inference.base import Backend, Generation, GenerationRequest, ProgressFn
 from modelsmith.specs import LoadedSuite, Specialist
 
 # Enough room for the answer the output contract asks for, and no more: generation time
@@ -105,6 +110,7 @@ def run_suite(
             max_new_tokens=max_new,
             temperature=settings.temperature,
             seed=settings.seed + r,
+            labels=tuple(labels or ()),  # a label task: answered by label scoring
         )
         for item in items
         for r in range(repeats)
@@ -118,7 +124,7 @@ def run_suite(
         ctx = ScoringContext(expected=sc.expected, labels=labels,
                              count_tokens=backend.count_tokens, judge=judge)
         rubric = rubric_for(sc, suite)
-        scored = [score_output(rubric, g.text, ctx, threshold, contract) for g in gens]
+        scored = [score_answer(rubric, g, ctx, threshold, contract) for g in gens]
         score, passed = reduce_repeats([s.score for s in scored], [s.passed for s in scored],
                                        settings.reducer)
         runs.append(ScenarioRun(
@@ -141,11 +147,23 @@ def run_suite(
     return runs
 
 
+def score_answer(rubric: Sequence[Any], generation: Generation, ctx: ScoringContext,
+                 threshold: float, contract: Any) -> ScenarioScore:
+    """Score one answer. A label that label scoring had to force (``meta["forced"]``: the
+    model's own greedy answer would not have been a label) is scored as no answer, so an
+    evaluation scores what greedy generation scores and a guess earns nothing."""
+    if not generation.meta.get("forced"):
+        return score_output(rubric, generation.text, ctx, threshold, contract)
+    blank = score_output(rubric, "", ctx, threshold, contract)
+    why = f"forced {generation.text!r}, the model writes no label here: "
+    return dataclasses.replace(blank, criteria=tuple(
+        dataclasses.replace(c, reason=why + c.reason) for c in blank.criteria))
+
+
 def probe_latency(runs: list[ScenarioRun], requests: Sequence[GenerationRequest],
                   backend: Backend, probes: int) -> None:
     """Answer the first ``probes`` core inputs (their own, not variants) again, each alone,
     and record each one's wall time as its ``alone_ms`` (the latency benchmark reads it)."""
-    import dataclasses
     import time
 
     chosen = [i for i, run in enumerate(runs)

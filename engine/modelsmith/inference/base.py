@@ -15,7 +15,11 @@ from modelsmith.errors import InferenceError as InferenceError  # raised by arti
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One completion to produce. ``prompt`` is the rendered task prompt (user turn)."""
+    """One completion to produce. ``prompt`` is the rendered task prompt (user turn).
+
+    ``labels``: the answer must be one of these (a label task). A backend that can score
+    them answers a greedy request with the best label from one prompt pass (the
+    transformers backend, :mod:`.labels`); the others ignore them and generate."""
 
     prompt: str
     system: str | None = None
@@ -24,6 +28,7 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ A request's listener gets its text as it is generated: a stopping criterion that
 stops sees every row after each step and hands the decoded text to a
 :class:`~.streaming.TextStream` (which holds back what a later token or a stop string may
 still change), so the final text is exactly what was streamed.
+Greedy requests with ``labels`` are answered by label scoring instead (:mod:`.labels`), in
+batches of their own; their listeners get the chosen label whole.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..artifacts.models import ResolvedModel
 from .base import Generation, GenerationRequest, InferenceError, Listeners, ProgressFn
-from .streaming import TextStream
+from .streaming import TextStream, emit_whole
 
 try:
     import torch
@@ -35,6 +37,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the trai
         f"the transformers backend needs torch and transformers ({exc.name} is missing): "
         "pip install -e '.[train]'"
     ) from exc
+
+from . import labels  # after the check above: it imports torch
 
 DEFAULT_THREADS = 1
 DTYPES = ("float32", "bfloat16", "float16")
@@ -302,22 +306,23 @@ class TransformersBackend:
         listening += [None] * (len(requests) - len(listening))
         total = len(requests)
         results: list[Generation | None] = [None] * total
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         for index, request in enumerate(requests):
             if request.max_new_tokens < 1:
                 raise InferenceError(
                     f"max_new_tokens must be at least 1 (request {index} asks for "
                     f"{request.max_new_tokens})"
                 )
-            groups.setdefault(request.max_new_tokens, []).append(index)
+            groups.setdefault((request.max_new_tokens, labels.scored(request)), []).append(index)
         encoded = [self._encode(r, i) for i, r in enumerate(requests)]
         done = 0
-        for max_new in sorted(groups):
-            order = sorted(groups[max_new], key=lambda i: len(encoded[i]))
+        for max_new, scored in sorted(groups):
+            order = sorted(groups[max_new, scored], key=lambda i: len(encoded[i]))
+            answer = self._label_batch if scored else self._generate_batch
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 for index, generation in zip(
-                    batch, self._generate_batch(
+                    batch, answer(
                         [requests[i] for i in batch], [encoded[i] for i in batch], max_new,
                         [listening[i] for i in batch],
                     ), strict=True,
@@ -369,6 +374,16 @@ class TransformersBackend:
                 )
             )
         return generations
+
+    def _label_batch(self, requests: list[GenerationRequest], encoded: list[list[int]],
+                     max_new_tokens: int,
+                     listeners: list[Any] | None = None) -> list[Generation]:
+        """Greedy label requests answered by label scoring (:mod:`.labels`); a listener
+        gets the label whole."""
+        answered = labels.answer_batch(self, requests, encoded, max_new_tokens,
+                                       self._generate_batch)
+        emit_whole(listeners, answered)
+        return answered
 
     def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's input ids, padded on the left to the longest row, and its mask."""

@@ -28,7 +28,9 @@ true``) and counted and scored as the shadow's observed traffic; any other reque
 503 that says why.
 
 One model load per version, shared by all requests; concurrent requests to a version are
-coalesced into batched backend calls (:mod:`.batching`). A bad request is a
+coalesced into batched backend calls (:mod:`.batching`). A label task's request carries its
+labels: the transformers backend answers a greedy one by label scoring (one prompt pass,
+always a label; ``inference.labels``). A bad request is a
 :class:`ServeError` carrying the HTTP status and an OpenAI-style error body (:mod:`.http`
 sends it).
 """
@@ -320,6 +322,7 @@ class Service:
         task = self.repo.specialists[specialist].spec.task
         chat.check_output(task.output.kind)
         request = GenerationRequest(prompt=task.render(text), system=task.system_prompt,
+                                    labels=tuple(getattr(task.output, "labels", ())),
                                     **chat.sampling(task.output.kind))
         started = time.perf_counter()
         assignment, batcher, future = self._submit(
@@ -435,7 +438,10 @@ class Service:
         generation is then a 502."""
         specialist, version = assignment.specialist, assignment.version
         scorer = self.scorer(specialist)
-        format_ok = None if generation.error else scorer.score(generation.text).format_ok
+        # A label the model would not have written (label scoring forced it) does not
+        # honour the contract: the format rate stays what generation would have shown.
+        format_ok = None if generation.error else (
+            scorer.score(generation.text).format_ok and not generation.meta.get("forced"))
         self.metrics.request(response_id, specialist, version, assignment.stage,
                              latency_ms, bool(generation.error), format_ok=format_ok,
                              bootstrap=assignment.bootstrap)

@@ -1,7 +1,8 @@
 """``modelsmith package``: a candidate as a serving artifact any host can load.
 
-The folder holds the merged weights and the tokenizer (a plain Hugging Face folder, as
-vLLM or an OpenAI-compatible server loads it) and ``modelsmith.json``: the specialist's
+The folder holds the weights and the tokenizer (a plain Hugging Face folder, as vLLM or an
+OpenAI-compatible server loads it; a LoRA version is merged into its base first,
+:func:`~modelsmith.artifacts.adapters.materialise`) and ``modelsmith.json``: the specialist's
 prompt contract (template, system prompt, whether a chat template applies, the output
 kind and labels), the version's lineage, the artifact hash, and the rollback contract --
 the version to fall back to and its artifact hash. The weights are checked against the
@@ -91,16 +92,19 @@ def package(repo: Repository, fleet: Callable[[], FleetState], registry: ModelRe
         "rollback": {"version": back_to,
                      "artifact_hash": back.lineage.weights_hash if back else None},
     }
-    _write(model.path, manifest, out)
+    _write(model.path, manifest, out, registry)
     return manifest
 
 
-def _write(weights: Path, manifest: dict[str, Any], out: Path) -> None:
-    """The weights and the manifest into ``out``, staged beside it first: ``out`` holds a
-    whole artifact or nothing."""
+def _write(weights: Path, manifest: dict[str, Any], out: Path,
+           registry: ModelRegistry) -> None:
+    """The weights (an adapter merged into its base) and the manifest into ``out``, staged
+    beside it first: ``out`` holds a whole artifact or nothing."""
+    from modelsmith.artifacts.adapters import materialise
+
     staged = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(weights, staged, ignore=shutil.ignore_patterns(".*"))
+    materialise(weights, staged, registry.clusters, registry.root)
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                    encoding="utf-8")
     if out.exists():

@@ -617,6 +617,19 @@ def _train_phases(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str
     return model
 
 
+def _canonical_adapter_config(folder: Path) -> None:
+    """``adapter_config.json`` with its ``target_modules`` sorted: PEFT writes the set that
+    ``all-linear`` expands to in hash order, which differs between processes, and a rebuild
+    must hash as the run it repeats."""
+    from modelsmith.artifacts.adapters import ADAPTER_CONFIG
+
+    path = folder / ADAPTER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _save_model(run: _Run, model: Any, tokenizer: Any, folder: Path) -> None:
     """The full weights, or the adapter with the record of its base, and the tokenizer."""
     from peft import PeftModel
@@ -629,6 +642,7 @@ def _save_model(run: _Run, model: Any, tokenizer: Any, folder: Path) -> None:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     if isinstance(model, PeftModel):
+        _canonical_adapter_config(folder)
         here = cached_base(run.base)
         if run.parent_adapter is not None:  # the parent's base, wherever it lies here
             here = dataclasses.replace(adapter_base(run.parent_adapter), path=here.path)

@@ -3,9 +3,19 @@
 :class:`MultiAdapterBackend` is the transformers backend with PEFT adapters attached by name
 (``attach``/``detach``). A request's ``adapter`` picks the adapter that answers it
 (:data:`BASE`, or None, for the base model itself); rows of different adapters share a batch
-and one ``generate()`` call (PEFT's mixed-batch inference, ``adapter_names=[...]``), so a
-batch may mix production, canary and shadow of a specialist. The adapters are never merged:
-greedy answers equal those of each adapter merged and run alone (up to float rounding).
+and one ``generate()`` call, so a batch may mix production, canary and shadow of a
+specialist. The adapters are never merged: greedy answers equal those of each adapter merged
+and run alone (up to float rounding).
+
+How a mixed batch runs: PEFT's own mixed-batch inference (``adapter_names=[...]``) gathers
+each adapter's rows, runs its LoRA on them and scatters the result back, in every LoRA layer
+at every step -- measured 16% slower than the bare base on a SmolLM2-135M prefill of 32 rows
+and three adapters. Plain LoRA on linear layers (what Modelsmith trains) runs fused instead:
+each layer's adapters are stacked once (``A`` as ``[adapters+1, in, r]``, ``B`` scaled as
+``[adapters+1, r, out]``, a zero row for the base), each row's pair gathered once per batch,
+and the layer adds ``bmm(bmm(x, A_rows), B_rows)`` to the base layer's output (7% slower than
+the bare base there; same logits). Other adapter kinds (DoRA, embedding or convolution
+layers) fall back to PEFT's path.
 
 :func:`merged` is one adapter merged into its base: what the single-model transformers
 backend runs for an adapter folder. :func:`multi_adapter_backend` builds the backend for a
@@ -67,6 +77,7 @@ class MultiAdapterBackend(TransformersBackend):
         self._lock = threading.RLock()
         self.adapters: dict[str, Path] = {}  # attached: name -> folder
         self._rows: list[str] = []
+        self._stacks: dict[Any, tuple[Any, Any]] | None = None  # fused: layer -> (A, B)
 
     def attach(self, name: str, folder: Path) -> None:
         """Load the adapter in ``folder`` as ``name`` (again under a name it has: no-op)."""
@@ -91,6 +102,7 @@ class MultiAdapterBackend(TransformersBackend):
                                      f"to {self.resolved.ref}: {exc}") from exc
             self.model.eval()
             self.adapters[name] = Path(folder)
+            self._stacks = None
 
     def detach(self, name: str) -> None:
         """Drop adapter ``name`` (its memory with it); the last one leaves the bare base."""
@@ -104,6 +116,7 @@ class MultiAdapterBackend(TransformersBackend):
                 else:
                     self.model = self.model.unload()
             self.model.eval()
+            self._stacks = None
 
     def generate(
         self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
@@ -127,7 +140,84 @@ class MultiAdapterBackend(TransformersBackend):
         return generations
 
     def _generate_options(self) -> dict[str, Any]:
-        return {"adapter_names": list(self._rows)} if self.adapters else {}
+        if not self.adapters or self._fused_stacks():
+            return {}
+        return {"adapter_names": list(self._rows)}  # PEFT's mixed batch
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        stacks = self._fused_stacks() if self.adapters else None
+        if not stacks:
+            return super()._run(*args, **kwargs)
+        with _fused_rows(self.model, stacks, [self._order.index(r) for r in self._rows]):
+            return super()._run(*args, **kwargs)
+
+    def _fused_stacks(self) -> dict[Any, tuple[Any, Any]]:
+        """Each LoRA layer's adapters stacked (empty when some layer cannot be fused)."""
+        if self._stacks is None:
+            self._order = [BASE, *self.adapters]
+            self._stacks = _stack_adapters(self.model, self._order[1:])
+        return self._stacks
+
+
+def _stack_adapters(model: Any, names: list[str]) -> dict[Any, tuple[Any, Any]]:
+    """Per LoRA layer of ``model``: ``A`` ``[1+len(names), in, r]`` and ``B`` (scaled)
+    ``[1+len(names), r, out]``, row 0 zeros (the base); {} when a layer is not plain LoRA
+    on a linear layer."""
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    stacks = {}
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if not isinstance(module, LoraLinear) or any(module.use_dora.values()) \
+                or any(getattr(module, "lora_bias", {}).values()):
+            return {}
+        weight = module.base_layer.weight
+        rank = max((module.lora_A[n].out_features for n in names if n in module.lora_A),
+                   default=1)
+        a = torch.zeros(1 + len(names), module.in_features, rank, dtype=weight.dtype,
+                        device=weight.device)
+        b = torch.zeros(1 + len(names), rank, module.out_features, dtype=weight.dtype,
+                        device=weight.device)
+        with torch.no_grad():
+            for row, name in enumerate(names, start=1):
+                if name in module.lora_A:
+                    down, up = module.lora_A[name].weight, module.lora_B[name].weight
+                    a[row, :, :down.shape[0]] = down.T
+                    b[row, :up.shape[1], :] = up.T * module.scaling[name]
+        stacks[module] = (a, b)
+    return stacks
+
+
+@contextlib.contextmanager
+def _fused_rows(model: Any, stacks: dict[Any, tuple[Any, Any]],
+                rows: list[int]) -> Iterator[None]:
+    """PEFT's adapters disabled and each LoRA layer adding its rows' adapters (``rows``:
+    each batch row's index into the stacks) to the base layer's output."""
+    import torch
+
+    index = torch.tensor(rows, dtype=torch.long)
+    gathered = {m: (a[index.to(a.device)], b[index.to(b.device)])
+                for m, (a, b) in stacks.items()}
+
+    def add_lora(module: Any, args: tuple[Any, ...], out: Any) -> Any:
+        a, b = gathered[module]
+        x = args[0]
+        flat = x.dim() == 2
+        if flat:
+            x = x.unsqueeze(1)
+        delta = torch.bmm(torch.bmm(x.to(a.dtype), a), b)
+        return out.add_(delta.squeeze(1) if flat else delta)
+
+    handles = [module.register_forward_hook(add_lora) for module in stacks]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def multi_adapter_backend(base: ResolvedModel, *, backend: str | None = None,

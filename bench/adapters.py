@@ -120,12 +120,15 @@ def run_setup(setup: str, work: Path, args: argparse.Namespace) -> dict:
     for key, rows in calls.items():  # warm-up: first-call allocations
         backends[key].generate([r for _, r in rows[:2]])
     texts: dict[int, str] = {}
-    started = time.perf_counter()
-    for key, rows in calls.items():
-        for (index, _), generation in zip(rows, backends[key].generate([r for _, r in rows]),
-                                          strict=True):
-            texts[index] = generation.text
-    seconds = time.perf_counter() - started
+    rounds = []
+    for _ in range(args.rounds):  # the median round: the machine may be shared
+        started = time.perf_counter()
+        for key, rows in calls.items():
+            for (index, _), generation in zip(
+                    rows, backends[key].generate([r for _, r in rows]), strict=True):
+                texts[index] = generation.text
+        rounds.append(time.perf_counter() - started)
+    seconds = sorted(rounds)[len(rounds) // 2]
     rss, peak = rss_mb()
     return {"setup": setup, "load_s": load_s, "seconds": seconds, "requests": len(texts),
             "rate": len(texts) / seconds, "rss_mb": rss, "peak_mb": peak,
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median kept)")
     parser.add_argument("--setup", choices=["one", "merged", "adapters"],
                         help=argparse.SUPPRESS)  # a child process: measure one setup
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, __file__, "--setup", setup, "--work", str(work),
                  "--model", args.model, "--n", str(args.n), "--max-new-tokens",
                  str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-                 "--threads", str(args.threads)],
+                 "--threads", str(args.threads), "--rounds", str(args.rounds)],
                 capture_output=True, text=True, check=False)
             if child.returncode != 0:
                 print(child.stderr[-3000:], file=sys.stderr)
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     one, merged, adapters = results["one"], results["merged"], results["adapters"]
     print(f"{args.n} requests (versions in turn), {args.max_new_tokens} new tokens, greedy, "
-          f"batch {args.batch_size}, {args.threads} thread(s)")
+          f"batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} rounds")
     for row in (one, merged, adapters):
         print(f"  {row['setup']:9s} RSS {row['rss_mb']:7.0f} MB (peak {row['peak_mb']:7.0f}) "
               f"{row['rate']:7.2f} requests/s ({row['requests']} in {row['seconds']:.1f} s, "

@@ -141,12 +141,12 @@ def test_a_mixed_batch_answers_as_each_adapter_merged_and_run_alone(clusters, ti
     from modelsmith.inference.transformers_backend import TransformersBackend
 
     if path == "peft":  # as for adapters the fused path does not take: PEFT's mixed batch
-        monkeypatch.setattr(multi, "_stack_adapters", lambda model, names: {})
+        monkeypatch.setattr(multi, "_lora_layers", lambda model: {})
 
     shared = MultiAdapterBackend(resolve_model("tiny-test", clusters), threads=1, batch_size=16)
     for name, folder in adapters.items():
         shared.attach(name, folder)
-    assert bool(shared._fused_stacks()) == (path == "fused")
+    assert bool(shared._fused_layers()) == (path == "fused")
     names = [*adapters, BASE]
     requests = [GenerationRequest(prompt, max_new_tokens=6, adapter=name)
                 for prompt in PROMPTS for name in names]

@@ -8,14 +8,15 @@ specialist. The adapters are never merged: greedy answers equal those of each ad
 and run alone (up to float rounding).
 
 How a mixed batch runs: PEFT's own mixed-batch inference (``adapter_names=[...]``) gathers
-each adapter's rows, runs its LoRA on them and scatters the result back, in every LoRA layer
-at every step -- measured 16% slower than the bare base on a SmolLM2-135M prefill of 32 rows
-and three adapters. Plain LoRA on linear layers (what Modelsmith trains) runs fused instead:
-each layer's adapters are stacked once (``A`` as ``[adapters+1, in, r]``, ``B`` scaled as
-``[adapters+1, r, out]``, a zero row for the base), each row's pair gathered once per batch,
-and the layer adds ``bmm(bmm(x, A_rows), B_rows)`` to the base layer's output (7% slower than
-the bare base there; same logits). Other adapter kinds (DoRA, embedding or convolution
-layers) fall back to PEFT's path.
+each adapter's rows (a copy), runs its LoRA on them and scatters the result back, in every
+LoRA layer at every step: measured 16% slower than the bare base on a SmolLM2-135M prefill
+of 32 rows and three adapters, and 0.55x the requests/s of three merged models
+(``bench/adapters.py``). Plain LoRA on linear layers (what Modelsmith trains) runs without
+the copies instead: the batch's rows are put in adapter order (free: a batch is padded to
+its longest row anyway), so each adapter's rows are one slice, and each LoRA layer adds
+``(x[slice] @ A.T) @ B.T * scaling`` in place to its slice of the base layer's output (two
+BLAS calls, a forward hook; PEFT's own adapter layers disabled for the call). Other adapter
+kinds (DoRA, LoRA bias, embedding or convolution layers) take PEFT's path.
 
 :func:`merged` is one adapter merged into its base: what the single-model transformers
 backend runs for an adapter folder. :func:`multi_adapter_backend` builds the backend for a
@@ -77,7 +78,7 @@ class MultiAdapterBackend(TransformersBackend):
         self._lock = threading.RLock()
         self.adapters: dict[str, Path] = {}  # attached: name -> folder
         self._rows: list[str] = []
-        self._stacks: dict[Any, tuple[Any, Any]] | None = None  # fused: layer -> (A, B)
+        self._layers: dict[Any, dict[str, tuple[Any, Any, float]]] | None = None  # fused
 
     def attach(self, name: str, folder: Path) -> None:
         """Load the adapter in ``folder`` as ``name`` (again under a name it has: no-op)."""
@@ -102,7 +103,7 @@ class MultiAdapterBackend(TransformersBackend):
                                      f"to {self.resolved.ref}: {exc}") from exc
             self.model.eval()
             self.adapters[name] = Path(folder)
-            self._stacks = None
+            self._layers = None
 
     def detach(self, name: str) -> None:
         """Drop adapter ``name`` (its memory with it); the last one leaves the bare base."""
@@ -116,7 +117,7 @@ class MultiAdapterBackend(TransformersBackend):
                 else:
                     self.model = self.model.unload()
             self.model.eval()
-            self._stacks = None
+            self._layers = None
 
     def generate(
         self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None,
@@ -132,86 +133,99 @@ class MultiAdapterBackend(TransformersBackend):
 
     def _generate_batch(self, requests: list[GenerationRequest], encoded: list[list[int]],
                         max_new_tokens: int, *args: Any, **kwargs: Any) -> list[Generation]:
-        self._rows = [request.adapter or BASE for request in requests]
-        generations = super()._generate_batch(requests, encoded, max_new_tokens, *args,
-                                              **kwargs)
-        for generation, adapter in zip(generations, self._rows, strict=True):
-            generation.meta["adapter"] = adapter
-        return generations
+        # The batch's rows grouped by adapter (their order within a batch is free: all are
+        # padded to its longest): each adapter's rows are then one slice of the batch.
+        # Other per-row arguments (a list per request) are put in the same order.
+        count = len(requests)
+        order = sorted(range(count), key=lambda i: self._rank(requests[i].adapter))
+
+        def arranged(value: Any) -> Any:
+            if isinstance(value, list | tuple) and len(value) == count:
+                return [value[i] for i in order]
+            return value
+
+        rows = [requests[i] for i in order]
+        self._rows = [request.adapter or BASE for request in rows]
+        generations = super()._generate_batch(
+            rows, [encoded[i] for i in order], max_new_tokens,
+            *[arranged(a) for a in args], **{k: arranged(v) for k, v in kwargs.items()})
+        back: list[Generation] = [generations[0]] * count
+        for position, index in enumerate(order):
+            generations[position].meta["adapter"] = self._rows[position]
+            back[index] = generations[position]
+        return back
+
+    def _rank(self, adapter: str | None) -> int:
+        names = list(self.adapters)
+        return names.index(adapter) + 1 if adapter in self.adapters else 0
 
     def _generate_options(self) -> dict[str, Any]:
-        if not self.adapters or self._fused_stacks():
+        if not self.adapters or self._fused_layers():
             return {}
         return {"adapter_names": list(self._rows)}  # PEFT's mixed batch
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
-        stacks = self._fused_stacks() if self.adapters else None
-        if not stacks:
+        layers = self._fused_layers() if self.adapters else None
+        if not layers:
             return super()._run(*args, **kwargs)
-        with _fused_rows(self.model, stacks, [self._order.index(r) for r in self._rows]):
+        with _fused_rows(self.model, layers, _segments(self._rows)):
             return super()._run(*args, **kwargs)
 
-    def _fused_stacks(self) -> dict[Any, tuple[Any, Any]]:
-        """Each LoRA layer's adapters stacked (empty when some layer cannot be fused)."""
-        if self._stacks is None:
-            self._order = [BASE, *self.adapters]
-            self._stacks = _stack_adapters(self.model, self._order[1:])
-        return self._stacks
+    def _fused_layers(self) -> dict[Any, dict[str, tuple[Any, Any, float]]]:
+        """Each LoRA layer's adapters (empty when some layer cannot be fused)."""
+        if self._layers is None:
+            self._layers = _lora_layers(self.model)
+        return self._layers
 
 
-def _stack_adapters(model: Any, names: list[str]) -> dict[Any, tuple[Any, Any]]:
-    """Per LoRA layer of ``model``: ``A`` ``[1+len(names), in, r]`` and ``B`` (scaled)
-    ``[1+len(names), r, out]``, row 0 zeros (the base); {} when a layer is not plain LoRA
-    on a linear layer."""
-    import torch
+def _segments(rows: list[str]) -> list[tuple[str, int, int]]:
+    """The ``(adapter, start, end)`` runs of ``rows`` (grouped by adapter), the base's left
+    out."""
+    runs: list[tuple[str, int, int]] = []
+    for index, name in enumerate(rows):
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], index + 1)
+        else:
+            runs.append((name, index, index + 1))
+    return [run for run in runs if run[0] != BASE]
+
+
+def _lora_layers(model: Any) -> dict[Any, dict[str, tuple[Any, Any, float]]]:
+    """Per LoRA layer of ``model``: adapter -> (``A`` weight, ``B`` weight, scaling); {}
+    when a layer is not plain LoRA on a linear layer (DoRA, LoRA bias, embeddings, ...)."""
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
-    stacks = {}
+    layers = {}
     for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
         if not isinstance(module, LoraLinear) or any(module.use_dora.values()) \
                 or any(getattr(module, "lora_bias", {}).values()):
             return {}
-        weight = module.base_layer.weight
-        rank = max((module.lora_A[n].out_features for n in names if n in module.lora_A),
-                   default=1)
-        a = torch.zeros(1 + len(names), module.in_features, rank, dtype=weight.dtype,
-                        device=weight.device)
-        b = torch.zeros(1 + len(names), rank, module.out_features, dtype=weight.dtype,
-                        device=weight.device)
-        with torch.no_grad():
-            for row, name in enumerate(names, start=1):
-                if name in module.lora_A:
-                    down, up = module.lora_A[name].weight, module.lora_B[name].weight
-                    a[row, :, :down.shape[0]] = down.T
-                    b[row, :up.shape[1], :] = up.T * module.scaling[name]
-        stacks[module] = (a, b)
-    return stacks
+        layers[module] = {name: (module.lora_A[name].weight, module.lora_B[name].weight,
+                                 float(module.scaling[name])) for name in module.lora_A}
+    return layers
 
 
 @contextlib.contextmanager
-def _fused_rows(model: Any, stacks: dict[Any, tuple[Any, Any]],
-                rows: list[int]) -> Iterator[None]:
-    """PEFT's adapters disabled and each LoRA layer adding its rows' adapters (``rows``:
-    each batch row's index into the stacks) to the base layer's output."""
-    import torch
-
-    index = torch.tensor(rows, dtype=torch.long)
-    gathered = {m: (a[index.to(a.device)], b[index.to(b.device)])
-                for m, (a, b) in stacks.items()}
+def _fused_rows(model: Any, layers: dict[Any, dict[str, tuple[Any, Any, float]]],
+                segments: list[tuple[str, int, int]]) -> Iterator[None]:
+    """PEFT's adapters disabled, and each LoRA layer adding to the base layer's output, for
+    each adapter's slice of the batch (``segments``), ``(x @ A.T) * scaling @ B.T``."""
+    plan = {module: [(start, end, *adapters[name]) for name, start, end in segments
+                     if name in adapters] for module, adapters in layers.items()}
 
     def add_lora(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-        a, b = gathered[module]
         x = args[0]
-        flat = x.dim() == 2
-        if flat:
-            x = x.unsqueeze(1)
-        delta = torch.bmm(torch.bmm(x.to(a.dtype), a), b)
-        return out.add_(delta.squeeze(1) if flat else delta)
+        width, size = x.shape[-1], out.shape[-1]
+        for start, end, down, up, scaling in plan[module]:
+            # Two BLAS calls per slice; the transposes are views, the scaling addmm's alpha.
+            rows = out[start:end].view(-1, size)
+            rows.addmm_(x[start:end].reshape(-1, width) @ down.T, up.T, alpha=scaling)
+        return out
 
-    handles = [module.register_forward_hook(add_lora) for module in stacks]
+    handles = [module.register_forward_hook(add_lora) for module in layers]
     try:
         with model.disable_adapter():
             yield

@@ -11,6 +11,9 @@ set is its own):
 - ``adapters``: one base with the three adapters attached, answering the same requests in
   mixed batches (rows of all three versions in one ``generate()`` call).
 
+The three subprocesses load at once and then take turns, one timed round each, so a change
+in the machine's load hits every setup alike; each keeps its median round.
+
 It prints each setup's resident memory (RSS after loading and answering, and its peak) and
 requests/s, the ratios, whether the two three-version setups gave the same greedy answers,
 and the machine's load average (the machine may be shared). Goal: three versions in at most
@@ -121,13 +124,16 @@ def run_setup(setup: str, work: Path, args: argparse.Namespace) -> dict:
         backends[key].generate([r for _, r in rows[:2]])
     texts: dict[int, str] = {}
     rounds = []
-    for _ in range(args.rounds):  # the median round: the machine may be shared
+    print(json.dumps({"ready": setup}), flush=True)
+    for _ in range(args.rounds):  # one round when the parent says: the setups take turns
+        sys.stdin.readline()
         started = time.perf_counter()
         for key, rows in calls.items():
             for (index, _), generation in zip(
                     rows, backends[key].generate([r for _, r in rows]), strict=True):
                 texts[index] = generation.text
         rounds.append(time.perf_counter() - started)
+        print(json.dumps({"round": rounds[-1]}), flush=True)
     seconds = sorted(rounds)[len(rounds) // 2]
     rss, peak = rss_mb()
     return {"setup": setup, "load_s": load_s, "seconds": seconds, "requests": len(texts),
@@ -153,6 +159,36 @@ def prepare(work: Path, args: argparse.Namespace) -> str:
             f"{size:.1f} MB each against {full:.0f} MB of merged weights")
 
 
+def measure(work: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Each setup in its own subprocess, all loaded at once, timed in turns (one round of
+    each, then the next): a change in the machine's load hits every setup alike."""
+    setups = ("one", "merged", "adapters")
+    children = {setup: subprocess.Popen(
+        [sys.executable, __file__, "--setup", setup, "--work", str(work), "--model",
+         args.model, "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
+         "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+         "--rounds", str(args.rounds)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for setup in setups}
+
+    def answer(setup: str) -> dict:
+        line = children[setup].stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise SystemExit(f"the {setup} setup failed (exit {children[setup].wait()})")
+        return json.loads(line)
+
+    for setup in setups:
+        answer(setup)  # loaded and warmed up
+    for _ in range(args.rounds):
+        for setup in setups:
+            children[setup].stdin.write("go\n")  # type: ignore[union-attr]
+            children[setup].stdin.flush()  # type: ignore[union-attr]
+            answer(setup)
+    results = {setup: answer(setup) for setup in setups}
+    for child in children.values():
+        child.wait()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="the base: a model profile")
@@ -160,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median kept)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed rounds per setup, in turns (the median is kept)")
     parser.add_argument("--setup", choices=["one", "merged", "adapters"],
                         help=argparse.SUPPRESS)  # a child process: measure one setup
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -176,18 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         made = prepare(work, args)
         print(f"base {args.model}: 3 adapters ({made}) and 3 merged models made in "
               f"{time.perf_counter() - started:.0f} s")
-        results = {}
-        for setup in ("one", "merged", "adapters"):
-            child = subprocess.run(
-                [sys.executable, __file__, "--setup", setup, "--work", str(work),
-                 "--model", args.model, "--n", str(args.n), "--max-new-tokens",
-                 str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-                 "--threads", str(args.threads), "--rounds", str(args.rounds)],
-                capture_output=True, text=True, check=False)
-            if child.returncode != 0:
-                print(child.stderr[-3000:], file=sys.stderr)
-                return 1
-            results[setup] = json.loads(child.stdout.strip().splitlines()[-1])
+        results = measure(work, args)
     load_after = os.getloadavg()
     one, merged, adapters = results["one"], results["merged"], results["adapters"]
     print(f"{args.n} requests (versions in turn), {args.max_new_tokens} new tokens, greedy, "

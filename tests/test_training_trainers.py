@@ -65,9 +65,22 @@ def profile(**changes) -> HyperParams:
 
 
 def _weights(folder):
+    """The model's weights; of a LoRA adapter folder, the adapter merged into its base."""
     from safetensors.torch import load_file
 
-    return load_file(str(folder / WEIGHTS))
+    from modelsmith.artifacts.adapters import is_adapter
+
+    if not is_adapter(folder):
+        return load_file(str(folder / WEIGHTS))
+    import torch
+    import transformers
+
+    from modelsmith.artifacts.adapters import adapter_base
+    from modelsmith.inference.adapters import merged
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(adapter_base(folder).path,
+                                                             dtype=torch.float32)
+    return merged(base, folder).state_dict()
 
 
 def _changed(before, after) -> bool:
@@ -169,8 +182,9 @@ def test_sft_trains_and_writes_a_folder_the_eval_backend_loads(tiny, rows, tmp_p
     out = tmp_path / "sft"
     result = train("sft", tiny, rows, None, profile(), out, progress=seen.append)
     assert result.out_dir == out and result.method == "sft" and result.steps == 3
-    assert (out / WEIGHTS).is_file() and (out / "tokenizer.json").is_file()
-    assert not (out / "adapter_config.json").exists()  # LoRA merged into the weights
+    # A LoRA run keeps its adapter (of the base), not merged weights.
+    assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / WEIGHTS).exists()
     assert _changed(_weights(tiny), _weights(out))
     assert [e["step"] for e in result.history if "loss" in e] == [1, 2, 3]
     assert [{k: v for k, v in e.items() if k != "total"} for e in seen] == result.history
@@ -342,7 +356,8 @@ def test_a_run_cut_short_resumes_from_its_newest_intact_checkpoint(demo, tiny, r
     steps = [(e["phase"], e["step"]) for e in result.history if "loss" in e]
     assert steps[:2] == [("sft", 1), ("sft", 2)] and steps[-4:] == [
         ("grpo", 1), ("grpo", 2), ("grpo", 3), ("grpo", 4)]
-    assert (tmp_path / "a" / WEIGHTS).is_file() and not checkpoints.exists()
+    assert (tmp_path / "a" / (WEIGHTS if lora is None else saved)).is_file()
+    assert not checkpoints.exists()
 
 
 # --------------------------------------------------------------------------- lengths

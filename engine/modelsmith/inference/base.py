@@ -12,6 +12,9 @@ from typing import Protocol, runtime_checkable
 
 from modelsmith.errors import InferenceError as InferenceError  # raised by artifacts too
 
+#: The ``adapter`` of a request answered by a multi-adapter backend's base model itself.
+BASE_ADAPTER = "__base__"
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -29,6 +32,9 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    #: Which adapter of a multi-adapter backend answers (:data:`BASE_ADAPTER`: the base);
+    #: None: the backend's own model. Backends with one model ignore it.
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ Grammar of ``ref``:
 
 - ``openai:NAME`` — model NAME on an OpenAI-compatible endpoint (``OPENAI_BASE_URL``,
   ``OPENAI_API_KEY``);
-- anything else — a model profile, a local folder or a hub id (see
-  :func:`modelsmith.artifacts.resolve_model`), served by ``backend``: ``transformers``
-  (default, CPU) or ``vllm`` (GPU).
+- anything else — a model profile, a local folder (full weights, or a LoRA adapter: loaded
+  on its base) or a hub id (see :func:`modelsmith.artifacts.resolve_model`), served by
+  ``backend``: ``transformers`` (default, CPU; an adapter merged into its base) or ``vllm``
+  (GPU; the base with the adapter as a ``LoRARequest``). Several adapters on one loaded
+  base: :mod:`.adapters`.
 
 Each backend is one builder registered under its name (:func:`register_backend`); only the chosen
 builder's module is imported, so building an OpenAI backend never imports torch. A backend

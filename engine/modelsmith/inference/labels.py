@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -168,9 +169,13 @@ BatchFn = Callable[[list[GenerationRequest], list[list[int]], int], list[Generat
 
 def answer_batch(backend: TransformersBackend, requests: list[GenerationRequest],
                  encoded: list[list[int]], max_new_tokens: int,
-                 generate: BatchFn) -> list[Generation]:
+                 generate: BatchFn,
+                 scoring: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                 ) -> list[Generation]:
     """Answer a batch of label requests by scoring (see the module docs). A row none of
-    whose forms fits ``max_new_tokens`` is generated with ``generate`` instead."""
+    whose forms fits ``max_new_tokens`` is generated with ``generate`` instead. The
+    scoring passes run inside ``scoring()`` (a multi-adapter backend pins the adapter
+    that answers there)."""
     # Per batch: prompts that end alike (a task's template) share their forms and trie.
     forms: dict[tuple[tuple[str, ...], str], tuple[tuple[str, tuple[int, ...]], ...]] = {}
     tries: dict[tuple[tuple[str, tuple[int, ...]], ...], LabelTrie] = {}
@@ -196,7 +201,7 @@ def answer_batch(backend: TransformersBackend, requests: list[GenerationRequest]
     if chosen:
         started = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), scoring():
                 choices = _score(backend, [trie for _, trie in chosen],
                                  [encoded[i] for i, _ in chosen])
         except RuntimeError as exc:

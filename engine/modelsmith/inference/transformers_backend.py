@@ -12,6 +12,8 @@ stops sees every row after each step and hands the decoded text to a
 still change), so the final text is exactly what was streamed.
 Greedy requests with ``labels`` are answered by label scoring instead (:mod:`.labels`), in
 batches of their own; their listeners get the chosen label whole.
+A LoRA adapter folder loads on its base and is merged (one version, one model); several
+adapters on one base, per row, are :mod:`.adapters`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def _load_now(model: ResolvedModel, dtype: str) -> tuple[Any, Any]:
         lm = transformers.AutoModelForCausalLM.from_pretrained(
             model.source, dtype=getattr(torch, dtype), local_files_only=local_only
         )
+        if model.adapter is not None:
+            from .adapters import merged
+
+            lm = merged(lm, model.adapter)
     except (OSError, ValueError) as exc:
         hint = (
             " (no network, or not a model on the hub? Download it on a connected machine "
@@ -214,7 +220,7 @@ class TransformersBackend:
         if dtype not in DTYPES:
             raise InferenceError(f"unknown dtype '{dtype}' (choose one of: {', '.join(DTYPES)})")
         self.resolved = model
-        self.model_ref = model.source
+        self.model_ref = str(model.adapter or model.source)
         self.batch_size = batch_size
         self.device = device
         self.threads = threads if threads is not None else default_threads()
@@ -432,6 +438,7 @@ class TransformersBackend:
                     generation_config=config,
                     logits_processor=transformers.LogitsProcessorList([_PerRowSampler(samplers)]),
                     stopping_criteria=transformers.StoppingCriteriaList(criteria),
+                    **self._generate_options(),
                 )
         except RuntimeError as exc:
             raise InferenceError(
@@ -439,6 +446,10 @@ class TransformersBackend:
                 "(out of memory? lower the batch size)"
             ) from exc
         return output, (time.perf_counter() - started) * 1000.0
+
+    def _generate_options(self) -> dict[str, Any]:
+        """More keyword arguments for this batch's ``generate()`` (none: one model)."""
+        return {}
 
     def _finish(self, tokens: list[int], request: GenerationRequest,
                 max_new_tokens: int) -> tuple[str, int, str]:

@@ -1,7 +1,8 @@
 """``modelsmith package``: a candidate as a serving artifact any host can load.
 
-The folder holds the merged weights and the tokenizer (a plain Hugging Face folder, as
-vLLM or an OpenAI-compatible server loads it) and ``modelsmith.json``: the specialist's
+The folder holds the weights and the tokenizer (a plain Hugging Face folder, as vLLM or an
+OpenAI-compatible server loads it; a LoRA version is merged into its base first,
+:func:`~modelsmith.artifacts.adapters.materialise`) and ``modelsmith.json``: the specialist's
 prompt contract (template, system prompt, whether a chat template applies, the output
 kind and labels, the eval's decoding), the version's lineage, the artifact hash, and the
 rollback contract -- the version to fall back to and its artifact hash. The tokenizer's
@@ -94,22 +95,23 @@ def package(repo: Repository, fleet: Callable[[], FleetState], registry: ModelRe
         "rollback": {"version": back_to,
                      "artifact_hash": back.lineage.weights_hash if back else None},
     }
-    files = _prompt_contract(repo, spec, version, candidate, model, manifest)
-    _write(model.path, manifest, out, files)
+    _write(model.path, manifest, out, registry,
+           lambda folder: _prompt_contract(repo, spec, version, candidate, model, manifest,
+                                           folder))
     return manifest
 
 
 def _prompt_contract(repo: Repository, spec: Any, version: str, candidate: Any, model: Any,
-                     manifest: dict[str, Any]) -> dict[str, str]:
+                     manifest: dict[str, Any], folder: Path) -> dict[str, str]:
     """The files that make plain transformers / ``vllm serve`` prompt and decode the
-    artifact as its eval did, and its model card (:mod:`.prompting`); the decoding goes
-    into the manifest's prompt contract."""
+    artifact (the plain weights in ``folder``) as its eval did, and its model card
+    (:mod:`.prompting`); the decoding goes into the manifest's prompt contract."""
     from .prompting import PromptContractError, model_card, prompt_files
 
     chat = bool(model.base.chat_template)
     suite = repo.suite_for(spec)
     try:
-        files, decoding = prompt_files(model.path, spec, suite, chat=chat)
+        files, decoding = prompt_files(folder, spec, suite, chat=chat)
     except PromptContractError as exc:
         raise PackageError(str(exc)) from exc
     manifest["prompt"]["decoding"] = decoding
@@ -118,15 +120,22 @@ def _prompt_contract(repo: Repository, spec: Any, version: str, candidate: Any, 
     return files
 
 
-def _write(weights: Path, manifest: dict[str, Any], out: Path,
-           files: dict[str, str] | None = None) -> None:
-    """The weights, ``files`` (name -> text, replacing the weights' own) and the manifest
-    into ``out``, staged beside it first: ``out`` holds a whole artifact or nothing."""
+def _write(weights: Path, manifest: dict[str, Any], out: Path, registry: ModelRegistry,
+           contract: Callable[[Path], dict[str, str]] | None = None) -> None:
+    """The weights (an adapter merged into its base), the files ``contract`` makes for
+    them (name -> text, replacing the weights' own) and the manifest into ``out``, staged
+    beside it first: ``out`` holds a whole artifact or nothing."""
+    from modelsmith.artifacts.adapters import materialise
+
     staged = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(weights, staged, ignore=shutil.ignore_patterns(".*"))
-    for name, text in (files or {}).items():
-        (staged / name).write_text(text, encoding="utf-8")
+    try:
+        materialise(weights, staged, registry.clusters, registry.root)
+        for name, text in (contract(staged) if contract else {}).items():
+            (staged / name).write_text(text, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                    encoding="utf-8")
     if out.exists():

@@ -28,9 +28,12 @@ true``) and counted and scored as the shadow's observed traffic; any other reque
 503 that says why.
 
 One model load per version, shared by all requests; concurrent requests to a version are
-coalesced into batched backend calls (:mod:`.batching`). A label task's request carries its
-labels: the transformers backend answers a greedy one by label scoring (one prompt pass,
-always a label; ``inference.labels``). A bad request is a
+coalesced into batched backend calls (:mod:`.batching`). A LoRA version is no model of its
+own: its base is loaded once and each version attached to it as an adapter, behind one
+batcher shared by production, canary and shadow (:mod:`.adapters`); retiring a version
+detaches its adapter. A label task's request carries its labels: the transformers backend
+answers a greedy one by label scoring (one prompt pass, always a label;
+``inference.labels``). A bad request is a
 :class:`ServeError` carrying the HTTP status and an OpenAI-style error body (:mod:`.http`
 sends it).
 """
@@ -53,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from modelsmith.errors import InferenceError
 from modelsmith.inference.base import GenerationRequest
 
+from .adapters import AdapterView, SharedBases
 from .batching import Batcher, BatcherClosed
 from .live_scoring import LiveScorer
 from .metrics import LiveMetrics
@@ -120,11 +124,12 @@ class Service:
         self.metrics = LiveMetrics()
         self.router = Router.from_table(repo.routing)
         self.split = TrafficSplit(store)
-        self._backends: dict[tuple[str, str], Batcher] = {}
+        self._backends: dict[tuple[str, str], Batcher | AdapterView] = {}
         self._loading = threading.Lock()
         self._make = backend_factory or self._load_backend
         self._engine = {"backend": backend, "device": device, "dtype": dtype}
         self._batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms}
+        self._bases = SharedBases(registry, self._engine, self._batching)  # LoRA versions
         self.request_timeout_s = request_timeout_s
         # Shadows and rubric scores are worked out beside the request, never in its way.
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shadow")
@@ -153,9 +158,10 @@ class Service:
                             chat_template=model.base.chat_template,
                             batch_size=self._batching["max_batch"] or 16, **self._engine)
 
-    def batcher(self, specialist: str, version: str) -> Batcher:
+    def batcher(self, specialist: str, version: str) -> Batcher | AdapterView:
         """The loaded ``version``, loading it on first use: one load per version, whoever
-        asks first; the versions already loaded go on answering meanwhile."""
+        asks first; the versions already loaded go on answering meanwhile. A LoRA version
+        (without a ``backend_factory``) is attached to its base's shared batcher."""
         key = (specialist, version)
         with self._loading:
             found = self._backends.get(key)
@@ -168,11 +174,15 @@ class Service:
                 if found is not None:
                     return found
             try:
-                loaded = self._make(specialist, version)
+                made: Batcher | AdapterView | None = None
+                if self._make == self._load_backend:
+                    made = self._bases.open(specialist, version)
+                if made is None:
+                    made = Batcher(self._make(specialist, version),
+                                   name=f"batch-{specialist}-{version}", **self._batching)
             except InferenceError as exc:
                 raise ServeError(503, f"cannot load {specialist} {version}: {exc}",
                                  kind="server_error", code="model_unavailable") from None
-            made = Batcher(loaded, name=f"batch-{specialist}-{version}", **self._batching)
             with self._loading:
                 self._backends[key] = made
             return made

@@ -113,7 +113,8 @@ def run_train_job(spec: TrainJobSpec, say: Any = print) -> dict[str, Any]:
     result = train(spec.method, Path(spec.base), rows, make_reward_fn(specialist, suite),
                    profile, Path(spec.out), progress=progress,
                    checkpoints=Path(spec.checkpoints) if spec.checkpoints else None, say=say,
-                   profile_name=spec.profile, skip_grpo=spec.skip_grpo)
+                   profile_name=spec.profile, skip_grpo=spec.skip_grpo,
+                   clusters=repo.clusters)
     for warning in result.warnings:
         say(f"warning: {warning}")
     summary = {"steps": result.steps, "duration_s": round(result.duration_s, 3),

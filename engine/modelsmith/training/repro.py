@@ -179,7 +179,8 @@ def retrain(
     profile = HyperParams.model_validate(started["hyperparams"])
     base = started.get("base") or record.lineage["base_model"]
     result = train(started["method"], base_path(base), [r.to_dict() for r in rows],
-                   make_reward_fn(spec, suite), profile, Path(out), progress=progress)
+                   make_reward_fn(spec, suite), profile, Path(out), progress=progress,
+                   clusters=repo.clusters)
     return StageResult(result.out_dir, hash_of(result.out_dir), record.lineage.get("weights_hash"))
 
 

@@ -268,7 +268,8 @@ def train_on(
     elif trainer is None:
         ran = TrainerOutput(train(plan.method, base_path, [r.to_dict() for r in dataset.rows],
                                   make_reward_fn(spec, suite), plan.profile, out_dir,
-                                  progress=progress, profile_name=plan.profile_name),
+                                  progress=progress, profile_name=plan.profile_name,
+                                  clusters=repo.clusters),
                             host, plan.profile)
     else:
         ran = trainer(TrainRequest(run_id=run_id, method=plan.method, base_path=base_path,

@@ -2,8 +2,11 @@
 ``sft+grpo`` (a short SFT warm start, then GRPO from that model).
 
 No training loop lives here: this module loads the model, hands TRL its config
-(:mod:`.config`), the rows and the reward, records what TRL logs, merges a LoRA adapter into
-the base weights and saves a plain Hugging Face folder the eval backend loads as is.
+(:mod:`.config`), the rows and the reward, records what TRL logs and saves the result. A
+full fine-tune (``lora: null``) saves a plain Hugging Face folder; with ``profile.lora`` the
+result is a PEFT adapter folder of the *base model* (:mod:`modelsmith.artifacts.adapters`):
+a run from a parent that is itself an adapter loads the base with that adapter trainable and
+continues training it, so every version of a specialist is an adapter of the same base.
 torch, transformers, trl and peft are imported inside the functions.
 
 Before any step the lengths are settled (:mod:`.lengths`): GRPO's ``max_completion_length``
@@ -16,6 +19,7 @@ rewards identical, ``no_signal_steps`` logged steps in a row -- as :class:`NoSig
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -97,7 +101,7 @@ class NoSignalError(TrainingError):
 class TrainResult:
     """What a finished run produced: the weights folder and what TRL measured on the way."""
 
-    out_dir: Path  # a plain Hugging Face folder: config, merged weights, tokenizer
+    out_dir: Path  # a plain Hugging Face folder, or a LoRA adapter folder of the base
     method: str
     steps: int  # optimiser steps over all phases
     duration_s: float
@@ -288,12 +292,31 @@ def _restored_history(checkpoint: Path, phase: str) -> list[dict[str, Any]]:
 
 
 def _unwrap(model: Any) -> Any:
-    """The plain model: a LoRA adapter merged into its base weights."""
+    """The trained model; of a LoRA run its adapter alone (GRPO's frozen reference copy of
+    it, when ``beta`` made one, removed)."""
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload()
+    if isinstance(model, PeftModel) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
     return model
+
+
+def _with_adapter(run: _Run, model: Any) -> Any:
+    """The model a LoRA run trains: ``model`` (the base) with the parent's adapter loaded
+    trainable when the run starts from one, else with a fresh adapter of the profile's
+    ``lora``. A full fine-tune from an adapter parent trains the parent merged."""
+    from peft import PeftModel, get_peft_model
+
+    if run.parent_adapter is not None:
+        model = PeftModel.from_pretrained(model, run.parent_adapter,
+                                          is_trainable=run.profile.lora is not None)
+        return model if run.profile.lora is not None else model.merge_and_unload()
+    if run.profile.lora is None:
+        return model
+    import transformers
+
+    transformers.set_seed(run.profile.seed)  # the adapter's initial A: the same every run
+    return get_peft_model(model, _lora_config(run.profile))
 
 
 def _fit(trainer: Any, phase: str, resume: Resume | None,
@@ -331,6 +354,8 @@ class _Run:
     method: str
     profile: HyperParams
     work: Path  # the checkpoint folder of a resumable run, else a temporary one
+    base: Path  # the base model's folder
+    parent_adapter: Path | None  # the adapter the run starts from (a LoRA parent)
     resume: Resume | None
     progress: ProgressFn | None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -354,7 +379,6 @@ def _run_sft(run: _Run, model: Any, tokenizer: Any,
         args=sft_config(run.profile, run.work / "sft", max_steps=steps),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=_lora_config(run.profile),
         callbacks=[_recorder("sft", steps, run.history, run.progress)],
     )
     return _fit(trainer, "sft", run.resume, run.history)
@@ -384,7 +408,6 @@ def _run_grpo(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, An
         args=grpo_config(run.profile, run.work / "grpo", max_completion_length=completion),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=_lora_config(run.profile),
         callbacks=callbacks,
     )
     trained = _fit(trainer, "grpo", run.resume, run.history)
@@ -483,7 +506,8 @@ def _import_training_stack() -> None:
 
 
 def _start_run(method: str, profile: HyperParams, out_dir: Path, checkpoints: Path | None,
-               progress: ProgressFn | None, say: Callable[[str], None]) -> _Run:
+               progress: ProgressFn | None, say: Callable[[str], None], base: Path,
+               parent_adapter: Path | None) -> _Run:
     """A resumable run (``checkpoints`` and ``profile.checkpoint_steps``) works in the
     checkpoint folder; any other in a temporary sibling of ``out_dir``."""
     resume = Resume(Path(checkpoints), say) if checkpoints and profile.checkpoint_steps \
@@ -493,7 +517,26 @@ def _start_run(method: str, profile: HyperParams, out_dir: Path, checkpoints: Pa
         work = resume.root
     else:
         work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    return _Run(method, profile, work, resume, progress)
+    return _Run(method, profile, work, base, parent_adapter, resume, progress)
+
+
+def _base_of(model_path: Path, clusters: Any) -> tuple[Path, Path | None]:
+    """The base model's folder and, when ``model_path`` is an adapter, that adapter."""
+    from modelsmith.artifacts.adapters import is_adapter
+    from modelsmith.artifacts.models import resolve_model
+
+    if is_adapter(model_path):
+        try:
+            base = resolve_model(str(model_path), clusters, progress=lambda _m: None).path
+        except ModelsmithError as exc:
+            raise TrainingError(f"cannot train from the adapter {model_path}: {exc}") \
+                from None
+        assert base is not None  # an adapter's base is a folder
+        return base, model_path
+    if not (model_path / "config.json").is_file():
+        raise TrainingError(f"'{model_path}' is not a Hugging Face model folder (no "
+                            "config.json) nor a LoRA adapter (no adapter_config.json)")
+    return model_path, None
 
 
 def _load_tokenizer(model_path: Path) -> Any:
@@ -530,13 +573,18 @@ def _settle_lengths(method: str, model_path: Path, tokenizer: Any,
                        output=output, profile_name=profile_name)
 
 
-def _resume_warm_start(run: _Run, warm: Path, say: Callable[[str], None]) -> Any:
-    """The finished SFT model of an ``sft+grpo`` run cut short; its logs and steps count."""
-    import torch
-    import transformers
+def _resume_warm_start(run: _Run, base: Any, warm: Path, say: Callable[[str], None]) -> Any:
+    """The finished SFT model of an ``sft+grpo`` run cut short (an adapter of it on
+    ``base``, the loaded base model); its logs and steps count."""
+    from peft import PeftModel
+
+    from modelsmith.artifacts.adapters import is_adapter
 
     say(f"resuming from the finished SFT warm start {warm}")
-    model = transformers.AutoModelForCausalLM.from_pretrained(warm, dtype=torch.float32)
+    if is_adapter(warm):
+        model = PeftModel.from_pretrained(base, warm, is_trainable=True)
+    else:
+        model = _load_model(warm)
     saved = json.loads((warm / "history.json").read_text(encoding="utf-8"))
     run.history.extend(saved["history"])
     run.steps += saved["steps"]
@@ -545,16 +593,20 @@ def _resume_warm_start(run: _Run, warm: Path, say: Callable[[str], None]) -> Any
 
 def _train_phases(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
                   reward_fn: RewardFn | None) -> Any:
-    """SFT and/or GRPO as the method says; the trained (merged) model."""
+    """SFT and/or GRPO as the method says, from ``model`` (the base); the trained model
+    (of a LoRA run, the base with its adapter)."""
     warm = run.work / SFT_MODEL
     resume = run.resume
     if run.method == "sft+grpo" and resume is not None and intact_model(warm, resume.say):
-        model = _resume_warm_start(run, warm, resume.say)
+        model = _resume_warm_start(run, model, warm, resume.say)
     elif run.method in ("sft", "sft+grpo"):
+        model = _with_adapter(run, model)
         model, done = _run_sft(run, model, tokenizer, rows)
         run.steps += done
         if run.method == "sft+grpo" and resume is not None:
             _save_warm_start(model, tokenizer, warm, run.history, done)
+    elif run.method == "grpo":
+        model = _with_adapter(run, model)
     if run.method in ("grpo", "sft+grpo") and run.skip_grpo:
         kept = "the SFT result" if run.method == "sft+grpo" else "the base weights, untrained"
         run.warnings.append(f"GRPO skipped ({run.skip_grpo}): the weights are {kept}")
@@ -565,11 +617,36 @@ def _train_phases(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str
     return model
 
 
-def _save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+def _canonical_adapter_config(folder: Path) -> None:
+    """``adapter_config.json`` with its ``target_modules`` sorted: PEFT writes the set that
+    ``all-linear`` expands to in hash order, which differs between processes, and a rebuild
+    must hash as the run it repeats."""
+    from modelsmith.artifacts.adapters import ADAPTER_CONFIG
+
+    path = folder / ADAPTER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _save_model(run: _Run, model: Any, tokenizer: Any, folder: Path) -> None:
+    """The full weights, or the adapter with the record of its base, and the tokenizer."""
+    from peft import PeftModel
+
+    from modelsmith.artifacts.adapters import adapter_base, write_adapter_base
+    from modelsmith.artifacts.models import cached_base
+
     if folder.exists():
         shutil.rmtree(folder)  # a run cut short while saving
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    if isinstance(model, PeftModel):
+        _canonical_adapter_config(folder)
+        here = cached_base(run.base)
+        if run.parent_adapter is not None:  # the parent's base, wherever it lies here
+            here = dataclasses.replace(adapter_base(run.parent_adapter), path=here.path)
+        write_adapter_base(folder, here)
 
 
 def train(
@@ -586,6 +663,7 @@ def train(
     output: Any = None,
     profile_name: str | None = None,
     skip_grpo: str | None = None,
+    clusters: Any = None,
 ) -> TrainResult:
     """Train ``model_path`` with ``method`` and save the result to ``out_dir``.
 
@@ -597,12 +675,16 @@ def train(
     ``sft`` runs ``profile.max_steps`` SFT steps; ``grpo`` runs ``profile.max_steps`` GRPO
     steps with ``reward_fn`` (see :func:`~modelsmith.training.reward.make_reward_fn`);
     ``sft+grpo`` runs ``profile.sft_steps`` SFT steps, then ``profile.max_steps`` GRPO steps
-    from that model. With ``profile.lora`` each phase trains a LoRA adapter and merges it
-    into the weights. ``progress`` receives every log TRL emits (``phase``, ``step``, loss
-    or reward, ..., and ``total``: the phase's steps).
+    from that model. With ``profile.lora`` both phases train one LoRA adapter of the base
+    model; when ``model_path`` is itself an adapter folder (a LoRA parent) its base is
+    loaded (the profile it names in ``clusters``, else the folder it was trained on) and the
+    parent's adapter trains on (its rank kept). ``progress`` receives every log TRL emits
+    (``phase``, ``step``, loss or reward, ..., and ``total``: the phase's steps).
 
-    ``out_dir`` must not exist or be empty; it receives a plain Hugging Face folder
-    (merged weights and tokenizer), written in a temporary sibling and renamed into place.
+    ``out_dir`` must not exist or be empty; it receives a plain Hugging Face folder (full
+    fine-tune) or an adapter folder of the base (``adapter_config.json``,
+    ``adapter_model.safetensors``, ``modelsmith-adapter.json``) with the tokenizer, written
+    in a temporary sibling and renamed into place.
 
     With ``checkpoints`` and ``profile.checkpoint_steps`` the run is resumable
     (:mod:`.checkpoints`): it saves sealed checkpoints there, and a run started again on the
@@ -620,9 +702,8 @@ def train(
     its metrics have ``grpo_skipped``.
     """
     _check_request(method, rows, reward_fn, profile)
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    if not (model_path / "config.json").is_file():
-        raise TrainingError(f"'{model_path}' is not a Hugging Face model folder (no config.json)")
+    out_dir = Path(out_dir)
+    model_path, parent_adapter = _base_of(Path(model_path), clusters)
     if output is None:
         output = getattr(reward_fn, "contract", None)
     _prepare_out_dir(out_dir)
@@ -632,14 +713,15 @@ def train(
         lengths = _settle_lengths("sft" if skip_grpo else method, model_path, tokenizer,
                                   rows, profile, output, profile_name)
     started = time.perf_counter()
-    run = _start_run(method, profile, out_dir, checkpoints, progress, say)
+    run = _start_run(method, profile, out_dir, checkpoints, progress, say, model_path,
+                     parent_adapter)
     run.lengths, run.skip_grpo = lengths, skip_grpo
     try:
         with _quiet_session(torch_threads(profile)):
             model = _load_model(model_path)
             model = _train_phases(run, model, tokenizer, rows, reward_fn)
             staged = run.work / "model"
-            _save_model(model, tokenizer, staged)
+            _save_model(run, model, tokenizer, staged)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staged, out_dir)

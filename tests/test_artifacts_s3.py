@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from conftest import REPO_ROOT, clone, git, published
 from modelsmith.app import Modelsmith
+from modelsmith.artifacts.adapters import is_weights_folder
 from modelsmith.artifacts.dvc import ArtifactError, ArtifactStore
 from modelsmith.cli import cli
 
@@ -189,7 +190,7 @@ def test_train_pushes_to_s3_and_a_fresh_clone_pulls_and_evaluates_it(
     assert "Traceback" not in refused.output
     assert "AWS_ACCESS_KEY_ID" in refused.output and remote in refused.output
     assert "dvc remote modify --local" in refused.output
-    assert not (fresh / "models/rtb-quality/v1/config.json").exists()
+    assert not is_weights_folder(fresh / "models/rtb-quality/v1")
 
     # Credentials the server does not know: refused, named.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
@@ -213,7 +214,7 @@ def test_train_pushes_to_s3_and_a_fresh_clone_pulls_and_evaluates_it(
                     "--min-composite", "0", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert "pulling v1's weights from the DVC remote" in evaluated.output
-    assert (fresh / "models/rtb-quality/v1/config.json").is_file()
+    assert is_weights_folder(fresh / "models/rtb-quality/v1")
     store = ArtifactStore(fresh)
     assert store.hash_of("models/rtb-quality/v1") == weights_hash
     assert store.verify("models/rtb-quality/v1")

@@ -153,7 +153,11 @@ def test_an_ssh_host_that_goes_down_mid_run_hands_the_run_to_the_next(fork, tmp_
 def test_a_truncated_checkpoint_is_discarded_and_the_loop_goes_back_one(fork):
     def truncate_v1(phase: str, iteration: int) -> None:
         if (phase, iteration) == ("reeval", 1):
-            weights = fork / "models" / "rtb-quality" / "v1" / "model.safetensors"
+            folder = fork / "models" / "rtb-quality" / "v1"
+            # A LoRA profile's version is an adapter of the base; else full weights.
+            weights = next(folder / name for name in ("adapter_model.safetensors",
+                                                      "model.safetensors")
+                           if (folder / name).is_file())
             with weights.open("r+b") as handle:
                 handle.truncate(weights.stat().st_size // 2)
 

@@ -60,13 +60,13 @@ class SharedBases:
         #: counts again).
         self.loads = 0
 
-    def open(self, specialist: str, version: str) -> AdapterView | None:
-        """``version`` attached to its base (loaded on first use); None when its weights
-        are full weights (the caller loads them as their own model)."""
+    def open(self, specialist: str, version: str, model: Any) -> AdapterView | None:
+        """``version`` (its registry ``model``: the weights and the profile it descends
+        from) attached to its base (loaded on first use); None when its weights are full
+        weights (the caller loads them as their own model)."""
         from modelsmith.artifacts.models import resolve_model
         from modelsmith.inference.adapters import multi_adapter_backend
 
-        model = self.registry.candidate(specialist, version)
         if not is_adapter(model.path):
             return None
         resolved = resolve_model(str(model.path), self.registry.clusters,

@@ -149,10 +149,16 @@ class Service:
                                              daemon=True, name="metrics-flush")
             self._flusher.start()
 
-    def _load_backend(self, specialist: str, version: str) -> Backend:
+    def _load_backend(self, specialist: str, version: str) -> Backend | AdapterView:
+        """Load ``version``: a LoRA version is attached to its base, loaded once and shared
+        (an :class:`AdapterView`, batched with the base's other versions); full weights are
+        a model of their own."""
         from modelsmith.inference import make_backend
 
         model = self.registry.candidate(specialist, version)
+        view = self._bases.open(specialist, version, model)
+        if view is not None:
+            return view
         return make_backend(str(model.path), self.registry.clusters,
                             repo_root=self.registry.root,
                             chat_template=model.base.chat_template,
@@ -161,7 +167,7 @@ class Service:
     def batcher(self, specialist: str, version: str) -> Batcher | AdapterView:
         """The loaded ``version``, loading it on first use: one load per version, whoever
         asks first; the versions already loaded go on answering meanwhile. A LoRA version
-        (without a ``backend_factory``) is attached to its base's shared batcher."""
+        is attached to its base's shared batcher (:meth:`_load_backend`)."""
         key = (specialist, version)
         with self._loading:
             found = self._backends.get(key)
@@ -174,12 +180,9 @@ class Service:
                 if found is not None:
                     return found
             try:
-                made: Batcher | AdapterView | None = None
-                if self._make == self._load_backend:
-                    made = self._bases.open(specialist, version)
-                if made is None:
-                    made = Batcher(self._make(specialist, version),
-                                   name=f"batch-{specialist}-{version}", **self._batching)
+                loaded = self._make(specialist, version)
+                made = loaded if isinstance(loaded, AdapterView) else Batcher(
+                    loaded, name=f"batch-{specialist}-{version}", **self._batching)
             except InferenceError as exc:
                 raise ServeError(503, f"cannot load {specialist} {version}: {exc}",
                                  kind="server_error", code="model_unavailable") from None

@@ -148,3 +148,10 @@ def test_a_packaged_artifact_prompted_plainly_answers_as_its_eval(demo_repo, tmp
     assert "exactly one of the labels `ACCEPT`, `REJECT`" in card
     assert "| 0.6100 | 0.4200 | dev | 0.5700 | yes | full |" in card
     assert "held-out" in card and "Base model: `tiny-" in card
+    # Evaluated as a model folder, the artifact would be prompted twice (its chat template
+    # renders the task prompt, and so does the eval): refused, naming the version instead.
+    from modelsmith.errors import InferenceError
+
+    with pytest.raises(InferenceError, match=r"serving artifact .*\(--model vN\)"):
+        resolve_model(str(out), repo.clusters)
+    assert resolve_model(str(folder), repo.clusters).path == folder

@@ -150,6 +150,7 @@ def _resolve_folder(ref: str, path: Path, profile: str | None = None,
     if profile_spec is not None:
         chat, max_length = profile_spec.chat_template, profile_spec.max_length
     else:
+        _not_packaged(path)
         chat, max_length = _has_chat_template(path), DEFAULT_MAX_LENGTH
     return ResolvedModel(
         ref=ref, path=path, hub_id=None, chat_template=chat, max_length=max_length,
@@ -201,6 +202,23 @@ def cached_base(path: Path) -> AdapterBase:
     if name and expected == digest:
         return AdapterBase(profile=name, source_hash=digest, path=str(path))
     return AdapterBase(profile=None, source_hash=None, path=str(path))
+
+
+def _not_packaged(path: Path) -> None:
+    """Refuse a serving artifact that ``modelsmith package`` wrote: its chat template
+    already renders the task's prompt around the user's text, so a backend that renders the
+    prompt itself (an eval, a judge) would prompt it twice."""
+    manifest = path / "modelsmith.json"
+    try:
+        packaged = "prompt" in json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return
+    if packaged:
+        raise InferenceError(
+            f"'{path}' is a serving artifact (modelsmith.json): its chat template renders "
+            "the task prompt already, so evaluating it here would prompt it twice; evaluate "
+            "the version it was packaged from (--model vN), or serve the folder as it is "
+            "(plain transformers, vllm serve)")
 
 
 def _has_chat_template(path: Path) -> bool:

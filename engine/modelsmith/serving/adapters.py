@@ -18,13 +18,12 @@ import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from modelsmith.artifacts.adapters import is_adapter
 from modelsmith.inference.base import Generation, GenerationRequest
 
-from .batching import Batcher, BatcherClosed, Listener
+from .batching import Batcher, BatcherClosed, Listener, answer_within
 
 if TYPE_CHECKING:
     from modelsmith.artifacts.registry import ModelRegistry
@@ -173,12 +172,7 @@ class AdapterView:
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation:
         """The version's answer to ``request``; ``TimeoutError`` after ``timeout`` seconds."""
-        future = self.submit(request)
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            future.cancel()
-            raise TimeoutError(f"no answer within {timeout:g} s") from None
+        return answer_within(self.submit(request), timeout)
 
     def count_tokens(self, text: str) -> int:
         return self._shared.batcher.count_tokens(text)

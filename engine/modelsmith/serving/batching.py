@@ -41,6 +41,16 @@ DEFAULT_MAX_BATCH = 16
 _STOP = object()
 
 
+def answer_within(future: Future[Generation], timeout: float | None) -> Generation:
+    """A submitted request's answer; ``TimeoutError`` after ``timeout`` seconds (the request
+    is then dropped if it has not started, or its answer discarded)."""
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        future.cancel()
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
+
+
 class BatcherClosed(RuntimeError):
     """The batcher was closed; its backend takes no more requests."""
 
@@ -103,12 +113,7 @@ class Batcher:
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation:
         """The answer to ``request``; ``TimeoutError`` after ``timeout`` seconds (the request
         is then dropped if it has not started, or its answer discarded)."""
-        future = self.submit(request)
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            future.cancel()
-            raise TimeoutError(f"no answer within {timeout:g} s") from None
+        return answer_within(self.submit(request), timeout)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` under the model; whitespace words once the version was retired

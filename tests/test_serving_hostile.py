@@ -211,17 +211,7 @@ def test_slow_and_stalled_clients_run_out_of_time(serve):
     # A byte every 0.2 s: each arrives well within any per-read timeout, yet the request
     # as a whole is cut off once its time is up -- before the client has sent it all.
     request = post(path, body)
-    sent = 0
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
-        try:
-            while sent < len(request):
-                slow.sendall(request[sent:sent + 1])
-                sent += 1
-                time.sleep(0.2)
-        except OSError:
-            pass
-        assert_error(read_answer(slow), 408, "request_timeout")
-    assert sent < len(request)
+    assert trickle(port, request, 0.2) < len(request)
     assert time.monotonic() - started < 60
     wait_for(lambda: httpd.connections == 0, "the timed-out connections were not closed")
     assert ask(port, "GET", "/healthz")[0] == 200
@@ -431,23 +421,30 @@ def test_a_client_that_hangs_up_mid_answer_is_dropped_quietly(serve, capfd):
     assert ask(port, "POST", "/v1/chat/completions", chat())[0] == 200
 
 
-def test_a_client_sending_its_headers_a_byte_at_a_time_runs_out_of_time(serve):
-    """uvicorn bounds only idle keep-alive connections; the request's own deadline (from
-    its first byte) cuts a client that sends its request line and headers byte by byte,
-    each byte well within any per-read timeout."""
-    httpd, port = serve(read_timeout=1)
-    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+def trickle(port: int, request: bytes, every_s: float) -> int:
+    """Send ``request`` a byte every ``every_s`` seconds until the server answers or cuts
+    the connection; the answer must be the 408 of a request out of time. Returns the bytes
+    sent."""
     sent = 0
     with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
         try:
             while sent < len(request):
                 slow.sendall(request[sent:sent + 1])
                 sent += 1
-                time.sleep(0.1)
+                time.sleep(every_s)
         except OSError:
             pass
         assert_error(read_answer(slow), 408, "request_timeout")
-    assert sent < len(request)
+    return sent
+
+
+def test_a_client_sending_its_headers_a_byte_at_a_time_runs_out_of_time(serve):
+    """uvicorn bounds only idle keep-alive connections; the request's own deadline (from
+    its first byte) cuts a client that sends its request line and headers byte by byte,
+    each byte well within any per-read timeout."""
+    httpd, port = serve(read_timeout=1)
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    assert trickle(port, request, 0.1) < len(request)
     wait_for(lambda: httpd.connections == 0, "the timed-out connection was not closed")
 
 

@@ -209,8 +209,15 @@ class MultiAdapterBackend(TransformersBackend):
         layers = self._fused_layers() if self.adapters else None
         if not layers:
             return super()._run(*args, **kwargs)
-        with _fused_rows(self.model, layers, _segments(self._rows)):
-            return super()._run(*args, **kwargs)
+        peft = self.model
+        with _fused_rows(peft, layers, _segments(self._rows)):
+            # The wrappers are out of the model: generate on the bare transformers model,
+            # not through PEFT's generate (its own input preparation on every step).
+            self.model = peft.get_base_model()
+            try:
+                return super()._run(*args, **kwargs)
+            finally:
+                self.model = peft
 
     def _fused_layers(self) -> dict[Any, dict[str, tuple[Any, Any, float]]]:
         """Each LoRA layer's adapters (empty when some layer cannot be fused)."""
@@ -252,27 +259,40 @@ def _lora_layers(model: Any) -> dict[Any, dict[str, tuple[Any, Any, float]]]:
 @contextlib.contextmanager
 def _fused_rows(model: Any, layers: dict[Any, dict[str, tuple[Any, Any, float]]],
                 segments: list[tuple[str, int, int]]) -> Iterator[None]:
-    """PEFT's adapters disabled, and each LoRA layer adding to the base layer's output, for
-    each adapter's slice of the batch (``segments``), ``(x @ A.T) * scaling @ B.T``."""
+    """Each LoRA layer's PEFT wrapper taken out of the model for the call (its plain base
+    layer put back in its place: the bare base's cost, no wrapper on the path), and each
+    base layer adding, for each adapter's slice of the batch (``segments``),
+    ``(x @ A.T) * scaling @ B.T`` to its output."""
     plan = {module: [(start, end, *adapters[name]) for name, start, end in segments
                      if name in adapters] for module, adapters in layers.items()}
 
-    def add_lora(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-        x = args[0]
-        width, size = x.shape[-1], out.shape[-1]
-        for start, end, down, up, scaling in plan[module]:
-            # Two BLAS calls per slice; the transposes are views, the scaling addmm's alpha.
-            rows = out[start:end].view(-1, size)
-            rows.addmm_(x[start:end].reshape(-1, width) @ down.T, up.T, alpha=scaling)
-        return out
+    def add_lora(steps: list[tuple[int, int, Any, Any, float]]) -> Any:
+        def hook(_layer: Any, args: tuple[Any, ...], out: Any) -> Any:
+            x = args[0]
+            width, size = x.shape[-1], out.shape[-1]
+            for start, end, down, up, scaling in steps:
+                # Two BLAS calls per slice; the transposes are views, the scaling addmm's.
+                rows = out[start:end].view(-1, size)
+                rows.addmm_(x[start:end].reshape(-1, width) @ down.T, up.T, alpha=scaling)
+            return out
+        return hook
 
-    handles = [module.register_forward_hook(add_lora) for module in layers]
+    places = {module: name for name, module in model.named_modules() if module in layers}
+    swapped, handles = [], []
     try:
-        with model.disable_adapter():
-            yield
+        for module, name in places.items():
+            parent_name, _, attribute = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attribute, module.base_layer)
+            swapped.append((parent, attribute, module))
+            if plan[module]:
+                handles.append(module.base_layer.register_forward_hook(add_lora(plan[module])))
+        yield
     finally:
         for handle in handles:
             handle.remove()
+        for parent, attribute, module in swapped:
+            setattr(parent, attribute, module)
 
 
 def multi_adapter_backend(base: ResolvedModel, *, backend: str | None = None,

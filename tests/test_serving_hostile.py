@@ -64,6 +64,20 @@ def production_v1(root: Path) -> None:
             Promoted(version="v1", stage="production"))], 0)
 
 
+
+def screening_service(root):
+    """A Service on the fork at ``root`` whose every version is a :class:`Screener`."""
+    from modelsmith.artifacts.registry import ModelRegistry
+
+    repo = load_repository(root)
+    store = GitEventStore(root)
+    registry = ModelRegistry(root, repo.clusters,
+                             lambda s: fold(store).specialists[s].candidates,
+                             pull=lambda _path: None)
+    return Service(repo, store, registry,
+                   backend_factory=lambda _specialist, _version: Screener())
+
+
 @pytest.fixture
 def serve(demo_repo):
     """``serve(**limits)``: v1 in production (the :class:`Screener`), served on a free port
@@ -72,15 +86,7 @@ def serve(demo_repo):
     started = []
 
     def start(**limits):
-        from modelsmith.artifacts.registry import ModelRegistry
-
-        repo = load_repository(demo_repo)
-        store = GitEventStore(demo_repo)
-        registry = ModelRegistry(demo_repo, repo.clusters,
-                                 lambda s: fold(store).specialists[s].candidates,
-                                 pull=lambda _path: None)
-        service = Service(repo, store, registry,
-                          backend_factory=lambda _specialist, _version: Screener())
+        service = screening_service(demo_repo)
         httpd = make_server(service, port=0, **limits).start()
         started.append(httpd)
         return httpd, httpd.server_address[1]
@@ -510,15 +516,7 @@ def test_keep_alive_serves_two_requests_on_one_connection(serve):
 def test_the_access_log_has_a_json_line_per_request_without_token_or_body(demo_repo,
                                                                           tmp_path):
     production_v1(demo_repo)
-    from modelsmith.artifacts.registry import ModelRegistry
-
-    repo = load_repository(demo_repo)
-    store = GitEventStore(demo_repo)
-    registry = ModelRegistry(demo_repo, repo.clusters,
-                             lambda s: fold(store).specialists[s].candidates,
-                             pull=lambda _path: None)
-    service = Service(repo, store, registry,
-                      backend_factory=lambda _specialist, _version: Screener())
+    service = screening_service(demo_repo)
     log = tmp_path / "access.jsonl"
     httpd = make_server(service, port=0, token=TOKEN, access_log=str(log)).start()
     port = httpd.port

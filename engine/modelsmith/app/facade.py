@@ -19,6 +19,7 @@ that need them, so opening a repository and reading its status stays light.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -1082,6 +1083,36 @@ class Modelsmith:
 
         service = self.service()
         return build(service, self.fleet), service
+
+    # -- the dashboard and the static report -------------------------------------------
+
+    def dashboard(self, *, report_url: str | None = None) -> Any:
+        """What the dashboard's pages read (:class:`modelsmith.ui.source.Source`): the log,
+        this repository's status table and its plan with the open proposals."""
+        from modelsmith.ui.source import Source
+
+        def plan() -> dict[str, Any]:
+            return self.plan_report().to_dict()
+
+        return Source(self.store, cache_dir=self.cache_dir, status=self.status, plan=plan,
+                      title=f"Modelsmith · {self.root.resolve().name}",
+                      report_url=report_url or os.environ.get("MODELSMITH_REPORT_URL"))
+
+    def ui_server(self, host: str, port: int, *, token: str | None = None,
+                  limits: dict[str, Any] | None = None) -> Any:
+        """The read-only dashboard over :meth:`dashboard`, on the HTTP server ``serve``
+        runs on (the same limits), bound, not yet serving."""
+        from modelsmith.serving.http import make_asgi_server
+        from modelsmith.ui.site import build_app
+
+        return make_asgi_server(build_app(self.dashboard(), token=token), host, port,
+                                **(limits or {}))
+
+    def write_report(self, out: Path, *, say: Say = _quiet) -> Any:
+        """The dashboard's pages as a static site in ``out`` (relative links)."""
+        from modelsmith.ui.report import write_report
+
+        return write_report(self.dashboard(), out, say=say)
 
     # -- onboarding -------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from .pr_report import pr_report
 from .serving import mcp, package_cmd, replay, route, serve
 from .specs import init, schema, validate
 from .training import job, repro, train
+from .ui import report, ui
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +50,7 @@ def cli(ctx: click.Context, repo: str, no_fetch: bool) -> None:
 for command in (validate, schema, init, status, log, history, lineage, verify, propose,
                 rollback, plan_cmd, reconcile, sync_cmd, route, package_cmd, serve, replay,
                 mcp, eval_cmd, pr_report,
-                compare, train, job, repro, iterate, doctor, demo):
+                compare, train, job, repro, iterate, doctor, demo, ui, report):
     cli.add_command(command)
 
 

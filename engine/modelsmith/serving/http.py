@@ -703,13 +703,15 @@ def _quiet_uvicorn() -> None:
 
 class ServiceServer:
     """The uvicorn server for a service, bound at construction (``server_address`` says
-    where), serving on a thread of its own after :meth:`start` until :meth:`stop`."""
+    where), serving on a thread of its own after :meth:`start` until :meth:`stop`. With
+    ``app``, it serves that ASGI app instead (``service`` is then None), with the same
+    limits on connections, request heads and slow clients."""
 
     def __init__(self, service: Service, host: str, port: int, *, token: str | None,
                  max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT,
                  max_connections: int = MAX_CONNECTIONS, backlog: int = BACKLOG,
                  keep_alive: float = KEEP_ALIVE,
-                 access_log: IO[str] | str | None = None) -> None:
+                 access_log: IO[str] | str | None = None, app: Any = None) -> None:
         if read_timeout <= 0 or max_connections < 1 or backlog < 1 or max_body < 0 \
                 or keep_alive <= 0:
             raise ValueError("read_timeout, max_connections, backlog and keep_alive must be "
@@ -722,9 +724,11 @@ class ServiceServer:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self._socket = socket.create_server((host, port), family=family, backlog=backlog)
         _quiet_uvicorn()
+        if app is None:
+            app = build_app(service, token=token, max_body=max_body,
+                            read_timeout=read_timeout, log=self.log)
         config = _Config(
-            build_app(service, token=token, max_body=max_body, read_timeout=read_timeout,
-                      log=self.log),
+            app,
             http=Protocol, ws="none", lifespan="off", interface="asgi3", loop="asyncio",
             log_config=None, access_log=False, server_header=False, proxy_headers=False,
             limit_concurrency=max_connections, backlog=backlog,
@@ -804,3 +808,13 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, *,
     return ServiceServer(service, host, port, token=token, max_body=max_body,
                          read_timeout=read_timeout, max_connections=max_connections,
                          backlog=backlog, keep_alive=keep_alive, access_log=access_log)
+
+
+def make_asgi_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+                     max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT,
+                     max_connections: int = MAX_CONNECTIONS, backlog: int = BACKLOG,
+                     keep_alive: float = KEEP_ALIVE) -> ServiceServer:
+    """The same HTTP server for another ASGI ``app`` (the dashboard): bound, not serving."""
+    return ServiceServer(None, host, port, token=None, max_body=max_body,  # type: ignore[arg-type]
+                         read_timeout=read_timeout, max_connections=max_connections,
+                         backlog=backlog, keep_alive=keep_alive, app=app)

@@ -1,0 +1,107 @@
+"""Rendering: the Jinja2 environment (every value HTML-escaped) and the :class:`View` a
+page renders for, which makes its links: absolute paths on the dashboard, paths relative to
+the page's own file in the static report (so the report opens from ``file://`` and from any
+folder it is published under)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from hashlib import sha1
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def segment(value: str) -> str:
+    """A path segment for ``value``: itself when it is a plain name (specialist names,
+    versions and event ids are), else a digest (a file name that is always safe)."""
+    text = str(value)
+    return text if _SAFE.fullmatch(text) else "x-" + sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class View:
+    """The page being rendered: where it is (``path``, e.g. ``/specialists/rtb``), whether
+    for the static report, and the query of its request (the dashboard only)."""
+
+    path: str
+    static: bool = False
+    query: Mapping[str, str] = field(default_factory=dict)
+    token: str | None = None  # never rendered; kept for links that need none
+
+    def file(self, path: str) -> str:
+        """The static report's file for the dashboard path ``path``."""
+        return "index.html" if path in ("", "/") else path.strip("/") + ".html"
+
+    def url(self, *parts: str, **query: Any) -> str:
+        """The link to the page at ``/part/part/...``; ``query`` only on the dashboard
+        (the static report has a file per page and filters on the page itself)."""
+        path = "/" + "/".join(quote(segment(p), safe="") for p in parts if p != "")
+        if not self.static:
+            q = {k: v for k, v in query.items() if v not in (None, "", False)}
+            return path + ("?" + urlencode(q) if q else "")
+        here = posixpath.dirname(self.file(self.path))
+        return posixpath.relpath(self.file(path), here or ".")
+
+    def asset(self, name: str) -> str:
+        """A file of ``assets/`` (style sheet, scripts, the charting library)."""
+        if not self.static:
+            return f"/assets/{name}"
+        here = posixpath.dirname(self.file(self.path))
+        return posixpath.relpath(f"assets/{name}", here or ".")
+
+
+def when(value: Any) -> str:
+    """A time as ``2026-12-01 23:58:06Z`` (ISO strings and datetimes alike)."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if value.utcoffset() is not None
+                                                  and not value.utcoffset() else "")
+
+
+def number(value: Any, digits: int = 3) -> str:
+    """A score or ratio with ``digits`` decimals; ``—`` for none."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def short(value: Any, n: int = 10) -> str:
+    text = "" if value is None else str(value)
+    return text[:n]
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("modelsmith.ui", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(when=when, number=number, short=short)
+    return env
+
+
+def render(template: str, view: View, source: Any, **values: Any) -> str:
+    """``template`` rendered for ``view``: every page gets ``view``, ``title`` and the
+    log's ``tip`` beside its own values."""
+    return environment().get_template(template).render(
+        view=view, title=source.title, tip=source.tip(), static=view.static, **values)

@@ -1,0 +1,107 @@
+"""What the pages read: the event log, folded once per tip, and what the façade wires in.
+
+A :class:`Source` keeps what it computed for the log's tip it saw; a page asked for after
+the tip moved reads the new tip (the dashboard follows the log without a restart). Nothing
+here writes: the log, the evidence and the specs are only read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelsmith.errors import ModelsmithError
+from modelsmith.events.projection import FleetState, fleet_status, fold
+from modelsmith.events.store import EventStore
+from modelsmith.events.types import Event
+
+StatusFn = Callable[[], dict[str, Any]]
+PlanFn = Callable[[], dict[str, Any]]
+
+
+class Source:
+    """The pages' data over ``store``.
+
+    ``status`` is the status table (``modelsmith status --json``'s object: the façade wires
+    its own, so the fleet page shows the same numbers); without it, the log's rows alone.
+    ``plan`` is the plan report with the forge's open proposals (``modelsmith plan
+    --json``'s object); without it the proposals page says none is wired. ``cache_dir``
+    holds the projection caches the façade shares (never written here but by the fold).
+    ``report_url`` is where the static report is published, when it is.
+    """
+
+    def __init__(self, store: EventStore, *, cache_dir: Path | None = None,
+                 status: StatusFn | None = None, plan: PlanFn | None = None,
+                 title: str = "Modelsmith", report_url: str | None = None) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self.title = title
+        self.report_url = report_url
+        self._status = status
+        self._plan = plan
+        self._lock = threading.RLock()
+        self._tip: str | None = None
+        self._memo: dict[Any, Any] = {}
+
+    def tip(self) -> str | None:
+        """The log's tip now (a commit id; None for an empty log)."""
+        with self._lock:  # one thread at a time in the store (a git repository object)
+            return self.store.tip()
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, kept until the log's tip moves."""
+        tip = self.tip()
+        with self._lock:
+            if tip != self._tip:
+                self._memo.clear()
+                self._tip = tip
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
+
+    def state(self) -> FleetState:
+        """The log folded to the fleet's state (every specialist's stages, history,
+        candidates with their evaluations, metrics windows)."""
+        cache = self.cache_dir / "fleet.pickle" if self.cache_dir else None
+        return self.memo("state", lambda: fold(self.store, cache))
+
+    def status(self) -> dict[str, Any]:
+        """The status table: ``modelsmith status --json``'s object."""
+        if self._status is not None:
+            return self.memo("status", self._status)
+        return self.memo("status", lambda: fleet_status(self.store, self.cache_dir))
+
+    def plan(self) -> dict[str, Any] | None:
+        """The plan report with the open proposals (``modelsmith plan --json``), or
+        ``{"error": ...}`` when it cannot be made (specs that do not load, a forge that
+        cannot be listed); None when no plan is wired."""
+        if self._plan is None:
+            return None
+
+        def make() -> dict[str, Any]:
+            try:
+                return self._plan()  # type: ignore[misc]
+            except ModelsmithError as exc:
+                return {"error": str(exc)}
+        return self.memo("plan", make)
+
+    def events(self, stream: str | None = None) -> list[Event]:
+        """Every event of the log (or of one stream), oldest first."""
+        return self.memo(("events", stream), lambda: list(self.store.read(stream)))
+
+    def event(self, event_id: str) -> Event | None:
+        return self.memo(("event", event_id), lambda: self.store.get(event_id))
+
+    def commit_of(self, event_id: str) -> str | None:
+        """The commit that recorded the event (a git store), else None."""
+        find = getattr(self.store, "commit_of", None)
+        return find(event_id) if find is not None else None
+
+    def runs(self, event: Event) -> list[Any]:
+        """The scenario runs an ``EvalCompleted`` carries as evidence (``results.jsonl``):
+        every scenario's input, outputs, score and each criterion's reason."""
+        from modelsmith.evaluation.service import load_runs
+
+        return self.memo(("runs", event.id), lambda: load_runs(self.store, event))

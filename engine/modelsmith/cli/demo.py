@@ -5,7 +5,8 @@ the zero-shot evaluation, the iterate loop and its proposal, a scripted reviewer
 each change (the local forge: ``git merge`` with ``Approved-by:``), ``reconcile``, ``serve``
 fed by ``replay`` (the first version bootstraps on replayed traffic scored against
 references), canary, production, a later version whose canary users rate badly and the
-automatic rollback, then ``history``, ``status``, ``log`` and ``verify``.
+automatic rollback, then ``history``, ``status``, ``log``, ``verify`` and the static
+``report`` (written beside the fork, as ``<fork>-report/``).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def demo(ctx: click.Context, dest: Path | None, model_ref: str | None,
     finally:
         journey.stop_server()
     click.echo(f"\nThe journey took {_took(time.perf_counter() - started)}; the demo fork "
-               f"stays at {dest}: try `modelsmith -C {dest} plan`.")
+               f"stays at {dest}: try `modelsmith -C {dest} plan`, or "
+               f"`modelsmith -C {dest} ui` for the dashboard"
+               + (f" (its static report: {journey.report / 'index.html'})"
+                  if (journey.report / "index.html").is_file() else "") + ".")
 
 
 class Journey:
@@ -113,6 +117,7 @@ class Journey:
         self.server: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.timings: list[tuple[str, float]] = []
+        self.report = root.parent / f"{root.name}-report"  # the static report, outside it
 
     # -- running steps ----------------------------------------------------------------------
 
@@ -273,6 +278,8 @@ class Journey:
         self.run("the event log", ["log", SPECIALIST, "-n", "14" if short else "24"])
         self.run("the fleet as the event log folds it", ["status"])
         self.run("verifying the event log", ["verify"])
+        self.run("the dashboard's pages as a static site (beside the fork, not in it)",
+                 ["report", "--out", str(self.report)])
         self.git("the fork's working tree", "status", "--short", "--branch")
         click.echo("\nTimes: " + ", ".join(f"{_took(t)} {title.split(':')[0]}"
                                             for title, t in self.timings if t >= 5))

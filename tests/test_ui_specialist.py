@@ -211,12 +211,29 @@ def test_score_history_names_splits_and_target(log):
     assert "never trained on" in head and "training may have seen" in head
     fig = figure(html, "scores")
     lines = {t["name"].split(" (")[0]: t for t in fig["data"]}
-    assert lines["decision metric"]["y"] == [0.74, 0.88]
-    assert "dev" in next(t["name"] for t in fig["data"] if t["name"].startswith("decision"))
+    assert set(lines) == {"decision metric dev", "core composite", "held-out", "target 0.850"}
+    assert lines["decision metric dev"]["y"] == [0.74, 0.88]
     assert lines["core composite"]["y"] == [0.81, 0.96]
     assert lines["held-out"]["y"] == [0.72, 0.86]
     assert lines["target 0.850"]["y"] == [0.85, 0.85]
-    assert lines["decision metric"]["x"] == ["v1", "v2"]
+    assert lines["decision metric dev"]["x"] == ["v1", "v2"]
+
+
+def test_each_decision_metric_is_its_own_line(tmp_path: Path):
+    pygit2.init_repository(str(tmp_path / "repo"))
+    store = GitEventStore(tmp_path / "repo", signer=None)
+    for i, version in enumerate(("v1", "v2", "v3")):
+        append(store, NAME, CandidateRegistered(
+            version=version, lineage=lineage(version, None, f"{i}" * 64)), i * 10)
+    append(store, NAME, evaluation("v1", 0.8, None, 0.7, "e1").model_copy(
+        update={"decision_metric": "unseen", "decision": 0.61, "decision_n": 30}), 1)
+    append(store, NAME, evaluation("v2", 0.9, 0.77, 0.75, "e2"), 11)
+    html = specialist_page(Source(store))
+    lines = {t["name"]: t["y"] for t in figure(html, "scores")["data"]}
+    assert lines["decision metric unseen (never trained on)"] == [0.61, None, None]
+    assert lines["decision metric dev (never trained on)"] == [None, 0.77, None]
+    assert "0.610 unseen, n=30" in text(rows(html, "scores")[0])
+    assert "not evaluated" in text(rows(html, "scores")[2])
 
 
 def test_targets_are_optional_and_a_failing_spec_shows_none(log):
@@ -365,10 +382,12 @@ def test_hostile_text_is_escaped_and_a_long_name_renders(tmp_path: Path):
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     html = client.get(f"/specialists/{name}").text
     assert "agent:&lt;b&gt;x&lt;/b&gt;" in html and "pr#&lt;i&gt;9&lt;/i&gt;" in html
-    # In the chart data too: the hover text carries the reason, with < escaped for HTML.
-    assert "\\u003cscript\\u003e" in re.search(r'id="fig-timeline">(.*?)</script>', html,
-                                                re.S).group(1)
-    assert "alert(1)" in json.dumps(figure(html, "timeline"))
+    # In the chart data too: the hover text carries the reason as entities (plotly.js
+    # reads a few tags in its text), in a JSON block where nothing closes the script.
+    hover = json.dumps(figure(html, "timeline"))
+    assert "rolled back: &lt;script&gt;alert(1)&lt;/script&gt;" in hover
+    assert "agent:&lt;b&gt;x&lt;/b&gt;" in hover
+    assert "<" not in re.sub(r"<br>|</?extra>", "", hover)  # only the hover's own tags
     assert f'href="/specialists/{name}/candidates/v1"' in html
 
 

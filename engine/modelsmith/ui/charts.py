@@ -9,6 +9,7 @@ out), so a chart never shows a number without saying what it measured.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -18,6 +19,12 @@ import plotly.graph_objects as go
 
 STAGE_ORDER = ("shadow", "canary", "production")
 ROLLED_BACK = "#c0392b"
+
+
+def _plain(value: Any) -> str:
+    """Text for a chart label or hover: plotly.js reads a few HTML tags in it, so it gets
+    them as entities (shown as typed, never as markup)."""
+    return html.escape(str(value), quote=False)
 
 
 def _figure(fig: go.Figure) -> dict[str, Any]:
@@ -45,16 +52,17 @@ def stage_timeline(periods: Iterable[Mapping[str, Any]], now: datetime) -> dict[
     fig = go.Figure()
     for version, held in by_version.items():
         ends = [p["until"] or now for p in held]
+        label = _plain(version)
         fig.add_trace(go.Bar(
-            name=version, orientation="h",
+            name=label, orientation="h",
             y=[p["stage"] for p in held],
             base=[p["since"].isoformat() for p in held],
             x=[max((end - p["since"]).total_seconds() * 1000, 1000.0)
                for p, end in zip(held, ends, strict=True)],
-            text=[version] * len(held), textposition="inside", insidetextanchor="middle",
+            text=[label] * len(held), textposition="inside", insidetextanchor="middle",
             customdata=[[p["since"].isoformat(), (p["until"] or now).isoformat(),
-                         p["actor"], p["ended"]] for p in held],
-            hovertemplate=(f"{version} · %{{y}}<br>%{{customdata[0]}} → %{{customdata[1]}}"
+                         _plain(p["actor"]), _plain(p["ended"])] for p in held],
+            hovertemplate=(f"{label} · %{{y}}<br>%{{customdata[0]}} → %{{customdata[1]}}"
                            "<br>by %{customdata[2]}<br>%{customdata[3]}<extra></extra>"),
             marker={"line": {"color": [ROLLED_BACK if p["rolled_back"] else "rgba(0,0,0,0)"
                                        for p in held], "width": 3}},
@@ -79,20 +87,23 @@ def score_history(rows: Sequence[Mapping[str, Any]], target: float | None) -> di
     or unseen: never trained on), the core composite (training may have seen it) and the
     held-out composite (the promotion gate's evidence), with the target as a dashed line.
 
-    ``rows``: dicts with ``version``, ``decision``, ``decision_metric``, ``composite``,
-    ``heldout`` (floats or None)."""
-    x = [r["version"] for r in rows]
+    ``rows``: dicts with ``version``, ``decision``, ``decision_metric`` (``dev``,
+    ``unseen`` or None: each its own line), ``composite``, ``heldout`` (floats or None)."""
+    x = [_plain(r["version"]) for r in rows]
     fig = go.Figure()
-    metric = sorted({r["decision_metric"] for r in rows if r["decision_metric"]})
-    lines = (("decision", f"decision metric ({' / '.join(metric) or 'none'}: never trained on)",
-              "solid"),
-             ("composite", "core composite (training may have seen it)", "dot"),
-             ("heldout", "held-out (promotion gate only)", "dash"))
-    for key, name, dash in lines:
+    # One line per decision metric: a dev score and an unseen one are not one series.
+    metrics = sorted({r["decision_metric"] for r in rows if r["decision_metric"]})
+    lines = [(f"decision metric {m} (never trained on)", "solid",
+              [r["decision"] if r["decision_metric"] == m else None for r in rows])
+             for m in metrics]
+    lines += [("core composite (training may have seen it)", "dot",
+               [r["composite"] for r in rows]),
+              ("held-out (promotion gate only)", "dash", [r["heldout"] for r in rows])]
+    for name, dash, y in lines:
         fig.add_trace(go.Scatter(
-            x=x, y=[r[key] for r in rows], name=name, mode="lines+markers",
-            line={"dash": dash}, connectgaps=False,
-            hovertemplate=f"%{{x}}: %{{y:.3f}}<extra>{key}</extra>"))
+            x=x, y=y, name=name, mode="lines+markers", line={"dash": dash},
+            connectgaps=False,
+            hovertemplate=f"%{{x}}: %{{y:.3f}}<extra>{name.split(' (')[0]}</extra>"))
     if target is not None and x:
         fig.add_trace(go.Scatter(
             x=[x[0], x[-1]] if len(x) > 1 else x, y=[target] * min(len(x), 2),
@@ -109,13 +120,14 @@ def dataset_growth(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     ``rows``: dicts with ``label``, ``rows``, ``new_rows`` (int or None) and ``sources``
     (source -> rows)."""
-    x = [r["label"] for r in rows]
+    x = [_plain(r["label"]) for r in rows]
     fig = go.Figure()
     sources = sorted({s for r in rows for s in r["sources"]})
     for source in sources:
         fig.add_trace(go.Bar(x=x, y=[r["sources"].get(source, 0) for r in rows],
-                             name=f"rows from {source}",
-                             hovertemplate=f"%{{x}}: %{{y}} {source} rows<extra></extra>"))
+                             name=_plain(f"rows from {source}"),
+                             hovertemplate=_plain(f"{source} rows")
+                             + ": %{y}<extra>%{x}</extra>"))
     if not sources:
         fig.add_trace(go.Bar(x=x, y=[r["rows"] for r in rows], name="rows"))
     if any(r["new_rows"] is not None for r in rows):

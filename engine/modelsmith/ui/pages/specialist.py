@@ -59,12 +59,21 @@ def payloads(source: Source, name: str) -> dict[str, tuple[Event, Any]]:
     return source.memo(("payloads", name), make)
 
 
-def _ending(a: Assignment, events: Mapping[str, tuple[Event, Any]],
+def _changes(events: Mapping[str, tuple[Event, Any]]) -> dict[datetime, list[tuple[Event, Any]]]:
+    """The stream's stage changes (``Promoted``, ``RolledBack``) by time."""
+    out: dict[datetime, list[tuple[Event, Any]]] = {}
+    for event, payload in events.values():
+        if isinstance(payload, Promoted | RolledBack):
+            out.setdefault(event.at, []).append((event, payload))
+    return out
+
+
+def _ending(a: Assignment, changes: Mapping[datetime, list[tuple[Event, Any]]],
             after: int) -> tuple[Event | None, Any]:
     """The event that ended ``a``: the first of its type at its end time, after it began,
     that concerns its stage or version."""
-    for event, payload in events.values():
-        if event.type != a.ended_by or event.at != a.until or event.seq <= after:
+    for event, payload in changes.get(a.until, []) if a.until is not None else []:
+        if event.type != a.ended_by or event.seq <= after:
             continue
         if isinstance(payload, Promoted) and (payload.version == a.version
                                               or payload.stage == a.stage):
@@ -80,12 +89,13 @@ def periods(state: SpecialistState, events: Mapping[str, tuple[Event, Any]],
     """The stage timeline (of one version, when given), oldest first: each period a version
     held a stage, the event that gave it and the one that ended it, in words."""
     out = []
+    changes = _changes(events)
     for a in state.history:
         if version is not None and a.version != version:
             continue
         began = events.get(a.event_id, (None, None))
         seq = began[0].seq if began[0] is not None else 0
-        end_event, end = _ending(a, events, seq) if a.until is not None else (None, None)
+        end_event, end = _ending(a, changes, seq)
         rolled_back = a.rolled_back_for is not None
         if a.until is None:
             ended = "holds it now"
@@ -180,28 +190,38 @@ def datasets(state: SpecialistState,
     return rows
 
 
+def context(source: Source, name: str) -> dict[str, Any]:
+    """What the specialist page shows, gathered once per log tip (links are the view's)."""
+    state = specialist(source, name)
+
+    def make() -> dict[str, Any]:
+        events = payloads(source, state.name)
+        target = source.targets().get(state.name)
+        timeline = periods(state, events)
+        history = score_history(state, events, target)
+        built = datasets(state, events)
+        evaluations = sorted(
+            [({"version": c.version} | evaluation_row(e, events))
+             for c in state.candidates.values() for e in c.evals]
+            + [({"version": None} | evaluation_row(e, events)) for e in state.model_evals],
+            key=lambda r: r["at"])
+        figures = {
+            "timeline": charts.stage_timeline(timeline, datetime.now(UTC))
+            if timeline else None,
+            "scores": charts.score_history(history, target)
+            if any(r["evaluated"] for r in history) else None,
+            "datasets": charts.dataset_growth(built) if built else None,
+        }
+        current = [{"stage": s, "held": state.stages.get(s)} for s in STAGES]
+        return {"name": state.name, "state": state, "current": current,
+                "timeline": timeline, "history": history, "target": target,
+                "datasets": built, "evaluations": evaluations, "figures": figures}
+    return source.memo(("specialist", name), make)
+
+
 def render_specialist(source: Source, view: View, params: Mapping[str, str]) -> str:
-    state = specialist(source, params["name"])
-    events = payloads(source, state.name)
-    target = source.targets().get(state.name)
-    timeline = periods(state, events)
-    history = score_history(state, events, target)
-    built = datasets(state, events)
-    evaluations = sorted(
-        [({"version": c.version} | evaluation_row(e, events))
-         for c in state.candidates.values() for e in c.evals]
-        + [({"version": None} | evaluation_row(e, events)) for e in state.model_evals],
-        key=lambda r: r["at"])
-    figures = {
-        "timeline": charts.stage_timeline(timeline, datetime.now(UTC)) if timeline else None,
-        "scores": charts.score_history(history, target)
-        if any(r["evaluated"] for r in history) else None,
-        "datasets": charts.dataset_growth(built) if built else None,
-    }
-    current = [{"stage": s, "held": state.stages.get(s)} for s in STAGES]
-    return render("specialist.html", view, source, name=state.name, state=state,
-                  current=current, timeline=timeline, history=history, target=target,
-                  datasets=built, evaluations=evaluations, figures=figures,
+    values = context(source, params["name"])
+    return render("specialist.html", view, source, **values,
                   log_link=lambda event_id: log_link(view, event_id))
 
 

@@ -6,6 +6,7 @@ static report, 404s, and hostile text escaped."""
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,11 +30,11 @@ from modelsmith.events.types import (
     TrainingStarted,
 )
 from modelsmith.specs import SpecError
-from modelsmith.ui.pages import NotFound
+from modelsmith.ui.pages import NotFound, pages
 from modelsmith.ui.pages.candidate import render_candidate
 from modelsmith.ui.pages.specialist import render_specialist
 from modelsmith.ui.render import View
-from modelsmith.ui.site import build_app
+from modelsmith.ui.site import assets, build_app
 from modelsmith.ui.source import Source
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -414,3 +415,25 @@ def test_the_facade_wires_the_specialists_targets(demo_repo: Path):
     assert source.targets() == {"rtb-quality": 0.9}
     html = specialist_page(source, name="rtb-quality")
     assert '<span id="target">0.900</span>' in html and "below" in text(rows(html, "scores")[0])
+
+
+def test_every_static_link_lands_on_a_file_the_report_writes(log):
+    store, _ = log
+    source = Source(store)
+    files = {"assets/" + n for n in assets()}
+    for page in pages():
+        files |= {View(page.path(p)).file(page.path(p)) for p in page.instances(source)}
+    checked = 0
+    for page in pages():
+        if page.name not in ("specialist", "candidate"):
+            continue
+        for params in page.instances(source):
+            path = page.path(params)
+            view = View(path, static=True)
+            html = page.render(source, view, params)
+            here = posixpath.dirname(view.file(path))
+            for link in re.findall(r'(?:href|src)="([^"]+)"', html):
+                target = posixpath.normpath(posixpath.join(here, link.split("#")[0]))
+                assert target in files, f"{path}: {link} -> {target}"
+                checked += 1
+    assert checked > 50

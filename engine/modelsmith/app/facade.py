@@ -1089,14 +1089,23 @@ class Modelsmith:
     def dashboard(self, *, report_url: str | None = None) -> Any:
         """What the dashboard's pages read (:class:`modelsmith.ui.source.Source`): the log,
         this repository's status table and its plan with the open proposals."""
+        from modelsmith.specs import SpecError
         from modelsmith.ui.source import Source
 
         def plan() -> dict[str, Any]:
             return self.plan_report().to_dict()
 
+        def targets() -> dict[str, float]:
+            try:
+                repo = self.specs()
+            except SpecError:  # the pages show no target rather than fail
+                return {}
+            return {name: s.spec.target.composite for name, s in repo.specialists.items()}
+
         return Source(self.store, cache_dir=self.cache_dir, status=self.status, plan=plan,
                       title=f"Modelsmith · {self.root.resolve().name}",
-                      report_url=report_url or os.environ.get("MODELSMITH_REPORT_URL"))
+                      report_url=report_url or os.environ.get("MODELSMITH_REPORT_URL"),
+                      targets=targets)
 
     def ui_server(self, host: str, port: int, *, token: str | None = None,
                   limits: dict[str, Any] | None = None) -> Any:

@@ -19,6 +19,7 @@ from modelsmith.events.types import Event
 
 StatusFn = Callable[[], dict[str, Any]]
 PlanFn = Callable[[], dict[str, Any]]
+TargetsFn = Callable[[], dict[str, float]]
 
 
 class Source:
@@ -29,18 +30,22 @@ class Source:
     ``plan`` is the plan report with the forge's open proposals (``modelsmith plan
     --json``'s object); without it the proposals page says none is wired. ``cache_dir``
     holds the projection caches the façade shares (never written here but by the fold).
-    ``report_url`` is where the static report is published, when it is.
+    ``report_url`` is where the static report is published, when it is. ``targets`` gives
+    each specialist's target (its spec's ``target.composite``, which the loop steers the
+    decision metric to); without it, the pages show none.
     """
 
     def __init__(self, store: EventStore, *, cache_dir: Path | None = None,
                  status: StatusFn | None = None, plan: PlanFn | None = None,
-                 title: str = "Modelsmith", report_url: str | None = None) -> None:
+                 title: str = "Modelsmith", report_url: str | None = None,
+                 targets: TargetsFn | None = None) -> None:
         self.store = store
         self.cache_dir = cache_dir
         self.title = title
         self.report_url = report_url
         self._status = status
         self._plan = plan
+        self._targets = targets
         self._lock = threading.RLock()
         self._tip: str | None = None
         self._memo: dict[Any, Any] = {}
@@ -86,6 +91,19 @@ class Source:
             except ModelsmithError as exc:
                 return {"error": str(exc)}
         return self.memo("plan", make)
+
+    def targets(self) -> dict[str, float]:
+        """Each specialist's target composite, from the specs when the façade wires them;
+        ``{}`` without them or when they cannot be read."""
+        if self._targets is None:
+            return {}
+
+        def make() -> dict[str, float]:
+            try:
+                return dict(self._targets())  # type: ignore[misc]
+            except ModelsmithError:
+                return {}
+        return self.memo("targets", make)
 
     def events(self, stream: str | None = None) -> list[Event]:
         """Every event of the log (or of one stream), oldest first."""

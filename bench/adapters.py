@@ -12,7 +12,11 @@ set is its own):
   mixed batches (rows of all three versions in one ``generate()`` call).
 
 The three subprocesses load at once and then take turns, one timed round each, so a change
-in the machine's load hits every setup alike; each keeps its median round.
+in the machine's load hits every setup alike. Each reports its median round and its best:
+on a shared machine other work only ever adds time, so the best round is the closest to
+the cost of the code itself (as ``timeit`` reports), and the median says how noisy the
+machine was. The ratio is given for both, and for the rounds side by side (each round of
+the adapters against the merged models' round just before it, the median of those).
 
 It prints each setup's resident memory (RSS after loading and answering, and its peak) and
 requests/s, the ratios, whether the two three-version setups gave the same greedy answers,
@@ -137,7 +141,8 @@ def run_setup(setup: str, work: Path, args: argparse.Namespace) -> dict:
     seconds = sorted(rounds)[len(rounds) // 2]
     rss, peak = rss_mb()
     return {"setup": setup, "load_s": load_s, "seconds": seconds, "requests": len(texts),
-            "rate": len(texts) / seconds, "rss_mb": rss, "peak_mb": peak,
+            "rate": len(texts) / seconds, "best": len(texts) / min(rounds),
+            "rounds": rounds, "rss_mb": rss, "peak_mb": peak,
             "texts": [texts[i] for i in sorted(texts)]}
 
 
@@ -196,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="timed rounds per setup, in turns (the median is kept)")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="timed rounds per setup, in turns (median and best reported)")
     parser.add_argument("--setup", choices=["one", "merged", "adapters"],
                         help=argparse.SUPPRESS)  # a child process: measure one setup
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -217,17 +222,24 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     one, merged, adapters = results["one"], results["merged"], results["adapters"]
     print(f"{args.n} requests (versions in turn), {args.max_new_tokens} new tokens, greedy, "
-          f"batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} rounds")
+          f"batch {args.batch_size}, {args.threads} thread(s), {args.rounds} rounds each")
     for row in (one, merged, adapters):
         print(f"  {row['setup']:9s} RSS {row['rss_mb']:7.0f} MB (peak {row['peak_mb']:7.0f}) "
-              f"{row['rate']:7.2f} requests/s ({row['requests']} in {row['seconds']:.1f} s, "
-              f"loaded in {row['load_s']:.1f} s)")
+              f"{row['rate']:6.2f} requests/s median, {row['best']:6.2f} best "
+              f"({row['requests']} in {row['seconds']:.1f} s, loaded in {row['load_s']:.1f} s)")
     same = sum(a == b for a, b in zip(merged["texts"], adapters["texts"], strict=True))
     print(f"memory: 3 merged / one model {merged['rss_mb'] / one['rss_mb']:.2f}x; "
           f"1 base + 3 adapters / one model {adapters['rss_mb'] / one['rss_mb']:.2f}x; "
           f"adapters / merged {adapters['rss_mb'] / merged['rss_mb']:.2f}x")
+    paired = sorted(m / a for m, a in zip(merged["rounds"], adapters["rounds"], strict=True))
     print(f"throughput: adapters (mixed batches) / merged (a batch per version) "
-          f"{adapters['rate'] / merged['rate']:.2f}x")
+          f"{adapters['rate'] / merged['rate']:.2f}x median, "
+          f"{adapters['best'] / merged['best']:.2f}x best, "
+          f"{paired[len(paired) // 2]:.2f}x round by round (from {paired[0]:.2f}x to "
+          f"{paired[-1]:.2f}x)")
+    print(f"noise: one merged model's requests/s against the three's (the same work per "
+          f"request) {one['rate'] / merged['rate']:.2f}x median, "
+          f"{one['best'] / merged['best']:.2f}x best")
     print(f"identical greedy answers, adapters vs merged: {same}/{len(merged['texts'])}")
     print(f"load average (1, 5, 15 min): before {', '.join(f'{x:.1f}' for x in load_before)};"
           f" after {', '.join(f'{x:.1f}' for x in load_after)} on {os.cpu_count()} CPUs")

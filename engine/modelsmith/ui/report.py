@@ -67,7 +67,7 @@ def write_report(source: Source, out: Path, *, say: Say = lambda _m: None) -> Wr
                 view = View(path, static=True)
                 try:
                     html = page.render(source, view, params)
-                except NotFound as exc:
+                except (NotFound, ModelsmithError) as exc:  # e.g. evidence gone from the log
                     skipped.append(f"{path}: {exc}")
                     continue
                 target = stage / view.file(path)

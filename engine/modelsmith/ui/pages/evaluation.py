@@ -171,6 +171,8 @@ def _pair_rows(base_runs: list[Any], cand_runs: list[Any]) -> list[dict[str, Any
         out.append({"split": k[0], "id": k[1], "variant": None if k[2] < 0 else k[2],
                     "a": ra, "b": rb, "delta": delta,
                     "input": (rb or ra).input, "expected": _text((rb or ra).expected),
+                    "input_a": ra.input if ra is not None and rb is not None
+                    and ra.input != rb.input else None,
                     "changed": "yes" if delta is None or delta != 0 else "no",
                     "direction": "only" if delta is None else
                     "better" if delta > 0 else "worse" if delta < 0 else "same"})
@@ -178,6 +180,22 @@ def _pair_rows(base_runs: list[Any], cand_runs: list[Any]) -> list[dict[str, Any
                             SPLITS.index(r["split"]) if r["split"] in SPLITS else 9,
                             r["id"], -1 if r["variant"] is None else r["variant"]))
     return out
+
+
+class _Read:
+    """The store as :func:`compare` reads it, a stream's events read once per tip (the
+    static report compares every evaluation: not one pass over the stream each)."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    def read(self, stream: str | None = None, after: int | None = None) -> Iterator[Event]:
+        events = self._source.events(stream)
+        return iter(events if after is None else events[after:] if stream else
+                    [e for e in events if e.position > after])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source.store, name)
 
 
 def render_compare(source: Source, view: View, params: Mapping[str, str]) -> str:
@@ -189,7 +207,7 @@ def render_compare(source: Source, view: View, params: Mapping[str, str]) -> str
 
     def run() -> tuple[Any, str | None]:
         try:
-            return compare(source.store, name, base.id, cand.id), None
+            return compare(_Read(source), name, base.id, cand.id), None  # type: ignore[arg-type]
         except ModelsmithError as exc:  # no evidence, or no core scenario in common
             return None, str(exc)
 

@@ -274,12 +274,15 @@ def test_the_comparison_page_shows_the_services_paired_comparison(served):
     assert SCRIPT not in html and "&lt;script&gt;" in html
 
 
-def test_comparison_of_evaluations_that_share_no_scenario_says_so(fleet):
+def test_evaluations_without_usable_evidence_say_so(fleet):
     _root, store, ids, _runs = fleet
     empty = Event.new(EvalCompleted(model="m", suite="s", suite_hash="h", run_id="r1",
                                     composite=0.5), actor="test",
                       evidence={RESULTS: b"", REPORT: b"{}"})
-    append(store, NAME, empty)
+    broken = Event.new(EvalCompleted(model="m", suite="s", suite_hash="h", run_id="r2",
+                                     composite=0.5), actor="test",
+                       evidence={RESULTS: b"{not json\n", REPORT: b"{}"})
+    append(store, NAME, empty, broken)
     server = make_asgi_server(build_app(Source(store)), "127.0.0.1", 0).start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as client:
@@ -288,6 +291,10 @@ def test_comparison_of_evaluations_that_share_no_scenario_says_so(fleet):
             assert "share no core scenario" in answer.text
             page = client.get(f"/specialists/{NAME}/evaluations/{empty.id}")
             assert page.status_code == 200 and "ran no scenario" in page.text
+            page = client.get(f"/specialists/{NAME}/evaluations/{broken.id}")
+            assert page.status_code == 200 and "does not parse" in page.text
+            answer = client.get(f"/specialists/{NAME}/compare/{ids['v1']}/{broken.id}")
+            assert answer.status_code == 200 and "does not parse" in answer.text
     finally:
         server.stop()
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from modelsmith.errors import ModelsmithError
+from modelsmith.evaluation.service import RESULTS, compare
 from modelsmith.events.projection import EvalRecord
 from modelsmith.events.types import Event
 
@@ -141,8 +142,10 @@ def render_evaluation(source: Source, view: View, params: Mapping[str, str]) -> 
     event = _evaluation(source, name, params["event_id"])
     try:
         runs, problem = source.runs(event), None
-    except ModelsmithError as exc:  # no results.jsonl, or one that does not parse
+    except ModelsmithError as exc:  # no results.jsonl
         runs, problem = [], str(exc)
+    except (ValueError, TypeError) as exc:  # one that does not parse
+        runs, problem = [], f"its {RESULTS} evidence does not parse: {exc}"
     counts = _counts(runs)
     state = source.state().specialists.get(name)
     version = event.data.get("version")
@@ -199,7 +202,6 @@ class _Read:
 
 
 def render_compare(source: Source, view: View, params: Mapping[str, str]) -> str:
-    from modelsmith.evaluation.service import compare
 
     name = params["name"]
     base = _evaluation(source, name, params["a"])
@@ -210,6 +212,8 @@ def render_compare(source: Source, view: View, params: Mapping[str, str]) -> str
             return compare(_Read(source), name, base.id, cand.id), None  # type: ignore[arg-type]
         except ModelsmithError as exc:  # no evidence, or no core scenario in common
             return None, str(exc)
+        except (ValueError, TypeError) as exc:  # evidence that does not parse
+            return None, f"the {RESULTS} evidence does not parse: {exc}"
 
     comparison, problem = source.memo(("compare", name, base.id, cand.id), run)
     rows: list[dict[str, Any]] = []

@@ -1,7 +1,12 @@
 """Rendering: the Jinja2 environment (every value HTML-escaped) and the :class:`View` a
 page renders for, which makes its links: absolute paths on the dashboard, paths relative to
 the page's own file in the static report (so the report opens from ``file://`` and from any
-folder it is published under)."""
+folder it is published under).
+
+A page links to an event of the log with :func:`event_url` (in templates:
+``event_url(event_id)``): the event log page of all streams that lists it, and its row's
+anchor (``#e-<event id>``); log pages are numbered from the oldest, :data:`LOG_PAGE` events
+each, so an event's page never changes as the log grows."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from urllib.parse import quote, urlencode
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: Events per page of the event log (page 1 holds the oldest).
+LOG_PAGE = 100
 
 
 def segment(value: str) -> str:
@@ -91,6 +98,27 @@ def short(value: Any, n: int = 10) -> str:
     return text[:n]
 
 
+def log_page(position: int) -> int:
+    """The event log page (of all streams, or of one stream for a seq) holding
+    ``position``."""
+    return max(position - 1, 0) // LOG_PAGE + 1
+
+
+def event_url(view: View, source: Any, event: Any) -> str | None:
+    """The link to ``event`` (an :class:`~modelsmith.events.types.Event` or its id) on the
+    event log: ``view.url('log', 'all', page) + '#e-' + id``; None for an event not in
+    the log."""
+    if isinstance(event, str):
+        event = source.event(event)
+    if event is None:
+        return None
+    position = event.position
+    if not position:  # a store that does not number its events: count them
+        position = next((i for i, e in enumerate(source.events(), start=1)
+                         if e.id == event.id), 0)
+    return view.url("log", "all", str(log_page(position))) + "#e-" + event.id
+
+
 @cache
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("modelsmith.ui", "templates"),
@@ -101,7 +129,8 @@ def environment() -> Environment:
 
 
 def render(template: str, view: View, source: Any, **values: Any) -> str:
-    """``template`` rendered for ``view``: every page gets ``view``, ``title`` and the
-    log's ``tip`` beside its own values."""
+    """``template`` rendered for ``view``: every page gets ``view``, ``title``, the
+    log's ``tip`` and ``event_url(event or id)`` (:func:`event_url`) beside its own values."""
+    values.setdefault("event_url", lambda event: event_url(view, source, event))
     return environment().get_template(template).render(
         view=view, title=source.title, tip=source.tip(), static=view.static, **values)

@@ -9,7 +9,7 @@
     var table = document.getElementById(tableId);
     if (!table) { return; }
     var filters = document.querySelectorAll('.filter[data-target="' + tableId + '"]');
-    var rows = table.querySelectorAll("tbody tr");
+    var rows = table.querySelectorAll(":scope > tbody > tr");
     var shown = 0;
     rows.forEach(function (row) {
       var keep = true;

@@ -59,7 +59,7 @@ def render_candidate(source: Source, view: View, params: Mapping[str, str]) -> s
         evaluations=[evaluation_row(e, events) for e in cand.evals],
         stages=periods(state, events, cand.version),
         holds=[s for s, a in state.stages.items() if a.version == cand.version],
-        log_link=lambda event_id: log_link(view, event_id))
+        log_link=lambda event_id: log_link(view, source, event_id))
 
 
 PAGE = Page("candidate", "/specialists/{name}/candidates/{version}", render_candidate,

@@ -27,16 +27,17 @@ from modelsmith.events.types import (
 )
 
 from .. import charts
-from ..render import View, render
+from ..render import View, event_url, render
 from ..source import Source
 from . import NotFound, Page
 
 STAGES = ("production", "canary", "shadow")
 
 
-def log_link(view: View, event_id: str) -> str:
-    """Where an event is shown: the event log page, at the event's row (``#e-<id>``)."""
-    return view.url("log") + "#e-" + event_id
+def log_link(view: View, source: Source, event_id: str) -> str:
+    """Where an event is shown: the event log page that holds it, at its row
+    (``#e-<id>``); the log's newest page for an event not in the log."""
+    return event_url(view, source, event_id) or view.url("log")
 
 
 def specialist(source: Source, name: str) -> SpecialistState:
@@ -222,7 +223,7 @@ def context(source: Source, name: str) -> dict[str, Any]:
 def render_specialist(source: Source, view: View, params: Mapping[str, str]) -> str:
     values = context(source, params["name"])
     return render("specialist.html", view, source, **values,
-                  log_link=lambda event_id: log_link(view, event_id))
+                  log_link=lambda event_id: log_link(view, source, event_id))
 
 
 PAGE = Page("specialist", "/specialists/{name}", render_specialist,

@@ -330,7 +330,7 @@ def test_static_report_links_are_relative(log):
     cand = candidate_page(source, "v2", static=True)
     assert 'href="../../rtb.html"' in cand and 'href="v1.html"' in cand
     assert f'href="../evaluations/{ids["eval-v2"]}.html"' in cand
-    assert f'href="../../../log.html#e-{ids["v2"]}"' in cand
+    assert f'href="../../../log/all/1.html#e-{ids["v2"]}"' in cand
     assert 'href="/' not in cand
 
 

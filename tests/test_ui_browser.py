@@ -339,10 +339,10 @@ def screenshot(repo: Path, png: Path) -> None:
         try:
             with Watched(chromium) as watched:
                 watched.context.close()
-                watched.context = chromium.new_context(viewport={"width": 1200, "height": 520})
+                watched.context = chromium.new_context(viewport={"width": 1200, "height": 200})
                 watched.page = watched.context.new_page()
                 watched.open(ui.url + "/")
-                watched.page.screenshot(path=str(png))
+                watched.page.screenshot(path=str(png), full_page=True)
         finally:
             chromium.close()
 

@@ -238,6 +238,9 @@ def test_the_failing_filter_hides_passing_scenarios(browser, built: Built,
         assert visible.count() == failing
         for i in range(visible.count()):
             assert visible.nth(i).get_attribute("data-failing") == "yes"
+        if control.evaluate("e => e.type") == "checkbox":
+            control.uncheck()
+            assert visible.count() == total
         assert watched.problems == []
 
 
@@ -301,6 +304,37 @@ def test_hostile_input_is_escaped_and_shown(browser, built: Built, dashboard: Ui
             watched.open(url)
             assert LONG_NAME in watched.page.locator("main").inner_text(), url
             assert watched.page.evaluate("typeof window.__pwned") == "undefined", url
+        assert watched.problems == []
+
+
+def test_an_open_page_follows_the_log_and_keeps_its_token(browser, tmp_path: Path):
+    """Opened once with ?token=, the page keeps the cookie (its /api/tip polls pass) and
+    reads itself again when another writer appends: the new count shows, no restart."""
+    from datetime import UTC, datetime
+
+    from modelsmith.events.gitstore import GitEventStore
+    from modelsmith.events.types import Event, MetricsObserved
+
+    root = build(fork(tmp_path / "repo")).root
+    token = "a-browser-token"
+    with UiProcess(root, token=token) as ui, Watched(browser) as watched:
+        page = watched.page
+        refused = page.goto(ui.url + "/", wait_until="load", timeout=60_000)
+        assert refused is not None and refused.status == 401
+        watched.problems.clear()  # the refusal itself was the point
+        assert watched.open(f"{ui.url}/?token={token}") == 200
+        assert page.url == ui.url + "/"  # the token left the address bar
+        before = int(page.locator("#event-count").inner_text())
+        store = GitEventStore(root)
+        now = datetime.now(UTC)
+        seen = MetricsObserved(version="v1", stage="production", window_start=now,
+                               window_end=now, requests=3, metrics={"format_rate": 1.0})
+        store.append(NAME, [Event.new(seen, actor="serve")], store.last_seq(NAME))
+        page.wait_for_function(
+            f"() => document.getElementById('event-count')?.textContent === '{before + 1}'",
+            timeout=90_000)
+        assert page.locator("body").get_attribute("data-tip") == store.tip()
+        page.wait_for_load_state("networkidle", timeout=60_000)
         assert watched.problems == []
 
 

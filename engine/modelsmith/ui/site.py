@@ -66,7 +66,8 @@ def assets() -> list[str]:
 def _page(status: int, title: str, message: str) -> HTMLResponse:
     html = environment().from_string(
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ t }}</title>'
-        '<link rel="stylesheet" href="/assets/style.css"></head><body><main><h1>{{ t }}</h1>'
+        '<link rel="stylesheet" href="/assets/style.css"><link rel="icon" href="data:,">'
+        '</head><body><main><h1>{{ t }}</h1>'
         '<p>{{ m }}</p><p><a href="/">Fleet</a></p></main></body></html>').render(
             t=title, m=message)
     return HTMLResponse(html, status, headers=SECURITY_HEADERS)

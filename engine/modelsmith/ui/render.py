@@ -6,25 +6,17 @@ folder it is published under)."""
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from hashlib import sha1
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def segment(value: str) -> str:
-    """A path segment for ``value``: itself when it is a plain name (specialist names,
-    versions and event ids are), else a digest (a file name that is always safe)."""
-    text = str(value)
-    return text if _SAFE.fullmatch(text) else "x-" + sha1(text.encode()).hexdigest()[:16]
+from modelsmith.events.pages import page_path, report_file
+from modelsmith.events.pages import segment as segment  # the pages' path segments
 
 
 @dataclass
@@ -39,12 +31,12 @@ class View:
 
     def file(self, path: str) -> str:
         """The static report's file for the dashboard path ``path``."""
-        return "index.html" if path in ("", "/") else path.strip("/") + ".html"
+        return report_file(path)
 
     def url(self, *parts: str, **query: Any) -> str:
         """The link to the page at ``/part/part/...``; ``query`` only on the dashboard
         (the static report has a file per page and filters on the page itself)."""
-        path = "/" + "/".join(quote(segment(p), safe="") for p in parts if p != "")
+        path = page_path(*parts)
         if not self.static:
             q = {k: v for k, v in query.items() if v not in (None, "", False)}
             return path + ("?" + urlencode(q) if q else "")

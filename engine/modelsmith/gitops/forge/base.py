@@ -42,11 +42,13 @@ class Proposal:
     stage: str | None = None
     version: str | None = None
     branch: str | None = None  # the proposal's branch (the ref itself, locally)
+    author: str | None = None  # who opened it (the pull request's user, the commit's author)
 
     def to_dict(self) -> dict[str, object]:
         return {"forge": self.forge, "ref": self.ref, "number": self.number,
                 "branch": self.branch, "commit": self.commit, "title": self.title,
-                "specialist": self.specialist, "stage": self.stage, "version": self.version}
+                "specialist": self.specialist, "stage": self.stage, "version": self.version,
+                "author": self.author}
 
 
 @runtime_checkable

@@ -53,5 +53,5 @@ class LocalForge(ReleaseApprovals):
             found.append(Proposal("local", branch, str(tip.id),
                                   tip.message.split("\n", 1)[0].strip(),
                                   specialist=specialist, stage=stage, version=version,
-                                  branch=branch))
+                                  branch=branch, author=tip.author.name))
         return found

@@ -241,10 +241,12 @@ class GitHubForge(ReleaseApprovals):
                 base=self.git.branch, head=branch, title=title,
                 body=f"{body}\n\n{anchor}\n" if anchor else body)
             number, url = pull.number, pull.html_url
+            author = pull.user.login if pull.user is not None else None
         except (github.GithubException, requests.RequestException) as exc:
             raise self._failure("refused the pull request: ", exc) from None
         return Proposal("github", url, commit, title, number=number,
-                        specialist=specialist, stage=stage, version=version, branch=branch)
+                        specialist=specialist, stage=stage, version=version, branch=branch,
+                        author=author)
 
     def open_proposals(self) -> list[Proposal]:
         """The open pull requests whose head branch is a proposal's, oldest first."""

@@ -41,8 +41,10 @@ class LocalForge(ReleaseApprovals):
                 body: str, traffic: float | None = None) -> Proposal:
         branch, commit = self.git.commit_proposal(specialist, stage, version, title=title,
                                                   body=body, traffic=traffic)
+        made = self.git.commit(commit)
         return Proposal("local", branch, commit, title, specialist=specialist, stage=stage,
-                        version=version, branch=branch)
+                        version=version, branch=branch,
+                        author=made.author.name if made is not None else None)
 
     def open_proposals(self) -> list[Proposal]:
         found = []

@@ -8,6 +8,7 @@ from outside it (``propose``'s pull request body) builds the same paths without 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from hashlib import sha1
 from urllib.parse import quote
 
@@ -21,6 +22,7 @@ def segment(value: str) -> str:
     return text if _SAFE.fullmatch(text) else "x-" + sha1(text.encode()).hexdigest()[:16]
 
 
+@lru_cache(maxsize=1 << 16)
 def page_path(*parts: str) -> str:
     """The dashboard path of the page at ``parts`` (``/specialists/rtb``)."""
     return "/" + "/".join(quote(segment(p), safe="") for p in parts if p != "")

@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,8 +40,7 @@ class View:
         if not self.static:
             q = {k: v for k, v in query.items() if v not in (None, "", False)}
             return path + ("?" + urlencode(q) if q else "")
-        here = posixpath.dirname(self.file(self.path))
-        return posixpath.relpath(self.file(path), here or ".")
+        return _relative(self.file(path), posixpath.dirname(self.file(self.path)) or ".")
 
     def asset(self, name: str) -> str:
         """A file of ``assets/`` (style sheet, scripts, the charting library)."""
@@ -49,6 +48,12 @@ class View:
             return f"/assets/{name}"
         here = posixpath.dirname(self.file(self.path))
         return posixpath.relpath(f"assets/{name}", here or ".")
+
+
+@lru_cache(maxsize=1 << 16)
+def _relative(target: str, here: str) -> str:
+    """``target`` relative to the folder ``here`` (a fleet page makes thousands of links)."""
+    return posixpath.relpath(target, here)
 
 
 def when(value: Any) -> str:

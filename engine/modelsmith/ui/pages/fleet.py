@@ -2,7 +2,11 @@
 candidate's decision metric and held-out score, and the live metrics windows.
 
 The stage, candidate and event numbers are the status table's (``modelsmith status
---json``): the same numbers in the terminal and here."""
+--json``): the same numbers in the terminal and here.
+
+1,000 specialists render in about 0.1 s warm (``bench/ui.py``): the rows are gathered once
+per log tip, and each request only makes the links for its view and fills the template in
+(no macro call per cell: Jinja's call overhead was most of the time)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ class Source:
             kept = self._planned
             if kept is not None and kept[0] == tip and time.monotonic() - kept[1] < self.plan_ttl:
                 return kept[2]
-            made = make()
+            made = make()  # under the lock, as memo computes: the plan reads the same store
             self._planned = (tip, time.monotonic(), made)
             return made
 

@@ -92,6 +92,8 @@ class ForgeContract:
         git(team, "branch", "modelsmith/propose/not-a-proposal")  # no <stage>-<version>
         proposal = forge.propose("rtb", "production", "v1", title=TITLE, body=BODY)
         assert forge.open_proposals() == [proposal]
+        (listed,) = forge.open_proposals()
+        assert proposal.author and listed.author == proposal.author  # who opened it
         assert (proposal.specialist, proposal.stage, proposal.version, proposal.branch) == (
             "rtb", "production", "v1", BRANCH)
         self.merge(forge, proposal, approvers=("alice",), merged_by="alice")

@@ -108,9 +108,13 @@ class Reconciliation:
                 "sync": None if self.synced is None else self.synced.to_dict()}
 
 
+def _report_url() -> str | None:
+    """Where the static report is published (``MODELSMITH_REPORT_URL``), if anywhere."""
+    return os.environ.get("MODELSMITH_REPORT_URL", "").strip() or None
+
+
 def _gate_dict(gate: Gate) -> dict[str, Any]:
-    return {"name": gate.name, "passed": gate.passed, "detail": gate.detail,
-            "numbers": gate.numbers}
+    return gate.to_dict()
 
 
 @dataclass
@@ -891,9 +895,11 @@ class Modelsmith:
         return sync(self.root, remote)
 
     def propose(self, specialist: str, version: str, stage: str, *,
-                traffic: float | None = None) -> tuple[Any, str, bool]:
+                traffic: float | None = None,
+                report_url: str | None = None) -> tuple[Any, str, bool]:
         """Open the release change on the forge with its evidence: (proposal, body, whether
-        every gate but the approval passes today)."""
+        every gate but the approval passes today). The body links to the static report's
+        pages at ``report_url`` (default ``MODELSMITH_REPORT_URL``) when there is one."""
         from modelsmith.gitops.plan import logged_heldout
         from modelsmith.gitops.propose import propose
 
@@ -903,7 +909,8 @@ class Modelsmith:
                        traffic=traffic,
                        heldout=logged_heldout(self.store),
                        sound=self._evidence(self.store, repo),
-                       holds=self.review(repo).details())
+                       holds=self.review(repo).details(),
+                       report_url=report_url or _report_url())
 
     def _propose_rollback(self, repo: Repository, specialist: str, stage: str,
                           version: str | None, event: Event,
@@ -914,7 +921,8 @@ class Modelsmith:
 
         try:
             proposal, _body, _ready = propose(self.forge(repo), repo, self.fleet(), specialist,
-                                              stage, version, rolled_back=event)
+                                              stage, version, rolled_back=event,
+                                              report_url=_report_url())
         except ForgeError as exc:
             warnings.append(f"release not proposed: {exc}")
             return None
@@ -1104,8 +1112,7 @@ class Modelsmith:
 
         return Source(self.store, cache_dir=self.cache_dir, status=self.status, plan=plan,
                       title=f"Modelsmith · {self.root.resolve().name}",
-                      report_url=report_url or os.environ.get("MODELSMITH_REPORT_URL"),
-                      targets=targets)
+                      report_url=report_url or _report_url(), targets=targets)
 
     def ui_server(self, host: str, port: int, *, token: str | None = None,
                   limits: dict[str, Any] | None = None) -> Any:

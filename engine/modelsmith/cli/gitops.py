@@ -16,14 +16,21 @@ from ._base import app, guard, json_option, print_json, say
 @click.option("--stage", type=click.Choice(STAGES), required=True)
 @click.option("--traffic", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, help="Canary share of traffic (canary only).")
+@click.option("--report-url", default=None, metavar="URL",
+              help="Where `modelsmith report` is published: the body links to the "
+                   "specialist's, candidate's and evaluations' pages there (default: "
+                   "MODELSMITH_REPORT_URL).")
 @json_option
 @click.pass_context
 @guard
 def propose(ctx: click.Context, specialist: str, version: str, stage: str,
-            traffic: float | None, as_json: bool) -> None:
+            traffic: float | None, report_url: str | None, as_json: bool) -> None:
     """Ask for a release change: a branch (local forge) or pull request editing `release`,
     with the evidence -- lineage, evaluations, every gate and the event ids -- attached."""
-    proposal, body, ready = app(ctx).propose(specialist, version, stage, traffic=traffic)
+    if report_url is not None and not report_url.startswith(("http://", "https://", "file:")):
+        raise click.BadParameter("give an http(s):// or file: URL", param_hint="--report-url")
+    proposal, body, ready = app(ctx).propose(specialist, version, stage, traffic=traffic,
+                                             report_url=report_url)
     if as_json:
         print_json({"forge": proposal.forge, "ref": proposal.ref, "commit": proposal.commit,
                     "title": proposal.title, "ready": ready, "body": body})

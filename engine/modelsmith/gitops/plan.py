@@ -36,6 +36,12 @@ class Gate:
     passed: bool
     detail: str
     numbers: dict[str, float | int | str | None] = field(default_factory=dict)
+    # The events it was decided from (evaluations, the promotion a stage was held by).
+    evidence: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail,
+                "numbers": self.numbers, "evidence": list(self.evidence)}
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,7 @@ class Action:
                 "traffic": self.traffic, "needs": list(self.needs),
                 "bootstrap": None if self.bootstrap is None else dict(self.bootstrap),
                 "approval": None if self.approval is None else vars(self.approval),
-                "gates": [{"name": g.name, "passed": g.passed, "detail": g.detail,
-                           "numbers": g.numbers} for g in self.gates]}
+                "gates": [g.to_dict() for g in self.gates]}
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,7 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
     if (why := signed(name, candidate.event_id)) is not None:
         return [Gate("version", False, f"{version}'s registration (event "
                                        f"{candidate.event_id[:12]}) is not trusted: {why}",
-                     {"event_id": candidate.event_id})]
+                     {"event_id": candidate.event_id}, (candidate.event_id,))]
     gates: list[Gate] = [_review_gate(want)]
     current = [e for e in candidate.evals if e.suite_hash == want.suite_hash]
     if policy.gates.suite_unchanged or not candidate.evals:
@@ -233,14 +238,16 @@ def gates_for(name: str, want: Desired, state: SpecialistState, stage: Any, vers
             "suite", bool(current),
             f"{len(current)} of {len(candidate.evals)} evaluations of {version} ran on the "
             f"current suite {want.suite_hash[:12]}",
-            {"current": len(current), "evaluations": len(candidate.evals)}))
+            {"current": len(current), "evaluations": len(candidate.evals)},
+            tuple(e.event_id for e in current)))
     counted = counted_evaluations(want, state, version, signed)
     recent = list(counted.records)
     unsound = next(((e, why) for e in recent if (why := evidence(name, e.event_id))), None)
     if unsound is not None:
         gates.append(Gate("composite", False, f"evaluation {unsound[0].event_id} is not "
                                               f"borne out by its evidence: {unsound[1]}",
-                          {"needed": counted.need, "target": want.target}))
+                          {"needed": counted.need, "target": want.target},
+                          (unsound[0].event_id,)))
     else:
         gates.append(_composite_gate(version, counted, want.target))
     gates.append(_overfitting_gate(version, recent, policy.gates.decision.overfit_margin))
@@ -402,7 +409,8 @@ def _composite_gate(version: str, counted: Counted, target: float) -> Gate:
     if any(s is None for s in raw):
         return Gate("composite", False,
                     f"an evaluation of {version} has no decision metric: too few core "
-                    "scenarios it never trained on, and no dev split" + ignored, numbers)
+                    "scenarios it never trained on, and no dev split" + ignored, numbers,
+                    tuple(e.event_id for e in recent))
     scores = [s for s in raw if s is not None]
     shown = ", ".join(f"{v} {s:.3f}" for v, s in zip(counted.chain, scores, strict=False))
     numbers["lowest"] = round(min(scores), 4) if scores else None
@@ -421,7 +429,8 @@ def _composite_gate(version: str, counted: Counted, target: float) -> Gate:
                   + (f"; the lineage has only {len(counted.chain)} trained version(s) "
                      "(one evaluation per version counts: re-evaluating the same weights "
                      "adds nothing)" if short else ""))
-    return Gate("composite", passed, detail + ignored, numbers)
+    return Gate("composite", passed, detail + ignored, numbers,
+                tuple(e.event_id for e in recent))
 
 
 def _overfitting_gate(version: str, recent: list[Any], margin: float) -> Gate:
@@ -433,13 +442,14 @@ def _overfitting_gate(version: str, recent: list[Any], margin: float) -> Gate:
     if worst is None or worst[0] <= margin + 1e-9:
         return Gate("overfitting", True,
                     f"{version}'s decision metric trails its composite by at most {margin}",
-                    {"margin": margin, "gap": None if worst is None else round(worst[0], 4)})
+                    {"margin": margin, "gap": None if worst is None else round(worst[0], 4)},
+                    tuple(e.event_id for e in recent))
     gap, record = worst
     return Gate("overfitting", False,
                 f"{version} is overfitting: in evaluation {record.event_id} its "
                 f"{record.decision_metric} composite {record.decision:.3f} trails the "
                 f"composite {record.composite:.3f} by {gap:.3f} (margin {margin})",
-                {"margin": margin, "gap": round(gap, 4)})
+                {"margin": margin, "gap": round(gap, 4)}, (record.event_id,))
 
 
 def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str,
@@ -449,14 +459,16 @@ def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str
     if production is None or production.version == version:
         floor = want.policy.gates.heldout.floor
         floor = want.target if floor is None else floor
-        scores = [e.heldout for e in recent if e.heldout is not None]
+        scored = [e for e in recent if e.heldout is not None]
+        scores = [e.heldout for e in scored]
         if not scores:
             return Gate("heldout", False, f"no evaluation of {version} has a held-out score "
                                           f"to hold against the floor {floor}",
                         {"floor": floor})
         return Gate("heldout", scores[-1] >= floor - 1e-9,
                     f"held-out {scores[-1]:.3f} vs the floor {floor} (nothing in production "
-                    "to compare with)", {"floor": floor, "heldout": round(scores[-1], 4)})
+                    "to compare with)", {"floor": floor, "heldout": round(scores[-1], 4)},
+                    (scored[-1].event_id,))
     held = state.candidates.get(production.version)
     baseline = next((e for e in reversed(held.evals) if e.suite_hash == want.suite_hash
                      and signed(name, e.event_id) is None), None) if held else None
@@ -467,14 +479,16 @@ def _heldout_gate(name: str, want: Desired, state: SpecialistState, version: str
     result = heldout(name, recent[-1].event_id, baseline.event_id)
     if result is None:
         return Gate("heldout", False, f"{version} and production {production.version} share "
-                                      "no held-out scenarios", {"max_regression": allowed})
+                                      "no held-out scenarios", {"max_regression": allowed},
+                    (recent[-1].event_id, baseline.event_id))
     numbers = {"diff": round(result.diff, 4), "low": round(result.low, 4),
                "high": round(result.high, 4), "n": result.n, "max_regression": allowed,
                "candidate": round(result.candidate, 4), "baseline": round(result.baseline, 4)}
     detail = (f"held-out {result.candidate:.3f} vs production {production.version} "
               f"{result.baseline:.3f}: {result.diff:+.3f} (95% CI [{result.low:+.3f}, "
               f"{result.high:+.3f}], n={result.n}), may trail by {allowed}")
-    return Gate("heldout", result.diff >= -allowed, detail, numbers)
+    return Gate("heldout", result.diff >= -allowed, detail, numbers,
+                (recent[-1].event_id, baseline.event_id))
 
 
 def _stage_order_gates(want: Desired, state: SpecialistState, stage: Any,
@@ -492,12 +506,14 @@ def _stage_order_gates(want: Desired, state: SpecialistState, stage: Any,
     if not held and forged:
         a, why = forged[0]
         return [Gate("order", False, f"{version} held {before.name} only by event "
-                                     f"{a.event_id[:12]}, which is not trusted: {why}")]
+                                     f"{a.event_id[:12]}, which is not trusted: {why}",
+                     evidence=(a.event_id,))]
     if not held:
         return [Gate("order", False, f"{version} never held {before.name}, the stage before "
                                      f"{stage.name}")]
     gates = [Gate("order", True, f"{version} held {before.name} since "
-                                 f"{held[0].since.isoformat()[:19]}")]
+                                 f"{held[0].since.isoformat()[:19]}",
+                  evidence=(held[0].event_id,))]
     if want.policy.bootstrap == "approval" and not _live(state):
         return [*gates, Gate("traffic", True, f"nothing holds production or canary: by the "
                                               "policy's bootstrap rule (approval) an approved "

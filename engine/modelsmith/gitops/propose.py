@@ -2,13 +2,18 @@
 
 The description a reviewer reads carries what the decision rests on, each with its event
 id (``modelsmith log``, ``modelsmith verify`` check them): the candidate's lineage, its
-evaluations on the current suite, and every gate as ``plan`` would decide it now.
+evaluations on the current suite, and every gate as ``plan`` would decide it now. With
+the URL the static report (``modelsmith report``) is published at, it links to the
+specialist's, the candidate's and each evaluation's page there
+(:mod:`modelsmith.events.pages`: the report's file layout).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from modelsmith.events.pages import candidate_link, evaluation_link, specialist_link
 
 from .forge import Forge, Proposal
 from .plan import AFTER_MERGE, ApprovalFn, EvidenceFn, HeldoutFn, desired_state, gates_asking
@@ -18,15 +23,21 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
              heldout: HeldoutFn = lambda *_: None,
              approval: ApprovalFn = lambda *_: None,
              sound: EvidenceFn = lambda *_: None,
-             holds: Mapping[str, tuple[str, ...]] | None = None) -> tuple[str, bool]:
+             holds: Mapping[str, tuple[str, ...]] | None = None,
+             report_url: str | None = None) -> tuple[str, bool]:
     """The proposal's description (Markdown) and whether every gate but the approval
-    passes today (``holds``: the review holds, :func:`modelsmith.gitops.review.review`)."""
+    passes today (``holds``: the review holds, :func:`modelsmith.gitops.review.review`;
+    ``report_url``: where the static report is published, linked to when given)."""
     want = desired_state(repo, holds)[specialist]
     state = fleet.specialists.get(specialist)
     lines = [f"Promote **{specialist} {version}** to **{stage}**.", ""]
     candidate = state.candidates.get(version) if state else None
     if candidate is None:
-        return "\n".join([*lines, f"{version} is not a registered candidate."]), False
+        lines.append(f"{version} is not a registered candidate.")
+        if report_url:
+            lines += ["", "### Report",
+                      f"- specialist: [{specialist}]({specialist_link(report_url, specialist)})"]
+        return "\n".join(lines), False
     gates = gates_asking(specialist, want, state, stage, version, heldout, approval, sound)
     lineage = candidate.lineage.model_dump()
     chain, at = [version], candidate
@@ -60,6 +71,13 @@ def evidence(repo: Any, fleet: Any, specialist: str, stage: str, version: str, *
                   + "; ".join(f"{g.name} ({_after_merge(g)})" for g in waiting) + "."]
     else:
         lines += ["", "Every gate passes: merged, `modelsmith reconcile` promotes it."]
+    if report_url:
+        lines += ["", "### Report",
+                  f"- specialist: [{specialist}]({specialist_link(report_url, specialist)})",
+                  f"- candidate: [{version}]({candidate_link(report_url, specialist, version)})"]
+        lines += [f"- evaluation [`{e.event_id[:12]}`]"
+                  f"({evaluation_link(report_url, specialist, e.event_id)})"
+                  for e in candidate.evals]
     lines += ["", "Check the evidence: `modelsmith verify`, `modelsmith log "
               f"{specialist}`, `modelsmith plan`."]
     ready = all(g.passed for g in gates if g.name != "approval")
@@ -86,10 +104,12 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str,
             heldout: HeldoutFn = lambda *_: None,
             sound: EvidenceFn = lambda *_: None,
             holds: Mapping[str, tuple[str, ...]] | None = None,
-            rolled_back: Any = None) -> tuple[Proposal, str, bool]:
+            rolled_back: Any = None,
+            report_url: str | None = None) -> tuple[Proposal, str, bool]:
     """Open the proposal on ``forge``; returns it, its description and whether the gates
     (approval aside) pass today. With ``rolled_back`` (the ``RolledBack`` event) the change
-    records a rollback that already happened: ``release`` is made to match the log."""
+    records a rollback that already happened: ``release`` is made to match the log. With
+    ``report_url`` the description links to the published report's pages."""
     if rolled_back is not None:
         data = rolled_back.data
         to = version or "nothing"
@@ -98,6 +118,9 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str,
                 f"(event `{rolled_back.id}`): {data['reason']}.\n\nThis change makes "
                 "`release` match the event log, so reconcile does not promote "
                 f"{data['from_version']} again.")
+        if report_url:
+            body += (f"\n\nReport: [{specialist}]({specialist_link(report_url, specialist)})"
+                     ", its stage timeline and evaluations.")
         proposal = forge.propose(specialist, stage, version, title=title,
                                            body=body, traffic=traffic)
         return proposal, body, True
@@ -108,7 +131,7 @@ def propose(forge: Forge, repo: Any, fleet: Any, specialist: str, stage: str,
         policy = repo.policy_for(repo.specialists[specialist]).spec
         traffic = next((s.traffic for s in policy.stages if s.name == stage), None)
     body, ready = evidence(repo, fleet, specialist, stage, version, heldout=heldout,
-                           sound=sound, holds=holds)
+                           sound=sound, holds=holds, report_url=report_url)
     title = f"Promote {specialist} {version} to {stage}"
     proposal = forge.propose(specialist, stage, version, title=title, body=body,
                                        traffic=traffic)

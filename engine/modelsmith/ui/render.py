@@ -11,27 +11,20 @@ each, so an event's page never changes as the log grows."""
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
-from hashlib import sha1
+from functools import cache, lru_cache
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+from modelsmith.events.pages import page_path, report_file
+from modelsmith.events.pages import segment as segment  # the pages' path segments
+
 #: Events per page of the event log (page 1 holds the oldest).
 LOG_PAGE = 100
-
-
-def segment(value: str) -> str:
-    """A path segment for ``value``: itself when it is a plain name (specialist names,
-    versions and event ids are), else a digest (a file name that is always safe)."""
-    text = str(value)
-    return text if _SAFE.fullmatch(text) else "x-" + sha1(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -46,17 +39,16 @@ class View:
 
     def file(self, path: str) -> str:
         """The static report's file for the dashboard path ``path``."""
-        return "index.html" if path in ("", "/") else path.strip("/") + ".html"
+        return report_file(path)
 
     def url(self, *parts: str, **query: Any) -> str:
         """The link to the page at ``/part/part/...``; ``query`` only on the dashboard
         (the static report has a file per page and filters on the page itself)."""
-        path = "/" + "/".join(quote(segment(p), safe="") for p in parts if p != "")
+        path = page_path(*parts)
         if not self.static:
             q = {k: v for k, v in query.items() if v not in (None, "", False)}
             return path + ("?" + urlencode(q) if q else "")
-        here = posixpath.dirname(self.file(self.path))
-        return posixpath.relpath(self.file(path), here or ".")
+        return _relative(self.file(path), posixpath.dirname(self.file(self.path)) or ".")
 
     def asset(self, name: str) -> str:
         """A file of ``assets/`` (style sheet, scripts, the charting library)."""
@@ -64,6 +56,12 @@ class View:
             return f"/assets/{name}"
         here = posixpath.dirname(self.file(self.path))
         return posixpath.relpath(f"assets/{name}", here or ".")
+
+
+@lru_cache(maxsize=1 << 16)
+def _relative(target: str, here: str) -> str:
+    """``target`` relative to the folder ``here`` (a fleet page makes thousands of links)."""
+    return posixpath.relpath(target, here)
 
 
 def when(value: Any) -> str:

@@ -8,6 +8,7 @@ here writes: the log, the evidence and the specs are only read.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,15 @@ class Source:
     holds the projection caches the façade shares (never written here but by the fold).
     ``report_url`` is where the static report is published, when it is. ``targets`` gives
     each specialist's target (its spec's ``target.composite``, which the loop steers the
-    decision metric to); without it, the pages show none.
+    decision metric to); without it, the pages show none. The plan is kept
+    for ``plan_ttl`` seconds at most besides the tip: a new pull request changes it without
+    moving the log.
     """
 
     def __init__(self, store: EventStore, *, cache_dir: Path | None = None,
                  status: StatusFn | None = None, plan: PlanFn | None = None,
                  title: str = "Modelsmith", report_url: str | None = None,
-                 targets: TargetsFn | None = None) -> None:
+                 targets: TargetsFn | None = None, plan_ttl: float = 5.0) -> None:
         self.store = store
         self.cache_dir = cache_dir
         self.title = title
@@ -49,6 +52,8 @@ class Source:
         self._lock = threading.RLock()
         self._tip: str | None = None
         self._memo: dict[Any, Any] = {}
+        self.plan_ttl = plan_ttl
+        self._planned: tuple[str | None, float, dict[str, Any]] | None = None
 
     def tip(self) -> str | None:
         """The log's tip now (a commit id; None for an empty log)."""
@@ -90,7 +95,14 @@ class Source:
                 return self._plan()  # type: ignore[misc]
             except ModelsmithError as exc:
                 return {"error": str(exc)}
-        return self.memo("plan", make)
+        tip = self.tip()
+        with self._lock:
+            kept = self._planned
+            if kept is not None and kept[0] == tip and time.monotonic() - kept[1] < self.plan_ttl:
+                return kept[2]
+            made = make()  # under the lock, as memo computes: the plan reads the same store
+            self._planned = (tip, time.monotonic(), made)
+            return made
 
     def targets(self) -> dict[str, float]:
         """Each specialist's target composite, from the specs when the façade wires them;

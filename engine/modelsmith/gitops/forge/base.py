@@ -16,7 +16,7 @@ A forge answers one question for the planner and does one thing for agents:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from modelsmith.errors import ModelsmithError
@@ -42,11 +42,15 @@ class Proposal:
     stage: str | None = None
     version: str | None = None
     branch: str | None = None  # the proposal's branch (the ref itself, locally)
+    # Who opened it (the pull request's user, the branch commit's author): what the forge
+    # lists says; not part of which proposal it is.
+    author: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         return {"forge": self.forge, "ref": self.ref, "number": self.number,
                 "branch": self.branch, "commit": self.commit, "title": self.title,
-                "specialist": self.specialist, "stage": self.stage, "version": self.version}
+                "specialist": self.specialist, "stage": self.stage, "version": self.version,
+                "author": self.author}
 
 
 @runtime_checkable

@@ -241,10 +241,12 @@ class GitHubForge(ReleaseApprovals):
                 base=self.git.branch, head=branch, title=title,
                 body=f"{body}\n\n{anchor}\n" if anchor else body)
             number, url = pull.number, pull.html_url
+            author = pull.user.login if pull.user is not None else None
         except (github.GithubException, requests.RequestException) as exc:
             raise self._failure("refused the pull request: ", exc) from None
         return Proposal("github", url, commit, title, number=number,
-                        specialist=specialist, stage=stage, version=version, branch=branch)
+                        specialist=specialist, stage=stage, version=version, branch=branch,
+                        author=author)
 
     def open_proposals(self) -> list[Proposal]:
         """The open pull requests whose head branch is a proposal's, oldest first."""
@@ -253,17 +255,18 @@ class GitHubForge(ReleaseApprovals):
 
         found = []
         try:
-            pulls = [(p.head.ref or "", p.head.sha, p.title, p.number, p.html_url)
+            pulls = [(p.head.ref or "", p.head.sha, p.title, p.number, p.html_url,
+                      p.user.login if p.user is not None else None)
                      for p in self._repository().get_pulls(state="open", sort="created",
                                                            direction="asc")]
         except (github.GithubException, requests.RequestException) as exc:
             raise self._failure("cannot list pull requests: ", exc) from None
-        for head, sha, title, number, url in pulls:
+        for head, sha, title, number, url, author in pulls:
             asked = parse_proposal_branch(head) if head.startswith(PROPOSAL_PREFIX) else None
             if asked is None:
                 continue
             specialist, stage, version = asked
             found.append(Proposal("github", url, sha, title, number=number,
                                   specialist=specialist, stage=stage, version=version,
-                                  branch=head))
+                                  branch=head, author=author))
         return found

@@ -41,8 +41,10 @@ class LocalForge(ReleaseApprovals):
                 body: str, traffic: float | None = None) -> Proposal:
         branch, commit = self.git.commit_proposal(specialist, stage, version, title=title,
                                                   body=body, traffic=traffic)
+        made = self.git.commit(commit)
         return Proposal("local", branch, commit, title, specialist=specialist, stage=stage,
-                        version=version, branch=branch)
+                        version=version, branch=branch,
+                        author=made.author.name if made is not None else None)
 
     def open_proposals(self) -> list[Proposal]:
         found = []
@@ -53,5 +55,5 @@ class LocalForge(ReleaseApprovals):
             found.append(Proposal("local", branch, str(tip.id),
                                   tip.message.split("\n", 1)[0].strip(),
                                   specialist=specialist, stage=stage, version=version,
-                                  branch=branch))
+                                  branch=branch, author=tip.author.name))
         return found

@@ -364,8 +364,9 @@ def test_an_empty_fleet_renders(browser, tmp_path: Path, declared: bool):
     assert not any("Traceback" in line for line in ui.lines), ui.lines
 
 
-def screenshot(repo: Path, png: Path) -> None:
-    """The README's picture: ``repo``'s fleet page on a running ``modelsmith ui``."""
+def screenshot(repo: Path, png: Path, path: str = "/", size: tuple[int, int] = (1200, 200)) -> None:
+    """The README's picture: ``repo``'s page at ``path`` on a running ``modelsmith ui``
+    (``size``: the window; the shot is the whole page)."""
     from playwright.sync_api import sync_playwright
 
     with UiProcess(repo) as ui, sync_playwright() as playwright:
@@ -373,16 +374,21 @@ def screenshot(repo: Path, png: Path) -> None:
         try:
             with Watched(chromium) as watched:
                 watched.context.close()
-                watched.context = chromium.new_context(viewport={"width": 1200, "height": 200})
+                watched.context = chromium.new_context(
+                    viewport={"width": size[0], "height": size[1]})
                 watched.page = watched.context.new_page()
-                watched.open(ui.url + "/")
-                watched.page.screenshot(path=str(png), full_page=True)
+                watched.open(ui.url + path)
+                watched.page.screenshot(path=str(png), full_page=path == "/")
         finally:
             chromium.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python tests/test_ui_browser.py REPO OUT.png")
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python tests/test_ui_browser.py REPO OUT.png [PAGE]  (PAGE: a path, "
+                 "e.g. /specialists/rtb-quality: its first 1400x1250 pixels)")
     Path(sys.argv[2]).parent.mkdir(parents=True, exist_ok=True)
-    screenshot(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) == 4:
+        screenshot(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], (1400, 1250))
+    else:
+        screenshot(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -62,3 +62,32 @@ def lineage(root: Path, version: str, runs: tuple[int, ...] = (GOOD, GOOD, GOOD)
         **{"base_model": "tiny-test", "parent": parent, **fields})), actor=actor))
     events.append(evaluated(root, version, runs[-1], actor))
     return events
+
+
+def canary_fork(repo: Path) -> Path:
+    """The demo files in ``repo`` committed as a fork on ``main`` with v1 in canary (after
+    shadow, with traffic in both) and a lineage of three evaluated versions: v1's
+    production proposal passes every gate but the approval."""
+    from datetime import UTC, datetime
+
+    from conftest import git
+    from modelsmith.events.gitstore import GitEventStore
+    from modelsmith.events.types import MetricsObserved, Promoted
+
+    spec = repo / "specialists" / "rtb-quality.yaml"
+    spec.write_text(spec.read_text().replace(
+        "  canary: null", "  canary:\n    version: v1\n    traffic: 0.1"))
+    git(repo, "checkout", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the fork")
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    evaluations = lineage(repo, "v1", dataset_hash="d" * 64, run_id="run1")
+    payloads = [Promoted(version="v1", stage="shadow"),
+                MetricsObserved(version="v1", stage="shadow", window_start=at,
+                                window_end=at, requests=80, metrics={"format_rate": 0.99}),
+                Promoted(version="v1", stage="canary", traffic=0.1),
+                MetricsObserved(version="v1", stage="canary", window_start=at,
+                                window_end=at, requests=250, metrics={"score_mean": 0.91})]
+    GitEventStore(repo).append(
+        "rtb-quality", [*evaluations, *(Event.new(p, actor="test") for p in payloads)], 0)
+    return repo

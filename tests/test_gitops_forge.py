@@ -6,21 +6,15 @@ merged without one, or committed straight onto main, it is rejected."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 
 from conftest import git
-from evaluations import lineage
+from evaluations import canary_fork
 from forge_contract import ForgeContract
 from modelsmith.cli import cli
 from modelsmith.events.gitstore import GitEventStore
-from modelsmith.events.types import (
-    Event,
-    MetricsObserved,
-    Promoted,
-)
 from modelsmith.gitops.forge import LocalForge, release_of, set_release
 
 SPEC = "specialists/rtb-quality.yaml"
@@ -58,24 +52,7 @@ class TestLocalForge(ForgeContract):
 
 @pytest.fixture
 def fork(demo_repo):
-    spec = demo_repo / SPEC
-    spec.write_text(spec.read_text().replace(
-        "  canary: null", "  canary:\n    version: v1\n    traffic: 0.1"))
-    git(demo_repo, "checkout", "-q", "-b", "main")
-    git(demo_repo, "add", "-A")
-    git(demo_repo, "commit", "-q", "-m", "the fork")
-    at = datetime(2026, 11, 20, tzinfo=UTC)
-    evaluations = lineage(demo_repo, "v1", dataset_hash="d" * 64, run_id="run1")
-    payloads = [Promoted(version="v1", stage="shadow"),
-                 MetricsObserved(version="v1", stage="shadow", window_start=at,
-                                 window_end=at, requests=80, metrics={"format_rate": 0.99}),
-                 Promoted(version="v1", stage="canary", traffic=0.1),
-                 MetricsObserved(version="v1", stage="canary", window_start=at,
-                                 window_end=at, requests=250, metrics={"score_mean": 0.91})]
-    GitEventStore(demo_repo).append(
-        "rtb-quality", [*evaluations, *(Event.new(p, actor="test")
-                                                    for p in payloads)], 0)
-    return demo_repo
+    return canary_fork(demo_repo)
 
 
 def run(repo, *args):

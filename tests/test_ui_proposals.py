@@ -15,7 +15,6 @@ import json
 import posixpath
 import re
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,12 +24,11 @@ from click.testing import CliRunner
 from markupsafe import escape
 
 from conftest import git
-from evaluations import GOOD, POOR, lineage
+from evaluations import GOOD, POOR, canary_fork, lineage
 from modelsmith.app.facade import Modelsmith
 from modelsmith.cli import cli
 from modelsmith.errors import ModelsmithError
 from modelsmith.events.gitstore import GitEventStore
-from modelsmith.events.types import Event, MetricsObserved, Promoted
 from modelsmith.serving.http import make_asgi_server
 from modelsmith.ui.render import number
 from modelsmith.ui.site import build_app
@@ -47,23 +45,7 @@ def fork(demo_repo, monkeypatch):
     of three evaluated versions: v1's production proposal passes every gate but approval."""
     monkeypatch.delenv("MODELSMITH_REPORT_URL", raising=False)
     monkeypatch.setenv("MODELSMITH_NO_FETCH", "1")
-    spec = demo_repo / SPEC
-    spec.write_text(spec.read_text().replace(
-        "  canary: null", "  canary:\n    version: v1\n    traffic: 0.1"))
-    git(demo_repo, "checkout", "-q", "-b", "main")
-    git(demo_repo, "add", "-A")
-    git(demo_repo, "commit", "-q", "-m", "the fork")
-    at = datetime(2026, 11, 20, tzinfo=UTC)
-    evaluations = lineage(demo_repo, "v1", dataset_hash="d" * 64, run_id="run1")
-    payloads = [Promoted(version="v1", stage="shadow"),
-                MetricsObserved(version="v1", stage="shadow", window_start=at,
-                                window_end=at, requests=80, metrics={"format_rate": 0.99}),
-                Promoted(version="v1", stage="canary", traffic=0.1),
-                MetricsObserved(version="v1", stage="canary", window_start=at,
-                                window_end=at, requests=250, metrics={"score_mean": 0.91})]
-    GitEventStore(demo_repo).append(
-        "rtb-quality", [*evaluations, *(Event.new(p, actor="test") for p in payloads)], 0)
-    return demo_repo
+    return canary_fork(demo_repo)
 
 
 def run(repo: Path, *args: str, code: int = 0) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +145,7 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
                                  max_wait_ms=batch_wait_ms, backend=engine, device=device,
                                  dtype=dtype, request_timeout_s=request_timeout_s)
         try:
-            server.start()
-            bound = server.server_address
-            say(f"serving on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)")
-            signals.serving()
-            while server.running and not signals.stop.wait(0.5):
-                pass
+            signals.run(server, lambda at: f"serving on http://{at[0]}:{at[1]}/v1 (Ctrl-C stops)")
         finally:
             try:
                 left = server.stop(grace_s)
@@ -180,6 +176,15 @@ class _Signals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._on_signal)
                               for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def run(self, server: Any, banner: Callable[[tuple[str, int]], str]) -> None:
+        """Start ``server``, say where it listens (``banner`` of its address), and wait until
+        it stops or a signal asks it to (the caller stops it, in its ``finally``)."""
+        server.start()
+        say(banner(server.server_address))
+        self.serving()
+        while server.running and not self.stop.wait(0.5):
+            pass
 
     def serving(self) -> None:
         self._serving = True

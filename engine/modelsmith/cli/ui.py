@@ -35,12 +35,7 @@ def ui(ctx: click.Context, host: str, port: int, token_env: str) -> None:
             say(f"warning: listening on {host} without a token (set {token_env})")
         server = app(ctx).ui_server(host, port, token=token)
         try:
-            server.start()
-            bound = server.server_address
-            say(f"dashboard on http://{bound[0]}:{bound[1]}/ (Ctrl-C stops)")
-            signals.serving()
-            while server.running and not signals.stop.wait(0.5):
-                pass
+            signals.run(server, lambda at: f"dashboard on http://{at[0]}:{at[1]}/ (Ctrl-C stops)")
         finally:
             try:
                 server.stop(2.0)

@@ -212,7 +212,7 @@ def test_the_evaluation_page_shows_every_run_its_outputs_and_criteria(served):
     assert '<option value="heldout">' in html
     # Links to the candidate page and to the event on the log.
     assert f"/specialists/{NAME}/candidates/v1" in facts.links
-    assert f"/log/all/1#e-{ids['v1']}" in parse(html, "none").links
+    assert f"/log/_all/1#e-{ids['v1']}" in parse(html, "none").links
 
 
 def test_hostile_scenario_text_is_escaped_and_huge_outputs_render(served):
@@ -333,20 +333,20 @@ def test_the_log_is_paged_newest_first_by_stream_and_type(served):
     assert total > 2 * LOG_PAGE
     pages = -(-total // LOG_PAGE)
     newest = client.get("/log").text
-    assert newest == client.get(f"/log/all/{pages}").text == client.get("/log/all").text
+    assert newest == client.get(f"/log/_all/{pages}").text == client.get("/log/_all").text
     rows = body(parse(newest, "events"))
     want = every[(pages - 1) * LOG_PAGE:][::-1]
     assert [r["attrs"]["id"] for r in rows] == [f"e-{e.id}" for e in want]
-    first = body(parse(client.get("/log/all/1").text, "events"))
+    first = body(parse(client.get("/log/_all/1").text, "events"))
     assert [r["attrs"]["id"] for r in first] == [f"e-{e.id}" for e in every[:LOG_PAGE][::-1]]
     # Each event: its type and stream as row attributes, its JSON, its commit.
     e = every[0]
-    page1 = client.get("/log/all/1").text
+    page1 = client.get("/log/_all/1").text
     assert f'id="e-{e.id}" data-type="{e.type}" data-stream="{e.stream}"' in page1
     assert store.commit_of(e.id)[:12] in page1 and f"&#34;id&#34;: &#34;{e.id}&#34;" in page1
     # Pager links: newer/older and the pages around.
-    links = parse(client.get("/log/all/2").text, "events").links
-    assert "/log/all/3" in links and "/log/all/1" in links
+    links = parse(client.get("/log/_all/2").text, "events").links
+    assert "/log/_all/3" in links and "/log/_all/1" in links
     # One stream: only its events, numbered by seq.
     ops = [e for e in every if e.stream == "ops"]
     ops_rows = body(parse(client.get("/log/ops/1").text, "events"))
@@ -355,22 +355,34 @@ def test_the_log_is_paged_newest_first_by_stream_and_type(served):
     # The type filter: a select on the page, ?type= across every page on the dashboard.
     assert 'class="filter" id="type-filter" data-target="events" data-field="type"' in newest
     started = [e for e in every if e.type == "EvalStarted"]
-    typed = body(parse(client.get("/log/all", params={"type": "EvalStarted"}).text, "events"))
+    typed = body(parse(client.get("/log/_all", params={"type": "EvalStarted"}).text, "events"))
     newest_typed = started[(len(started) - 1) // LOG_PAGE * LOG_PAGE:]
     assert [r["attrs"]["id"] for r in typed] == [f"e-{e.id}" for e in newest_typed[::-1]]
-    typed_page = client.get("/log/all/1", params={"type": "EvalStarted"}).text
-    assert "/log/all/2?type=EvalStarted" in parse(typed_page, "events").links
+    typed_page = client.get("/log/_all/1", params={"type": "EvalStarted"}).text
+    assert "/log/_all/2?type=EvalStarted" in parse(typed_page, "events").links
     none = client.get("/log/ops", params={"type": "Promoted"})
     assert none.status_code == 200 and "No events of type Promoted" in none.text
 
 
 def test_log_pages_that_are_not_there_are_404(served):
     client, *_ = served
-    for path in ("/log/nobody", "/log/nobody/1", "/log/all/0", "/log/all/2", "/log/all/x",
+    for path in ("/log/nobody", "/log/nobody/1", "/log/_all/0", "/log/_all/2", "/log/_all/x",
                  f"/log/{NAME}/9"):
         answer = client.get(path)
         assert answer.status_code == 404, path
         assert "<script" not in answer.text
+
+
+def test_a_specialist_named_all_has_its_own_log_pages(served):
+    """Every stream's log is under ``_all`` (never a specialist name), so a specialist may
+    be called ``all``: its pages hold its events only."""
+    client, store, _ids, _runs = served
+    mine = append(store, "all", Event.new(EvalStarted(model="m", suite="s", suite_hash="h",
+                                                      run_id="r-all"), actor="someone"))
+    own = body(parse(client.get("/log/all").text, "events"))
+    assert [row["attrs"]["id"] for row in own] == [f"e-{mine[0].id}"]
+    every = body(parse(client.get("/log/_all").text, "events"))
+    assert f"e-{mine[0].id}" in [row["attrs"]["id"] for row in every] and len(every) > 1
 
 
 def test_event_links_from_other_pages_land_on_the_events_row(served):
@@ -408,7 +420,7 @@ def test_the_static_report_writes_bounded_pages_with_relative_links(fleet, tmp_p
                         (ids["v2"], ids["again"])}
     # The log: pages of 100 for every stream and each stream.
     total = sum(1 for _ in store.read())
-    assert len(list((out / "log" / "all").glob("*.html"))) == -(-total // LOG_PAGE)
+    assert len(list((out / "log" / "_all").glob("*.html"))) == -(-total // LOG_PAGE)
     ops = store.last_seq("ops")
     assert len(list((out / "log" / "ops").glob("*.html"))) == -(-ops // LOG_PAGE)
     assert (out / "log.html").is_file() and (out / "log" / "ops.html").is_file()

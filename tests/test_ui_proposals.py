@@ -136,7 +136,7 @@ def test_an_open_proposal_shows_its_gates_with_numbers_and_evidence(fork, tmp_pa
         # The order gate rests on the promotion into canary: a log event, linked to its row
         # on the log page that holds it.
         order = [href for href, cls in parse(gates["order"]).links if "evidence" in cls]
-        assert len(order) == 1 and order[0].startswith("/log/all/") and "#e-" in order[0]
+        assert len(order) == 1 and order[0].startswith("/log/_all/") and "#e-" in order[0]
         # Every link of the page opens a page that exists.
         links = {href for href, _ in parse(html).links}
         assert "/specialists/rtb-quality/candidates/v1" in links

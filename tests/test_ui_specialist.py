@@ -178,7 +178,7 @@ def test_stage_timeline_rows_rollback_and_chart(log):
     assert "rolled back" in prod2 and "score_mean 0.70 &lt; 0.80" in timeline[2]
     assert f"#e-{ids['rollback']}" in timeline[2]
     assert "restored by a rollback" in restored and "now" in restored
-    assert f'href="/log/all/1#e-{ids["prod-v1"]}"' in timeline[0]
+    assert f'href="/log/_all/1#e-{ids["prod-v1"]}"' in timeline[0]
     # Stages now: v1 holds production again, canary and shadow are empty.
     now = {re.search(r'data-stage="(\w+)"', r).group(1): text(r) for r in rows(html, "stages")}
     assert now["production"].startswith("production v1") and "nothing holds it" in now["canary"]
@@ -324,13 +324,13 @@ def test_static_report_links_are_relative(log):
     html = specialist_page(source, static=True)
     assert 'href="rtb/candidates/v1.html"' in html
     assert f'href="rtb/evaluations/{ids["eval-v2"]}.html"' in html
-    assert f'href="../log/all/1.html#e-{ids["rollback"]}"' in html
+    assert f'href="../log/_all/1.html#e-{ids["rollback"]}"' in html
     assert 'src="../assets/plotly.min.js"' in html
     assert 'href="/' not in html and 'src="/' not in html
     cand = candidate_page(source, "v2", static=True)
     assert 'href="../../rtb.html"' in cand and 'href="v1.html"' in cand
     assert f'href="../evaluations/{ids["eval-v2"]}.html"' in cand
-    assert f'href="../../../log/all/1.html#e-{ids["v2"]}"' in cand
+    assert f'href="../../../log/_all/1.html#e-{ids["v2"]}"' in cand
     assert 'href="/' not in cand
 
 

@@ -12,7 +12,10 @@ from functools import lru_cache
 from hashlib import sha1
 from urllib.parse import quote
 
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+#: The event log's path segment for every stream at once: a leading ``_`` is never in a
+#: specialist name (so a specialist may be called ``all``).
+ALL_STREAMS = "_all"
 
 
 def segment(value: str) -> str:

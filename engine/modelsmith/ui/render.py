@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from modelsmith.events.pages import page_path, report_file
+from modelsmith.events.pages import ALL_STREAMS, page_path, report_file
 from modelsmith.events.pages import segment as segment  # the pages' path segments
 
 #: Events per page of the event log (page 1 holds the oldest).
@@ -104,7 +104,7 @@ def log_page(position: int) -> int:
 
 def event_url(view: View, source: Any, event: Any) -> str | None:
     """The link to ``event`` (an :class:`~modelsmith.events.types.Event` or its id) on the
-    event log: ``view.url('log', 'all', page) + '#e-' + id``; None for an event not in
+    event log: ``view.url('log', ALL_STREAMS, page) + '#e-' + id``; None for an event not in
     the log."""
     if isinstance(event, str):
         event = source.event(event)
@@ -114,7 +114,7 @@ def event_url(view: View, source: Any, event: Any) -> str | None:
     if not position:  # a store that does not number its events: count them
         position = next((i for i, e in enumerate(source.events(), start=1)
                          if e.id == event.id), 0)
-    return view.url("log", "all", str(log_page(position))) + "#e-" + event.id
+    return view.url("log", ALL_STREAMS, str(log_page(position))) + "#e-" + event.id
 
 
 @cache
@@ -123,6 +123,7 @@ def environment() -> Environment:
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, number=number, short=short)
+    env.globals["all_streams"] = ALL_STREAMS  # the event log's segment for every stream
     return env
 
 

@@ -76,6 +76,8 @@ def write_report(source: Source, out: Path, *, say: Say = lambda _m: None) -> Wr
                 written += 1
             if instances:
                 say(f"{page.name}: {len(instances)} page(s)")
+        # GitHub Pages runs Jekyll, which drops paths starting with "_" (the log's _all/).
+        (stage / ".nojekyll").write_text("")
         (stage / "modelsmith-report.json").write_text(json.dumps(
             {"tip": tip, "pages": written}, indent=2) + "\n")
         if out.exists():

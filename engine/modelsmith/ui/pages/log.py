@@ -16,13 +16,14 @@ from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import Any
 
+from modelsmith.events.pages import ALL_STREAMS
 from modelsmith.events.types import EVENT_TYPES, Event, InvalidEventError
 
 from ..render import LOG_PAGE, View, log_page, render
 from ..source import Source
 from . import NotFound, Page
 
-ALL = "all"  # the stream name that stands for every stream
+ALL = ALL_STREAMS  # the path segment that stands for every stream
 
 
 def _count(source: Source, stream: str) -> int:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from modelsmith.evaluation.composite import compute_report, decision_of
-from modelsmith.evaluation.results import ScenarioRun
+from modelsmith.evaluation.results import CriterionResult, ScenarioRun
 from modelsmith.evaluation.runner import runs_to_jsonl
 from modelsmith.evaluation.service import REPORT, RESULTS
 from modelsmith.events.types import EvalCompleted, Event
@@ -19,28 +22,52 @@ from modelsmith.specs import load_repository
 GOOD, FAIR, POOR = 20, 10, 5  # composite 0.9543, 0.9104, 0.8136; dev 0.9522, 0.913, 0.826
 
 
-def evaluated(root: Path, version: str, fail_every: int = GOOD,
-              actor: str = "test") -> Event:
+def suite_runs(root: Path, fail_every: int = GOOD, *,
+               criteria: Callable[[Any, bool], list[CriterionResult]] | None = None,
+               output: Callable[[Any, bool], str] | None = None,
+               specialist: str = "rtb-quality") -> tuple[list[ScenarioRun], Any]:
+    """Every scenario of ``specialist``'s suite, and each of its variants, run and scored:
+    every ``fail_every``-th scenario fails. ``criteria`` and ``output`` give a run's
+    criterion results and output from its scenario and whether it passed (default: none,
+    and "x"). Returns the runs and the suite."""
     repo = load_repository(root)
-    suite = repo.suite_for(repo.specialists["rtb-quality"])
+    suite = repo.suite_for(repo.specialists[specialist])
     runs = []
     for i, sc in enumerate(suite.scenarios):
         ok = not (fail_every and i % fail_every == 0)
-        for variant, text in [(None, sc.input), *enumerate(sc.variants)]:
+        crit = criteria(sc, ok) if criteria else []
+        text = output(sc, ok) if output else "x"
+        for variant, given in [(None, sc.input), *enumerate(sc.variants)]:
             runs.append(ScenarioRun(id=sc.id, split=sc.split, variant=variant,
-                                    tags=list(sc.tags), input=text, expected=sc.expected,
-                                    outputs=["x"], score=float(ok), passed=ok,
-                                    format_ok=True, latency_ms=10.0, completion_tokens=1))
-    report = compute_report(runs, suite.suite, n_resamples=200)
+                                    tags=list(sc.tags), input=given, expected=sc.expected,
+                                    outputs=[text], score=float(ok), passed=ok,
+                                    format_ok=True, latency_ms=10.0, completion_tokens=1,
+                                    criteria=list(crit)))
+    return runs, suite
+
+
+def recorded_event(runs: list[ScenarioRun], suite: Any, version: str | None, *,
+                   actor: str = "test", at: datetime | None = None,
+                   report: Any = None, **fields: Any) -> Event:
+    """The ``EvalCompleted`` of ``runs`` on ``suite`` as `evaluate` records it: composite,
+    held-out and decision metric computed from them, results and report as its evidence;
+    ``fields`` add to (or replace) the payload's fields."""
+    report = report or compute_report(runs, suite.suite, n_resamples=200)
     summary = report.to_dict()
     metric, value, n = decision_of(report, 30)
-    payload = EvalCompleted(version=version, model=version, suite=suite.name,
-                            suite_hash=suite.suite_hash, run_id=uuid.uuid4().hex[:12],
-                            composite=summary["composite"], heldout=summary["heldout"],
-                            decision_metric=metric, decision=round(value, 6), decision_n=n)
+    data = {"version": version, "model": version, "suite": suite.name,
+            "suite_hash": suite.suite_hash, "run_id": uuid.uuid4().hex[:12],
+            "composite": summary["composite"], "heldout": summary["heldout"],
+            "decision_metric": metric, "decision_n": n,
+            "decision": None if value is None else round(value, 6), **fields}
     evidence = {RESULTS: runs_to_jsonl(runs),
-                REPORT: json.dumps(summary, sort_keys=True).encode()}
-    return Event.new(payload, actor=actor, evidence=evidence)
+                REPORT: json.dumps(summary, sort_keys=True, default=str).encode()}
+    return Event.new(EvalCompleted(**data), actor=actor, at=at, evidence=evidence)
+
+
+def evaluated(root: Path, version: str, fail_every: int = GOOD,
+              actor: str = "test") -> Event:
+    return recorded_event(*suite_runs(root, fail_every), version, actor=actor)
 
 
 def lineage(root: Path, version: str, runs: tuple[int, ...] = (GOOD, GOOD, GOOD),

@@ -4,21 +4,19 @@ HTTP on 127.0.0.1 and written as the static report; hostile scenario text escape
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import shutil
-import uuid
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
+from evaluations import recorded_event
 from modelsmith.app import Modelsmith
-from modelsmith.evaluation.composite import compute_report, decision_of
+from modelsmith.evaluation.composite import compute_report
 from modelsmith.evaluation.results import CriterionResult, ScenarioRun
-from modelsmith.evaluation.runner import runs_to_jsonl
 from modelsmith.evaluation.service import REPORT, RESULTS, compare
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
@@ -119,20 +117,14 @@ def recorded(root: Path, version: str | None, fail_every: int, *, hostile: bool 
                                     latency_ms=10.0, completion_tokens=1, criteria=criteria))
     report = compute_report(runs, suite.suite, n_resamples=200)
     summary = report.to_dict()
-    metric, value, n = decision_of(report, 30)
-    payload = EvalCompleted(
-        version=version, model=version or "tiny-test", suite=suite.name,
-        suite_hash=suite_hash or suite.suite_hash, run_id=uuid.uuid4().hex[:12],
-        composite=summary["composite"], core=summary["core"], heldout=summary["heldout"],
+    event = recorded_event(
+        runs, suite, version, report=report, model=version or "tiny-test",
+        suite_hash=suite_hash or suite.suite_hash, core=summary["core"],
         heldout_ci=tuple(summary["heldout_ci"]), ci=tuple(summary["composite_ci"]),
         heldout_n=report.n_heldout, scenarios=report.n_core + report.n_heldout,
-        failed=len(report.failed_ids), decision_metric=metric,
-        decision=None if value is None else round(value, 6), decision_n=n,
-        duration_s=1.5, commit="c0ffee" * 6 + "abcd",
+        failed=len(report.failed_ids), duration_s=1.5, commit="c0ffee" * 6 + "abcd",
         warnings=["output <i>repeats</i> the prompt"] if hostile else [])
-    evidence = {RESULTS: runs_to_jsonl(runs),
-                REPORT: json.dumps(summary, sort_keys=True).encode()}
-    return Event.new(payload, actor="test", evidence=evidence), runs
+    return event, runs
 
 
 def append(store: GitEventStore, stream: str, *events: Event) -> list[Event]:

@@ -7,21 +7,17 @@ on live metrics, a proposal and a rejection; and a second specialist whose name 
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from modelsmith.evaluation.composite import compute_report, decision_of
+from evaluations import recorded_event, suite_runs
+from modelsmith.evaluation.composite import compute_report
 from modelsmith.evaluation.results import CriterionResult, ScenarioRun
-from modelsmith.evaluation.runner import runs_to_jsonl
-from modelsmith.evaluation.service import REPORT, RESULTS
 from modelsmith.events.gitstore import GitEventStore
 from modelsmith.events.types import (
     CandidateRegistered,
     DatasetBuilt,
-    EvalCompleted,
     Event,
     Lineage,
     MetricsObserved,
@@ -32,7 +28,6 @@ from modelsmith.events.types import (
     TrainingCompleted,
     TrainingStarted,
 )
-from modelsmith.specs import load_repository
 
 NAME = "rtb-quality"
 #: A specialist name at the log's limit (63 characters: lowercase letters, digits, '-').
@@ -52,36 +47,21 @@ class Built:
 
 
 def _runs(root: Path, fail_every: int) -> tuple[list[ScenarioRun], object]:
-    repo = load_repository(root)
-    suite = repo.suite_for(repo.specialists[NAME])
-    runs = []
-    for i, sc in enumerate(suite.scenarios):
-        ok = not (fail_every and i % fail_every == 0)
-        crit = [CriterionResult(kind="exact", score=float(ok), weight=1.0, required=True,
-                                reason="matches the reference" if ok
-                                else f"{REASON} ({sc.id})")]
-        for variant, text in [(None, sc.input), *enumerate(sc.variants)]:
-            runs.append(ScenarioRun(id=sc.id, split=sc.split, variant=variant,
-                                    tags=list(sc.tags), input=text, expected=sc.expected,
-                                    outputs=["x" if not ok else str(sc.expected)],
-                                    score=float(ok), passed=ok, format_ok=True,
-                                    latency_ms=10.0, completion_tokens=1, criteria=crit))
-    return runs, suite
+    """The suite's runs: a failing one says why (:data:`REASON`), a passing one answers the
+    reference."""
+    return suite_runs(
+        root, fail_every, specialist=NAME,
+        criteria=lambda sc, ok: [CriterionResult(
+            kind="exact", score=float(ok), weight=1.0, required=True,
+            reason="matches the reference" if ok else f"{REASON} ({sc.id})")],
+        output=lambda sc, ok: str(sc.expected) if ok else "x")
 
 
 def _evaluation(runs: list[ScenarioRun], suite, version: str, at: datetime) -> Event:
     report = compute_report(runs, suite.suite, n_resamples=200)
-    summary = report.to_dict()
-    metric, value, n = decision_of(report, 30)
-    payload = EvalCompleted(version=version, model=version, suite=suite.name,
-                            suite_hash=suite.suite_hash, run_id=uuid.uuid4().hex[:12],
-                            composite=summary["composite"], heldout=summary["heldout"],
-                            core=summary.get("core"), scenarios=len(runs),
-                            failed=sum(not r.passed for r in runs),
-                            decision_metric=metric, decision=round(value, 6), decision_n=n)
-    evidence = {RESULTS: runs_to_jsonl(runs),
-                REPORT: json.dumps(summary, sort_keys=True, default=str).encode()}
-    return Event.new(payload, actor="ci", at=at, evidence=evidence)
+    return recorded_event(runs, suite, version, actor="ci", at=at, report=report,
+                          core=report.to_dict().get("core"), scenarios=len(runs),
+                          failed=sum(not r.passed for r in runs))
 
 
 def build(root: Path) -> Built:

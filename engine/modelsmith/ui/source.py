@@ -53,23 +53,24 @@ class Source:
         self._tip: str | None = None
         self._memo: dict[Any, Any] = {}
         self.plan_ttl = plan_ttl
-        self._planned: tuple[str | None, float, dict[str, Any]] | None = None
 
     def tip(self) -> str | None:
         """The log's tip now (a commit id; None for an empty log)."""
         with self._lock:  # one thread at a time in the store (a git repository object)
             return self.store.tip()
 
-    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """``compute()``, kept until the log's tip moves."""
+    def memo(self, key: Any, compute: Callable[[], Any], ttl: float | None = None) -> Any:
+        """``compute()``, kept until the log's tip moves (and, with ``ttl``, for that many
+        seconds at most). It computes under the lock: what it reads shares one store."""
         tip = self.tip()
         with self._lock:
             if tip != self._tip:
                 self._memo.clear()
                 self._tip = tip
-            if key not in self._memo:
-                self._memo[key] = compute()
-            return self._memo[key]
+            kept = self._memo.get(key)
+            if kept is None or (ttl is not None and time.monotonic() - kept[0] >= ttl):
+                kept = self._memo[key] = (time.monotonic(), compute())
+            return kept[1]
 
     def state(self) -> FleetState:
         """The log folded to the fleet's state (every specialist's stages, history,
@@ -95,14 +96,7 @@ class Source:
                 return self._plan()  # type: ignore[misc]
             except ModelsmithError as exc:
                 return {"error": str(exc)}
-        tip = self.tip()
-        with self._lock:
-            kept = self._planned
-            if kept is not None and kept[0] == tip and time.monotonic() - kept[1] < self.plan_ttl:
-                return kept[2]
-            made = make()  # under the lock, as memo computes: the plan reads the same store
-            self._planned = (tip, time.monotonic(), made)
-            return made
+        return self.memo("plan", make, ttl=self.plan_ttl)
 
     def targets(self) -> dict[str, float]:
         """Each specialist's target composite, from the specs when the façade wires them;
@@ -127,7 +121,10 @@ class Source:
     def commit_of(self, event_id: str) -> str | None:
         """The commit that recorded the event (a git store), else None."""
         find = getattr(self.store, "commit_of", None)
-        return find(event_id) if find is not None else None
+        if find is None:
+            return None
+        with self._lock:
+            return find(event_id)
 
     def runs(self, event: Event) -> list[Any]:
         """The scenario runs an ``EvalCompleted`` carries as evidence (``results.jsonl``):

@@ -182,6 +182,39 @@ def test_a_mixed_batch_answers_as_each_adapter_merged_and_run_alone(clusters, ti
     assert len({tuple(alone[p, n].text for p in PROMPTS) for n in names}) > 1
 
 
+def test_the_output_layer_of_a_frozen_model_runs_one_matrix_product(clusters, adapters):
+    """generate() hands the output layer each row's last position, a strided view; torch
+    folds such rows into one matrix product only for a weight that requires grad, and a
+    PEFT base's or a merged adapter's weights are frozen: without the fold the output layer
+    runs a batched product with its vocabulary-sized weight copied per row."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from modelsmith.inference.adapters import MultiAdapterBackend
+    from modelsmith.inference.transformers_backend import TransformersBackend
+
+    shared = MultiAdapterBackend(resolve_model("tiny-test", clusters), threads=1)
+    for name, folder in adapters.items():
+        shared.attach(name, folder)
+    alone = TransformersBackend(resolve_model(str(adapters["a"]), clusters), threads=1)
+    vocab = shared.model.get_output_embeddings().weight.shape[0]
+    try:
+        for backend, adapter in ((shared, "b"), (alone, None)):
+            assert not any(p.requires_grad for p in backend.model.parameters())
+            requests = [GenerationRequest(p, max_new_tokens=2, adapter=adapter)
+                        for p in PROMPTS]
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as trace:
+                backend.generate(requests)
+            batched = [e.input_shapes for e in trace.events()
+                       if e.name == "aten::bmm" and vocab in e.input_shapes[1]]
+            assert batched == [], batched
+            products = [e for e in trace.events() if e.name in ("aten::mm", "aten::addmm")
+                        and e.input_shapes and vocab in e.input_shapes[-1]]
+            assert len(products) == 2  # one per step: the prompt pass, then one new token
+    finally:
+        shared.close()
+        alone.close()
+
+
 # --------------------------------------------------------------------------- serving
 
 

@@ -106,6 +106,7 @@ def _load_now(model: ResolvedModel, dtype: str) -> tuple[Any, Any]:
             from .adapters import merged
 
             lm = merged(lm, model.adapter)
+        _fold_head(lm)
     except (OSError, ValueError) as exc:
         hint = (
             " (no network, or not a model on the hub? Download it on a connected machine "
@@ -113,6 +114,26 @@ def _load_now(model: ResolvedModel, dtype: str) -> tuple[Any, Any]:
         )
         raise InferenceError(f"could not load the model from {where}: {exc}{hint}") from exc
     return tokenizer, lm
+
+
+def _contiguous(_head: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
+def _fold_head(lm: Any) -> None:
+    """The output layer's input made contiguous before the product.
+
+    ``generate()`` gives the output layer only each row's last position
+    (``hidden[:, -1:, :]``, a strided view). For such an input torch's ``matmul`` folds the
+    rows into one matrix product only when the weight requires grad; for a frozen weight
+    (a PEFT model's base, an adapter merged by :func:`.adapters.merged`) it runs a batched
+    product with the vocabulary-sized weight expanded per row instead: on SmolLM2-135M
+    with 32 rows, 266 ms against 37 ms per prompt pass, about 7% of a short batch. A copy
+    of the rows' last positions (32 x 576 floats) keeps every model on the folded path.
+    """
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear):
+        head.register_forward_pre_hook(_contiguous)
 
 
 class _PerRowSampler(LogitsProcessor):

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{adapters['best'] / merged['best']:.2f}x best, "
           f"{paired[len(paired) // 2]:.2f}x round by round (from {paired[0]:.2f}x to "
           f"{paired[-1]:.2f}x)")
-    print(f"noise: one merged model's requests/s against the three's (the same work per "
+    print(f"noise: one merged model's requests/s against the three's (about the same work per "
           f"request) {one['rate'] / merged['rate']:.2f}x median, "
           f"{one['best'] / merged['best']:.2f}x best")
     print(f"identical greedy answers, adapters vs merged: {same}/{len(merged['texts'])}")

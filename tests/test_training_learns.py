@@ -4,7 +4,10 @@ held-out accuracy well over its SFT warm start alone (the SFT-only control).
 Measured on the demo suite (held-out majority class 0.62), training on the rows a model
 may see by default (the suite generator's new neighbours of the failed scenarios, no
 core input): the 80-step SFT warm start reaches 0.68; 500 GRPO steps on the rubric reward
-reach 0.75. Only the final result is asserted: the learning curve is not monotonic.
+reach 0.75. On another CPU (AMD EPYC, AVX-512) the same run took another path: its policy
+converged onto one answer per prompt at step 482, GRPO stopped early with those weights,
+and held-out was 0.73. Only the final result is asserted: the learning curve is not
+monotonic.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def test_grpo_lifts_heldout_accuracy_over_its_sft_warm_start(env):
           f"(composite {sft_composite:.3f}); sft+grpo {full:.3f} {full_ci} "
           f"(composite {full_composite:.3f}); GRPO reward {metrics['reward_start']:.3f} -> "
           f"{metrics['reward_end']:.3f}")
-    assert full - sft_only >= 0.05
+    assert full - sft_only >= 0.05 - 1e-9  # 5 held-out scenarios in 100, up to float rounding
     assert metrics["reward_end"] > metrics["reward_start"]
 
     # The control's config differs only in method and steps, and both say so in the log.

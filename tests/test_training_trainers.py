@@ -500,13 +500,15 @@ def test_reward_signal_per_logged_step():
     assert reward_signal({"loss": 0.1}) is None  # an SFT step, or the run's summary
 
 
-@pytest.mark.parametrize(("signals", "fires"), [
-    (["none", "none"], True),
-    (["none", "solved", "none"], True),  # a solved step neither counts nor breaks the run
-    (["none", "signal", "none"], False),
-    (["solved", "solved", "solved"], False),
+@pytest.mark.parametrize(("signals", "fires", "converged"), [
+    (["none", "none"], True, False),
+    (["none", "solved", "none"], True, False),  # a solved step neither counts nor breaks
+    (["none", "signal", "none"], False, False),
+    (["solved", "solved", "solved"], False, False),
+    (["signal", "none", "none"], True, True),  # learnt, then collapsed: stop, keep
+    (["none", "signal", "none", "none"], True, True),
 ])
-def test_the_watch_fires_on_consecutive_steps_without_signal(signals, fires):
+def test_the_watch_fires_on_consecutive_steps_without_signal(signals, fires, converged):
     from types import SimpleNamespace
 
     from modelsmith.training.trainers import _no_signal_watch
@@ -519,6 +521,7 @@ def test_the_watch_fires_on_consecutive_steps_without_signal(signals, fires):
     for step, signal in enumerate(signals, 1):
         watch.on_log(None, SimpleNamespace(global_step=step), control, logs[signal])
     assert control.should_training_stop is fires and bool(watch.fired) is fires
+    assert watch.converged is converged
 
 
 def test_grpo_on_a_constant_reward_stops_as_no_signal(tiny, rows, tmp_path):
@@ -544,6 +547,30 @@ def test_grpo_on_a_constant_reward_stops_as_no_signal(tiny, rows, tmp_path):
     assert (first.action, first.detail) == ("double_completion",
                                             "max_completion_length 3 -> 6")
     assert recovery(diagnosis, 2, batch_size=4, grad_accum=1).action == "skip_grpo"
+
+
+def test_grpo_that_converges_after_a_signal_stops_early_and_keeps_its_weights(
+        tiny, rows, tmp_path):
+    """Rewards that varied at first and then are alike in every group (the policy collapsed
+    onto one answer per prompt): GRPO stops at the watch, as a success, with its weights,
+    a warning naming the step, and ``grpo_stopped_early_step``."""
+    from modelsmith.training.trainers import train
+
+    calls = []
+
+    def learnt(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        if len(calls) == 1:  # the first step: each group has a better and a worse answer
+            return [float(i % 2) for i in range(len(completions))]
+        return [0.5] * len(completions)
+
+    result = train("grpo", tiny, rows, learnt, profile(max_steps=8, no_signal_steps=2),
+                   tmp_path / "out")
+    assert result.steps == 3  # one step with a signal, then two without: stopped, not 8
+    assert result.metrics["grpo_stopped_early_step"] == 3.0
+    assert [w for w in result.warnings if "GRPO stopped early at step 3 of 8" in w
+            and "the policy converged; its weights are kept" in w], result.warnings
+    assert result.out_dir == tmp_path / "out" and _weights(result.out_dir)  # kept
 
 
 def test_grpo_on_a_varying_reward_does_not_stop(tiny, rows, tmp_path):

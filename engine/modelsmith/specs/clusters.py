@@ -152,9 +152,10 @@ class HyperParams(SpecModel):
     )
     use_vllm: bool = False
     no_signal_steps: PositiveInt | None = Field(
-        20, description="Stop GRPO as failed (no_signal) when every group's rewards were "
-        "identical (zero variance: nothing to learn from) in this many consecutive logged "
-        "steps, unless every completion had the top score; null: never.")
+        20, description="Stop GRPO when every group's rewards were identical (zero "
+        "variance: nothing to learn from) in this many consecutive logged steps, unless every "
+        "completion had the top score: as failed (no_signal) when no step before had a "
+        "signal, else early, keeping the converged weights; null: never.")
     checkpoint_steps: PositiveInt | None = Field(
         None, description="Save a resumable checkpoint every N optimiser steps (the newest "
         "two are kept); a run killed or hung resumes from the newest intact one. null: none.")

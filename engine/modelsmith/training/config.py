@@ -197,11 +197,11 @@ def grpo_config(
 def _hashed_settings(method: str, profile: HyperParams) -> dict[str, Any]:
     """The profile as ``method`` runs it, every default resolved: what the config hash
     covers. ``checkpoint_steps`` says when to save, not what is trained, so it stays out;
-    so does ``no_signal_steps``: a run it stops fails and registers nothing. A derived
+    ``no_signal_steps`` is in: a converged GRPO phase it stops early keeps its weights. A derived
     ``max_completion_length`` (None here) follows from the dataset and the base model,
     which the lineage hashes on their own."""
     return {
-        **profile.model_dump(exclude={"checkpoint_steps", "no_signal_steps"}),
+        **profile.model_dump(exclude={"checkpoint_steps"}),
         "method": method,
         "threads": profile.threads or DEFAULT_THREADS,  # the profile's, whatever the machine
         "grpo_learning_rate": profile.grpo_learning_rate or profile.learning_rate,

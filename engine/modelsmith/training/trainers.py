@@ -12,8 +12,11 @@ torch, transformers, trl and peft are imported inside the functions.
 Before any step the lengths are settled (:mod:`.lengths`): GRPO's ``max_completion_length``
 follows the task when the profile leaves it out, and a prompt or reference that does not fit
 is an error. During GRPO a watch stops a phase with no learning signal -- every group's
-rewards identical, ``no_signal_steps`` logged steps in a row -- as :class:`NoSignalError`
-(failure class ``no_signal``): the job fails and its recovery decides what next.
+rewards identical, ``no_signal_steps`` logged steps in a row. When no step before had a
+signal, that is :class:`NoSignalError` (failure class ``no_signal``): the job fails and its
+recovery decides what next. After steps with a signal it means the policy converged (one
+answer per prompt, nothing left to compare): the phase stops early, keeps its weights and
+says so in the result's ``warnings`` and ``grpo_stopped_early_step``.
 """
 
 from __future__ import annotations
@@ -256,21 +259,31 @@ def _no_signal_watch(steps: int) -> Any:
 
     class _NoSignalWatch(TrainerCallback):
         """Stops GRPO after ``steps`` logged steps in a row without a learning signal; a
-        solved step neither counts nor breaks the run, a step with a signal ends it."""
+        solved step neither counts nor breaks the run, a step with a signal ends it.
+
+        ``converged`` says whether some earlier step of the phase had a signal: then the
+        policy learnt and has since collapsed onto one answer per prompt (every group's
+        completions alike), so further steps have nothing to learn from either -- the run
+        stops early and keeps its weights. Without any signal before the streak, GRPO never
+        had anything to learn from: the run fails (:class:`NoSignalError`)."""
 
         def __init__(self) -> None:
             self.streak: list[dict[str, Any]] = []
             self.fired: list[dict[str, Any]] | None = None
+            self.had_signal = False
+            self.converged = False
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
                    **kwargs: Any) -> None:
             signal = reward_signal(logs or {})
             if signal == "signal":
                 self.streak = []
+                self.had_signal = True
             elif signal == "none":
                 self.streak.append({**logs, "step": int(state.global_step)})
                 if len(self.streak) >= steps and self.fired is None:
                     self.fired = self.streak[-steps:]
+                    self.converged = self.had_signal
                     control.should_training_stop = True
 
     return _NoSignalWatch()
@@ -363,6 +376,7 @@ class _Run:
     lengths: Lengths | None = None  # settled before training (fit_lengths)
     skip_grpo: str | None = None  # why GRPO does not run (a recovery's decision)
     warnings: list[str] = field(default_factory=list)
+    stopped_early: int | None = None  # the GRPO step a converged policy stopped at
 
 
 def _run_sft(run: _Run, model: Any, tokenizer: Any,
@@ -411,7 +425,16 @@ def _run_grpo(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, An
         callbacks=callbacks,
     )
     trained = _fit(trainer, "grpo", run.resume, run.history)
-    if watch is not None and watch.fired:
+    if watch is not None and watch.fired and watch.converged:
+        window = watch.fired
+        run.warnings.append(
+            f"GRPO stopped early at step {window[-1]['step']} of {run.profile.max_steps}: "
+            f"every group's completions scored alike in {len(window)} consecutive logged "
+            f"steps ({window[0]['step']}-{window[-1]['step']}, mean reward "
+            f"{sum(float(e['reward']) for e in window) / len(window):.3g}) after earlier "
+            "steps had a learning signal: the policy converged; its weights are kept")
+        run.stopped_early = window[-1]["step"]
+    elif watch is not None and watch.fired:
         window = watch.fired
         clipped = window[-1].get("completions/clipped_ratio")
         raise NoSignalError(
@@ -458,6 +481,8 @@ def _run_metrics(run: _Run) -> dict[str, float]:
             metrics["grpo_skipped"] = 1.0
         elif run.lengths is not None and run.lengths.max_completion_length is not None:
             metrics["max_completion_length"] = float(run.lengths.max_completion_length)
+        if run.stopped_early is not None:
+            metrics["grpo_stopped_early_step"] = float(run.stopped_early)
     return metrics
 
 

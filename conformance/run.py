@@ -112,9 +112,12 @@ class Served:
 
     def __init__(self, repo: Path, args: list[str], pattern: str, log: Path) -> None:
         self.log = log
+        # The suites send no token of ours: a token set in this shell is not the server's.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MODELSMITH_SERVE_TOKEN", "MODELSMITH_MCP_TOKEN")}
         self.proc = subprocess.Popen([sys.executable, "-m", "modelsmith", "-C", str(repo),
                                       *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, env=env)
         ready = threading.Event()
         self.url: str | None = None
 

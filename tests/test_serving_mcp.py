@@ -53,7 +53,7 @@ def test_the_fleet_as_mcp_tools(demo_repo, tmp_path, monkeypatch):
     assert not summary.is_error and not status.is_error
 
 
-def _start_http(root, tmp_path, *args):
+def _start_http(root, tmp_path, *args, env=None):
     """``modelsmith mcp --transport streamable-http --port 0`` in its own process; it and
     the URL it printed once it listens."""
     import subprocess
@@ -61,7 +61,8 @@ def _start_http(root, tmp_path, *args):
 
     proc = subprocess.Popen([sys.executable, "-m", "modelsmith", "-C", str(root), "mcp",
                              "--transport", "streamable-http", "--port", "0", *args],
-                            env={**os.environ, "MODELSMITH_CACHE": str(tmp_path / "cache")},
+                            env={**os.environ, "MODELSMITH_CACHE": str(tmp_path / "cache"),
+                                 **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ready = threading.Event()
@@ -135,10 +136,79 @@ def test_the_fleet_over_streamable_http(demo_repo, tmp_path, monkeypatch):
     assert code == 0, "".join(lines)
 
 
-def test_host_and_port_need_streamable_http(demo_repo):
+def test_a_token_guards_streamable_http(demo_repo, tmp_path, monkeypatch):
+    """With MODELSMITH_MCP_TOKEN set (or --token-env naming another variable) every request
+    needs the bearer token: none, a wrong one or another scheme get a 401 before the MCP
+    app sees them; the real client with the token (scheme in lower case) works."""
+    import json
+    import signal
+    import urllib.error
+    import urllib.request
+
+    import httpx2  # the HTTP client of the mcp package's transports
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    fleet(demo_repo, [Promoted(version="v1", stage="production")])
+    proc, url, lines = _start_http(demo_repo, tmp_path, "--token-env", "FLEET_MCP_TOKEN",
+                                   env={"FLEET_MCP_TOKEN": "s3cret-token",
+                                        "MODELSMITH_MCP_TOKEN": "not-this-one"})
+    try:
+        ping = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+        for header in (None, "Bearer not-this-one", "Basic s3cret-token", "Bearer s3cret"):
+            headers = {"Content-Type": "application/json",
+                       "Accept": "application/json, text/event-stream"}
+            if header is not None:
+                headers["Authorization"] = header
+            refused = urllib.request.Request(url, method="POST", data=ping, headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(refused, timeout=60)
+            assert answer.value.code == 401, header
+            assert answer.value.headers["WWW-Authenticate"].startswith("Bearer")
+            error = json.loads(answer.value.read())["error"]
+            assert error["message"] == "missing or wrong bearer token"
+
+        async def session():
+            http = httpx2.AsyncClient(headers={"Authorization": "bearer s3cret-token"},
+                                      timeout=httpx2.Timeout(30, read=300))
+            async with http, Client(streamable_http_client(url, http_client=http),
+                                    read_timeout_seconds=120) as client:
+                tools = {t.name for t in (await client.list_tools()).tools}
+                status = await client.call_tool("fleet_status", {})
+                return tools, status
+
+        tools, status = asyncio.run(session())
+        assert "rtb-quality" in tools and not status.is_error
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except Exception:
+            proc.kill()
+            raise
+    assert code == 0, "".join(lines)
+    assert not any("warning" in line for line in lines)  # loopback: nothing to warn of
+
+
+def test_listening_beyond_loopback_without_a_token_warns(capsys):
+    from modelsmith.cli.serving import _warn_open
+
+    _warn_open("127.0.0.1", None, "MODELSMITH_MCP_TOKEN")
+    _warn_open("0.0.0.0", "s3cret", "MODELSMITH_MCP_TOKEN")
+    assert capsys.readouterr().err == ""
+    _warn_open("0.0.0.0", None, "MODELSMITH_SERVE_TOKEN")
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0 without a token" in err
+    assert "set MODELSMITH_SERVE_TOKEN" in err
+
+
+@pytest.mark.parametrize("option", [["--port", "9"], ["--host", "127.0.0.1"],
+                                    ["--token-env", "X"]])
+def test_host_port_and_token_need_streamable_http(demo_repo, option):
     import subprocess
 
     done = subprocess.run([sys.executable, "-m", "modelsmith", "-C", str(demo_repo), "mcp",
-                           "--port", "9"], capture_output=True, text=True, timeout=120)
+                           *option], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "--host and --port are for --transport streamable-http" in done.stderr
+    assert "--host, --port and --token-env are for --transport streamable-http" in done.stderr

@@ -79,6 +79,14 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
                f"{manifest['artifact_hash'][:12]}); falls back to {back['version'] or '-'}")
 
 
+def _warn_open(host: str, token: str | None, variable: str) -> None:
+    """A warning when a server listens beyond loopback with no token: anyone who reaches
+    the port may then call every specialist."""
+    if token is None and host not in ("127.0.0.1", "::1", "localhost"):
+        say(f"warning: listening on {host} without a token: anyone who reaches this port "
+            f"can call every specialist (set {variable})")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind (loopback unless you mean it).")
@@ -137,7 +145,9 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
                                            "or cuda[:N] on a machine with a CUDA GPU)")
         log: Any = None if access_log == "none" else sys.stderr if access_log == "-" \
             else access_log
-        server = app(ctx).server(host, port, token=os.environ.get(token_env) or None,
+        token = os.environ.get(token_env) or None
+        _warn_open(host, token, token_env)
+        server = app(ctx).server(host, port, token=token,
                                  limits={"read_timeout": read_timeout_s,
                                          "max_connections": max_connections,
                                          "access_log": log},
@@ -361,14 +371,25 @@ def render_replay(s: dict[str, Any]) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="With streamable-http: port to bind, 0 for any free one "
                    "[default: 8001].")
+@click.option("--token-env", default=None, metavar="VAR",
+              help="With streamable-http: environment variable holding the bearer token "
+                   "every request needs (Authorization: Bearer <token>) [default: "
+                   "MODELSMITH_MCP_TOKEN; unset: no token].")
 @click.pass_context
 @guard
-def mcp(ctx: click.Context, transport: str, host: str | None, port: int | None) -> None:
+def mcp(ctx: click.Context, transport: str, host: str | None, port: int | None,
+        token_env: str | None) -> None:
     """An MCP server: one tool per specialist (structured answer, version, latency), plus
     fleet_status and evaluation_summary. Over stdio, or streamable HTTP at /mcp (loopback
-    requests are checked for DNS rebinding; no token: bind loopback)."""
-    if transport == "stdio" and (host is not None or port is not None):
-        raise click.UsageError("--host and --port are for --transport streamable-http")
+    requests are checked for DNS rebinding; set a token before you bind elsewhere)."""
+    if transport == "stdio" and (host is not None or port is not None
+                                 or token_env is not None):
+        raise click.UsageError("--host, --port and --token-env are for --transport "
+                               "streamable-http")
+    token_var = token_env or "MODELSMITH_MCP_TOKEN"
+    token = os.environ.get(token_var) or None
+    if transport != "stdio":
+        _warn_open(host or "127.0.0.1", token, token_var)
     try:
         server, service = app(ctx).mcp_server()
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -382,6 +403,6 @@ def mcp(ctx: click.Context, transport: str, host: str | None, port: int | None) 
 
             serve_streamable_http(server, host or "127.0.0.1", 8001 if port is None else port,
                                   ready=lambda url: say(f"serving MCP on {url} (Ctrl-C "
-                                                        "stops)"))
+                                                        "stops)"), token=token)
     finally:
         service.close()

@@ -10,6 +10,8 @@ labels or the raw text, with ``valid`` saying which. Two read-only tools: ``flee
 answers go through the same service as ``modelsmith serve`` (split from the event log, one
 model load per version). A call of a tool (or prompt) that is not there is the JSON-RPC
 error -32602, as the MCP spec asks (``./dev conformance`` runs the MCP conformance suite).
+Over HTTP a token (``modelsmith mcp --token-env``, ``MODELSMITH_MCP_TOKEN`` by default) puts
+every request behind ``Authorization: Bearer``.
 ``mcp`` is imported only here: it costs 1-2 s.
 """
 
@@ -150,17 +152,20 @@ def _specialist_tool(service: Service, name: str, spec: Any) -> Callable[..., An
 
 
 def serve_streamable_http(mcp: MCPServer, host: str, port: int,
-                          ready: Callable[[str], None]) -> None:
+                          ready: Callable[[str], None], token: str | None = None) -> None:
     """Serve ``mcp`` over streamable HTTP at ``http://host:port/mcp`` until SIGINT or
     SIGTERM: no new connections, open ones finish (a second signal stops waiting for them),
     then this returns (uvicorn would re-raise the signal and kill the process before the
     caller closes its service). The socket is
-    listening before ``ready`` gets the URL, so port 0 names the port it got."""
+    listening before ``ready`` gets the URL, so port 0 names the port it got. With a
+    ``token`` every request needs ``Authorization: Bearer <token>`` (:func:`with_token`)."""
     import socket
 
     import uvicorn
 
     app = mcp.streamable_http_app(host=host)
+    if token is not None:
+        app = with_token(app, token)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -182,3 +187,32 @@ def serve_streamable_http(mcp: MCPServer, host: str, port: int,
             self.should_exit = True
 
     Server(uvicorn.Config(app, log_level="warning", lifespan="on")).run(sockets=[sock])
+
+
+def with_token(app: Any, token: str) -> Any:
+    """``app`` (ASGI) behind a bearer token, checked as ``serve`` checks its own (the scheme
+    case-insensitive, the token in constant time): an HTTP request without it gets a 401
+    with ``WWW-Authenticate: Bearer`` and a JSON-RPC error body, before the MCP app sees a
+    byte of it. The lifespan passes through (the app's session manager starts there)."""
+    import json
+
+    from .wire import bearer_ok
+
+    body = json.dumps({"jsonrpc": "2.0", "id": None,
+                       "error": {"code": -32001,
+                                 "message": "missing or wrong bearer token"}}).encode()
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = next((value.decode("latin-1") for key, value in scope["headers"]
+                           if key == b"authorization"), None)
+            if not bearer_ok(header, token):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"www-authenticate", b'Bearer realm="modelsmith"')]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return guarded

@@ -102,6 +102,66 @@ def test_streamed_text_comes_token_by_token_and_equals_the_answer(backend: Backe
     assert "".join(heard[1]) == pair[1].text == backend.generate([greedy(PROMPTS[-1], 12)])[0].text
 
 
+def _metaspace_tokenizer(texts: list[str]):
+    """A SentencePiece-style tokenizer (Metaspace: a word's leading space is part of its
+    token, and decoding drops the space at the start of a text), trained here."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    alphabet = [f"<0x{b:02X}>" for b in range(256)]
+    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "</s>", *alphabet], show_progress=False))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "metaspace", "clean-up"])
+def test_the_text_of_each_step_is_the_whole_decode_of_the_tokens_so_far(tiny, kind):
+    """Stop strings and streams read each row's text after every step from ``_NewText``,
+    which decodes only the tokens since the last complete piece: after every step its
+    text is what decoding the row's new tokens (to the first EOS) whole gives, with
+    characters of several bytes split across tokens, a decoder that drops a leading
+    space, special tokens, invalid bytes, and a tokenizer that cleans up spaces (decoded
+    whole each step)."""
+    import random
+
+    import torch
+    import transformers
+
+    from modelsmith.inference.transformers_backend import _NewText
+
+    sample = ["Bid: café naïve — 日本語 🎉 ok.", "a , b . c ! d ?", "Verdict: ACCEPT the bid"]
+    if kind == "metaspace":
+        tokenizer = _metaspace_tokenizer(sample * 20)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tiny.path)
+        tokenizer.clean_up_tokenization_spaces = kind == "clean-up"
+    eos = tokenizer.eos_token_id
+    rng = random.Random(3)
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in sample]
+    rows.append([rng.randrange(len(tokenizer)) for _ in range(60)])  # any ids, bytes cut
+    rows[1] = [*rows[1][:4], eos, *rows[1][4:]]  # an EOS midway: the text stops there
+    width = max(len(r) for r in rows)
+    prompt = 3
+    texts = _NewText(tokenizer, prompt, {eos})
+    assert texts.whole == (kind == "clean-up")
+    ids = torch.full((len(rows), prompt), 7, dtype=torch.long)
+    for step in range(width):
+        column = [r[step] if step < len(r) else eos for r in rows]
+        ids = torch.cat([ids, torch.tensor(column).unsqueeze(1)], dim=1)
+        for index, row in enumerate(rows):
+            tokens = row[:step + 1]
+            if eos in tokens:
+                tokens = tokens[:tokens.index(eos)]
+            whole = tokenizer.decode(tokens, skip_special_tokens=True)
+            assert texts.of(index, ids) == whole, (kind, index, step)
+            assert texts.of(index, ids) == whole  # asked again in the same step
+    assert any("\ufffd" in tokenizer.decode(r[:k]) for r in rows for k in range(len(r)))
+
+
 def test_max_new_tokens_respected(backend: Backend) -> None:
     requests = [greedy(PROMPTS[0], 1), greedy(PROMPTS[1], 3), greedy(PROMPTS[2], 6),
                 greedy(PROMPTS[0], 3)]

@@ -82,12 +82,24 @@ def _start_http(root, tmp_path, *args, env=None):
     return proc, url, lines
 
 
+def _stop(proc, lines):
+    """SIGTERM, and the server gone within a minute with exit 0 (killed if not)."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(60)
+    except Exception:
+        proc.kill()
+        raise
+    assert code == 0, "".join(lines)
+
+
 def test_the_fleet_over_streamable_http(demo_repo, tmp_path, monkeypatch):
     """The same tools through the real client over streamable HTTP; an unknown tool is a
     JSON-RPC error (-32602), a request naming another Host (DNS rebinding) is refused;
     SIGTERM stops the server cleanly."""
     import json
-    import signal
     import urllib.error
     import urllib.request
 
@@ -127,13 +139,7 @@ def test_the_fleet_over_streamable_http(demo_repo, tmp_path, monkeypatch):
             urllib.request.urlopen(rebound, timeout=60)
         assert refused.value.code == 421
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        except Exception:
-            proc.kill()
-            raise
-    assert code == 0, "".join(lines)
+        _stop(proc, lines)
 
 
 def test_a_token_guards_streamable_http(demo_repo, tmp_path, monkeypatch):
@@ -141,7 +147,6 @@ def test_a_token_guards_streamable_http(demo_repo, tmp_path, monkeypatch):
     needs the bearer token: none, a wrong one or another scheme get a 401 before the MCP
     app sees them; the real client with the token (scheme in lower case) works."""
     import json
-    import signal
     import urllib.error
     import urllib.request
 
@@ -181,13 +186,7 @@ def test_a_token_guards_streamable_http(demo_repo, tmp_path, monkeypatch):
         tools, status = asyncio.run(session())
         assert "rtb-quality" in tools and not status.is_error
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        except Exception:
-            proc.kill()
-            raise
-    assert code == 0, "".join(lines)
+        _stop(proc, lines)
     assert not any("warning" in line for line in lines)  # loopback: nothing to warn of
 
 

@@ -191,12 +191,12 @@ def test_a_token_guards_streamable_http(demo_repo, tmp_path, monkeypatch):
 
 
 def test_listening_beyond_loopback_without_a_token_warns(capsys):
-    from modelsmith.cli.serving import _warn_open
+    from modelsmith.cli._base import warn_open
 
-    _warn_open("127.0.0.1", None, "MODELSMITH_MCP_TOKEN")
-    _warn_open("0.0.0.0", "s3cret", "MODELSMITH_MCP_TOKEN")
+    warn_open("127.0.0.1", None, "MODELSMITH_MCP_TOKEN", "can call every specialist")
+    warn_open("0.0.0.0", "s3cret", "MODELSMITH_MCP_TOKEN", "can call every specialist")
     assert capsys.readouterr().err == ""
-    _warn_open("0.0.0.0", None, "MODELSMITH_SERVE_TOKEN")
+    warn_open("0.0.0.0", None, "MODELSMITH_SERVE_TOKEN", "can call every specialist")
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0 without a token" in err
     assert "set MODELSMITH_SERVE_TOKEN" in err

@@ -57,6 +57,14 @@ def say(message: str) -> None:
     click.echo(message, err=True)
 
 
+def warn_open(host: str, token: str | None, variable: str, exposed: str) -> None:
+    """A warning when a server listens beyond loopback with no token: anyone who reaches
+    the port then gets ``exposed``."""
+    if token is None and host not in ("127.0.0.1", "::1", "localhost"):
+        say(f"warning: listening on {host} without a token: anyone who reaches this port "
+            f"{exposed} (set {variable})")
+
+
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the engine's errors into clear lines and an exit code, never a traceback: a
     :class:`~modelsmith.errors.ModelsmithError` prints its lines and exits with its code;

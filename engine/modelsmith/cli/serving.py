@@ -13,7 +13,7 @@ import click
 from modelsmith.errors import EXIT_FAILED
 from modelsmith.stages import STAGES
 
-from ._base import Progress, app, console, guard, json_option, print_json, say
+from ._base import Progress, app, console, guard, json_option, print_json, say, warn_open
 
 
 @click.command()
@@ -79,14 +79,6 @@ def package_cmd(ctx: click.Context, specialist: str, version: str, out: Path,
                f"{manifest['artifact_hash'][:12]}); falls back to {back['version'] or '-'}")
 
 
-def _warn_open(host: str, token: str | None, variable: str) -> None:
-    """A warning when a server listens beyond loopback with no token: anyone who reaches
-    the port may then call every specialist."""
-    if token is None and host not in ("127.0.0.1", "::1", "localhost"):
-        say(f"warning: listening on {host} without a token: anyone who reaches this port "
-            f"can call every specialist (set {variable})")
-
-
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind (loopback unless you mean it).")
@@ -146,7 +138,7 @@ def serve(ctx: click.Context, host: str, port: int, token_env: str, window_s: fl
         log: Any = None if access_log == "none" else sys.stderr if access_log == "-" \
             else access_log
         token = os.environ.get(token_env) or None
-        _warn_open(host, token, token_env)
+        warn_open(host, token, token_env, "can call every specialist")
         server = app(ctx).server(host, port, token=token,
                                  limits={"read_timeout": read_timeout_s,
                                          "max_connections": max_connections,
@@ -389,7 +381,7 @@ def mcp(ctx: click.Context, transport: str, host: str | None, port: int | None,
     token_var = token_env or "MODELSMITH_MCP_TOKEN"
     token = os.environ.get(token_var) or None
     if transport != "stdio":
-        _warn_open(host or "127.0.0.1", token, token_var)
+        warn_open(host or "127.0.0.1", token, token_var, "can call every specialist")
     try:
         server, service = app(ctx).mcp_server()
     except ImportError as exc:  # pragma: no cover - depends on the install

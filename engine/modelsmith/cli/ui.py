@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._base import app, guard, json_option, print_json, say
+from ._base import app, guard, json_option, print_json, say, warn_open
 from .serving import _Signals
 
 
@@ -31,8 +31,7 @@ def ui(ctx: click.Context, host: str, port: int, token_env: str) -> None:
     signals = _Signals()
     try:
         token = os.environ.get(token_env) or None
-        if host not in ("127.0.0.1", "::1", "localhost") and token is None:
-            say(f"warning: listening on {host} without a token (set {token_env})")
+        warn_open(host, token, token_env, "can read the whole event log")
         server = app(ctx).ui_server(host, port, token=token)
         try:
             signals.run(server, lambda at: f"dashboard on http://{at[0]}:{at[1]}/ (Ctrl-C stops)")

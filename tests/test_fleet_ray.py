@@ -202,9 +202,13 @@ def test_a_job_given_up_while_the_cluster_was_busy_does_not_run_when_it_starts(c
         assert status != JobStatus.SUCCEEDED and time.monotonic() < deadline, status
         time.sleep(0.5)
     assert not (tmp_path / "ran").exists()
-    if status == JobStatus.FAILED:  # the guard ran (and took its marker) before the stop
-        assert client.get_job_info(waited).driver_exit_code == CANCELLED
+    info = client.get_job_info(waited)
+    if status == JobStatus.FAILED and info.driver_exit_code is not None:
+        # The guard ran (and took its marker) before the stop.
+        assert info.driver_exit_code == CANCELLED, info.message
         assert not cancel_marker(tmp_path, waited).exists()
+    # Else Ray stopped it, or failed it before its driver started (seen under load: FAILED
+    # with no exit code): either way the work never ran, which is asserted above.
 
 
 def test_the_host_entry_says_what_each_job_reserves():

@@ -183,8 +183,8 @@ class _Signals:
         """Start ``server``, say where it listens (``banner`` of its address), and wait until
         it stops or a signal asks it to (the caller stops it, in its ``finally``)."""
         server.start()
+        self.serving()  # it answers from here on: a signal now drains it (before the banner)
         say(banner(server.server_address))
-        self.serving()
         while server.running and not self.stop.wait(0.5):
             pass
 

@@ -271,7 +271,6 @@ def _no_signal_watch(steps: int) -> Any:
             self.streak: list[dict[str, Any]] = []
             self.fired: list[dict[str, Any]] | None = None
             self.had_signal = False
-            self.converged = False
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
                    **kwargs: Any) -> None:
@@ -283,8 +282,11 @@ def _no_signal_watch(steps: int) -> Any:
                 self.streak.append({**logs, "step": int(state.global_step)})
                 if len(self.streak) >= steps and self.fired is None:
                     self.fired = self.streak[-steps:]
-                    self.converged = self.had_signal
                     control.should_training_stop = True
+
+        @property
+        def converged(self) -> bool:
+            return self.fired is not None and self.had_signal
 
     return _NoSignalWatch()
 
@@ -425,24 +427,23 @@ def _run_grpo(run: _Run, model: Any, tokenizer: Any, rows: Sequence[dict[str, An
         callbacks=callbacks,
     )
     trained = _fit(trainer, "grpo", run.resume, run.history)
-    if watch is not None and watch.fired and watch.converged:
+    if watch is not None and watch.fired:
         window = watch.fired
+        reward = sum(float(e["reward"]) for e in window) / len(window)
+        if not watch.converged:
+            clipped = window[-1].get("completions/clipped_ratio")
+            raise NoSignalError(
+                len(window), window[0]["step"], window[-1]["step"], reward,
+                int(trainer.args.max_completion_length),
+                lengths.cap if lengths is not None else None,
+                float(clipped) if isinstance(clipped, int | float) else None)
         run.warnings.append(
             f"GRPO stopped early at step {window[-1]['step']} of {run.profile.max_steps}: "
             f"every group's completions scored alike in {len(window)} consecutive logged "
-            f"steps ({window[0]['step']}-{window[-1]['step']}, mean reward "
-            f"{sum(float(e['reward']) for e in window) / len(window):.3g}) after earlier "
-            "steps had a learning signal: the policy converged; its weights are kept")
+            f"steps ({window[0]['step']}-{window[-1]['step']}, mean reward {reward:.3g}) "
+            "after earlier steps had a learning signal: the policy converged; its weights "
+            "are kept")
         run.stopped_early = window[-1]["step"]
-    elif watch is not None and watch.fired:
-        window = watch.fired
-        clipped = window[-1].get("completions/clipped_ratio")
-        raise NoSignalError(
-            len(window), window[0]["step"], window[-1]["step"],
-            sum(float(e["reward"]) for e in window) / len(window),
-            int(trainer.args.max_completion_length),
-            lengths.cap if lengths is not None else None,
-            float(clipped) if isinstance(clipped, int | float) else None)
     return trained
 
 
